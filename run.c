@@ -1,0 +1,1000 @@
+// run.c: tpla's command line, the CPU reference engine (MLA and simulated TPLA in float32), the
+// Hadamard and PCA transforms, the tokenizer and the sampler. The math is DESIGN.md sections 1-3.
+//   ./run model.bin -i "def fib(n):" -P tpla -g 2 -T hadamard
+// The GPU engine lives in tpla.cu behind the API at the end of tpla.h.
+#include <math.h>
+#include <string.h>
+#include <ctype.h>
+#include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include "tpla.h"
+
+// ----------------------------------------------------------------------------
+// small helpers
+
+static void *xmalloc(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (!p) die("out of host memory: %.2f GB needed", n / 1e9);
+    return p;
+}
+static float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+
+// ----------------------------------------------------------------------------
+// checkpoint: mmap the file, check it, expand the weights to float32
+
+static void tensor_to_f32(const Model *m, const Tensor *t, float *dst) {
+    const uint8_t *src = m->file + weights_offset(&m->c) + t->off;
+    int64_t n = t->n0 * t->n1 * t->n2;
+    if (t->f32) memcpy(dst, src, n * 4);
+    else for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, src + 2 * i, 2); dst[i] = bf16_to_f32(h); }
+}
+
+static float **tensor_slot(Model *m, int kind, int layer) {
+    Layer *L = layer >= 0 ? &m->layers[layer] : NULL;
+    switch (kind) {
+    case T_EMBED: return &m->embed;       case T_NORM: return &m->norm;      case T_LM_HEAD: return &m->lm_head;
+    case T_ATTN_NORM: return &L->attn_norm; case T_WQ_A: return &L->wq_a;  case T_Q_NORM: return &L->q_norm;
+    case T_WQ_B: return &L->wq_b;         case T_WQ: return &L->wq;          case T_WKV_A: return &L->wkv_a;
+    case T_KV_NORM: return &L->kv_norm;   case T_WKV_B: return &L->wkv_b;    case T_WO: return &L->wo;
+    case T_FFN_NORM: return &L->ffn_norm; case T_W1: return &L->w1;          case T_W2: return &L->w2;
+    case T_W3: return &L->w3;             case T_GATE: return &L->gate;      case T_BIAS: return &L->bias;
+    case T_EW1: return &L->ew1;           case T_EW2: return &L->ew2;        case T_EW3: return &L->ew3;
+    case T_SW1: return &L->sw1;           case T_SW2: return &L->sw2;        default: return &L->sw3;
+    }
+}
+
+// Reads one tensor of the checkpoint again (the transforms re-fold the attention weights from the file).
+static void reload_tensor(Model *m, int kind, int layer) {
+    int n = tensor_layout(&m->c, NULL, NULL);
+    Tensor *t = xmalloc(n * sizeof(Tensor));
+    tensor_layout(&m->c, t, NULL);
+    for (int i = 0; i < n; i++)
+        if (t[i].kind == kind && t[i].layer == layer) tensor_to_f32(m, &t[i], *tensor_slot(m, kind, layer));
+    free(t);
+}
+
+static void fold_latent(Model *m, const float *U);
+
+static void build_model(Model *m, const char *path) {
+    memset(m, 0, sizeof(*m));
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("%s: cannot open (does it exist? make one with ./convert HF_DIR %s)", path, path);
+    struct stat st;
+    fstat(fd, &st);
+    size_t size = st.st_size;
+    if (size < TPLA_HEADER) die("%s: truncated: %zu bytes, smaller than the %d-byte header", path, size, TPLA_HEADER);
+    const uint8_t *f = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (f == MAP_FAILED) die("%s: mmap failed", path);
+    uint32_t magic; int32_t version;
+    memcpy(&magic, f, 4); memcpy(&version, f + 4, 4);
+    if (magic != TPLA_MAGIC) die("%s: not a tpla checkpoint (magic 0x%08x); re-run ./convert", path, magic);
+    if (version != TPLA_VERSION) die("%s: checkpoint version %d, this program reads %d; re-run ./convert", path, version, TPLA_VERSION);
+    memcpy(&m->c, f + 8, sizeof(Config));
+    const char *err = config_error(&m->c);
+    if (err) die("%s: bad config: %s", path, err);
+    uint64_t wbytes;
+    int nt = tensor_layout(&m->c, NULL, &wbytes);
+    if (size != weights_offset(&m->c) + wbytes)
+        die("%s: truncated or damaged: %zu bytes, the config needs %llu; re-run ./convert", path, size,
+            (unsigned long long)(weights_offset(&m->c) + wbytes));
+    m->file = f; m->file_size = size;
+    Tensor *t = xmalloc(nt * sizeof(Tensor));
+    tensor_layout(&m->c, t, NULL);
+    size_t total = 0;
+    for (int i = 0; i < nt; i++) total += t[i].n0 * t[i].n1 * t[i].n2;
+    m->arena = xmalloc(total * sizeof(float));
+    m->layers = xmalloc(m->c.n_layers * sizeof(Layer));
+    float *p = m->arena;
+    for (int i = 0; i < nt; i++) {
+        *tensor_slot(m, t[i].kind, t[i].layer) = p;
+        tensor_to_f32(m, &t[i], p);
+        p += t[i].n0 * t[i].n1 * t[i].n2;
+    }
+    free(t);
+    fold_latent(m, NULL);   // the cached latent is weightless: gamma lives in W_UK and W_UV
+}
+
+static void free_model(Model *m) {
+    munmap((void *)m->file, m->file_size);
+    free(m->arena); free(m->layers);
+}
+
+// ----------------------------------------------------------------------------
+// the math of one token, in float32
+
+static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
+    float ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float s = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) o[i] = (w ? w[i] : 1.0f) * (x[i] * s);
+}
+
+// y (d) = W (d, n) x (n)
+static void matmul(float *y, const float *x, const float *W, int n, int d) {
+    #pragma omp parallel for
+    for (int i = 0; i < d; i++) {
+        const float *w = W + (size_t)i * n;
+        float s = 0;
+        for (int j = 0; j < n; j++) s += w[j] * x[j];
+        y[i] = s;
+    }
+}
+
+static void softmax(float *x, int n) {
+    float mx = x[0];
+    for (int i = 1; i < n; i++) if (x[i] > mx) mx = x[i];
+    float s = 0;
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - mx); s += x[i]; }
+    for (int i = 0; i < n; i++) x[i] /= s;
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// Rotates the rope vector x (dr) to position pos.
+static void rope(const Config *c, const float *inv, float *x, int pos) {
+    for (int i = 0; i < c->dr / 2; i++) rope_pair(x, i, c->dr, pos, inv[i], c->rope_attn, c->rope_interleave);
+}
+
+// ----------------------------------------------------------------------------
+// the CPU engine's state: activations and the latent cache
+
+typedef struct {
+    float *x, *xb, *q, *kv, *qa, *o, *v, *y, *h1, *h3, *ffn, *router, *logits, *att;
+    float *lat;    // (n_layers, max_len, dc): the cached latent, transformed and normalised
+    float *kpe;    // (n_layers, max_len, dr): the cached rope key
+    float *inv_freq;
+    int max_len;
+} State;
+
+static void build_state(State *s, const Config *c, int max_len) {
+    int hid = c->moe_inter * (c->n_shared > 1 ? c->n_shared : 1);
+    if (c->inter > hid) hid = c->inter;
+    s->max_len = max_len;
+    s->x = xmalloc(c->dim * 4); s->xb = xmalloc(c->dim * 4); s->y = xmalloc(c->dim * 4); s->ffn = xmalloc(c->dim * 4);
+    s->q = xmalloc((size_t)c->n_heads * (c->dn + c->dr) * 4 + c->q_lora * 4);
+    s->kv = xmalloc((c->dc + c->dr) * 4);
+    s->qa = xmalloc(c->dc * 4); s->o = xmalloc(c->dc * 4);
+    s->v = xmalloc((size_t)c->n_heads * c->dv * 4);
+    s->h1 = xmalloc(hid * 4); s->h3 = xmalloc(hid * 4);
+    s->router = xmalloc((c->n_experts + 1) * 4);
+    s->logits = xmalloc((size_t)c->vocab * 4);
+    s->att = xmalloc((size_t)max_len * 4);
+    s->lat = xmalloc((size_t)c->n_layers * max_len * c->dc * 4);
+    s->kpe = xmalloc((size_t)c->n_layers * max_len * c->dr * 4);
+    s->inv_freq = xmalloc(c->dr / 2 * 4);
+    rope_freqs(c, s->inv_freq);
+}
+
+static void free_state(State *s) {
+    float *p[] = {s->x, s->xb, s->y, s->ffn, s->q, s->kv, s->qa, s->o, s->v, s->h1, s->h3, s->router,
+                  s->logits, s->att, s->lat, s->kpe, s->inv_freq};
+    for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++) free(p[i]);
+}
+
+// SwiGLU MLP of width n, added into out with weight w: out += w * W2 (silu(W1 x) * W3 x)
+static void mlp(State *s, float *out, const float *x, const float *w1, const float *w2, const float *w3, int D, int n, float w) {
+    matmul(s->h1, x, w1, D, n);
+    matmul(s->h3, x, w3, D, n);
+    for (int i = 0; i < n; i++) s->h1[i] = silu(s->h1[i]) * s->h3[i];
+    matmul(s->y, s->h1, w2, n, D);
+    for (int i = 0; i < D; i++) out[i] += w * s->y[i];
+}
+
+// Normalises a new token's latent c (dc) in place and caches it. Exact (prefill, MLA, -r global):
+// by the rms of the whole latent. TPLA -r local: shard i divides its slice S_i by the slice's own rms,
+// corrected by fix[i] = sqrt(1 / (g e_i)) where PCA measured the shard's energy share e_i.
+static void normalise_latent(float *c, int dc, int g, const float *fix, float eps) {
+    int w = dc / g;
+    for (int i = 0; i < g; i++) {
+        float *sl = c + i * w;
+        float ss = 0;
+        for (int j = 0; j < w; j++) ss += sl[j] * sl[j];
+        float r = sqrtf(ss / w + eps) * (fix ? fix[i] : 1.0f);
+        for (int j = 0; j < w; j++) sl[j] /= r;
+    }
+}
+
+// One token at position pos through the whole model; returns the logits. exact: this token is
+// prefilled as exact MLA (full latent, global rms, one softmax); else it is a decode step of scheme sc.
+static float *forward(const Model *m, State *s, const Scheme *sc, int token, int pos, int exact) {
+    const Config *c = &m->c;
+    int D = c->dim, H = c->n_heads, dc = c->dc, dr = c->dr, dn = c->dn, dv = c->dv, qd = dn + dr;
+    int g = exact ? 1 : sc->g, local = !exact && sc->rms == RMS_LOCAL;
+    memcpy(s->x, m->embed + (size_t)token * D, D * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        // --- attention: queries, the new latent and rope key
+        rmsnorm(s->xb, s->x, L->attn_norm, D, c->eps);
+        if (c->q_lora) {
+            float *qlat = s->q + (size_t)H * qd;
+            matmul(qlat, s->xb, L->wq_a, D, c->q_lora);
+            rmsnorm(qlat, qlat, L->q_norm, c->q_lora, c->eps);
+            matmul(s->q, qlat, L->wq_b, c->q_lora, H * qd);
+        } else {
+            matmul(s->q, s->xb, L->wq, D, H * qd);
+        }
+        matmul(s->kv, s->xb, L->wkv_a, D, dc + dr);
+        float *lat = s->lat + (size_t)l * s->max_len * dc, *kpe = s->kpe + (size_t)l * s->max_len * dr;
+        normalise_latent(s->kv, dc, local ? g : 1, local && sc->rms_fix ? sc->rms_fix + l * g : NULL, c->eps);
+        rope(c, s->inv_freq, s->kv + dc, pos);
+        memcpy(lat + (size_t)pos * dc, s->kv, dc * sizeof(float));
+        memcpy(kpe + (size_t)pos * dr, s->kv + dc, dr * sizeof(float));
+        // --- absorbed attention, per head h and latent shard i (g = 1 is MLA):
+        //   qa = W_UK^h^T q_nope;  score(t) = scale (qa[S_i] . c_t[S_i] + q_pe . kpe_t)
+        //   o[S_i] = softmax_t(score) . c_t[S_i]   (shard i's own softmax)
+        //   v_h = W_UV^h o = sum_i W_UV^h[:, S_i] o[S_i]   (the sum is TPLA's all-reduce)
+        int w = dc / g;
+        for (int h = 0; h < H; h++) {
+            float *qh = s->q + (size_t)h * qd;
+            const float *wuk = L->wkv_b + (size_t)h * (dn + dv) * dc, *wuv = wuk + (size_t)dn * dc;
+            rope(c, s->inv_freq, qh + dn, pos);
+            for (int j = 0; j < dc; j++) s->qa[j] = 0;
+            for (int k = 0; k < dn; k++)
+                for (int j = 0; j < dc; j++) s->qa[j] += wuk[(size_t)k * dc + j] * qh[k];
+            for (int i = 0; i < g; i++) {
+                for (int t = 0; t <= pos; t++) {
+                    float sc_ = 0;
+                    for (int j = i * w; j < (i + 1) * w; j++) sc_ += s->qa[j] * lat[(size_t)t * dc + j];
+                    for (int j = 0; j < dr; j++) sc_ += qh[dn + j] * kpe[(size_t)t * dr + j];
+                    s->att[t] = sc_ * c->softmax_scale;
+                }
+                softmax(s->att, pos + 1);
+                for (int j = i * w; j < (i + 1) * w; j++) s->o[j] = 0;
+                for (int t = 0; t <= pos; t++)
+                    for (int j = i * w; j < (i + 1) * w; j++) s->o[j] += s->att[t] * lat[(size_t)t * dc + j];
+            }
+            matmul(s->v + (size_t)h * dv, s->o, wuv, dc, dv);
+        }
+        matmul(s->y, s->v, L->wo, H * dv, D);
+        for (int i = 0; i < D; i++) s->x[i] += s->y[i];
+        // --- FFN: dense SwiGLU, or routed experts plus shared experts
+        rmsnorm(s->xb, s->x, L->ffn_norm, D, c->eps);
+        memset(s->ffn, 0, D * sizeof(float));
+        if (!layer_is_moe(c, l)) {
+            mlp(s, s->ffn, s->xb, L->w1, L->w2, L->w3, D, c->inter, 1.0f);
+        } else {
+            int I = c->moe_inter, idx[c->topk];
+            float wt[c->topk];
+            float scratch[2 * c->n_experts + c->n_group + 1];
+            matmul(s->router, s->xb, L->gate, D, c->n_experts);
+            route(c, s->router, L->bias, scratch, idx, wt);
+            for (int k = 0; k < c->topk; k++) {
+                size_t e = idx[k];
+                mlp(s, s->ffn, s->xb, L->ew1 + e * I * D, L->ew2 + e * D * I, L->ew3 + e * I * D, D, I, wt[k]);
+            }
+            if (c->n_shared) mlp(s, s->ffn, s->xb, L->sw1, L->sw2, L->sw3, D, c->n_shared * I, 1.0f);
+        }
+        for (int i = 0; i < D; i++) s->x[i] += s->ffn[i];
+    }
+    rmsnorm(s->x, s->x, m->norm, D, c->eps);
+    matmul(s->logits, s->x, m->lm_head, D, c->vocab);
+    return s->logits;
+}
+
+// ----------------------------------------------------------------------------
+// orthogonal transforms of the latent (DESIGN.md section 2), folded into the weights at load
+
+// Symmetric eigensolver (cyclic Jacobi): A (n, n) is destroyed; V gets the eigenvectors as columns,
+// sorted by decreasing eigenvalue in ev.
+static void eigen_sym(double *A, int n, double *V, double *ev) {
+    for (int i = 0; i < n * n; i++) V[i] = 0;
+    for (int i = 0; i < n; i++) V[i * n + i] = 1;
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0, diag = 0;
+        for (int i = 0; i < n; i++) {
+            diag += A[i * n + i] * A[i * n + i];
+            for (int j = i + 1; j < n; j++) off += A[i * n + j] * A[i * n + j];
+        }
+        if (off <= 1e-30 * diag || off == 0) break;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                double apq = A[p * n + q];
+                if (fabs(apq) < 1e-300) continue;
+                double th = (A[q * n + q] - A[p * n + p]) / (2 * apq);
+                double t = (th >= 0 ? 1 : -1) / (fabs(th) + sqrt(th * th + 1));
+                double cs = 1 / sqrt(t * t + 1), sn = t * cs;
+                for (int k = 0; k < n; k++) {   // A <- A J (columns p, q)
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = cs * akp - sn * akq; A[k * n + q] = sn * akp + cs * akq;
+                }
+                for (int k = 0; k < n; k++) {   // A <- J^T A (rows p, q)
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = cs * apk - sn * aqk; A[q * n + k] = sn * apk + cs * aqk;
+                }
+                for (int k = 0; k < n; k++) {   // V <- V J
+                    double vkp = V[k * n + p], vkq = V[k * n + q];
+                    V[k * n + p] = cs * vkp - sn * vkq; V[k * n + q] = sn * vkp + cs * vkq;
+                }
+            }
+    }
+    for (int i = 0; i < n; i++) ev[i] = A[i * n + i];
+    for (int i = 0; i < n; i++) {          // selection sort, decreasing
+        int b = i;
+        for (int j = i + 1; j < n; j++) if (ev[j] > ev[b]) b = j;
+        if (b == i) continue;
+        double t = ev[i]; ev[i] = ev[b]; ev[b] = t;
+        for (int k = 0; k < n; k++) { t = V[k * n + i]; V[k * n + i] = V[k * n + b]; V[k * n + b] = t; }
+    }
+}
+
+// Sylvester Hadamard matrix times a seeded random +-1 diagonal, over sqrt(n): U (n, n).
+static int hadamard(float *U, int n, unsigned long long *rng) {
+    if (n & (n - 1)) return 0;
+    for (int j = 0; j < n; j++) {
+        *rng ^= *rng >> 12; *rng ^= *rng << 25; *rng ^= *rng >> 27;
+        float sign = ((*rng * 0x2545F4914F6CDD1Dull) >> 63) ? -1.0f : 1.0f;
+        for (int i = 0; i < n; i++) U[i * n + j] = (__builtin_popcount(i & j) & 1 ? -1.0f : 1.0f) * sign / sqrtf(n);
+    }
+    return 1;
+}
+
+// Re-reads the latent's weights from the checkpoint and folds into them the latent norm weight gamma
+// and, if U is given, the orthogonal U (n_layers, dc, dc):
+//   W_UK^h <- W_UK^h diag(gamma) U,  W_UV^h <- W_UV^h diag(gamma) U,  W_DKV[latent rows] <- U^T W_DKV.
+// The cache then holds c' = U^T c_raw / rms(c_raw), and MLA's logits do not change.
+static void fold_latent(Model *m, const float *U) {
+    const Config *c = &m->c;
+    int dc = c->dc, D = c->dim, rows = c->n_heads * (c->dn + c->dv);
+    float *tmp = xmalloc((size_t)(dc > D ? dc : D) * dc * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        Layer *L = &m->layers[l];
+        reload_tensor(m, T_WKV_A, l); reload_tensor(m, T_WKV_B, l); reload_tensor(m, T_KV_NORM, l);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < dc; j++) L->wkv_b[(size_t)r * dc + j] *= L->kv_norm[j];
+        for (int j = 0; j < dc; j++) L->kv_norm[j] = 1.0f;
+        if (!U) continue;
+        const float *Ul = U + (size_t)l * dc * dc;
+        #pragma omp parallel for
+        for (int r = 0; r < rows; r++) {      // row r of W_UK / W_UV times U
+            float out[dc], *w = L->wkv_b + (size_t)r * dc;
+            for (int j = 0; j < dc; j++) out[j] = 0;
+            for (int k = 0; k < dc; k++) for (int j = 0; j < dc; j++) out[j] += w[k] * Ul[(size_t)k * dc + j];
+            memcpy(w, out, sizeof(out));
+        }
+        for (int i = 0; i < dc; i++)          // tmp = U^T W_DKV[latent rows]
+            for (int d = 0; d < D; d++) {
+                float s = 0;
+                for (int k = 0; k < dc; k++) s += Ul[(size_t)k * dc + i] * L->wkv_a[(size_t)k * D + d];
+                tmp[(size_t)i * D + d] = s;
+            }
+        memcpy(L->wkv_a, tmp, (size_t)dc * D * sizeof(float));
+    }
+    free(tmp);
+}
+
+// PCA per layer: runs MLA over the calibration tokens, takes the uncentred second moment of the
+// weightless latents, and returns its eigenvectors (n_layers, dc, dc) by decreasing eigenvalue;
+// ev gets the eigenvalues (n_layers, dc). The model must hold gamma-folded weights without U.
+static float *pca_calibrate(const Model *m, const int *tok, int n, int window, double *ev) {
+    const Config *c = &m->c;
+    int dc = c->dc;
+    double *M = xmalloc((size_t)c->n_layers * dc * dc * sizeof(double)), *V = xmalloc((size_t)dc * dc * sizeof(double));
+    float *U = xmalloc((size_t)c->n_layers * dc * dc * sizeof(float));
+    State s;
+    build_state(&s, c, window);
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    for (int t = 0; t < n; t++) {
+        forward(m, &s, &mla, tok[t], t % window, 1);
+        for (int l = 0; l < c->n_layers; l++) {
+            const float *x = s.lat + ((size_t)l * window + t % window) * dc;
+            double *Ml = M + (size_t)l * dc * dc;
+            for (int i = 0; i < dc; i++) for (int j = 0; j < dc; j++) Ml[i * dc + j] += (double)x[i] * x[j] / n;
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        eigen_sym(M + (size_t)l * dc * dc, dc, V, ev + (size_t)l * dc);
+        for (int i = 0; i < dc * dc; i++) U[(size_t)l * dc * dc + i] = (float)V[i];
+    }
+    free_state(&s); free(M); free(V);
+    return U;
+}
+
+// The local-rms correction of each shard: sqrt(1 / (g e_i)), e_i = the shard's share of the eigenvalues.
+static float *rms_fix_from_pca(const Config *c, const double *ev, int g) {
+    float *fix = xmalloc((size_t)c->n_layers * g * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        double tot = 0, part[g];
+        for (int i = 0; i < g; i++) part[i] = 0;
+        for (int j = 0; j < c->dc; j++) { tot += ev[(size_t)l * c->dc + j]; part[j / (c->dc / g)] += ev[(size_t)l * c->dc + j]; }
+        for (int i = 0; i < g; i++) fix[l * g + i] = (float)sqrt(tot / (g * (part[i] > 1e-30 * tot ? part[i] : 1e-30 * tot)));
+    }
+    return fix;
+}
+
+// ----------------------------------------------------------------------------
+// tokenizer: byte-level BPE (the block convert.c writes). Text is split by the GPT-2 pattern
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// for ASCII; every byte >= 0x80 counts as a letter (see README), then each piece is merged by rank.
+
+typedef struct {
+    int n, n_merges;
+    char **str; int *len, *special;
+    int byte_id[256];
+    int64_t *mkey; int *mrank, *mres; int mcap;   // hash of merges: key = left * n + right
+} Tokenizer;
+
+static int rd32(const uint8_t **p) { int v; memcpy(&v, *p, 4); *p += 4; return v; }
+
+static void build_tokenizer(Tokenizer *t, const Model *m) {
+    memset(t, 0, sizeof(*t));
+    if (!m->c.tok_bytes) return;
+    const uint8_t *p = m->file + TPLA_HEADER, *end = p + m->c.tok_bytes;
+    t->n = rd32(&p); t->n_merges = rd32(&p); rd32(&p);
+    if (t->n != m->c.vocab || t->n_merges < 0) die("tokenizer block: %d tokens for a vocab of %d; re-run ./convert", t->n, m->c.vocab);
+    t->str = xmalloc(t->n * sizeof(char *)); t->len = xmalloc(t->n * 4); t->special = xmalloc(t->n * 4);
+    for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
+    for (int i = 0; i < t->n; i++) {
+        if (p + 8 > end) die("tokenizer block truncated; re-run ./convert");
+        t->len[i] = rd32(&p); t->special[i] = rd32(&p);
+        if (t->len[i] < 0 || p + t->len[i] > end) die("tokenizer block damaged; re-run ./convert");
+        t->str[i] = xmalloc(t->len[i] + 1);
+        memcpy(t->str[i], p, t->len[i]); p += t->len[i];
+        if (t->len[i] == 1 && !t->special[i] && t->byte_id[(uint8_t)t->str[i][0]] < 0) t->byte_id[(uint8_t)t->str[i][0]] = i;
+    }
+    t->mcap = 1;
+    while (t->mcap < 2 * t->n_merges + 2) t->mcap *= 2;
+    t->mkey = xmalloc(t->mcap * 8); t->mrank = xmalloc(t->mcap * 4); t->mres = xmalloc(t->mcap * 4);
+    for (int i = 0; i < t->mcap; i++) t->mkey[i] = -1;
+    if (p + 12 * (size_t)t->n_merges > end) die("tokenizer block truncated; re-run ./convert");
+    for (int r = 0; r < t->n_merges; r++) {
+        int a = rd32(&p), b = rd32(&p), res = rd32(&p);
+        int64_t key = (int64_t)a * t->n + b;
+        uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull & (t->mcap - 1);
+        while (t->mkey[h] >= 0 && t->mkey[h] != key) h = (h + 1) & (t->mcap - 1);
+        if (t->mkey[h] < 0) { t->mkey[h] = key; t->mrank[h] = r; t->mres[h] = res; }
+    }
+}
+
+static void free_tokenizer(Tokenizer *t) {
+    for (int i = 0; i < t->n; i++) free(t->str[i]);
+    free(t->str); free(t->len); free(t->special); free(t->mkey); free(t->mrank); free(t->mres);
+}
+
+static int merge_rank(const Tokenizer *t, int a, int b, int *res) {
+    int64_t key = (int64_t)a * t->n + b;
+    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull & (t->mcap - 1);
+    while (t->mkey[h] >= 0) {
+        if (t->mkey[h] == key) { *res = t->mres[h]; return t->mrank[h]; }
+        h = (h + 1) & (t->mcap - 1);
+    }
+    return -1;
+}
+
+static int is_space(int ch) { return ch == ' ' || (ch >= 9 && ch <= 13); }
+static int is_letter(int ch) { return isalpha(ch) || ch >= 0x80; }
+static int is_digit(int ch) { return ch >= '0' && ch <= '9'; }
+static int char_class(int ch) { return is_letter(ch) ? 1 : is_digit(ch) ? 2 : is_space(ch) ? 3 : 4; }
+
+// Length of the pre-tokenizer piece that starts at s[0] (n bytes left).
+static int piece_len(const unsigned char *s, int n) {
+    if (s[0] == '\'' && n > 1) {
+        static const char *con[] = {"s", "t", "re", "ve", "m", "ll", "d"};
+        for (int k = 0; k < 7; k++) {
+            int l = strlen(con[k]);
+            if (n > l && !memcmp(s + 1, con[k], l)) return l + 1;
+        }
+    }
+    int i = 0;
+    if (s[0] == ' ' && n > 1 && !is_space(s[1])) i = 1;    // " ?" before a letter, digit or symbol run
+    if (i < n && !is_space(s[i])) {
+        int cl = char_class(s[i]);
+        while (i < n && char_class(s[i]) == cl) i++;
+        return i;
+    }
+    int k = 0;
+    while (k < n && is_space(s[k])) k++;                     // \s+(?!\S) then \s+
+    return (k == n || k == 1) ? k : k - 1;
+}
+
+static int encode(const Tokenizer *t, const char *text, int *out, int max) {
+    const unsigned char *s = (const unsigned char *)text;
+    int n = strlen(text), count = 0;
+    int *ids = xmalloc((n + 1) * sizeof(int));
+    for (int at = 0; at < n;) {
+        int len = piece_len(s + at, n - at), m = 0;
+        for (int i = 0; i < len; i++) {
+            ids[m] = t->byte_id[s[at + i]];
+            if (ids[m] < 0) die("tokenizer has no token for byte 0x%02x", s[at + i]);
+            m++;
+        }
+        for (;;) {   // merge the pair of lowest rank until none is left
+            int best = -1, br = 0, res = 0, r2;
+            for (int i = 0; i + 1 < m; i++) {
+                int r = merge_rank(t, ids[i], ids[i + 1], &r2);
+                if (r >= 0 && (best < 0 || r < br)) { best = i; br = r; res = r2; }
+            }
+            if (best < 0) break;
+            ids[best] = res;
+            memmove(ids + best + 1, ids + best + 2, (m - best - 2) * sizeof(int));
+            m--;
+        }
+        for (int i = 0; i < m && count < max; i++) out[count++] = ids[i];
+        at += len;
+    }
+    free(ids);
+    return count;
+}
+
+// ----------------------------------------------------------------------------
+// sampler: greedy at temperature 0, else top-p (nucleus) sampling, as llama2.c
+
+typedef struct { float temp, topp; unsigned long long rng; } Sampler;
+
+static float rand_f32(unsigned long long *s) {
+    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    return ((*s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+}
+
+static int argmax(const float *x, int n) { int b = 0; for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i; return b; }
+
+typedef struct { float p; int i; } ProbIndex;
+static int cmp_prob(const void *a, const void *b) {
+    float x = ((const ProbIndex *)a)->p, y = ((const ProbIndex *)b)->p;
+    return x > y ? -1 : x < y ? 1 : 0;
+}
+
+static int sample(Sampler *sm, const float *logits, int n) {
+    if (sm->temp == 0) return argmax(logits, n);
+    float *p = xmalloc(n * sizeof(float));
+    ProbIndex *pi = xmalloc(n * sizeof(ProbIndex));
+    for (int i = 0; i < n; i++) p[i] = logits[i] / sm->temp;
+    softmax(p, n);
+    for (int i = 0; i < n; i++) { pi[i].p = p[i]; pi[i].i = i; }
+    qsort(pi, n, sizeof(ProbIndex), cmp_prob);
+    float cum = 0, r;
+    int last = n - 1;
+    for (int i = 0; i < n; i++) { cum += pi[i].p; if (cum > sm->topp) { last = i; break; } }
+    r = rand_f32(&sm->rng) * cum;
+    int tok = pi[last].i;
+    for (int i = 0; i <= last; i++) { r -= pi[i].p; if (r <= 0) { tok = pi[i].i; break; } }
+    free(p); free(pi);
+    return tok;
+}
+
+// ----------------------------------------------------------------------------
+// engine: the CPU reference or the GPU engine behind the same three calls
+
+typedef struct {
+    const Model *m;
+    Scheme s;
+    State st;      // CPU
+    GPU *gpu;      // or GPU
+    float *logits;
+    int pos;
+} Engine;
+
+static void build_engine(Engine *e, const Model *m, const Scheme *s, int use_gpu, int ngpu, int max_len) {
+    memset(e, 0, sizeof(*e));
+    e->m = m; e->s = *s;
+    if (use_gpu) {
+        e->gpu = gpu_build(m, &m->c, s, ngpu, 1, max_len, 1);
+        e->logits = xmalloc((size_t)m->c.vocab * sizeof(float));
+    } else {
+        build_state(&e->st, &m->c, max_len);
+    }
+}
+
+static void free_engine(Engine *e) {
+    if (e->gpu) { gpu_free(e->gpu); free(e->logits); } else free_state(&e->st);
+}
+
+static void engine_reset(Engine *e) { e->pos = 0; if (e->gpu) gpu_reset(e->gpu); }
+
+// Feeds n tokens; the first are exact prefill, the rest (if !exact) decode steps. Returns the logits
+// of the last token; all (n, vocab) go to out if it is not NULL.
+static float *engine_feed(Engine *e, const int *tok, int n, int exact, float *out) {
+    const Config *c = &e->m->c;
+    if (!e->gpu && e->pos + n > e->st.max_len) die("sequence longer than the %d positions allocated", e->st.max_len);
+    float *lg = NULL;
+    if (e->gpu && exact) {   // the GPU prefills a whole chunk at once
+        gpu_prefill(e->gpu, 0, tok, n, out ? out : e->logits, out != NULL);
+        e->pos += n;
+        return out ? out + (size_t)(n - 1) * c->vocab : e->logits;
+    }
+    for (int i = 0; i < n; i++, e->pos++) {
+        if (e->gpu) { gpu_decode(e->gpu, tok + i, e->logits); lg = e->logits; }
+        else lg = forward(e->m, &e->st, &e->s, tok[i], e->pos, exact);
+        if (out) memcpy(out + (size_t)i * c->vocab, lg, c->vocab * sizeof(float));
+    }
+    return lg;
+}
+
+#ifndef TPLA_CUDA
+// a build without nvcc: the GPU engine is absent
+int gpu_count(void) { return 0; }
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int dense_ffn) {
+    (void)m; (void)c; (void)s; (void)ngpu; (void)batch; (void)max_len; (void)dense_ffn;
+    die("this build has no GPU engine");
+}
+void gpu_prefill(GPU *G, int b, const int *t, int n, float *l, int all) { (void)G; (void)b; (void)t; (void)n; (void)l; (void)all; }
+void gpu_decode(GPU *G, const int *t, float *l) { (void)G; (void)t; (void)l; }
+void gpu_reset(GPU *G) { (void)G; }
+void gpu_free(GPU *G) { (void)G; }
+void gpu_attention(const uint16_t *Q, const uint16_t *c, const int *l, int B, int h, int dcs, int dr, int ml, float sc, float *O) {
+    (void)Q; (void)c; (void)l; (void)B; (void)h; (void)dcs; (void)dr; (void)ml; (void)sc; (void)O;
+}
+void gpu_bench(const Config *c, const Scheme *s, int k, int b, const int *x, int n, int d, int st, const char *nm, const char *csv) {
+    (void)c; (void)s; (void)k; (void)b; (void)x; (void)n; (void)d; (void)st; (void)nm; (void)csv;
+}
+#endif
+
+// ----------------------------------------------------------------------------
+// command line
+
+typedef struct {
+    const char *model, *mode, *prompt, *in, *out, *calib, *ctx;
+    int gpu, ngpu, tpla, k, steps, batch, dense, seed;
+    int g[8], ng, T[3], nT, r[2], nr, split;
+    float temp, topp;
+} Args;
+
+static void usage(void) {
+    fprintf(stderr,
+        "usage: ./run MODEL [options]   MODEL: a .bin from ./convert, or dsv3 / kimik2 / dsv3-h16 for -m bench\n"
+        "  -m MODE   generate (default) | logits | ppl | tokenize | bench\n"
+        "  -d DEV    cpu | gpu (default: gpu if one is present)\n"
+        "  -K N      GPUs to use (default: all)\n"
+        "  -P S      mla (default) | tpla\n"
+        "  -g N      TPLA latent shards; a list like 2,4 in ppl mode (default: the GPU count, 2 on the CPU)\n"
+        "  -T X      orthogonal transform none (default) | hadamard | pca; a list in ppl mode\n"
+        "  -r X      rms of a decode token's latent: local (default) | global; a list in ppl mode\n"
+        "  -k P      the first P tokens are prefilled exactly (default: the whole prompt; ppl: n/4)\n"
+        "  -c FILE   calibration text for -T pca (default: the model's calib.txt beside it)\n"
+        "  -w W      GPU placement of TPLA's W_UQ/W_O: rep (replicated) | split (by head) (default split)\n"
+        "  -i TEXT   prompt;  -n N steps (generate: new tokens; ppl: window; bench: timed steps)\n"
+        "  -t T -p P -s S   temperature (default 0.8), top-p (0.9), seed\n"
+        "  -f FILE   input: token ids (logits), text (ppl, tokenize);  -o FILE: logits output (float32)\n"
+        "  -b B      bench batch (default 0: the largest that fits);  -l L,L..  bench contexts\n"
+        "  -F        bench: keep a dense FFN (the paper removes it)\n");
+    exit(1);
+}
+
+static int parse_list(const char *s, const char *const *names, int nnames, int *out, int max, const char *flag) {
+    int n = 0;
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", s);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (n == max) die("%s: too many values", flag);
+        if (!names) { out[n] = atoi(tok); if (out[n] <= 0) die("%s: '%s' is not a positive number", flag, tok); n++; continue; }
+        int k = 0;
+        while (k < nnames && strcmp(tok, names[k])) k++;
+        if (k == nnames) die("%s: unknown value '%s'", flag, tok);
+        out[n++] = k;
+    }
+    if (!n) die("%s: empty list", flag);
+    return n;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die("%s: cannot open", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = xmalloc(n + 1);
+    if (fread(buf, 1, n, f) != (size_t)n) die("%s: read failed", path);
+    fclose(f);
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+static int *read_ids(const char *path, int vocab, int *n) {
+    char *txt = read_file(path, NULL), *p = txt, *end;
+    int cap = 1024, *ids = xmalloc(cap * sizeof(int));
+    *n = 0;
+    for (;;) {
+        long v = strtol(p, &end, 10);
+        if (end == p) break;
+        if (v < 0 || v >= vocab) die("%s: token id %ld outside the vocabulary [0, %d)", path, v, vocab);
+        if (*n == cap) { cap *= 2; ids = realloc(ids, cap * sizeof(int)); }
+        ids[(*n)++] = v; p = end;
+    }
+    while (*p && isspace((unsigned char)*p)) p++;
+    if (*p) die("%s: not a list of token ids (at '%.10s')", path, p);
+    free(txt);
+    return ids;
+}
+
+// Sets up the latent transform T for g shards: folds it into m, fills s->rms_fix for PCA.
+static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *tok, const char *calib, float **U_pca, double **ev) {
+    const Config *c = &m->c;
+    fold_latent(m, NULL);
+    s->rms_fix = NULL;
+    if (T == T_NONE) return;
+    float *U;
+    if (T == T_HADAMARD) {
+        unsigned long long rng = 0x7f4a7c15ull;
+        U = xmalloc((size_t)c->n_layers * c->dc * c->dc * sizeof(float));
+        for (int l = 0; l < c->n_layers; l++)
+            if (!hadamard(U + (size_t)l * c->dc * c->dc, c->dc, &rng)) die("-T hadamard needs kv_lora_rank a power of 2, not %d", c->dc);
+        fold_latent(m, U);
+        free(U);
+        return;
+    }
+    if (!*U_pca) {   // PCA: calibrate once, on MLA with gamma folded
+        if (!tok->n) die("-T pca needs a tokenizer in the checkpoint to read the calibration text");
+        size_t len;
+        char *text = read_file(calib, &len);
+        int *ids = xmalloc((len + 1) * sizeof(int));
+        int n = encode(tok, text, ids, len + 1), cap = 8192, window = c->max_seq < 512 ? c->max_seq : 512;
+        if (n > cap) n = cap;
+        if (n < 2 * c->dc) fprintf(stderr, "note: only %d calibration tokens for a %d-wide latent\n", n, c->dc);
+        *ev = xmalloc((size_t)c->n_layers * c->dc * sizeof(double));
+        *U_pca = pca_calibrate(m, ids, n, window, *ev);
+        fprintf(stderr, "pca: calibrated on %d tokens of %s\n", n, calib);
+        free(text); free(ids);
+    }
+    fold_latent(m, *U_pca);
+    s->rms_fix = rms_fix_from_pca(c, *ev, g);
+}
+
+static const char *T_NAMES[] = {"none", "hadamard", "pca"}, *R_NAMES[] = {"local", "global"};
+
+static void print_text(const Tokenizer *t, int id) {
+    if (id >= 0 && id < t->n) fwrite(t->str[id], 1, t->len[id], stdout);
+    fflush(stdout);
+}
+
+static double cache_bytes_per_gpu(const Config *c, int g) { return (double)(c->dc / g + c->dr) * 2 * c->n_layers; }
+
+// generate: continue the prompt under MLA, and under TPLA too with -P tpla, and compare the two
+static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
+    if (!tok->n) die("this checkpoint has no tokenizer; use -m logits with token ids");
+    const Config *c = &m->c;
+    int cap = strlen(a->prompt) + 2, *ids = xmalloc((cap + a->steps) * sizeof(int)), n = 0;
+    if (c->bos >= 0) ids[n++] = c->bos;
+    n += encode(tok, a->prompt, ids + n, cap);
+    int k = a->k < 0 || a->k > n ? n : a->k, len = n + a->steps;
+    if (len > c->max_seq) die("prompt plus %d steps is %d tokens, more than max_position_embeddings %d", a->steps, len, c->max_seq);
+    int nrun = a->tpla ? 2 : 1, *gen[2];
+    float *U = NULL; double *ev = NULL;
+    for (int run = 0; run < nrun; run++) {
+        Scheme s = {run ? a->g[0] : 1, a->r[0], NULL, a->split};
+        setup_transform(m, &s, run ? a->T[0] : T_NONE, s.g, tok, a->calib, &U, &ev);
+        Engine e;
+        build_engine(&e, m, &s, use_gpu, a->ngpu, len);
+        Sampler sm = {a->temp, a->topp, (unsigned long long)a->seed * 2654435761ull + 1};
+        gen[run] = xmalloc(a->steps * sizeof(int));
+        if (run) printf("\n");
+        printf("--- %s", run ? "TPLA" : "MLA");
+        if (run) printf(" g=%d T=%s r=%s", s.g, T_NAMES[a->T[0]], R_NAMES[a->r[0]]);
+        printf(" (%s), cache per token per GPU: %.0f bytes\n", use_gpu ? "gpu" : "cpu",
+               cache_bytes_per_gpu(c, run ? s.g : 1));
+        for (int i = 0; i < n; i++) print_text(tok, ids[i]);
+        double t0 = now_s();
+        float *lg = engine_feed(&e, ids, k, 1, NULL);
+        if (k < n) lg = engine_feed(&e, ids + k, n - k, 0, NULL);
+        int i;
+        for (i = 0; i < a->steps; i++) {
+            int next = sample(&sm, lg, c->vocab);
+            gen[run][i] = next;
+            if (next == c->eos) break;
+            print_text(tok, next);
+            if (i + 1 < a->steps) lg = engine_feed(&e, &next, 1, 0, NULL);
+        }
+        for (; i < a->steps; i++) gen[run][i] = -1;
+        printf("\n(%.1f tok/s)\n", a->steps / (now_s() - t0));
+        free_engine(&e);
+        free((void *)s.rms_fix);
+    }
+    if (nrun == 2) {
+        int same = 0;
+        while (same < a->steps && gen[0][same] == gen[1][same]) same++;
+        printf("\nthe first %d of %d generated tokens agree; cache per token per GPU: MLA %.0f bytes, TPLA %.0f bytes (%.2fx less)\n",
+               same, a->steps, cache_bytes_per_gpu(c, 1), cache_bytes_per_gpu(c, a->g[0]),
+               cache_bytes_per_gpu(c, 1) / cache_bytes_per_gpu(c, a->g[0]));
+        free(gen[1]);
+    }
+    free(gen[0]); free(U); free(ev); free(ids);
+}
+
+// logits: the first k ids prefilled exactly, the rest as decode steps; writes (T, vocab) float32
+static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
+    if (!a->in || !a->out) die("-m logits needs -f IDS and -o OUT.f32");
+    const Config *c = &m->c;
+    int n, *ids = read_ids(a->in, c->vocab, &n);
+    if (n == 0 || n > c->max_seq) die("%s: %d ids; need 1 to %d", a->in, n, c->max_seq);
+    int k = a->k < 0 || a->k > n ? n : a->k;
+    Scheme s = {a->tpla ? a->g[0] : 1, a->r[0], NULL, a->split};
+    float *U = NULL; double *ev = NULL;
+    setup_transform(m, &s, a->tpla ? a->T[0] : T_NONE, s.g, tok, a->calib, &U, &ev);
+    Engine e;
+    build_engine(&e, m, &s, use_gpu, a->ngpu, n);
+    float *out = xmalloc((size_t)n * c->vocab * sizeof(float));
+    if (k) engine_feed(&e, ids, k, 1, out);
+    if (k < n) engine_feed(&e, ids + k, n - k, 0, out + (size_t)k * c->vocab);
+    FILE *f = fopen(a->out, "wb");
+    if (!f || fwrite(out, sizeof(float), (size_t)n * c->vocab, f) != (size_t)n * c->vocab) die("%s: cannot write", a->out);
+    fclose(f);
+    printf("wrote %s: %d positions x %d logits (%d prefilled exactly, %d decoded as %s)\n", a->out, n, c->vocab, k, n - k,
+           a->tpla ? "TPLA" : "MLA");
+    free_engine(&e); free(out); free(ids); free(U); free(ev); free((void *)s.rms_fix);
+}
+
+static void log_softmax(float *x, int n) {
+    float mx = x[argmax(x, n)], s = 0;
+    for (int i = 0; i < n; i++) s += expf(x[i] - mx);
+    float lse = mx + logf(s);
+    for (int i = 0; i < n; i++) x[i] -= lse;
+}
+
+// ppl: decode-mode perplexity. The text is cut into windows of n tokens; in each, the first k are
+// prefilled exactly and the rest are teacher-forced decode steps. One row per scheme, next to MLA,
+// with the mean KL(MLA || scheme) per scored token, and by distance from the prefill.
+#define NB 4
+static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
+    if (!a->in) die("-m ppl needs -f TEXT");
+    if (!tok->n) die("this checkpoint has no tokenizer");
+    const Config *c = &m->c;
+    size_t len;
+    char *text = read_file(a->in, &len);
+    int *ids = xmalloc((len + 1) * sizeof(int)), n = encode(tok, text, ids, len + 1), V = c->vocab;
+    int W = a->steps > 0 ? a->steps : (c->max_seq < 512 ? c->max_seq : 512);
+    if (W > c->max_seq) W = c->max_seq;
+    int k = a->k >= 0 ? a->k : W / 4, nwin = n / W;
+    if (k >= W) die("-k %d leaves nothing to score in windows of %d tokens", k, W);
+    if (nwin == 0) die("%s: %d tokens, fewer than one window of %d", a->in, n, W);
+    int bound[NB + 1] = {0, 16, 64, 256, 1 << 30};
+    printf("%s: %d tokens, %d windows of %d, first %d of each prefilled exactly, %d scored per window (%s)\n",
+           a->in, n, nwin, W, k, W - k - 1, use_gpu ? "gpu" : "cpu");
+    printf("%-28s %9s %10s", "scheme", "ppl", "KL(MLA||.)");
+    for (int b = 0; b < NB; b++) printf("  KL@%d-%s", bound[b] + 1, b + 1 < NB ? "" : "");
+    printf("\n");
+    float *ref = xmalloc((size_t)W * V * sizeof(float)), *out = xmalloc((size_t)W * V * sizeof(float));
+    float *U = NULL; double *ev = NULL;
+    int mla_done = 0;
+    if (!a->tpla) { a->nT = a->ng = a->nr = 1; a->T[0] = T_NONE; a->g[0] = 1; }  // MLA decode steps: equals MLA
+    for (int ti = 0; ti < a->nT; ti++)
+        for (int gi = 0; gi < a->ng; gi++)
+            for (int ri = 0; ri < a->nr; ri++) {
+                Scheme s = {a->g[gi], a->r[ri], NULL, a->split};
+                setup_transform(m, &s, a->T[ti], s.g, tok, a->calib, &U, &ev);
+                Scheme mla = {1, RMS_GLOBAL, NULL, a->split};
+                Engine e, em;
+                build_engine(&e, m, &s, use_gpu, a->ngpu, W);
+                build_engine(&em, m, &mla, use_gpu, a->ngpu, W);
+                double nll = 0, nll_ref = 0, kl = 0, klb[NB] = {0}, cntb[NB] = {0};
+                long cnt = 0;
+                for (int w = 0; w < nwin; w++) {
+                    const int *x = ids + (size_t)w * W;
+                    engine_reset(&em); engine_reset(&e);
+                    engine_feed(&em, x, W, 1, ref);   // MLA, exact: the reference
+                    engine_feed(&e, x, k, 1, out);
+                    engine_feed(&e, x + k, W - k, 0, out + (size_t)k * V);
+                    for (int t = k; t + 1 < W; t++) {
+                        float *p = ref + (size_t)t * V, *q = out + (size_t)t * V;
+                        log_softmax(p, V); log_softmax(q, V);
+                        double d = 0;
+                        for (int i = 0; i < V; i++) d += expf(p[i]) * (p[i] - q[i]);
+                        nll_ref -= p[x[t + 1]]; nll -= q[x[t + 1]]; kl += d; cnt++;
+                        int b = 0;
+                        while (t - k >= bound[b + 1]) b++;
+                        klb[b] += d; cntb[b]++;
+                    }
+                }
+                if (!mla_done) { printf("%-28s %9.4f %10s\n", "MLA", exp(nll_ref / cnt), "0"); mla_done = 1; }
+                char name[64];
+                if (a->tpla) snprintf(name, sizeof(name), "TPLA g=%d T=%s r=%s%s", s.g, T_NAMES[a->T[ti]], R_NAMES[a->r[ri]], k ? "" : " k=0");
+                else snprintf(name, sizeof(name), "MLA (decode steps)");
+                printf("%-28s %9.4f %10.5f", name, exp(nll / cnt), kl / cnt);
+                for (int b = 0; b < NB; b++) { if (cntb[b]) printf("  %9.5f", klb[b] / cntb[b]); else printf("  %9s", "-"); }
+                printf("\n");
+                fflush(stdout);
+                free_engine(&e); free_engine(&em); free((void *)s.rms_fix);
+            }
+    free(ref); free(out); free(ids); free(text); free(U); free(ev);
+}
+
+static const Config *bench_shape(const char *name) {
+    // DeepSeek-V3's attention shape (DESIGN.md section 6); Kimi-K2 is the same with 64 heads.
+    static Config c;
+    memset(&c, 0, sizeof(c));
+    c.dim = 7168; c.n_layers = 61; c.n_heads = 128; c.vocab = 129280; c.q_lora = 1536; c.dc = 512;
+    c.dn = 128; c.dr = 64; c.dv = 128; c.inter = 18432; c.first_dense = 61; c.max_seq = 163840;
+    c.eps = 1e-6f; c.rope_theta = 10000; c.rope_attn = 1; c.softmax_scale = 1 / sqrtf(192); c.rope_interleave = 1;
+    c.bos = c.eos = -1;
+    if (!strcmp(name, "dsv3")) return &c;
+    if (!strcmp(name, "kimik2")) { c.n_heads = 64; return &c; }
+    if (!strcmp(name, "dsv3-h16")) { c.n_heads = 16; return &c; }   // DeepSeek-V3's heads per GPU at TP = 8
+    return NULL;
+}
+
+#ifndef TESTING
+int main(int argc, char **argv) {
+    Args a = {0};
+    a.mode = "generate"; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
+    a.temp = 0.8f; a.topp = 0.9f; a.split = 1; a.ctx = "1024,2048,4096,8192,16384,32768";
+    a.ng = 0; a.T[0] = T_NONE; a.nT = 1; a.r[0] = RMS_LOCAL; a.nr = 1;
+    if (argc < 2 || argv[1][0] == '-') usage();
+    a.model = argv[1];
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "-F")) { a.dense = 1; continue; }
+        if (argv[i][0] != '-' || strlen(argv[i]) != 2 || i + 1 >= argc) usage();
+        const char *v = argv[++i];
+        switch (argv[i - 1][1]) {
+        case 'm': a.mode = v; break;
+        case 'd': if (strcmp(v, "cpu") && strcmp(v, "gpu")) die("-d: cpu or gpu, not '%s'", v); a.gpu = !strcmp(v, "gpu"); break;
+        case 'K': a.ngpu = atoi(v); if (a.ngpu <= 0) die("-K: a positive GPU count, not '%s'", v); break;
+        case 'P': if (strcmp(v, "mla") && strcmp(v, "tpla")) die("-P: mla or tpla, not '%s'", v); a.tpla = !strcmp(v, "tpla"); break;
+        case 'g': a.ng = parse_list(v, NULL, 0, a.g, 8, "-g"); break;
+        case 'T': a.nT = parse_list(v, T_NAMES, 3, a.T, 3, "-T"); break;
+        case 'r': a.nr = parse_list(v, R_NAMES, 2, a.r, 2, "-r"); break;
+        case 'k': a.k = atoi(v); if (a.k < 0) die("-k: a token count >= 0"); break;
+        case 'c': a.calib = v; break;
+        case 'w': if (strcmp(v, "rep") && strcmp(v, "split")) die("-w: rep or split, not '%s'", v); a.split = !strcmp(v, "split"); break;
+        case 'i': a.prompt = v; break;
+        case 'n': a.steps = atoi(v); break;
+        case 't': a.temp = atof(v); if (a.temp < 0) die("-t: temperature >= 0"); break;
+        case 'p': a.topp = atof(v); break;
+        case 's': a.seed = atoi(v); break;
+        case 'f': a.in = v; break;
+        case 'o': a.out = v; break;
+        case 'b': a.batch = atoi(v); if (a.batch < 0) die("-b: batch >= 0"); break;
+        case 'l': a.ctx = v; break;
+        default: usage();
+        }
+    }
+    int have = gpu_count();
+    if (a.gpu < 0) a.gpu = have > 0;
+#ifdef TPLA_CUDA
+    if (a.gpu && have == 0) die("-d gpu: no usable GPU found");
+#else
+    if (a.gpu) die("-d gpu: this build has no GPU engine (nvcc was not found when it was built)");
+#endif
+    if (a.gpu && !a.ngpu) a.ngpu = have;
+    if (a.gpu && a.ngpu > have) die("-K %d: only %d GPUs present", a.ngpu, have);
+    if (!a.ng) { a.g[0] = a.gpu ? a.ngpu : 2; a.ng = 1; }
+    if (!strcmp(a.mode, "bench")) {
+        if (!a.gpu) die("-m bench needs a GPU");
+        const Config *shape = bench_shape(a.model);
+        Model m;
+        if (!shape) { build_model(&m, a.model); shape = &m.c; }
+        int ctx[16], nctx = parse_list(a.ctx, NULL, 0, ctx, 16, "-l");
+        Scheme s = {a.g[0], a.r[0], NULL, a.split};
+        char csv[256];
+        snprintf(csv, sizeof(csv), "bench_%s_K%d_g%d.csv", shape == &m.c ? "model" : a.model, a.ngpu, s.g);
+        gpu_bench(shape, &s, a.ngpu, a.batch, ctx, nctx, a.dense, a.steps > 0 ? a.steps : 20, a.model, csv);
+        return 0;
+    }
+    Model m;
+    build_model(&m, a.model);
+    for (int i = 0; i < a.ng; i++)
+        if (m.c.dc % a.g[i]) die("-g %d: the shard count must divide kv_lora_rank %d", a.g[i], m.c.dc);
+    Tokenizer tok;
+    build_tokenizer(&tok, &m);
+    char calib[1024];
+    if (!a.calib) {   // default calibration text: calib.txt beside the model
+        const char *sl = strrchr(a.model, '/');
+        snprintf(calib, sizeof(calib), "%.*scalib.txt", sl ? (int)(sl - a.model + 1) : 0, a.model);
+        a.calib = calib;
+    }
+    if (!strcmp(a.mode, "tokenize")) {
+        if (!a.in) die("-m tokenize needs -f TEXT");
+        if (!tok.n) die("this checkpoint has no tokenizer");
+        size_t len;
+        char *text = read_file(a.in, &len);
+        int *ids = xmalloc((len + 1) * sizeof(int)), n = encode(&tok, text, ids, len + 1);
+        for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+        free(ids); free(text);
+    } else if (!strcmp(a.mode, "generate")) {
+        if (a.steps < 0) a.steps = 64;
+        mode_generate(&m, &a, &tok, a.gpu);
+    } else if (!strcmp(a.mode, "logits")) {
+        mode_logits(&m, &a, &tok, a.gpu);
+    } else if (!strcmp(a.mode, "ppl")) {
+        mode_ppl(&m, &a, &tok, a.gpu);
+    } else {
+        die("-m: unknown mode '%s'", a.mode);
+    }
+    if (tok.n) free_tokenizer(&tok);
+    free_model(&m);
+    return 0;
+}
+#endif

@@ -1,0 +1,489 @@
+// test.c: tpla's checks. Includes run.c and calls it directly; each check prints its measured error
+// and bound. CPU checks always run; GPU checks run when a GPU is present and are skipped otherwise.
+//   make test
+#define TESTING
+#include "run.c"
+#include <sys/wait.h>
+
+static int n_pass, n_fail, n_skip;
+static char tmp[256];   // a scratch directory for converted fixtures and bad inputs
+
+static void check(const char *name, int ok, double err, double bound) {
+    printf("%-64s %10.3g <= %-9.3g %s\n", name, err, bound, ok ? "ok" : "FAIL");
+    if (ok) n_pass++; else n_fail++;
+}
+static void skip(const char *name, const char *why) { printf("%-64s skipped: %s\n", name, why); n_skip++; }
+
+// ||a - b|| / ||b||, infinite if anything is not finite
+static double rel_err(const float *a, const float *b, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]); r += (double)b[i] * b[i];
+    }
+    return sqrt(d / (r > 0 ? r : 1));
+}
+
+// positions where a's argmax differs from ref's although ref's top choice leads by more than `gap`
+static int argmax_misses(const float *a, const float *ref, int T, int V, float gap) {
+    int bad = 0;
+    for (int t = 0; t < T; t++) {
+        int x = argmax(a + (size_t)t * V, V), y = argmax(ref + (size_t)t * V, V);
+        if (x != y && ref[(size_t)t * V + y] - ref[(size_t)t * V + x] > gap) bad++;
+    }
+    return bad;
+}
+
+static int sh(const char *cmd) {   // runs a command quietly, returns its exit status
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s >/dev/null 2>&1", cmd);
+    int s = system(buf);
+    return WIFEXITED(s) ? WEXITSTATUS(s) : -1;
+}
+
+static float *read_f32(const char *path, size_t n) {
+    size_t len;
+    char *buf = read_file(path, &len);
+    if (len != n * 4) die("%s: %zu bytes, expected %zu", path, len, n * 4);
+    return (float *)buf;
+}
+
+// logits of every position: the first k tokens prefilled exactly, the rest decoded in scheme s
+static float *run_logits(const Model *m, const Scheme *s, const int *ids, int n, int k, int gpu, int ngpu) {
+    Engine e;
+    build_engine(&e, m, s, gpu, ngpu, n);
+    float *out = xmalloc((size_t)n * m->c.vocab * sizeof(float));
+    if (k) engine_feed(&e, ids, k, 1, out);
+    if (k < n) engine_feed(&e, ids + k, n - k, 0, out + (size_t)k * m->c.vocab);
+    free_engine(&e);
+    return out;
+}
+
+// ----------------------------------------------------------------------------
+// an independent TPLA decode, written as the definition reads (DESIGN.md section 3), not absorbed:
+// per head h and shard i, keys W_UK^h[:, S_i] c_t[S_i] and values W_UV^h[:, S_i] c_t[S_i] are
+// formed explicitly, with shard i's own softmax; the shards' outputs are summed.
+
+static float *ref_forward(const Model *m, State *s, float *craw, float *cnorm, const Scheme *sc, int token, int pos, int exact) {
+    const Config *c = &m->c;
+    int D = c->dim, H = c->n_heads, dc = c->dc, dr = c->dr, dn = c->dn, dv = c->dv, qd = dn + dr;
+    int g = exact ? 1 : sc->g, w = dc / g;
+    memcpy(s->x, m->embed + (size_t)token * D, D * 4);
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        float *lat = cnorm + (size_t)l * s->max_len * dc, *kpe = s->kpe + (size_t)l * s->max_len * dr;
+        float *raw = craw + (size_t)l * s->max_len * dc;
+        rmsnorm(s->xb, s->x, L->attn_norm, D, c->eps);
+        float qbuf[H * qd + c->q_lora + 1];
+        if (c->q_lora) {
+            matmul(qbuf + H * qd, s->xb, L->wq_a, D, c->q_lora);
+            rmsnorm(qbuf + H * qd, qbuf + H * qd, L->q_norm, c->q_lora, c->eps);
+            matmul(qbuf, qbuf + H * qd, L->wq_b, c->q_lora, H * qd);
+        } else matmul(qbuf, s->xb, L->wq, D, H * qd);
+        float kv[dc + dr];
+        matmul(kv, s->xb, L->wkv_a, D, dc + dr);
+        memcpy(raw + (size_t)pos * dc, kv, dc * 4);
+        rope(c, s->inv_freq, kv + dc, pos);
+        memcpy(kpe + (size_t)pos * dr, kv + dc, dr * 4);
+        // the cached value of this token on shard i: its slice over the rms the scheme says
+        double all = 0;
+        for (int j = 0; j < dc; j++) all += (double)kv[j] * kv[j];
+        for (int i = 0; i < g; i++) {
+            double part = 0;
+            for (int j = i * w; j < (i + 1) * w; j++) part += (double)kv[j] * kv[j];
+            int local = !exact && sc->rms == RMS_LOCAL;
+            double r = local ? sqrt(part / w + c->eps) * (sc->rms_fix ? sc->rms_fix[l * g + i] : 1) : sqrt(all / dc + c->eps);
+            for (int j = i * w; j < (i + 1) * w; j++) lat[(size_t)pos * dc + j] = kv[j] / r;
+        }
+        float v[H * dv];
+        memset(v, 0, sizeof(v));
+        for (int h = 0; h < H; h++) {
+            float *q = qbuf + h * qd;
+            rope(c, s->inv_freq, q + dn, pos);
+            const float *wuk = L->wkv_b + (size_t)h * (dn + dv) * dc, *wuv = wuk + (size_t)dn * dc;
+            for (int i = 0; i < g; i++) {
+                double sc_[pos + 1], mx = -1e300, sum = 0;
+                for (int t = 0; t <= pos; t++) {
+                    double dot = 0;
+                    for (int a = 0; a < dn; a++) {
+                        double key = 0;
+                        for (int j = i * w; j < (i + 1) * w; j++) key += wuk[(size_t)a * dc + j] * lat[(size_t)t * dc + j];
+                        dot += q[a] * key;
+                    }
+                    for (int a = 0; a < dr; a++) dot += q[dn + a] * kpe[(size_t)t * dr + a];
+                    sc_[t] = dot * c->softmax_scale;
+                    if (sc_[t] > mx) mx = sc_[t];
+                }
+                for (int t = 0; t <= pos; t++) { sc_[t] = exp(sc_[t] - mx); sum += sc_[t]; }
+                for (int t = 0; t <= pos; t++)
+                    for (int a = 0; a < dv; a++) {
+                        double val = 0;
+                        for (int j = i * w; j < (i + 1) * w; j++) val += wuv[(size_t)a * dc + j] * lat[(size_t)t * dc + j];
+                        v[h * dv + a] += sc_[t] / sum * val;
+                    }
+            }
+        }
+        matmul(s->y, v, L->wo, H * dv, D);
+        for (int i = 0; i < D; i++) s->x[i] += s->y[i];
+        rmsnorm(s->xb, s->x, L->ffn_norm, D, c->eps);
+        memset(s->ffn, 0, D * 4);
+        if (!layer_is_moe(c, l)) mlp(s, s->ffn, s->xb, L->w1, L->w2, L->w3, D, c->inter, 1);
+        else {
+            int idx[c->topk];
+            float wt[c->topk], scratch[2 * c->n_experts + c->n_group + 1];
+            matmul(s->router, s->xb, L->gate, D, c->n_experts);
+            route(c, s->router, L->bias, scratch, idx, wt);
+            for (int k = 0; k < c->topk; k++) {
+                size_t e = idx[k], I = c->moe_inter;
+                mlp(s, s->ffn, s->xb, L->ew1 + e * I * D, L->ew2 + e * D * I, L->ew3 + e * I * D, D, I, wt[k]);
+            }
+            if (c->n_shared) mlp(s, s->ffn, s->xb, L->sw1, L->sw2, L->sw3, D, c->n_shared * c->moe_inter, 1);
+        }
+        for (int i = 0; i < D; i++) s->x[i] += s->ffn[i];
+    }
+    rmsnorm(s->x, s->x, m->norm, D, c->eps);
+    matmul(s->logits, s->x, m->lm_head, D, c->vocab);
+    return s->logits;
+}
+
+// ----------------------------------------------------------------------------
+
+typedef struct { const char *name; Model m; int *ids; int n; float *hf; } Fixture;
+
+static void load_fixture(Fixture *f, const char *name) {
+    char cmd[512], path[512];
+    f->name = name;
+    snprintf(cmd, sizeof(cmd), "./convert tests/data/%s %s/%s.bin", name, tmp, name);
+    if (sh(cmd)) die("%s failed", cmd);
+    snprintf(path, sizeof(path), "%s/%s.bin", tmp, name);
+    build_model(&f->m, path);
+    snprintf(path, sizeof(path), "tests/data/%s/ids.txt", name);
+    f->ids = read_ids(path, f->m.c.vocab, &f->n);
+    snprintf(path, sizeof(path), "tests/data/%s/logits.f32", name);
+    f->hf = read_f32(path, (size_t)f->n * f->m.c.vocab);
+}
+
+static void test_hf(Fixture *f) {
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    float *lg = run_logits(&f->m, &mla, f->ids, f->n, f->n, 0, 0);
+    char name[128];
+    snprintf(name, sizeof(name), "%s: CPU MLA logits vs HF transformers (float64)", f->name);
+    double e = rel_err(lg, f->hf, (size_t)f->n * f->m.c.vocab);
+    check(name, e <= 1e-4, e, 1e-4);
+    free(lg);
+}
+
+static const char *CALIB = "tests/data/tok.txt";
+
+// TPLA with one shard is MLA, whatever orthogonal transform is folded in
+static void test_g1(Fixture *f) {
+    Tokenizer tok;
+    build_tokenizer(&tok, &f->m);
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    fold_latent(&f->m, NULL);
+    float *ref = run_logits(&f->m, &mla, f->ids, f->n, f->n, 0, 0), *U = NULL;
+    double *ev = NULL;
+    for (int T = 0; T < 3; T++) {
+        Scheme s = {1, RMS_LOCAL, NULL, 0};
+        setup_transform(&f->m, &s, T, 1, &tok, CALIB, &U, &ev);
+        float *lg = run_logits(&f->m, &s, f->ids, f->n, 8, 0, 0);
+        char name[128];
+        snprintf(name, sizeof(name), "%s: TPLA g=1 T=%s equals MLA", f->name, T_NAMES[T]);
+        double e = rel_err(lg, ref, (size_t)f->n * f->m.c.vocab);
+        check(name, e <= 1e-5, e, 1e-5);
+        free(lg); free((void *)s.rms_fix);
+    }
+    fold_latent(&f->m, NULL);
+    free(ref); free(U); free(ev); free_tokenizer(&tok);
+}
+
+// TPLA with g = 2, 4 and both rms rules against the definition written out above
+static void test_tpla_ref(Fixture *f) {
+    Tokenizer tok;
+    build_tokenizer(&tok, &f->m);
+    const Config *c = &f->m.c;
+    float *U = NULL;
+    double *ev = NULL;
+    int k = 12, n = 28;
+    for (int T = 0; T < 3; T += 2)
+        for (int g = 2; g <= 4; g += 2)
+            for (int r = 0; r < 2; r++) {
+                Scheme s = {g, r, NULL, 0};
+                setup_transform(&f->m, &s, T, g, &tok, CALIB, &U, &ev);
+                float *lg = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
+                State st;
+                build_state(&st, c, n);
+                float *craw = xmalloc((size_t)c->n_layers * n * c->dc * 4), *cn = xmalloc((size_t)c->n_layers * n * c->dc * 4);
+                float *ref = xmalloc((size_t)n * c->vocab * 4);
+                for (int t = 0; t < n; t++)
+                    memcpy(ref + (size_t)t * c->vocab, ref_forward(&f->m, &st, craw, cn, &s, f->ids[t], t, t < k), c->vocab * 4);
+                char name[128];
+                snprintf(name, sizeof(name), "%s: TPLA g=%d T=%s r=%s vs the per-shard definition", f->name, g, T_NAMES[T], R_NAMES[r]);
+                double e = rel_err(lg, ref, (size_t)n * c->vocab);
+                check(name, e <= 1e-5, e, 1e-5);
+                // and the scheme really differs from MLA (else the test above proves little)
+                if (T == 0 && r == 0) {
+                    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+                    float *ml = run_logits(&f->m, &mla, f->ids, n, n, 0, 0);
+                    double d = rel_err(lg, ml, (size_t)n * c->vocab);
+                    snprintf(name, sizeof(name), "%s: TPLA g=%d differs from MLA after the prefill", f->name, g);
+                    check(name, d >= 1e-3, d, 1e-3);
+                    free(ml);
+                }
+                free(lg); free(ref); free(craw); free(cn); free_state(&st); free((void *)s.rms_fix);
+            }
+    fold_latent(&f->m, NULL);
+    free(U); free(ev); free_tokenizer(&tok);
+}
+
+static double max_orth_err(const float *U, int n) {   // max |U^T U - I|
+    double e = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int k = 0; k < n; k++) s += (double)U[k * n + i] * U[k * n + j];
+            e = fmax(e, fabs(s - (i == j)));
+        }
+    return e;
+}
+
+static void test_transforms(Fixture *f) {
+    int n = 64;
+    float *U = xmalloc(n * n * 4);
+    unsigned long long rng = 5;
+    hadamard(U, n, &rng);
+    double e = max_orth_err(U, n);
+    check("Hadamard (64) is orthogonal: max |U^T U - I|", e <= 1e-6, e, 1e-6);
+    free(U);
+    // the eigensolver: A v = lambda v, eigenvalues decreasing
+    int m = 40;
+    double *A = xmalloc(m * m * 8), *A0 = xmalloc(m * m * 8), *V = xmalloc(m * m * 8), *ev = xmalloc(m * 8);
+    unsigned long long s = 11;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j <= i; j++) A0[i * m + j] = A0[j * m + i] = rand_f32(&s) - 0.5;
+    memcpy(A, A0, m * m * 8);
+    eigen_sym(A, m, V, ev);
+    double res = 0, sorted = 1;
+    for (int k = 0; k < m; k++) {
+        for (int i = 0; i < m; i++) {
+            double av = 0;
+            for (int j = 0; j < m; j++) av += A0[i * m + j] * V[j * m + k];
+            res = fmax(res, fabs(av - ev[k] * V[i * m + k]));
+        }
+        if (k && ev[k] > ev[k - 1]) sorted = 0;
+    }
+    check("eigensolver (40x40): max |A v - lambda v|", res <= 1e-10, res, 1e-10);
+    check("eigensolver: eigenvalues in decreasing order", sorted, !sorted, 0);
+    // PCA on the fixture: orthogonal, energy in the first shard
+    Tokenizer tok;
+    build_tokenizer(&tok, &f->m);
+    Scheme sc = {2, RMS_LOCAL, NULL, 0};
+    float *Up = NULL;
+    double *evp = NULL;
+    setup_transform(&f->m, &sc, T_PCA, 2, &tok, CALIB, &Up, &evp);
+    e = 0;
+    for (int l = 0; l < f->m.c.n_layers; l++) e = fmax(e, max_orth_err(Up + (size_t)l * f->m.c.dc * f->m.c.dc, f->m.c.dc));
+    check("PCA bases of every layer are orthogonal", e <= 1e-5, e, 1e-5);
+    double e0 = 0, tot = 0;
+    for (int j = 0; j < f->m.c.dc; j++) { tot += evp[j]; if (j < f->m.c.dc / 2) e0 += evp[j]; }
+    check("PCA: the first shard holds more than half the latent energy", e0 / tot > 0.5, e0 / tot, 0.5);
+    fold_latent(&f->m, NULL);
+    free(Up); free(evp); free((void *)sc.rms_fix); free_tokenizer(&tok);
+}
+
+static void test_tokenizer(Fixture *f) {
+    Tokenizer tok;
+    build_tokenizer(&tok, &f->m);
+    size_t len;
+    char *text = read_file("tests/data/tok.txt", &len);
+    int n, *ref = read_ids("tests/data/tok_ids.txt", f->m.c.vocab, &n);
+    int *ids = xmalloc((len + 1) * sizeof(int)), m = encode(&tok, text, ids, len + 1), diff = m != n;
+    for (int i = 0; i < m && i < n; i++) diff += ids[i] != ref[i];
+    check("tokenizer: ASCII source encodes as HF tokenizers does (mismatches)", diff == 0, diff, 0);
+    const char *samples[] = {"x = {'a': 1}\n\n\tdef f(y):  return y**2  # ok\n", "   spaces\t\ttabs\r\n", "caf\xc3\xa9 \xe2\x9c\x93 na\xc3\xafve", "it's they'll 123456 x1y2"};
+    int bad = 0;
+    for (int k = 0; k < 5; k++) {
+        const char *t = k < 4 ? samples[k] : text;
+        int *out = xmalloc((strlen(t) + 1) * sizeof(int)), c = encode(&tok, t, out, strlen(t) + 1);
+        size_t at = 0;
+        char *back = xmalloc(strlen(t) * 4 + 1);
+        for (int i = 0; i < c; i++) { memcpy(back + at, tok.str[out[i]], tok.len[out[i]]); at += tok.len[out[i]]; }
+        back[at] = 0;
+        bad += strcmp(back, t) != 0;
+        free(out); free(back);
+    }
+    check("tokenizer: decode(encode(text)) == text, 5 texts (failures)", bad == 0, bad, 0);
+    free(ids); free(ref); free(text); free_tokenizer(&tok);
+}
+
+// every bad input ends with a message and a non-zero exit, never a crash
+static void test_errors(void) {
+    char cmd[1024], bin[300], bad[300];
+    snprintf(bin, sizeof(bin), "%s/v3.bin", tmp);
+    struct { const char *name, *make; } cases[] = {
+        {"missing model file", "true"},
+        {"truncated model.bin", "head -c 5000 %s > %s"},
+        {"model.bin cut by one byte", "head -c -1 %s > %s"},
+        {"wrong magic", "(printf 'XXXX'; tail -c +5 %s) > %s"},
+        {"wrong version", "(head -c 4 %s; printf '\\143\\0\\0\\0'; tail -c +9 %s) > %s"},
+        {"a file that is not a checkpoint", "head -c 600 tests/data/tok.txt > %2$s"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(bad, sizeof(bad), "%s/bad%zu.bin", tmp, i);
+        if (i == 4) snprintf(cmd, sizeof(cmd), cases[i].make, bin, bin, bad);
+        else snprintf(cmd, sizeof(cmd), cases[i].make, bin, bad);
+        sh(cmd);
+        snprintf(cmd, sizeof(cmd), "./run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        int rc = sh(cmd);
+        char name[128];
+        snprintf(name, sizeof(name), "load error exits non-zero: %s (exit code)", cases[i].name);
+        check(name, rc > 0 && rc < 128, rc, 1);
+    }
+    struct { const char *name, *args; } flags[] = {
+        {"-P tpla -g 3 (does not divide the latent)", "-P tpla -g 3 -n 2"},
+        {"-T pca with a missing calibration file", "-P tpla -T pca -g 2 -n 2 -c /nonexistent/calib.txt"},
+        {"-m logits without -f", "-m logits"},
+        {"a token id outside the vocabulary", "-m logits -f tests/data/tok_ids.txt -o /dev/null"},
+        {"unknown mode", "-m nonsense"},
+    };
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "./run %s -d cpu %s", bin, flags[i].args);
+        int rc = sh(cmd);
+        char name[128];
+        snprintf(name, sizeof(name), "bad flag exits non-zero: %s", flags[i].name);
+        check(name, rc > 0 && rc < 128, rc, 1);
+    }
+}
+
+static void test_convert(void) {}  // TEMP
+
+// ----------------------------------------------------------------------------
+// GPU
+
+static void test_gpu_attention(void) {
+    // random inputs at several shapes and lengths; slots past each length hold NaN
+    struct { int B, ha, dcs, dr, len; } cases[] = {
+        {3, 16, 512, 64, 1}, {3, 16, 512, 64, 63}, {2, 16, 512, 64, 4097}, {4, 64, 256, 64, 777},
+        {2, 128, 128, 64, 1000}, {2, 64, 512, 64, 300}, {5, 4, 16, 16, 65}, {2, 24, 192, 32, 129},
+    };
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        int B = cases[ci].B, ha = cases[ci].ha, dcs = cases[ci].dcs, dr = cases[ci].dr, Dk = dcs + dr;
+        int max_len = cases[ci].len + 70, lens[8];
+        uint16_t *Q = xmalloc((size_t)B * ha * Dk * 2), *C = xmalloc((size_t)B * max_len * Dk * 2);
+        unsigned long long rng = 77 + ci;
+        for (size_t i = 0; i < (size_t)B * ha * Dk; i++) { float v = 2 * rand_f32(&rng) - 1; uint32_t u; memcpy(&u, &v, 4); Q[i] = u >> 16; }
+        for (int b = 0; b < B; b++) lens[b] = b == 0 ? cases[ci].len : 1 + (int)(rand_f32(&rng) * cases[ci].len);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < max_len; t++)
+                for (int j = 0; j < Dk; j++) {
+                    float v = t < lens[b] ? 2 * rand_f32(&rng) - 1 : NAN;
+                    uint32_t u; memcpy(&u, &v, 4);
+                    C[((size_t)b * max_len + t) * Dk + j] = u >> 16;
+                }
+        float *O = xmalloc((size_t)B * ha * dcs * 4), *R = xmalloc((size_t)B * ha * dcs * 4);
+        float scale = 1 / sqrtf(192);
+        gpu_attention(Q, C, lens, B, ha, dcs, dr, max_len, scale, O);
+        for (int b = 0; b < B; b++)   // float64 reference
+            for (int h = 0; h < ha; h++) {
+                int L = lens[b];
+                double *s = xmalloc(L * 8), mx = -1e300, sum = 0;
+                for (int t = 0; t < L; t++) {
+                    double d = 0;
+                    for (int j = 0; j < Dk; j++) d += (double)bf16_to_f32(Q[((size_t)b * ha + h) * Dk + j]) * bf16_to_f32(C[((size_t)b * max_len + t) * Dk + j]);
+                    s[t] = d * scale; mx = fmax(mx, s[t]);
+                }
+                for (int t = 0; t < L; t++) { s[t] = exp(s[t] - mx); sum += s[t]; }
+                for (int j = 0; j < dcs; j++) {
+                    double o = 0;
+                    for (int t = 0; t < L; t++) o += s[t] * bf16_to_f32(C[((size_t)b * max_len + t) * Dk + j]);
+                    R[((size_t)b * ha + h) * dcs + j] = o / sum;
+                }
+                free(s);
+            }
+        char name[128];
+        snprintf(name, sizeof(name), "GPU decode attention B=%d heads=%d latent=%d+%d len=%d vs float64", B, ha, dcs, dr, cases[ci].len);
+        double e = rel_err(O, R, (size_t)B * ha * dcs);
+        check(name, e <= 1e-2, e, 1e-2);   // bf16 P and bf16 output: about 4e-3
+        free(Q); free(C); free(O); free(R);
+    }
+}
+
+// GPU logits against the CPU reference; bf16 weights and activations: relative error <= 3e-2
+static void test_gpu_model(Fixture *f, int ngpu) {
+    const Config *c = &f->m.c;
+    Tokenizer tok;
+    build_tokenizer(&tok, &f->m);
+    int n = f->n, k = 16, V = c->vocab;
+    float *U = NULL;
+    double *ev = NULL;
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    float *gpu1 = NULL;
+    for (int K = 1; K <= ngpu; K *= 2) {
+        char name[160];
+        // MLA: GPU (K GPUs, heads split) against the CPU, and against one GPU
+        float *cpu = run_logits(&f->m, &mla, f->ids, n, k, 0, 0), *gl = run_logits(&f->m, &mla, f->ids, n, k, 1, K);
+        double e = rel_err(gl, cpu, (size_t)n * V);
+        int miss = argmax_misses(gl, cpu, n, V, 0.05f);
+        snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPU(s) vs CPU, argmax misses %d", f->name, K, miss);
+        check(name, e <= 3e-2 && miss == 0, e, 3e-2);
+        if (K == 1) gpu1 = gl;
+        else {
+            e = rel_err(gl, gpu1, (size_t)n * V);
+            snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPUs vs MLA on one GPU", f->name, K);
+            check(name, e <= 1e-2, e, 1e-2);
+            free(gl);
+        }
+        free(cpu);
+        // TPLA with g shards on K GPUs (g | K) against the CPU simulation with the same g
+        for (int g = 1; g <= K; g *= 2)
+            for (int split = 0; split < (g > 1 ? 2 : 1); split++)
+                for (int T = 0; T < 3; T += 2) {
+                    Scheme s = {g, RMS_LOCAL, NULL, split};
+                    setup_transform(&f->m, &s, T, g, &tok, CALIB, &U, &ev);
+                    float *cl = run_logits(&f->m, &s, f->ids, n, k, 0, 0), *tl = run_logits(&f->m, &s, f->ids, n, k, 1, K);
+                    e = rel_err(tl, cl, (size_t)n * V);
+                    miss = argmax_misses(tl, cl, n, V, 0.05f);
+                    snprintf(name, sizeof(name), "%s: GPU TPLA g=%d T=%s on %d GPU(s)%s vs CPU, argmax misses %d", f->name, g,
+                             T_NAMES[T], K, split ? " split" : "", miss);
+                    check(name, e <= 3e-2 && miss == 0, e, 3e-2);
+                    free(cl); free(tl); free((void *)s.rms_fix);
+                }
+        fold_latent(&f->m, NULL);
+    }
+    free(gpu1); free(U); free(ev); free_tokenizer(&tok);
+}
+
+int main(void) {
+    snprintf(tmp, sizeof(tmp), "/tmp/tpla-test-XXXXXX");
+    if (!mkdtemp(tmp)) die("cannot make a temporary directory");
+    Fixture fx[2];
+    load_fixture(&fx[0], "v3");
+    load_fixture(&fx[1], "v2");
+    printf("--- CPU reference engine\n");
+    for (int i = 0; i < 2; i++) test_hf(&fx[i]);
+    for (int i = 0; i < 2; i++) test_g1(&fx[i]);
+    for (int i = 0; i < 2; i++) test_tpla_ref(&fx[i]);
+    test_transforms(&fx[0]);
+    test_tokenizer(&fx[0]);
+    printf("--- bad inputs\n");
+    test_errors();
+    test_convert();
+    printf("--- GPU engine\n");
+    int ng = gpu_count();
+    if (ng == 0) {
+        skip("GPU decode attention vs float64", "no GPU");
+        skip("GPU MLA-TP and TPLA logits vs the CPU reference", "no GPU");
+    } else {
+        test_gpu_attention();
+        int k = ng >= 4 ? 4 : ng >= 2 ? 2 : 1;
+        for (int i = 0; i < 2; i++) test_gpu_model(&fx[i], k);
+        if (k < 4) skip("GPU checks on 4 GPUs", "fewer than 4 GPUs present");
+    }
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
+    sh(cmd);
+    printf("%d passed, %d failed", n_pass, n_fail);
+    if (n_skip) printf(", %d skipped", n_skip);
+    printf("\n");
+    return n_fail ? 1 : 0;
+}

@@ -1,0 +1,1169 @@
+// tpla.cu: the GPU engine. One process drives K GPUs: one host thread, one stream and one cuBLAS
+// handle per GPU, one NCCL communicator. The same code runs MLA tensor parallelism (g = 1: heads split,
+// the whole latent cached on every GPU) and TPLA (g latent shards: every GPU of shard i caches the
+// slice S_i of the latent plus the rope key, and attends with the heads of its group on that slice).
+// The math is DESIGN.md sections 3-5; run.c holds the CPU reference that every result is checked against.
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublas_v2.h>
+#include <nccl.h>
+#include <pthread.h>
+#include <string.h>
+#include <vector>
+#include <algorithm>
+#include "tpla.h"
+
+typedef __nv_bfloat16 bf16;
+static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+
+// ----------------------------------------------------------------------------
+// placement: what rank r of K holds (DESIGN.md sections 3, 4 and 5b)
+//   g shards, K GPUs, groups of m = K/g: rank r has latent slice i = r / m (dcs = dc/g wide) and
+//   attends with the heads of its group slot j = r % m: ha = H/m heads starting at h0 = j*ha.
+//   W_UQ and W_O: with the replicated placement the rank holds them for its ha heads; with the
+//   split placement (and g > 1) only for hq = ha/g of them, and exchanges q and v with its g
+//   "peers" (same j, every i): all-gather q, reduce-scatter v. g = 1 is MLA-TP either way.
+
+typedef struct {
+    int g, K, m, shard, j;
+    int dcs, Dk;        // latent slice width; cached values per token = dcs + dr
+    int ha, h0;         // attended heads
+    int hq, hq0;        // heads whose q and W_O this rank holds
+    int peers;          // g when q and v are exchanged, else 1
+    int v0, nv;         // vocabulary rows of lm_head
+} Part;
+
+static Part make_part(const Config *c, int g, int K, int r, int split) {
+    Part p;
+    p.g = g; p.K = K; p.m = K / g; p.shard = r / p.m; p.j = r % p.m;
+    p.dcs = c->dc / g; p.Dk = p.dcs + c->dr;
+    p.ha = c->n_heads / p.m; p.h0 = p.j * p.ha;
+    p.peers = split && g > 1 ? g : 1;
+    p.hq = p.ha / p.peers; p.hq0 = p.h0 + (p.peers > 1 ? p.shard * p.hq : 0);
+    int vs = (c->vocab + K - 1) / K;
+    p.v0 = std::min(r * vs, c->vocab); p.nv = std::min(vs, c->vocab - p.v0);
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// weights of one rank, bf16 unless noted; the FFN of every layer is a set of "experts" (dense: one
+// expert of the whole intermediate; MoE: the routed experts, then each shared expert) whose
+// intermediate dimension is split over the K GPUs (ik = I/K rows each).
+
+typedef struct {
+    float *attn_norm, *q_norm, *ffn_norm;   // f32
+    bf16 *wq_a;    // (q_lora, D)                         replicated
+    bf16 *wq;      // (hq*(dn+dr), q_lora or D)           split by head
+    bf16 *wkv_a;   // (dc+dr, D)                          replicated
+    bf16 *wkv_b;   // (ha, dn+dv, dcs): W_UK, W_UV        split by head and by latent slice
+    bf16 *wo;      // (D, hq*dv)                          split by head
+    float *gate, *bias;  // (E, D), (E) f32               replicated
+    bf16 *w13;     // (ne, 2*ik, D): W1 rows then W3 rows split by intermediate
+    bf16 *w2;      // (D, ne*ik)                          split by intermediate
+    int ne, ik;
+} LayerW;
+
+typedef struct {
+    int r, dev;
+    Part p;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    ncclComm_t world, peer;
+    char *arena; size_t used, cap, wbytes;   // wbytes: the weights at the start of the arena
+    LayerW *lw;
+    bf16 *embed, *lm_head; float *norm, *inv_freq, *rms_fix, *ones;
+    bf16 *cache;             // (L, B, max_len, Dk)
+    // activations for up to `rows` tokens
+    int *tok, *rpos, *rseq, *lens;
+    float *x, *y, *xn, *qlat, *kv, *router, *wgt, *h13, *S, *opart, *lse, *logits;
+    bf16 *xb, *qlatb, *q, *qall, *Q, *O, *v, *vown, *h, *P;
+    int nsplit_max;
+} Rank;
+
+struct GPU {
+    Config c; Scheme s;
+    int K, B, max_len, rows, chunk, dense_ffn, ne_max;
+    float *rms_fix;
+    Rank *rk;
+    int *lens;               // host: tokens cached per sequence
+    int sms;
+};
+
+// ----------------------------------------------------------------------------
+// small kernels
+
+__global__ void embed_kernel(const int *tok, const bf16 *emb, float *x, int D) {
+    const bf16 *e = emb + (size_t)tok[blockIdx.x] * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) x[(size_t)blockIdx.x * D + i] = __bfloat162float(e[i]);
+}
+
+__device__ float block_sum(float v) {
+    __shared__ float red[32];
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0;
+        for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    v = red[0];
+    __syncthreads();
+    return v;
+}
+
+// x += y (y may be NULL); out = rmsnorm(x) * w as bf16, and as f32 into outf if given. One block a row.
+__global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, bf16 *out, float *outf, int D, float eps) {
+    float *xr = x + (size_t)blockIdx.x * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xr[i] + (y ? y[(size_t)blockIdx.x * D + i] : 0.0f);
+        if (y) xr[i] = v;
+        ss += v * v;
+    }
+    float s = rsqrtf(block_sum(ss) / D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = w[i] * (xr[i] * s);
+        out[(size_t)blockIdx.x * D + i] = __float2bfloat16(v);
+        if (outf) outf[(size_t)blockIdx.x * D + i] = v;
+    }
+}
+
+// Caches the new token of each row: its latent slice S_i, normalised by the rms of the whole
+// latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key.
+__global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int max_len,
+                                 int dc, int dr, int shard, int dcs, int local, float fix, float eps,
+                                 const float *inv_freq, float attn, int interleave) {
+    const float *k = kv + (size_t)blockIdx.x * (dc + dr);
+    float ss_all = 0, ss_mine = 0;
+    for (int i = threadIdx.x; i < dc; i += blockDim.x) {
+        float v = k[i] * k[i];
+        ss_all += v;
+        if (i / dcs == shard) ss_mine += v;
+    }
+    ss_all = block_sum(ss_all); ss_mine = block_sum(ss_mine);
+    float r = local ? sqrtf(ss_mine / dcs + eps) * fix : sqrtf(ss_all / dc + eps);
+    bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * max_len + rpos[blockIdx.x]) * (dcs + dr);
+    for (int i = threadIdx.x; i < dcs; i += blockDim.x) dst[i] = __float2bfloat16(k[shard * dcs + i] / r);
+    __shared__ float pe[256];
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = k[dc + i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, rpos[blockIdx.x], inv_freq[i], attn, interleave);
+    __syncthreads();
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[dcs + i] = __float2bfloat16(pe[i]);
+}
+
+// Ropes q_pe of every attended head into Q (rows, ha, Dk) at [dcs, dcs+dr). q comes in `peers`
+// chunks (peers, rows, hq, dn+dr) (one chunk when q was computed here). Grid (rows, ha).
+__global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows, int ha, int hq, int dn, int dr, int dcs,
+                              const float *inv_freq, float attn, int interleave) {
+    int row = blockIdx.x, h = blockIdx.y, p = h / hq, hh = h % hq;
+    const bf16 *src = q + (((size_t)p * rows + row) * hq + hh) * (dn + dr) + dn;
+    __shared__ float pe[256];
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = __bfloat162float(src[i]);
+    __syncthreads();
+    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, rpos[row], inv_freq[i], attn, interleave);
+    __syncthreads();
+    bf16 *dst = Q + ((size_t)row * ha + h) * (dcs + dr) + dcs;
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
+}
+
+// Expert weights of each row (rows, ne): the routed experts' weights, 1 for the shared experts.
+__global__ void route_kernel(Config c, const float *logits, const float *bias, float *wgt, int ne) {
+    extern __shared__ float scratch[];
+    int row = blockIdx.x, idx[16];
+    float w[16];
+    float *out = wgt + (size_t)row * ne;
+    for (int e = threadIdx.x; e < ne; e += blockDim.x) out[e] = e < c.n_experts ? 0.0f : 1.0f;
+    __syncthreads();
+    if (threadIdx.x) return;
+    route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
+    for (int k = 0; k < c.topk; k++) out[idx[k]] = w[k];
+}
+
+// h (rows, ne*ik) = silu(W1 x) * (W3 x) * weight of the expert, from h13 (ne, rows, 2*ik).
+__global__ void swiglu_kernel(const float *h13, const float *wgt, bf16 *h, int rows, int ne, int ik) {
+    size_t n = (size_t)rows * ne * ik;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        int t = i % ik, e = (i / ik) % ne, row = i / ((size_t)ik * ne);
+        const float *src = h13 + ((size_t)e * rows + row) * 2 * ik;
+        float a = src[t], b = src[ik + t], wt = wgt[(size_t)row * ne + e];
+        h[i] = __float2bfloat16(wt == 0.0f ? 0.0f : a / (1.0f + expf(-a)) * b * wt);
+    }
+}
+
+// Prefill: causal softmax over S (ha, rows, T) of one sequence whose chunk starts at p0 -> P bf16.
+__global__ void prefill_softmax_kernel(const float *S, bf16 *P, int rows, int T, int p0, float scale) {
+    const float *s = S + (size_t)blockIdx.x * T;
+    bf16 *p = P + (size_t)blockIdx.x * T;
+    int last = p0 + blockIdx.x % rows;   // the row's own position: it attends to [0, last]
+    float mx = -INFINITY;
+    for (int t = threadIdx.x; t <= last; t += blockDim.x) mx = fmaxf(mx, s[t] * scale);
+    __shared__ float red[32];
+    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = red[0];
+    for (int i = 1; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
+    __syncthreads();
+    float sum = 0;
+    for (int t = threadIdx.x; t <= last; t += blockDim.x) sum += expf(s[t] * scale - mx);
+    sum = block_sum(sum);
+    for (int t = threadIdx.x; t < T; t += blockDim.x)
+        p[t] = __float2bfloat16(t <= last ? expf(s[t] * scale - mx) / sum : 0.0f);
+}
+
+__device__ uint32_t hash32(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
+    return (uint32_t)x;
+}
+// Uniform random values in [-scale, scale) (never all zero), for the bench's weights and caches.
+__global__ void fill_random_kernel(bf16 *w, size_t n, float scale, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        w[i] = __float2bfloat16(scale * (hash32(seed * 0x9E3779B97F4A7C15ull + i) * (2.0f / 4294967296.0f) - 1.0f));
+}
+__global__ void fill_kernel(float *w, size_t n, float v) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) w[i] = v;
+}
+
+// ----------------------------------------------------------------------------
+// the decode attention kernel (flash-decoding on tensor cores, DESIGN.md section 5)
+//
+// One block: HB heads of one sequence over one split of its cached tokens, in tiles of TC tokens.
+// Q (rows, ha, Dk) and each cached token c = [latent slice (dcs) | rope key (dr)] share a layout,
+// so with Dk = dcs + dr:  S = Q K^T (HB x TC, over Dk),  P = online softmax of S,  O += P V with
+// V = the first dcs columns of the same tile. The tile is loaded once (cp.async, 16-byte, two
+// buffers) and both products run on bf16 mma.sync m16n8k16 with f32 accumulators.
+//   phase 1: warp w computes S for heads 16*(w % MT).. and tokens (w / MT)*TC*MT/8..  -> smem
+//   phase 2: row-wise online softmax (max, rescale, sum)                             -> P (bf16)
+//   phase 3: warp w owns O's columns of n8-tiles w, w+8, .. for all HB heads (NP tiles)
+// Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines splits.
+// Cache slots past a sequence's length are never read: their smem rows are zero-filled.
+
+#define TC 64
+#define NWARP 8
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x2_trans(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+
+static size_t attn_smem(int HB, int Dk) {
+    return (size_t)2 * TC * (Dk + 8) * 2 + (size_t)HB * (Dk + 8) * 2 + (size_t)HB * (TC + 4) * 4 + (size_t)HB * (TC + 8) * 2 + 3 * HB * 4;
+}
+
+template <int HB, int NP>
+__global__ void __launch_bounds__(NWARP * 32, 1)
+decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cache, const int *__restrict__ lens,
+                        float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs, int Dk, int max_len,
+                        int chunk, float scale_log2) {
+    constexpr int MT = HB / 16;             // m16 tiles of heads
+    constexpr int NT1 = TC * MT / 64;       // n8 token tiles per warp in phase 1 (TC / (8 / MT) / 8)
+    constexpr int TPR = NWARP * 32 / HB;    // threads per head row in phase 2
+    extern __shared__ __align__(16) char smem[];
+    const int ldk = Dk + 8;
+    bf16 *Ks = (bf16 *)smem;                                 // [2][TC][ldk]
+    bf16 *Qs = Ks + 2 * TC * ldk;                            // [HB][ldk]
+    float *Ss = (float *)(Qs + HB * ldk);                    // [HB][TC+4]
+    bf16 *Ps = (bf16 *)(Ss + HB * (TC + 4));                 // [HB][TC+8]
+    float *m_s = (float *)(Ps + HB * (TC + 8)), *l_s = m_s + HB, *a_s = l_s + HB;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+    const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
+    if (t_begin >= t_end) {                 // an empty split: weight zero in the merge
+        for (int h = tid; h < HB; h += blockDim.x)
+            if (h_base + h < ha) lse[((size_t)b * nsplit + split) * ha + h_base + h] = -INFINITY;
+        return;
+    }
+    const bf16 *kb = cache + (size_t)b * max_len * Dk;
+    const int cpr = Dk / 8;                 // 16-byte chunks per cached token
+
+    // Q of this block's heads (zero rows past ha), row stats
+    for (int i = tid; i < HB * cpr; i += blockDim.x) {
+        int h = i / cpr, c = i % cpr;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (h_base + h < ha) v = *(const uint4 *)(Q + ((size_t)b * ha + h_base + h) * Dk + c * 8);
+        *(uint4 *)(Qs + h * ldk + c * 8) = v;
+    }
+    for (int h = tid; h < HB; h += blockDim.x) { m_s[h] = -INFINITY; l_s[h] = 0; }
+
+    auto load_tile = [&](int t0, int buf) {
+        bf16 *dst = Ks + buf * TC * ldk;
+        for (int i = tid; i < TC * cpr; i += blockDim.x) {
+            int r = i / cpr, c = i % cpr, t = t0 + r;
+            cp_async16(dst + r * ldk + c * 8, kb + (size_t)min(t, len - 1) * Dk + c * 8, t < t_end ? 16 : 0);
+        }
+        cp_commit();
+    };
+
+    float acc[MT][NP][4];
+    #pragma unroll
+    for (int i = 0; i < MT; i++)
+        #pragma unroll
+        for (int j = 0; j < NP; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0;
+
+    const int ntiles = (t_end - t_begin + TC - 1) / TC;
+    load_tile(t_begin, 0);
+    for (int it = 0; it < ntiles; it++) {
+        const int t0 = t_begin + it * TC;
+        if (it + 1 < ntiles) { load_tile(t0 + TC, (it + 1) & 1); cp_wait<1>(); } else cp_wait<0>();
+        __syncthreads();
+        const bf16 *Kt = Ks + (it & 1) * TC * ldk;
+
+        // phase 1: S = Q K^T for 16 heads x NT1*8 tokens per warp
+        {
+            const int mi = warp % MT, n_base = (warp / MT) * NT1 * 8;
+            float s[NT1][4];
+            #pragma unroll
+            for (int j = 0; j < NT1; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
+            for (int k0 = 0; k0 < Dk; k0 += 16) {
+                uint32_t a[4];
+                ldsm_x4(a, Qs + (mi * 16 + (lane & 15)) * ldk + k0 + (lane >> 4) * 8);
+                if constexpr (NT1 == 1) {
+                    uint32_t bb[2];
+                    ldsm_x2(bb, Kt + (n_base + (lane & 7)) * ldk + k0 + ((lane >> 3) & 1) * 8);
+                    mma16816(s[0], a, bb);
+                } else {
+                    #pragma unroll
+                    for (int j = 0; j < NT1; j += 2) {
+                        uint32_t bb[4];
+                        ldsm_x4(bb, Kt + (n_base + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * ldk + k0 + ((lane >> 3) & 1) * 8);
+                        mma16816(s[j], a, bb);
+                        mma16816(s[j + 1], a, bb + 2);
+                    }
+                }
+            }
+            #pragma unroll
+            for (int j = 0; j < NT1; j++) {
+                int col = n_base + j * 8 + (lane & 3) * 2, row = mi * 16 + (lane >> 2);
+                bool v0 = t0 + col < t_end, v1 = t0 + col + 1 < t_end;
+                Ss[row * (TC + 4) + col] = v0 ? s[j][0] * scale_log2 : -INFINITY;
+                Ss[row * (TC + 4) + col + 1] = v1 ? s[j][1] * scale_log2 : -INFINITY;
+                Ss[(row + 8) * (TC + 4) + col] = v0 ? s[j][2] * scale_log2 : -INFINITY;
+                Ss[(row + 8) * (TC + 4) + col + 1] = v1 ? s[j][3] * scale_log2 : -INFINITY;
+            }
+        }
+        __syncthreads();
+
+        // phase 2: online softmax, TPR threads per head row
+        {
+            const int row = tid / TPR, part = tid % TPR, per = TC / TPR;
+            const float *sr = Ss + row * (TC + 4) + part * per;
+            float mx = -INFINITY;
+            for (int i = 0; i < per; i++) mx = fmaxf(mx, sr[i]);
+            #pragma unroll
+            for (int o = TPR / 2; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+            const float m_old = m_s[row], m_new = fmaxf(m_old, mx);
+            float sum = 0;
+            bf16 *pr = Ps + row * (TC + 8) + part * per;
+            for (int i = 0; i < per; i++) {
+                float p = m_new == -INFINITY ? 0.0f : exp2f(sr[i] - m_new);
+                pr[i] = __float2bfloat16(p);
+                sum += p;
+            }
+            #pragma unroll
+            for (int o = TPR / 2; o; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+            __syncwarp();
+            if (part == 0) {
+                float alpha = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+                a_s[row] = alpha; m_s[row] = m_new; l_s[row] = l_s[row] * alpha + sum;
+            }
+        }
+        __syncthreads();
+
+        // phase 3: O = O * alpha + P V
+        {
+            #pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                float a0 = a_s[mt * 16 + (lane >> 2)], a1 = a_s[mt * 16 + (lane >> 2) + 8];
+                #pragma unroll
+                for (int np = 0; np < NP; np++) { acc[mt][np][0] *= a0; acc[mt][np][1] *= a0; acc[mt][np][2] *= a1; acc[mt][np][3] *= a1; }
+            }
+            #pragma unroll
+            for (int k0 = 0; k0 < TC; k0 += 16) {
+                uint32_t a[MT][4];
+                #pragma unroll
+                for (int mt = 0; mt < MT; mt++) ldsm_x4(a[mt], Ps + (mt * 16 + (lane & 15)) * (TC + 8) + k0 + (lane >> 4) * 8);
+                #pragma unroll
+                for (int np = 0; np < NP; np++) {
+                    int nt = warp + np * NWARP;
+                    if (nt * 8 < dcs) {
+                        uint32_t bb[2];
+                        ldsm_x2_trans(bb, Kt + (k0 + (lane & 15)) * ldk + nt * 8);
+                        #pragma unroll
+                        for (int mt = 0; mt < MT; mt++) mma16816(acc[mt][np], a[mt], bb);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    // this split's output: O / l and lse, for the heads that exist
+    #pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        #pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int row = mt * 16 + (lane >> 2) + half * 8, h = h_base + row;
+            if (h >= ha) continue;
+            float inv = 1.0f / l_s[row];
+            float *o = opart + (((size_t)b * nsplit + split) * ha + h) * dcs;
+            #pragma unroll
+            for (int np = 0; np < NP; np++) {
+                int col = (warp + np * NWARP) * 8 + (lane & 3) * 2;
+                if (col < dcs) *(float2 *)(o + col) = make_float2(acc[mt][np][half * 2] * inv, acc[mt][np][half * 2 + 1] * inv);
+            }
+            if ((lane & 3) == 0 && warp == 0) lse[((size_t)b * nsplit + split) * ha + h] = m_s[row] + log2f(l_s[row]);
+        }
+    }
+}
+
+// Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M).
+__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, int ha, int dcs, int nsplit) {
+    int b = blockIdx.x, h = blockIdx.y;
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, lse[((size_t)b * nsplit + s) * ha + h]);
+    for (int c = threadIdx.x; c < dcs; c += blockDim.x) {
+        float num = 0, den = 0;
+        for (int s = 0; s < nsplit; s++) {
+            float l = lse[((size_t)b * nsplit + s) * ha + h];
+            if (l == -INFINITY) continue;
+            float w = exp2f(l - M);
+            num += w * opart[(((size_t)b * nsplit + s) * ha + h) * dcs + c];
+            den += w;
+        }
+        O[((size_t)b * ha + h) * dcs + c] = __float2bfloat16(num / den);
+    }
+}
+
+// The kernel's template is chosen so that a block's O accumulator fits in 64 registers a thread:
+// HB heads x dcs columns <= 16K floats; and its shared memory fits the card.
+typedef void (*AttnKernel)(const bf16 *, const bf16 *, const int *, float *, float *, int, int, int, int, int, float);
+static AttnKernel pick_attention(int ha, int dcs, int Dk, int *HB_out) {
+    int NP = (dcs + 63) / 64, HB = 16;
+    while (HB < 128 && HB < ha && (HB * 2 / 16) * NP <= 16 && attn_smem(HB * 2, Dk) <= 227 * 1024) HB *= 2;
+    *HB_out = HB;
+#define K_(hb, np) if (HB == hb && NP == np) return decode_attention_kernel<hb, np>;
+    K_(16, 1) K_(16, 2) K_(16, 3) K_(16, 4) K_(16, 5) K_(16, 6) K_(16, 7) K_(16, 8)
+    K_(32, 1) K_(32, 2) K_(32, 3) K_(32, 4) K_(32, 5) K_(32, 6) K_(32, 7) K_(32, 8)
+    K_(64, 1) K_(64, 2) K_(64, 3) K_(64, 4) K_(128, 1) K_(128, 2)
+#undef K_
+    die("decode attention: no kernel for %d heads and a %d-wide latent slice (at most 512)", ha, dcs);
+    return NULL;
+}
+
+static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
+    int tiles = (max_len + TC - 1) / TC;
+    int s = std::max(1, std::min(tiles, (2 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+    *chunk = (tiles + s - 1) / s * TC;
+    return (max_len + *chunk - 1) / *chunk;
+}
+
+// rows sequences, one new token each, already cached; lens (device) = tokens cached per sequence.
+static void decode_attention(const bf16 *Q, const bf16 *cache, const int *lens, float *opart, float *lse, bf16 *O,
+                             int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
+    int HB, chunk;
+    AttnKernel k = pick_attention(ha, dcs, Dk, &HB);
+    int tiles_h = (ha + HB - 1) / HB, ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
+    size_t smem = attn_smem(HB, Dk);
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k<<<dim3(tiles_h, rows, ns), NWARP * 32, smem, st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, max_len, chunk,
+                                                         scale * 1.4426950408889634f);
+    LAUNCH_CHECK();
+    attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns);
+    LAUNCH_CHECK();
+}
+
+// ----------------------------------------------------------------------------
+// cuBLAS: Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate
+
+static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out, float beta = 0.0f) {
+    float alpha = 1.0f;
+    CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
+                              &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// column-major batched product C_i = op(A_i) B_i, bf16 in, f32 accumulate
+static void gemm_batched(Rank *R, cublasOperation_t ta, int m, int n, int k, const void *A, int lda, long long sa,
+                         const void *B, int ldb, long long sb, void *C, cudaDataType ct, int ldc, long long sc, int batch) {
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, ta, CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B, CUDA_R_16BF,
+                                            ldb, sb, &beta, C, ct, ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 8192); }
+
+// ----------------------------------------------------------------------------
+// one forward pass of `rows` tokens on one rank. Decode: row b is sequence b. Prefill: the rows are
+// tokens p0.. of sequence `seq`, attending exactly (full latent, one softmax: partial scores of the
+// latent slices are summed over the peers). Inputs tok, rpos, rseq, lens are on the device.
+
+static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0, int max_cached, int logit_rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, dc = c->dc, dr = c->dr, dn = c->dn, dv = c->dv, dcs = p->dcs, Dk = p->Dk;
+    cudaStream_t st = R->st;
+    size_t layer_cache = (size_t)G->B * G->max_len * Dk;
+    embed_kernel<<<rows, 256, 0, st>>>(R->tok, R->embed, R->x, D);
+    LAUNCH_CHECK();
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        bf16 *cache = R->cache + l * layer_cache;
+        // --- attention
+        add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, D, c->eps);
+        LAUNCH_CHECK();
+        bf16 *q = p->peers > 1 ? R->q : R->qall;
+        if (c->q_lora) {
+            gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
+            add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->qlat, NULL, L->q_norm, R->qlatb, NULL, c->q_lora, c->eps);
+            LAUNCH_CHECK();
+            gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
+        } else {
+            gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
+        }
+        if (p->peers > 1)   // split placement: gather the q of every head of the group from the peers
+            NCCL_CHECK(ncclAllGather(q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer, st));
+        gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, dc + dr);
+        int local = !prefill && G->s.rms == RMS_LOCAL;
+        kv_append_kernel<<<rows, 256, 0, st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, dc, dr, p->shard, dcs, local,
+                                               G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
+                                               c->rope_attn, c->rope_interleave);
+        LAUNCH_CHECK();
+        // Q = [W_UK^h[:, S_i]^T q_nope | rope(q_pe)] for the ha attended heads, chunk by chunk of hq heads
+        q_rope_kernel<<<dim3(rows, p->ha), 64, 0, st>>>(R->qall, R->Q, R->rpos, rows, p->ha, p->hq, dn, dr, dcs, R->inv_freq,
+                                                       c->rope_attn, c->rope_interleave);
+        LAUNCH_CHECK();
+        for (int k = 0; k < p->peers; k++)
+            gemm_batched(R, CUBLAS_OP_N, dcs, rows, dn, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs, dcs, (long long)(dn + dv) * dcs,
+                         R->qall + (size_t)k * rows * p->hq * qd, p->hq * qd, qd, R->Q + (size_t)k * p->hq * Dk, CUDA_R_16BF,
+                         p->ha * Dk, Dk, p->hq);
+        if (!prefill) {
+            // TPLA (or MLA for g = 1): every head on this rank's slice, with its own softmax
+            decode_attention(R->Q, cache, R->lens, R->opart, R->lse, R->O, rows, p->ha, dcs, Dk, G->max_len, max_cached,
+                             c->softmax_scale, G->sms, st);
+        } else {
+            // exact prefill: S = Q K^T per head over [0, p0 + rows); the rope part counted on shard 0 only
+            int T = p0 + rows;
+            const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
+            gemm_batched(R, CUBLAS_OP_T, T, rows, p->shard == 0 ? Dk : dcs, kb, Dk, 0, R->Q, p->ha * Dk, Dk,
+                         R->S, CUDA_R_32F, T, (long long)rows * T, p->ha);
+            if (p->g > 1) NCCL_CHECK(ncclAllReduce(R->S, R->S, (size_t)p->ha * rows * T, ncclFloat, ncclSum, R->peer, st));
+            prefill_softmax_kernel<<<p->ha * rows, 256, 0, st>>>(R->S, R->P, rows, T, p0, c->softmax_scale);
+            LAUNCH_CHECK();
+            gemm_batched(R, CUBLAS_OP_N, dcs, rows, T, kb, Dk, 0, R->P, T, (long long)rows * T, R->O, CUDA_R_16BF,
+                         p->ha * dcs, dcs, p->ha);
+        }
+        // v_h = W_UV^h[:, S_i] o_h, chunk k of hq heads to v + k*rows*hq*dv; split: reduce-scatter by head
+        bf16 *vdst = p->peers > 1 ? R->v : R->vown;
+        for (int k = 0; k < p->peers; k++)
+            gemm_batched(R, CUBLAS_OP_T, dv, rows, dcs, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs + (size_t)dn * dcs, dcs,
+                         (long long)(dn + dv) * dcs, R->O + (size_t)k * p->hq * dcs, p->ha * dcs, dcs,
+                         vdst + (size_t)k * rows * p->hq * dv, CUDA_R_16BF, p->hq * dv, dv, p->hq);
+        if (p->peers > 1)
+            NCCL_CHECK(ncclReduceScatter(R->v, R->vown, (size_t)rows * p->hq * dv, ncclBfloat16, ncclSum, R->peer, st));
+        // y = W_O v over this rank's heads; the one all-reduce sums heads and latent shards
+        gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
+        NCCL_CHECK(ncclAllReduce(R->y, R->y, (size_t)rows * D, ncclFloat, ncclSum, R->world, st));
+
+        // --- FFN: experts split by intermediate; one all-reduce
+        if (L->ne == 0) continue;   // bench without FFN
+        add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, L->ffn_norm, R->xb, R->xn, D, c->eps);
+        LAUNCH_CHECK();
+        const float *wgt = R->ones;
+        if (L->gate) {
+            float one = 1.0f, zero = 0.0f;
+            CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->n_experts, rows, D, &one, L->gate, D, R->xn, D, &zero,
+                                     R->router, c->n_experts));
+            route_kernel<<<rows, 32, (2 * c->n_experts + c->n_group + 1) * sizeof(float), st>>>(*c, R->router, L->bias, R->wgt, L->ne);
+            LAUNCH_CHECK();
+            wgt = R->wgt;
+        }
+        gemm_batched(R, CUBLAS_OP_T, 2 * L->ik, rows, D, L->w13, D, (long long)2 * L->ik * D, R->xb, D, 0, R->h13, CUDA_R_32F,
+                     2 * L->ik, (long long)rows * 2 * L->ik, L->ne);
+        swiglu_kernel<<<grid_for((size_t)rows * L->ne * L->ik), 256, 0, st>>>(R->h13, wgt, R->h, rows, L->ne, L->ik);
+        LAUNCH_CHECK();
+        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->ne * L->ik, D);
+        NCCL_CHECK(ncclAllReduce(R->y, R->y, (size_t)rows * D, ncclFloat, ncclSum, R->world, st));
+    }
+    // final norm and this rank's slice of the vocabulary, for the last logit_rows rows
+    add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, R->norm, R->xb, NULL, D, c->eps);
+    LAUNCH_CHECK();
+    if (logit_rows && p->nv)
+        gemm(R, R->xb + (size_t)(rows - logit_rows) * D, R->lm_head, R->logits, CUDA_R_32F, logit_rows, D, p->nv);
+}
+
+// ----------------------------------------------------------------------------
+// building: sizes, the memory check, weights (from the host model, or random), buffers
+
+// walks every device allocation of a rank; with R->arena NULL it only counts the bytes
+static void *take(Rank *R, size_t bytes) {
+    size_t at = (R->used + 255) & ~(size_t)255;
+    R->used = at + bytes;
+    return R->arena ? R->arena + at : NULL;
+}
+
+static void layout_rank(GPU *G, Rank *R) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, K = G->K, rows = G->rows;
+    R->used = 0;
+    R->lw = R->lw ? R->lw : (LayerW *)calloc(c->n_layers, sizeof(LayerW));
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        L->attn_norm = (float *)take(R, D * 4); L->ffn_norm = (float *)take(R, D * 4);
+        if (c->q_lora) { L->wq_a = (bf16 *)take(R, (size_t)c->q_lora * D * 2); L->q_norm = (float *)take(R, c->q_lora * 4); }
+        L->wq = (bf16 *)take(R, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D) * 2);
+        L->wkv_a = (bf16 *)take(R, (size_t)(c->dc + c->dr) * D * 2);
+        L->wkv_b = (bf16 *)take(R, (size_t)p->ha * (c->dn + c->dv) * p->dcs * 2);
+        L->wo = (bf16 *)take(R, (size_t)D * p->hq * c->dv * 2);
+        int moe = layer_is_moe(c, l);
+        L->ne = moe ? c->n_experts + c->n_shared : (c->inter > 0 && (G->dense_ffn || l < c->first_dense) ? 1 : 0);
+        L->ik = (moe ? c->moe_inter : c->inter) / K;
+        L->gate = moe ? (float *)take(R, (size_t)c->n_experts * D * 4) : NULL;
+        L->bias = moe ? (float *)take(R, c->n_experts * 4) : NULL;
+        L->w13 = (bf16 *)take(R, (size_t)L->ne * 2 * L->ik * D * 2);
+        L->w2 = (bf16 *)take(R, (size_t)D * L->ne * L->ik * 2);
+    }
+    R->embed = (bf16 *)take(R, (size_t)c->vocab * D * 2);
+    R->lm_head = (bf16 *)take(R, (size_t)p->nv * D * 2);
+    R->norm = (float *)take(R, D * 4);
+    R->wbytes = R->used;
+    R->inv_freq = (float *)take(R, c->dr / 2 * 4);
+    R->ones = (float *)take(R, (size_t)rows * 4);
+    R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * G->max_len * p->Dk * 2);
+    R->tok = (int *)take(R, rows * 4); R->rpos = (int *)take(R, rows * 4); R->rseq = (int *)take(R, rows * 4);
+    R->lens = (int *)take(R, G->B * 4);
+    int hid = std::max(c->q_lora, 1), ne = G->ne_max, ik = std::max(c->inter, c->moe_inter) / K;
+    R->x = (float *)take(R, (size_t)rows * D * 4); R->y = (float *)take(R, (size_t)rows * D * 4);
+    R->xn = (float *)take(R, (size_t)rows * D * 4); R->xb = (bf16 *)take(R, (size_t)rows * D * 2);
+    R->qlat = (float *)take(R, (size_t)rows * hid * 4); R->qlatb = (bf16 *)take(R, (size_t)rows * hid * 2);
+    R->q = (bf16 *)take(R, (size_t)rows * p->hq * qd * 2);
+    R->qall = (bf16 *)take(R, (size_t)rows * p->ha * qd * 2);
+    R->kv = (float *)take(R, (size_t)rows * (c->dc + c->dr) * 4);
+    R->Q = (bf16 *)take(R, (size_t)rows * p->ha * p->Dk * 2);
+    R->O = (bf16 *)take(R, (size_t)rows * p->ha * p->dcs * 2);
+    R->v = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
+    R->vown = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
+    R->router = (float *)take(R, (size_t)rows * (c->n_experts + 1) * 4);
+    R->wgt = (float *)take(R, (size_t)rows * (ne + 1) * 4);
+    R->h13 = (float *)take(R, (size_t)rows * ne * 2 * ik * 4);
+    R->h = (bf16 *)take(R, (size_t)rows * ne * ik * 2);
+    R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
+    // decode attention partials, and the prefill score matrix of one chunk
+    int HB, chunk;
+    pick_attention(p->ha, p->dcs, p->Dk, &HB);
+    R->nsplit_max = nsplit_for(G->B, (p->ha + HB - 1) / HB, G->max_len, G->sms, &chunk);
+    R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
+    R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
+    size_t sc = (size_t)p->ha * G->chunk * G->max_len;
+    R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
+}
+
+// copies a (rows, cols) block of a host f32 matrix (leading dimension ld) to the device as bf16 or f32
+static void put(void *dst, const float *src, size_t rows, size_t cols, size_t ld, int as_f32) {
+    std::vector<uint16_t> hb;
+    std::vector<float> hf;
+    if (as_f32) hf.resize(rows * cols); else hb.resize(rows * cols);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < cols; k++) {
+            float v = src[r * ld + k];
+            if (as_f32) { hf[r * cols + k] = v; continue; }
+            uint32_t u; memcpy(&u, &v, 4);
+            hb[r * cols + k] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);   // round to nearest even
+        }
+    CUDA_CHECK(cudaMemcpy(dst, as_f32 ? (void *)hf.data() : (void *)hb.data(), rows * cols * (as_f32 ? 4 : 2), cudaMemcpyHostToDevice));
+}
+
+static void upload_rank(GPU *G, Rank *R, const Model *m) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, dn = c->dn, dv = c->dv, r = R->r;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        const Layer *H = &m->layers[l];
+        put(L->attn_norm, H->attn_norm, 1, D, D, 1);
+        put(L->ffn_norm, H->ffn_norm, 1, D, D, 1);
+        if (c->q_lora) {
+            put(L->wq_a, H->wq_a, c->q_lora, D, D, 0);
+            put(L->q_norm, H->q_norm, 1, c->q_lora, c->q_lora, 1);
+            put(L->wq, H->wq_b + (size_t)p->hq0 * qd * c->q_lora, (size_t)p->hq * qd, c->q_lora, c->q_lora, 0);
+        } else {
+            put(L->wq, H->wq + (size_t)p->hq0 * qd * D, (size_t)p->hq * qd, D, D, 0);
+        }
+        put(L->wkv_a, H->wkv_a, c->dc + c->dr, D, D, 0);
+        for (int h = 0; h < p->ha; h++)   // head h0+h, columns of latent slice S_i
+            put(L->wkv_b + (size_t)h * (dn + dv) * p->dcs, H->wkv_b + (size_t)(p->h0 + h) * (dn + dv) * c->dc + p->shard * p->dcs,
+                dn + dv, p->dcs, c->dc, 0);
+        put(L->wo, H->wo + (size_t)p->hq0 * dv, D, (size_t)p->hq * dv, (size_t)c->n_heads * dv, 0);
+        if (L->gate) { put(L->gate, H->gate, c->n_experts, D, D, 1); put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1); }
+        for (int e = 0; e < L->ne; e++) {   // expert e: rows [r*ik, (r+1)*ik) of its W1, W3; those columns of W2
+            const float *w1, *w2, *w3;
+            int I;
+            if (!L->gate) { w1 = H->w1; w2 = H->w2; w3 = H->w3; I = c->inter; }
+            else if (e < c->n_experts) { size_t o = (size_t)e * c->moe_inter * D; w1 = H->ew1 + o; w2 = H->ew2 + o; w3 = H->ew3 + o; I = c->moe_inter; }
+            else { int s = e - c->n_experts; I = c->n_shared * c->moe_inter;
+                   w1 = H->sw1 + (size_t)s * c->moe_inter * D; w3 = H->sw3 + (size_t)s * c->moe_inter * D; w2 = H->sw2 + (size_t)s * c->moe_inter; }
+            size_t ik = L->ik;
+            put(L->w13 + (size_t)e * 2 * ik * D, w1 + (size_t)r * ik * D, ik, D, D, 0);
+            put(L->w13 + (size_t)e * 2 * ik * D + ik * D, w3 + (size_t)r * ik * D, ik, D, D, 0);
+            for (int d = 0; d < D; d++)
+                put(L->w2 + (size_t)d * L->ne * ik + e * ik, w2 + (size_t)d * I + r * ik, 1, ik, ik, 0);
+        }
+    }
+    put(R->embed, m->embed, c->vocab, D, D, 0);
+    put(R->lm_head, m->lm_head + (size_t)p->v0 * D, p->nv, D, D, 0);
+    put(R->norm, m->norm, 1, D, D, 1);
+}
+
+// random weights for the bench: matrices uniform in +-1/sqrt(fan in), norms 1
+static void randomize_rank(GPU *G, Rank *R) {
+    const Config *c = &G->c;
+    uint64_t seed = 1000 + R->r;
+    auto rnd = [&](bf16 *w, size_t n, int fan_in) {
+        if (n) fill_random_kernel<<<grid_for(n), 256, 0, R->st>>>(w, n, 1.0f / sqrtf((float)fan_in), seed++);
+        LAUNCH_CHECK();
+    };
+    auto one = [&](float *w, size_t n, float v) { if (n) fill_kernel<<<grid_for(n), 256, 0, R->st>>>(w, n, v); LAUNCH_CHECK(); };
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        one(L->attn_norm, D, 1); one(L->ffn_norm, D, 1);
+        if (c->q_lora) { rnd(L->wq_a, (size_t)c->q_lora * D, D); one(L->q_norm, c->q_lora, 1); }
+        rnd(L->wq, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D), c->q_lora ? c->q_lora : D);
+        rnd(L->wkv_a, (size_t)(c->dc + c->dr) * D, D);
+        rnd(L->wkv_b, (size_t)p->ha * (c->dn + c->dv) * p->dcs, c->dc);
+        rnd(L->wo, (size_t)D * p->hq * c->dv, c->n_heads * c->dv);
+        rnd(L->w13, (size_t)L->ne * 2 * L->ik * D, D);
+        rnd(L->w2, (size_t)D * L->ne * L->ik, L->ik * G->K);
+    }
+    rnd(R->embed, (size_t)c->vocab * D, 1);
+    rnd(R->lm_head, (size_t)p->nv * D, D);
+    one(R->norm, D, 1);
+}
+
+// ----------------------------------------------------------------------------
+// threads: every call runs fn on all ranks at once, one host thread per GPU
+
+typedef void (*RankFn)(GPU *G, Rank *R, void *arg);
+typedef struct { GPU *G; Rank *R; RankFn fn; void *arg; } Job;
+static void *job_main(void *p) {
+    Job *j = (Job *)p;
+    CUDA_CHECK(cudaSetDevice(j->R->dev));
+    j->fn(j->G, j->R, j->arg);
+    return NULL;
+}
+static void on_ranks(GPU *G, RankFn fn, void *arg) {
+    std::vector<pthread_t> t(G->K);
+    std::vector<Job> jobs(G->K);
+    for (int r = 0; r < G->K; r++) {
+        jobs[r] = Job{G, &G->rk[r], fn, arg};
+        if (pthread_create(&t[r], NULL, job_main, &jobs[r])) die("pthread_create failed");
+    }
+    for (int r = 0; r < G->K; r++) pthread_join(t[r], NULL);
+}
+
+int gpu_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n;
+}
+
+// One world communicator per process (NCCL's start-up is slow); rebuilt only if K changes.
+static ncclComm_t g_world[64];
+static int g_world_K = 0;
+
+static void init_rank(GPU *G, Rank *R, void *model) {
+    const Config *c = &G->c;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&R->st, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&R->blas));
+    CUBLAS_CHECK(cublasSetStream(R->blas, R->st));
+    R->world = g_world[R->r];
+    R->peer = NULL;
+    if (R->p.g > 1)   // the g ranks of the same group slot j, ordered by shard
+        NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
+    CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
+    layout_rank(G, R);
+    void *ws;   // cuBLAS gets a fixed workspace, so that a decode step can be captured in a graph
+    CUDA_CHECK(cudaMalloc(&ws, 32 << 20));
+    CUBLAS_CHECK(cublasSetWorkspace(R->blas, ws, 32 << 20));
+    if (model) upload_rank(G, R, (const Model *)model); else randomize_rank(G, R);
+    std::vector<float> inv(c->dr / 2);
+    rope_freqs(c, inv.data());
+    CUDA_CHECK(cudaMemcpy(R->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+    fill_kernel<<<grid_for(G->rows), 256, 0, R->st>>>(R->ones, G->rows, 1.0f);
+    LAUNCH_CHECK();
+    int HB;
+    AttnKernel k = pick_attention(R->p.ha, R->p.dcs, R->p.Dk, &HB);
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem(HB, R->p.Dk)));
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+}
+
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int dense_ffn) {
+    int have = gpu_count(), g = s->g;
+    if (K < 1 || K > have) die("%d GPUs asked for, %d present", K, have);
+    if (K > 64) die("at most 64 GPUs");
+    if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
+    if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
+    if (c->dr % 16) die("qk_rope_head_dim %d: the GPU engine needs a multiple of 16", c->dr);
+    int m_ = K / g;
+    if (c->n_heads % m_ || (s->split && c->n_heads % K))
+        die("%d heads do not split over %d GPUs (%d per group of shard)", c->n_heads, s->split ? K : m_, m_);
+    if ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K))
+        die("the FFN intermediate sizes (%d, %d) must divide by the GPU count %d", c->inter, c->moe_inter, K);
+    if (c->n_experts && c->topk > 16) die("at most 16 experts per token on the GPU");
+    GPU *G = (GPU *)calloc(1, sizeof(GPU));
+    G->c = *c; G->s = *s; G->K = K; G->B = batch; G->max_len = max_len; G->dense_ffn = dense_ffn;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    G->sms = prop.multiProcessorCount;
+    G->ne_max = 1;
+    for (int l = 0; l < c->n_layers; l++) G->ne_max = std::max(G->ne_max, layer_is_moe(c, l) ? c->n_experts + c->n_shared : 1);
+    G->chunk = 1;
+    if (m) {   // prefill chunks: the score matrix of one chunk stays under 512 MB
+        G->chunk = std::min(256, max_len);
+        while (G->chunk > 1 && (size_t)c->n_heads * G->chunk * max_len * 6 > (512u << 20)) G->chunk /= 2;
+    }
+    G->rows = std::max(batch, G->chunk);
+    if (s->rms_fix) {
+        G->rms_fix = (float *)malloc((size_t)c->n_layers * g * sizeof(float));
+        memcpy(G->rms_fix, s->rms_fix, (size_t)c->n_layers * g * sizeof(float));
+    }
+    G->lens = (int *)calloc(batch, sizeof(int));
+    G->rk = (Rank *)calloc(K, sizeof(Rank));
+    for (int r = 0; r < K; r++) {   // count each rank's bytes and check they fit before allocating
+        Rank *R = &G->rk[r];
+        R->r = r; R->dev = r; R->p = make_part(c, g, K, r, s->split);
+        layout_rank(G, R);
+        R->cap = R->used + (1 << 20);
+        size_t free_b, total_b;
+        CUDA_CHECK(cudaSetDevice(r));
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        size_t need = R->cap + (64u << 20);   // + cuBLAS workspace and NCCL buffers
+        if (need > free_b)
+            die("GPU %d: this model, batch %d and %d positions need %.2f GiB (weights and cache %.2f GiB), but only %.2f GiB of %.2f GiB are free",
+                r, batch, max_len, need / 1073741824.0, R->cap / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
+    }
+    if (g_world_K != K) {
+        if (g_world_K) for (int r = 0; r < g_world_K; r++) ncclCommDestroy(g_world[r]);
+        int devs[64];
+        for (int r = 0; r < K; r++) devs[r] = r;
+        NCCL_CHECK(ncclCommInitAll(g_world, K, devs));
+        g_world_K = K;
+    }
+    on_ranks(G, init_rank, (void *)m);
+    return G;
+}
+
+static void free_rank(GPU *G, Rank *R, void *arg) {
+    (void)G; (void)arg;
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    if (R->peer) ncclCommDestroy(R->peer);
+    CUBLAS_CHECK(cublasDestroy(R->blas));
+    CUDA_CHECK(cudaFree(R->arena));
+    CUDA_CHECK(cudaStreamDestroy(R->st));
+    free(R->lw);
+}
+
+void gpu_free(GPU *G) {
+    on_ranks(G, free_rank, NULL);
+    free(G->rk); free(G->lens); free(G->rms_fix); free(G);
+}
+
+void gpu_reset(GPU *G) { memset(G->lens, 0, G->B * sizeof(int)); }
+
+// ----------------------------------------------------------------------------
+// prefill and decode: the host fills the row tables, every rank runs the same forward
+
+typedef struct {
+    const int *tok, *rpos, *rseq, *lens;
+    int rows, prefill, seq, p0, max_cached, logit_rows, nlens;
+    float *logits;      // host (logit_rows, vocab), or NULL
+} Step;
+
+static void step_rank(GPU *G, Rank *R, void *arg) {
+    Step *s = (Step *)arg;
+    cudaStream_t st = R->st;
+    CUDA_CHECK(cudaMemcpyAsync(R->tok, s->tok, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->rpos, s->rpos, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->rseq, s->rseq, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->lens, s->lens, s->nlens * 4, cudaMemcpyHostToDevice, st));
+    forward_rank(G, R, s->rows, s->prefill, s->seq, s->p0, s->max_cached, s->logit_rows);
+    if (s->logits && s->logit_rows && R->p.nv)
+        CUDA_CHECK(cudaMemcpy2DAsync(s->logits + R->p.v0, (size_t)G->c.vocab * 4, R->logits, (size_t)R->p.nv * 4,
+                                     (size_t)R->p.nv * 4, s->logit_rows, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all) {
+    if (b < 0 || b >= G->B) die("gpu_prefill: sequence %d of %d", b, G->B);
+    if (G->lens[b] + n > G->max_len) die("sequence %d: %d tokens, more than the %d positions allocated", b, G->lens[b] + n, G->max_len);
+    std::vector<int> pos(G->chunk), seq(G->chunk, b);
+    for (int done = 0; done < n;) {
+        int rows = std::min(G->chunk, n - done), last = done + rows == n;
+        for (int i = 0; i < rows; i++) pos[i] = G->lens[b] + i;
+        Step s = {tokens + done, pos.data(), seq.data(), G->lens, rows, 1, b, G->lens[b], G->lens[b] + rows,
+                  all ? rows : last, G->B, all ? logits + (size_t)done * G->c.vocab : (last ? logits : NULL)};
+        on_ranks(G, step_rank, &s);
+        G->lens[b] += rows;
+        done += rows;
+    }
+}
+
+void gpu_decode(GPU *G, const int *tokens, float *logits) {
+    std::vector<int> pos(G->B), seq(G->B), lens(G->B);
+    int mx = 0;
+    for (int b = 0; b < G->B; b++) {
+        if (G->lens[b] >= G->max_len) die("sequence %d is full (%d positions)", b, G->max_len);
+        pos[b] = G->lens[b]; seq[b] = b; lens[b] = G->lens[b] + 1; mx = std::max(mx, lens[b]);
+    }
+    Step s = {tokens, pos.data(), seq.data(), lens.data(), G->B, 0, 0, 0, mx, G->B, G->B, logits};
+    on_ranks(G, step_rank, &s);
+    for (int b = 0; b < G->B; b++) G->lens[b]++;
+}
+
+// ----------------------------------------------------------------------------
+// -m bench: decode steps at a fixed context on random weights and a random cache (DESIGN.md 5, 6)
+
+typedef struct { int B, ctx, steps, graph; double step_s, attn_s; } BenchRun;
+
+// one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
+static void bench_rank(GPU *G, Rank *R, void *arg) {
+    BenchRun *b = (BenchRun *)arg;
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
+    fill_random_kernel<<<grid_for(cache_n), 256, 0, R->st>>>(R->cache, cache_n, 1.0f, 7 + R->r);
+    LAUNCH_CHECK();
+    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
+    for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
+    CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(R->rpos, pos.data(), G->B * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(R->rseq, seq.data(), G->B * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(R->lens, lens.data(), G->B * 4, cudaMemcpyHostToDevice));
+    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);   // warm-up, outside the graph
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
+    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);
+    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    double t0 = now_s();
+    for (int i = 0; i < b->steps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    double t = (now_s() - t0) / b->steps;
+    // the attention kernels of every layer, timed alone (Q holds the last step's queries)
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
+    CUDA_CHECK(cudaEventRecord(e0, R->st));
+    int reps = 3;
+    for (int i = 0; i < reps; i++)
+        for (int l = 0; l < c->n_layers; l++)
+            decode_attention(R->Q, R->cache + (size_t)l * G->B * G->max_len * p->Dk, R->lens, R->opart, R->lse, R->O, G->B,
+                             p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
+    CUDA_CHECK(cudaEventRecord(e1, R->st));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
+    if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / reps; }
+}
+
+// bytes a rank must hold: weights + cache for batch B at `len` positions (and the buffers)
+static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, int len, int dense, size_t *wbytes = NULL) {
+    GPU G;
+    memset(&G, 0, sizeof(G));
+    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.dense_ffn = dense; G.chunk = 1; G.rows = B; G.ne_max = 1; G.sms = 132;
+    Rank R;
+    memset(&R, 0, sizeof(R));
+    R.r = r; R.p = make_part(c, s->g, K, r, s->split);
+    layout_rank(&G, &R);
+    free(R.lw);
+    if (wbytes) *wbytes = R.wbytes;
+    return R.used;
+}
+
+static int largest_batch(const Config *c, const Scheme *s, int K, int len, int dense) {
+    size_t free_min = (size_t)-1;
+    for (int r = 0; r < K; r++) {
+        size_t f, t;
+        CUDA_CHECK(cudaSetDevice(r));
+        CUDA_CHECK(cudaMemGetInfo(&f, &t));
+        free_min = std::min(free_min, f);
+    }
+    size_t avail = free_min - std::min(free_min, (size_t)(1.5 * 1073741824.0));   // NCCL, cuBLAS, the CUDA context
+    int lo = 0, hi = 4096;
+    while (lo < hi) {   // the largest B whose every rank fits
+        int mid = (lo + hi + 1) / 2, ok = 1;
+        for (int r = 0; r < K && ok; r++) ok = rank_bytes(c, s, K, r, mid, len, dense) <= avail;
+        if (ok) lo = mid; else hi = mid - 1;
+    }
+    if (!lo) die("bench: not even one sequence of %d tokens fits next to the weights (%.1f GiB free per GPU)", len, free_min / 1073741824.0);
+    return lo;
+}
+
+static BenchRun bench_one(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, int steps) {
+    GPU *G = gpu_build(NULL, c, s, K, B, ctx + 1, dense);
+    BenchRun b = {B, ctx, steps, 1, 0, 0};
+    on_ranks(G, bench_rank, &b);
+    gpu_free(G);
+    return b;
+}
+
+// the card's ceilings: device-to-device copy (bytes read + written) and a large bf16 matrix product
+static void measure_roofs(double *copy_bps, double *mm_flops) {
+    CUDA_CHECK(cudaSetDevice(0));
+    size_t n = 1ull << 30;
+    bf16 *a, *b;
+    CUDA_CHECK(cudaMalloc(&a, n)); CUDA_CHECK(cudaMalloc(&b, n));
+    fill_random_kernel<<<grid_for(n / 2), 256>>>(a, n / 2, 1.0f, 1);
+    LAUNCH_CHECK();
+    std::vector<double> t;
+    for (int i = 0; i < 12; i++) {
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double t0 = now_s();
+        CUDA_CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (i >= 2) t.push_back(now_s() - t0);
+    }
+    std::sort(t.begin(), t.end());
+    *copy_bps = 2.0 * n / t[t.size() / 2];
+    int N = 8192;
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    float *cc;
+    CUDA_CHECK(cudaMalloc(&cc, (size_t)N * N * 4));
+    fill_random_kernel<<<grid_for((size_t)N * N), 256>>>(b, (size_t)N * N, 1.0f, 2);
+    LAUNCH_CHECK();
+    float al = 1, be = 0;
+    t.clear();
+    for (int i = 0; i < 8; i++) {
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double t0 = now_s();
+        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &al, a, CUDA_R_16BF, N, b, CUDA_R_16BF, N, &be, cc,
+                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (i >= 2) t.push_back(now_s() - t0);
+    }
+    std::sort(t.begin(), t.end());
+    *mm_flops = 2.0 * N * N * N / t[t.size() / 2];
+    CUBLAS_CHECK(cublasDestroy(h));
+    CUDA_CHECK(cudaFree(a)); CUDA_CHECK(cudaFree(b)); CUDA_CHECK(cudaFree(cc));
+}
+
+// The step's floor on one GPU: the larger of its memory time (weights read + cache read, at the copy
+// bandwidth) and its tensor time (projection and attention flops, at the matrix rate).
+static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double bw, double fl, double *cache_bytes) {
+    Part p = make_part(c, s->g, K, 0, s->split);
+    size_t w;
+    rank_bytes(c, s, K, 0, 1, 1, dense, &w);
+    double wbytes = (double)w - (double)c->vocab * c->dim * 2;   // a step reads B rows of the embedding, not all
+    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * p.Dk * 2;
+    double flops = 2.0 * B * (wbytes / 2) + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
+    return std::max((wbytes + *cache_bytes) / bw, flops / fl);
+}
+
+void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int *ctx, int nctx, int dense, int steps,
+               const char *name, const char *csv) {
+    static const int pctx[6] = {1024, 2048, 4096, 8192, 16384, 32768};
+    static const double paper_v3[6] = {1.33, 1.38, 1.45, 1.57, 1.65, 1.79}, paper_k2[6] = {1.28, 1.35, 1.51, 1.55, 1.76, 1.93};
+    const double *paper = !strcmp(name, "dsv3") ? paper_v3 : !strcmp(name, "kimik2") ? paper_k2 : NULL;
+    if (K != 2 || tpla->g != 2) paper = NULL;   // the paper measured TP = 2
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    double bw, fl;
+    measure_roofs(&bw, &fl);
+    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, K, prop.name,
+           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, dense ? "dense" : "no", tpla->g, tpla->split ? "split" : "replicated");
+    printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; each step is %d decode tokens per sequence, CUDA graph\n",
+           bw / 1e9, fl / 1e12, 1);
+    FILE *f = fopen(csv, "w");
+    if (!f) die("%s: cannot write", csv);
+    fprintf(f, "shape,gpus,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,ratio,ratio_equal_batch,paper\n");
+    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
+           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "cache GB");
+    for (int i = 0; i < nctx; i++) {
+        Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+        int bm = batch ? batch : largest_batch(c, &mla, K, ctx[i] + 1, dense);
+        int bt = batch ? batch : largest_batch(c, tpla, K, ctx[i] + 1, dense);
+        BenchRun r[3];
+        const Scheme *sc[3] = {&mla, tpla, tpla};
+        int bs[3] = {bm, bt, bm};
+        double tps[3];
+        for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
+            r[k] = bench_one(c, sc[k], K, bs[k], ctx[i], dense, steps);
+            Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
+            double cb, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, bw, fl, &cb);
+            double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;
+            tps[k] = bs[k] / r[k].step_s;
+            const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
+            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
+                   tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
+                   r[k].step_s / floor, cb / 1e9);
+            double pr = 0;
+            for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
+            fprintf(f, "%s,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.2f\n", name, K, prop.name,
+                    ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
+                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, k ? tps[1] / tps[0] : 1.0,
+                    k == 2 ? tps[2] / tps[0] : 0.0, pr);
+        }
+        if (bt == bm) tps[2] = tps[1];
+        double pr = 0;
+        for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
+        printf("%6d TPLA/MLA throughput %.2fx (largest batch each), %.2fx at equal batch%s", ctx[i], tps[1] / tps[0], tps[2] / tps[0],
+               pr ? "" : "\n");
+        if (pr) printf("; paper %.2fx\n", pr);
+        fflush(stdout);
+    }
+    fclose(f);
+    printf("wrote %s\n", csv);
+}
+
+void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
+                   float scale, float *O) {
+    CUDA_CHECK(cudaSetDevice(0));
+    int Dk = dcs + dr, HB, chunk, mx = 0, sms;
+    for (int b = 0; b < B; b++) mx = std::max(mx, lens[b]);
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    AttnKernel k = pick_attention(ha, dcs, Dk, &HB);
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem(HB, Dk)));
+    int ns = nsplit_for(B, (ha + HB - 1) / HB, mx, sms, &chunk);
+    bf16 *dQ, *dC, *dO;
+    float *op, *lse;
+    int *dl;
+    CUDA_CHECK(cudaMalloc(&dQ, (size_t)B * ha * Dk * 2)); CUDA_CHECK(cudaMalloc(&dC, (size_t)B * max_len * Dk * 2));
+    CUDA_CHECK(cudaMalloc(&dO, (size_t)B * ha * dcs * 2)); CUDA_CHECK(cudaMalloc(&dl, B * 4));
+    CUDA_CHECK(cudaMalloc(&op, (size_t)B * ns * ha * dcs * 4)); CUDA_CHECK(cudaMalloc(&lse, (size_t)B * ns * ha * 4));
+    CUDA_CHECK(cudaMemcpy(dQ, Q, (size_t)B * ha * Dk * 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dC, cache, (size_t)B * max_len * Dk * 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dl, lens, B * 4, cudaMemcpyHostToDevice));
+    decode_attention(dQ, dC, dl, op, lse, dO, B, ha, dcs, Dk, max_len, mx, scale, sms, 0);
+    std::vector<uint16_t> o((size_t)B * ha * dcs);
+    CUDA_CHECK(cudaMemcpy(o.data(), dO, o.size() * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < o.size(); i++) { uint32_t u = (uint32_t)o[i] << 16; memcpy(&O[i], &u, 4); }
+    CUDA_CHECK(cudaFree(dQ)); CUDA_CHECK(cudaFree(dC)); CUDA_CHECK(cudaFree(dO)); CUDA_CHECK(cudaFree(dl));
+    CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse));
+}

@@ -1,0 +1,320 @@
+// tpla.h: the model config, the checkpoint layout, the weights, the GPU engine's API, check macros.
+// Shared by run.c (CPU reference engine and CLI), convert.c (HF -> tpla) and tpla.cu (GPU engine).
+#ifndef TPLA_H
+#define TPLA_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+// ----------------------------------------------------------------------------
+// checkpoint file:
+//   header (TPLA_HEADER bytes): uint32 magic, int32 version, Config, zero padding
+//   tokenizer block (cfg.tok_bytes bytes, may be 0)
+//   weights, starting at weights_offset(); every tensor 64-byte aligned, in tensor_layout() order.
+//   Matrices are bf16 (uint16 holding the top half of a float32), vectors (norms, router) float32.
+
+#define TPLA_MAGIC 0x414C5054u  // "TPLA" little-endian
+#define TPLA_VERSION 1
+#define TPLA_HEADER 512
+
+enum { ROPE_DEFAULT = 0, ROPE_YARN = 1 };
+enum { ROUTE_SOFTMAX_GREEDY = 0, ROUTE_SOFTMAX_GROUP = 1, ROUTE_SIGMOID_GROUP = 2 };
+
+typedef struct {
+    int dim;           // D, hidden size
+    int n_layers;
+    int n_heads;       // H
+    int vocab;
+    int q_lora;        // q_lora_rank; 0 = a plain q_proj
+    int dc;            // kv_lora_rank: width of the cached latent
+    int dn, dr, dv;    // qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+    int inter;         // intermediate size of the dense FFN layers
+    int moe_inter;     // intermediate size of one expert
+    int n_experts;     // routed experts (0 = every layer dense)
+    int n_shared;      // shared experts (each of moe_inter)
+    int topk;          // experts per token
+    int n_group, topk_group;
+    int first_dense;   // first_k_dense_replace: layers [0, first_dense) are dense
+    int routing;       // ROUTE_*: V2 softmax greedy / group_limited_greedy, V3 sigmoid + bias + groups
+    int norm_topk;     // normalise the chosen weights (V3 only; HF's V2 never does)
+    int rope_type;     // ROPE_DEFAULT or ROPE_YARN
+    int rope_interleave; // 1: rotate pairs (x0,x1),(x2,x3).. (DeepSeek); 0: pairs (x_i, x_i+dr/2)
+    int yarn_orig_max; // yarn: original_max_position_embeddings
+    int yarn_truncate; // yarn: floor/ceil the correction range (HF default 1)
+    int max_seq;       // max_position_embeddings
+    int bos, eos;      // token ids, -1 if none
+    int tok_bytes;     // size of the tokenizer block after the header, 0 = no tokenizer
+    float eps;         // rms_norm_eps
+    float routed_scale;   // routed_scaling_factor
+    float rope_theta;
+    float yarn_factor, yarn_beta_fast, yarn_beta_slow;
+    float rope_attn;   // yarn attention factor: cos and sin are multiplied by it (1 without yarn)
+    float softmax_scale; // 1/sqrt(dn+dr) times yarn's mscale(factor, mscale_all_dim)^2
+} Config;
+
+// ----------------------------------------------------------------------------
+// tensor layout: the one place that says which tensors a checkpoint holds and in which order.
+
+enum {
+    T_EMBED, T_ATTN_NORM, T_WQ_A, T_Q_NORM, T_WQ_B, T_WQ, T_WKV_A, T_KV_NORM, T_WKV_B, T_WO,
+    T_FFN_NORM, T_W1, T_W2, T_W3, T_GATE, T_BIAS, T_EW1, T_EW2, T_EW3, T_SW1, T_SW2, T_SW3,
+    T_NORM, T_LM_HEAD, T_KINDS
+};
+
+typedef struct {
+    int kind, layer;      // T_*, layer index (-1 for embed, norm, lm_head)
+    int f32;              // 1: float32, 0: bf16
+    int64_t n0, n1, n2;   // shape (n0, n1, n2); n0 = 1 and n1 = 1 for matrices and vectors
+    uint64_t off;         // byte offset from the start of the weights
+} Tensor;
+
+static inline int layer_is_moe(const Config *c, int l) { return c->n_experts > 0 && l >= c->first_dense; }
+
+// Fills t (may be NULL to count) and returns the number of tensors; *bytes gets the total size.
+static inline int tensor_layout(const Config *c, Tensor *t, uint64_t *bytes) {
+    int n = 0;
+    uint64_t off = 0;
+    int64_t D = c->dim, H = c->n_heads, E = c->n_experts, I = c->moe_inter;
+#define ADD(k, l, isf32, a, b, cc) do { \
+        if (t) { t[n].kind = k; t[n].layer = l; t[n].f32 = isf32; t[n].n0 = a; t[n].n1 = b; t[n].n2 = cc; t[n].off = off; } \
+        off += (((uint64_t)(a) * (b) * (cc) * ((isf32) ? 4 : 2)) + 63) & ~(uint64_t)63; n++; } while (0)
+    ADD(T_EMBED, -1, 0, 1, c->vocab, D);
+    for (int l = 0; l < c->n_layers; l++) {
+        ADD(T_ATTN_NORM, l, 1, 1, 1, D);
+        if (c->q_lora) {
+            ADD(T_WQ_A, l, 0, 1, c->q_lora, D);
+            ADD(T_Q_NORM, l, 1, 1, 1, c->q_lora);
+            ADD(T_WQ_B, l, 0, 1, H * (c->dn + c->dr), c->q_lora);
+        } else {
+            ADD(T_WQ, l, 0, 1, H * (c->dn + c->dr), D);
+        }
+        ADD(T_WKV_A, l, 0, 1, c->dc + c->dr, D);
+        ADD(T_KV_NORM, l, 1, 1, 1, c->dc);
+        ADD(T_WKV_B, l, 0, H, c->dn + c->dv, c->dc);
+        ADD(T_WO, l, 0, 1, D, H * c->dv);
+        ADD(T_FFN_NORM, l, 1, 1, 1, D);
+        if (!layer_is_moe(c, l)) {
+            ADD(T_W1, l, 0, 1, c->inter, D);
+            ADD(T_W2, l, 0, 1, D, c->inter);
+            ADD(T_W3, l, 0, 1, c->inter, D);
+        } else {
+            ADD(T_GATE, l, 1, 1, E, D);
+            ADD(T_BIAS, l, 1, 1, 1, E);
+            ADD(T_EW1, l, 0, E, I, D);
+            ADD(T_EW2, l, 0, E, D, I);
+            ADD(T_EW3, l, 0, E, I, D);
+            if (c->n_shared) {
+                ADD(T_SW1, l, 0, 1, c->n_shared * I, D);
+                ADD(T_SW2, l, 0, 1, D, c->n_shared * I);
+                ADD(T_SW3, l, 0, 1, c->n_shared * I, D);
+            }
+        }
+    }
+    ADD(T_NORM, -1, 1, 1, 1, D);
+    ADD(T_LM_HEAD, -1, 0, 1, c->vocab, D);
+#undef ADD
+    if (bytes) *bytes = off;
+    return n;
+}
+
+static inline uint64_t weights_offset(const Config *c) {
+    return ((uint64_t)TPLA_HEADER + (uint64_t)c->tok_bytes + 63) & ~(uint64_t)63;
+}
+
+// A config every engine can run, or an error message (NULL when fine).
+static inline const char *config_error(const Config *c) {
+    if (c->dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->vocab <= 0) return "dim, n_layers, n_heads and vocab must be positive";
+    if (c->dc <= 0 || c->dn <= 0 || c->dr <= 0 || c->dv <= 0) return "kv_lora_rank and the head dims must be positive";
+    if (c->dr % 2) return "qk_rope_head_dim must be even";
+    if (c->q_lora < 0 || c->inter < 0 || c->moe_inter < 0 || c->n_shared < 0 || c->first_dense < 0) return "negative size";
+    if (c->first_dense < c->n_layers && c->n_experts > 0) {
+        if (c->topk <= 0 || c->topk > c->n_experts) return "num_experts_per_tok must be in [1, n_routed_experts]";
+        if (c->moe_inter <= 0) return "moe_intermediate_size must be positive";
+        if (c->routing != ROUTE_SOFTMAX_GREEDY) {
+            if (c->n_group <= 0 || c->n_experts % c->n_group) return "n_group must divide n_routed_experts";
+            if (c->topk_group <= 0 || c->topk_group > c->n_group) return "topk_group must be in [1, n_group]";
+            if (c->routing == ROUTE_SIGMOID_GROUP && c->n_experts / c->n_group < 2) return "noaux_tc routing needs 2+ experts per group";
+        }
+    }
+    if (c->first_dense > 0 && c->inter <= 0) return "intermediate_size must be positive";
+    if (c->tok_bytes < 0) return "negative tokenizer size";
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
+// math that the CPU engine and the GPU kernels share, written once
+
+#ifdef __CUDACC__
+#define HD __host__ __device__
+#else
+#define HD
+#endif
+#include <math.h>
+
+// Inverse frequencies of the rope key (dr/2 of them): plain, or YaRN's blend of interpolated and
+// extrapolated frequencies, as HF's _compute_yarn_parameters.
+static inline void rope_freqs(const Config *c, float *inv) {
+    int d = c->dr;
+    double lo = 0, hi = 0;
+    if (c->rope_type == ROPE_YARN) {
+        double k = d / (2 * log(c->rope_theta));
+        lo = k * log(c->yarn_orig_max / (c->yarn_beta_fast * 2 * M_PI));
+        hi = k * log(c->yarn_orig_max / (c->yarn_beta_slow * 2 * M_PI));
+        if (c->yarn_truncate) { lo = floor(lo); hi = ceil(hi); }
+        if (lo < 0) lo = 0;
+        if (hi > d - 1) hi = d - 1;
+        if (lo == hi) hi += 0.001;
+    }
+    for (int i = 0; i < d / 2; i++) {
+        double f = 1.0 / pow(c->rope_theta, 2.0 * i / d);
+        if (c->rope_type == ROPE_YARN) {
+            double ramp = (i - lo) / (hi - lo), extra = 1 - (ramp < 0 ? 0 : ramp > 1 ? 1 : ramp);
+            f = f / c->yarn_factor * (1 - extra) + f * extra;
+        }
+        inv[i] = (float)f;
+    }
+}
+
+// Rotates pair i of a rope vector x (dr) to position pos: pairs (x0,x1),(x2,x3).. (DeepSeek's
+// interleaved layout) or halves (x_i, x_i+dr/2); cos and sin carry YaRN's attention factor.
+HD static inline void rope_pair(float *x, int i, int dr, int pos, float inv, float attn, int interleave) {
+    float a = (float)pos * inv, co = cosf(a) * attn, si = sinf(a) * attn;
+    int i0 = interleave ? 2 * i : i, i1 = interleave ? 2 * i + 1 : i + dr / 2;
+    float x0 = x[i0], x1 = x[i1];
+    x[i0] = x0 * co - x1 * si;
+    x[i1] = x1 * co + x0 * si;
+}
+
+// MoE routing (DESIGN.md section 1) of one token: logits (E) -> topk expert ids and weights.
+// V2: s = softmax; greedy, or keep the topk_group groups with the largest max first.
+// V3: s = sigmoid; choose by s + bias, groups ranked by the sum of their top 2; weights are s.
+// scratch: 2E + n_group floats.
+HD static inline void route(const Config *c, const float *logits, const float *bias, float *scratch, int *idx, float *w) {
+    int E = c->n_experts, G = c->n_group > 0 ? c->n_group : 1, per = E / G;
+    float *s = scratch, *choice = scratch + E, *gscore = scratch + 2 * E;
+    if (c->routing == ROUTE_SIGMOID_GROUP) {
+        for (int e = 0; e < E; e++) { s[e] = 1.0f / (1.0f + expf(-logits[e])); choice[e] = s[e] + bias[e]; }
+    } else {
+        float mx = logits[0], sum = 0;
+        for (int e = 1; e < E; e++) mx = logits[e] > mx ? logits[e] : mx;
+        for (int e = 0; e < E; e++) { s[e] = expf(logits[e] - mx); sum += s[e]; }
+        for (int e = 0; e < E; e++) { s[e] /= sum; choice[e] = s[e]; }
+    }
+    if (c->routing != ROUTE_SOFTMAX_GREEDY) {
+        for (int g = 0; g < G; g++) {
+            float a = -INFINITY, b = -INFINITY;   // the two largest of the group
+            for (int e = g * per; e < (g + 1) * per; e++) {
+                if (choice[e] > a) { b = a; a = choice[e]; } else if (choice[e] > b) b = choice[e];
+            }
+            gscore[g] = c->routing == ROUTE_SIGMOID_GROUP ? a + b : a;
+        }
+        for (int k = 0; k < c->topk_group; k++) {   // mark the kept groups with +inf
+            int best = -1;
+            for (int g = 0; g < G; g++) if (gscore[g] != INFINITY && (best < 0 || gscore[g] > gscore[best])) best = g;
+            gscore[best] = INFINITY;
+        }
+        for (int e = 0; e < E; e++)
+            if (gscore[e / per] != INFINITY) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
+    }
+    float sum = 0;
+    for (int k = 0; k < c->topk; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++) taken |= idx[j] == e;
+            if (!taken && (best < 0 || choice[e] > choice[best])) best = e;
+        }
+        idx[k] = best; w[k] = s[best]; sum += s[best];
+    }
+    for (int k = 0; k < c->topk; k++)
+        w[k] = (c->norm_topk ? w[k] / (sum + 1e-20f) : w[k]) * c->routed_scale;
+}
+
+// ----------------------------------------------------------------------------
+// weights in float32 on the host (the CPU engine computes with them; the GPU engine uploads them as bf16).
+// Shapes are (rows, cols) with y = W x; "per head" tensors are (H, rows, cols).
+
+typedef struct {
+    float *attn_norm;           // (D)
+    float *wq_a, *q_norm, *wq_b; // (q_lora, D), (q_lora), (H*(dn+dr), q_lora); NULL without q LoRA
+    float *wq;                  // (H*(dn+dr), D); NULL with q LoRA
+    float *wkv_a;               // (dc+dr, D): latent rows, then the rope key rows
+    float *kv_norm;             // (dc): folded into wkv_b at load, then all ones
+    float *wkv_b;               // (H, dn+dv, dc): per head W_UK (dn, dc) then W_UV (dv, dc)
+    float *wo;                  // (D, H*dv)
+    float *ffn_norm;            // (D)
+    float *w1, *w2, *w3;        // dense FFN: (inter, D), (D, inter), (inter, D)
+    float *gate, *bias;         // router: (E, D), (E) (bias: V3's e_score_correction_bias, else 0)
+    float *ew1, *ew2, *ew3;     // routed experts: (E, I, D), (E, D, I), (E, I, D)
+    float *sw1, *sw2, *sw3;     // shared experts: (ns*I, D), (D, ns*I), (ns*I, D); NULL if none
+} Layer;
+
+typedef struct {
+    Config c;
+    float *embed;               // (vocab, D)
+    Layer *layers;              // (n_layers)
+    float *norm;                // (D)
+    float *lm_head;             // (vocab, D)
+    float *arena;               // the one allocation all the pointers above point into
+    const uint8_t *file;        // the mmapped checkpoint
+    size_t file_size;
+} Model;
+
+// ----------------------------------------------------------------------------
+// how to decode: MLA or TPLA with g latent shards (DESIGN.md section 3)
+
+enum { T_NONE = 0, T_HADAMARD = 1, T_PCA = 2 };
+enum { RMS_LOCAL = 0, RMS_GLOBAL = 1 };
+
+typedef struct {
+    int g;          // latent shards: 1 = MLA
+    int rms;        // RMS_LOCAL or RMS_GLOBAL: how a decode token's latent slice is normalised
+    const float *rms_fix; // (n_layers, g): local rms correction sqrt(1/(g e_i)); NULL = all 1
+    int split;      // GPU only: TPLA keeps W_UQ and W_O split by head (all-gather q, reduce-scatter v)
+} Scheme;
+
+// ----------------------------------------------------------------------------
+// GPU engine (tpla.cu). One process drives every GPU: one thread and one stream per GPU, one NCCL
+// communicator. K GPUs form g groups of K/g; inside a group the heads are split as in MLA-TP.
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+typedef struct GPU GPU;
+int gpu_count(void);   // 0 when there is no usable GPU (or the build has no CUDA)
+// m may be NULL (then c gives the shape and the weights are random, for -m bench).
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int dense_ffn);
+// Prefills n tokens of sequence b as exact MLA; logits gets (n, vocab) if all, else the last (vocab).
+void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all);
+void gpu_decode(GPU *G, const int *tokens, float *logits);                  // one token per sequence; logits (B, vocab)
+void gpu_reset(GPU *G);                                                     // empty every sequence
+void gpu_free(GPU *G);
+// -m bench: decode steps at each context in ctx[0..nctx), MLA-TP against TPLA on the same weights.
+// The decode attention kernel alone on host arrays (for the tests): Q (B, ha, dcs+dr) and cache
+// (B, max_len, dcs+dr) bf16, lens (B); O (B, ha, dcs) float32.
+void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr,
+                   int max_len, float scale, float *O);
+void gpu_bench(const Config *c, const Scheme *tpla, int ngpu, int batch, const int *ctx, int nctx,
+               int dense_ffn, int steps, const char *name, const char *csv);
+#ifdef __cplusplus
+}
+#endif
+
+// ----------------------------------------------------------------------------
+// errors: every check prints where and why, then exits non-zero
+
+#define die(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(1); } while (0)
+
+#ifdef __CUDACC__
+#define CUDA_CHECK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) \
+    die("%s:%d: CUDA: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(e_), #x); } while (0)
+#define CUBLAS_CHECK(x) do { cublasStatus_t e_ = (x); if (e_ != CUBLAS_STATUS_SUCCESS) \
+    die("%s:%d: cuBLAS: %s (%s)", __FILE__, __LINE__, cublasGetStatusString(e_), #x); } while (0)
+#define NCCL_CHECK(x) do { ncclResult_t e_ = (x); if (e_ != ncclSuccess) \
+    die("%s:%d: NCCL: %s (%s)", __FILE__, __LINE__, ncclGetErrorString(e_), #x); } while (0)
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+#endif
+
+#endif // TPLA_H
