@@ -607,8 +607,8 @@ static float *engine_feed(Engine *e, const int *tok, int n, int exact, float *ou
 #ifndef TPLA_CUDA
 // a build without nvcc: the GPU engine is absent
 int gpu_count(void) { return 0; }
-GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int dense_ffn) {
-    (void)m; (void)c; (void)s; (void)ngpu; (void)batch; (void)max_len; (void)dense_ffn;
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int ffn) {
+    (void)m; (void)c; (void)s; (void)ngpu; (void)batch; (void)max_len; (void)ffn;
     die("this build has no GPU engine");
 }
 void gpu_prefill(GPU *G, int b, const int *t, int n, float *l, int all) { (void)G; (void)b; (void)t; (void)n; (void)l; (void)all; }
@@ -650,7 +650,7 @@ static void usage(void) {
         "  -t T -p P -s S   temperature (default 0.8), top-p (0.9), seed\n"
         "  -f FILE   input: token ids (logits), text (ppl, tokenize);  -o FILE: logits output (float32)\n"
         "  -b B      bench batch (default 0: the largest that fits);  -l L,L..  bench contexts\n"
-        "  -F        bench: keep a dense FFN (the paper removes it)\n");
+        "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it)\n");
     exit(1);
 }
 

@@ -355,7 +355,35 @@ static void test_errors(void) {
     }
 }
 
-static void test_convert(void) {}  // TEMP
+// convert: the fixtures convert (load_fixture); broken copies fail, say why and leave no file behind
+static void test_convert(void) {
+    struct { const char *name, *edit; } bad[] = {
+        {"missing directory", NULL},
+        {"truncated model.safetensors", "truncate -s 200000 %s/model.safetensors"},
+        {"unknown architecture", "sed -i 's/DeepseekV3ForCausalLM/LlamaForCausalLM/' %s/config.json"},
+        {"rope type dynamic", "sed -i 's/\"rope_type\": \"yarn\"/\"rope_type\": \"dynamic\"/' %s/config.json"},
+        {"hidden_size not matching the tensors", "sed -i 's/\"hidden_size\": 64/\"hidden_size\": 48/' %s/config.json"},
+        {"attention_bias true", "sed -i 's/\"attention_bias\": false/\"attention_bias\": true/' %s/config.json"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char dir[300], out[300], cmd[1024];
+        snprintf(dir, sizeof(dir), "%s/conv%zu", tmp, i);
+        snprintf(out, sizeof(out), "%s/conv%zu.bin", tmp, i);
+        int ok = 1;
+        if (bad[i].edit) {
+            snprintf(cmd, sizeof(cmd), "cp -r tests/data/v3 %s", dir);
+            ok = sh(cmd) == 0;
+            snprintf(cmd, sizeof(cmd), bad[i].edit, dir);
+            ok = ok && sh(cmd) == 0;
+        }
+        snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, out);
+        int rc = sh(cmd);
+        snprintf(cmd, sizeof(cmd), "ls %s*", out);   // neither OUT nor OUT.tmp may exist
+        char name[128];
+        snprintf(name, sizeof(name), "convert fails and leaves no file: %s (exit code)", bad[i].name);
+        check(name, ok && rc > 0 && rc < 128 && sh(cmd) != 0, rc, 1);
+    }
+}
 
 // ----------------------------------------------------------------------------
 // GPU

@@ -82,7 +82,7 @@ typedef struct {
 
 struct GPU {
     Config c; Scheme s;
-    int K, B, max_len, rows, chunk, dense_ffn, ne_max;
+    int K, B, max_len, rows, chunk, ffn, ne_max;   // ffn 0: the bench without FFN
     float *rms_fix;
     Rank *rk;
     int *lens;               // host: tokens cached per sequence
@@ -471,22 +471,25 @@ static AttnKernel pick_attention(int ha, int dcs, int Dk, int *HB_out) {
     return NULL;
 }
 
-static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
+// Splits of the sequence so that the grid fills the card about twice; never more than the cap.
+static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
     int tiles = (max_len + TC - 1) / TC;
-    int s = std::max(1, std::min(tiles, (2 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+    return std::max(1, std::min(tiles, (2 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+}
+static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
+    int tiles = (max_len + TC - 1) / TC, s = nsplit_cap(rows, head_tiles, max_len, sms);
     *chunk = (tiles + s - 1) / s * TC;
     return (max_len + *chunk - 1) / *chunk;
 }
 
-// rows sequences, one new token each, already cached; lens (device) = tokens cached per sequence.
+// rows sequences, one new token each, already cached (the kernel's shared memory limit was raised
+// once per GPU by init_rank); lens (device) = tokens cached per sequence.
 static void decode_attention(const bf16 *Q, const bf16 *cache, const int *lens, float *opart, float *lse, bf16 *O,
                              int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
     int HB, chunk;
     AttnKernel k = pick_attention(ha, dcs, Dk, &HB);
     int tiles_h = (ha + HB - 1) / HB, ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
-    size_t smem = attn_smem(HB, Dk);
-    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    k<<<dim3(tiles_h, rows, ns), NWARP * 32, smem, st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, max_len, chunk,
+    k<<<dim3(tiles_h, rows, ns), NWARP * 32, attn_smem(HB, Dk), st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, max_len, chunk,
                                                          scale * 1.4426950408889634f);
     LAUNCH_CHECK();
     attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns);
@@ -636,7 +639,7 @@ static void layout_rank(GPU *G, Rank *R) {
         L->wkv_b = (bf16 *)take(R, (size_t)p->ha * (c->dn + c->dv) * p->dcs * 2);
         L->wo = (bf16 *)take(R, (size_t)D * p->hq * c->dv * 2);
         int moe = layer_is_moe(c, l);
-        L->ne = moe ? c->n_experts + c->n_shared : (c->inter > 0 && (G->dense_ffn || l < c->first_dense) ? 1 : 0);
+        L->ne = !G->ffn ? 0 : moe ? c->n_experts + c->n_shared : 1;
         L->ik = (moe ? c->moe_inter : c->inter) / K;
         L->gate = moe ? (float *)take(R, (size_t)c->n_experts * D * 4) : NULL;
         L->bias = moe ? (float *)take(R, c->n_experts * 4) : NULL;
@@ -669,9 +672,9 @@ static void layout_rank(GPU *G, Rank *R) {
     R->h = (bf16 *)take(R, (size_t)rows * ne * ik * 2);
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
     // decode attention partials, and the prefill score matrix of one chunk
-    int HB, chunk;
+    int HB;
     pick_attention(p->ha, p->dcs, p->Dk, &HB);
-    R->nsplit_max = nsplit_for(G->B, (p->ha + HB - 1) / HB, G->max_len, G->sms, &chunk);
+    R->nsplit_max = nsplit_cap(G->B, (p->ha + HB - 1) / HB, G->max_len, G->sms);
     R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
     R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * G->max_len;
@@ -715,6 +718,7 @@ static void upload_rank(GPU *G, Rank *R, const Model *m) {
                 dn + dv, p->dcs, c->dc, 0);
         put(L->wo, H->wo + (size_t)p->hq0 * dv, D, (size_t)p->hq * dv, (size_t)c->n_heads * dv, 0);
         if (L->gate) { put(L->gate, H->gate, c->n_experts, D, D, 1); put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1); }
+        std::vector<float> w2cat((size_t)D * L->ne * L->ik);   // (D, ne*ik): each expert's columns side by side
         for (int e = 0; e < L->ne; e++) {   // expert e: rows [r*ik, (r+1)*ik) of its W1, W3; those columns of W2
             const float *w1, *w2, *w3;
             int I;
@@ -725,9 +729,9 @@ static void upload_rank(GPU *G, Rank *R, const Model *m) {
             size_t ik = L->ik;
             put(L->w13 + (size_t)e * 2 * ik * D, w1 + (size_t)r * ik * D, ik, D, D, 0);
             put(L->w13 + (size_t)e * 2 * ik * D + ik * D, w3 + (size_t)r * ik * D, ik, D, D, 0);
-            for (int d = 0; d < D; d++)
-                put(L->w2 + (size_t)d * L->ne * ik + e * ik, w2 + (size_t)d * I + r * ik, 1, ik, ik, 0);
+            for (int d = 0; d < D; d++) memcpy(&w2cat[(size_t)d * L->ne * ik + e * ik], w2 + (size_t)d * I + r * ik, ik * 4);
         }
+        if (L->ne) put(L->w2, w2cat.data(), D, (size_t)L->ne * L->ik, (size_t)L->ne * L->ik, 0);
     }
     put(R->embed, m->embed, c->vocab, D, D, 0);
     put(R->lm_head, m->lm_head + (size_t)p->v0 * D, p->nv, D, D, 0);
@@ -818,7 +822,7 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
-GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int dense_ffn) {
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int ffn) {
     int have = gpu_count(), g = s->g;
     if (K < 1 || K > have) die("%d GPUs asked for, %d present", K, have);
     if (K > 64) die("at most 64 GPUs");
@@ -828,11 +832,11 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
     int m_ = K / g;
     if (c->n_heads % m_ || (s->split && c->n_heads % K))
         die("%d heads do not split over %d GPUs (%d per group of shard)", c->n_heads, s->split ? K : m_, m_);
-    if ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K))
+    if (ffn && ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K)))
         die("the FFN intermediate sizes (%d, %d) must divide by the GPU count %d", c->inter, c->moe_inter, K);
     if (c->n_experts && c->topk > 16) die("at most 16 experts per token on the GPU");
     GPU *G = (GPU *)calloc(1, sizeof(GPU));
-    G->c = *c; G->s = *s; G->K = K; G->B = batch; G->max_len = max_len; G->dense_ffn = dense_ffn;
+    G->c = *c; G->s = *s; G->K = K; G->B = batch; G->max_len = max_len; G->ffn = ffn;
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     G->sms = prop.multiProcessorCount;
@@ -996,7 +1000,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
 static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, int len, int dense, size_t *wbytes = NULL) {
     GPU G;
     memset(&G, 0, sizeof(G));
-    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.dense_ffn = dense; G.chunk = 1; G.rows = B; G.ne_max = 1; G.sms = 132;
+    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.ffn = dense; G.chunk = 1; G.rows = B; G.ne_max = 1; G.sms = 132;
     Rank R;
     memset(&R, 0, sizeof(R));
     R.r = r; R.p = make_part(c, s->g, K, r, s->split);

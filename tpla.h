@@ -138,7 +138,7 @@ static inline const char *config_error(const Config *c) {
             if (c->routing == ROUTE_SIGMOID_GROUP && c->n_experts / c->n_group < 2) return "noaux_tc routing needs 2+ experts per group";
         }
     }
-    if (c->first_dense > 0 && c->inter <= 0) return "intermediate_size must be positive";
+    if ((c->first_dense > 0 || c->n_experts == 0) && c->inter <= 0) return "intermediate_size must be positive";
     if (c->tok_bytes < 0) return "negative tokenizer size";
     return NULL;
 }
@@ -284,8 +284,9 @@ extern "C" {
 #endif
 typedef struct GPU GPU;
 int gpu_count(void);   // 0 when there is no usable GPU (or the build has no CUDA)
-// m may be NULL (then c gives the shape and the weights are random, for -m bench).
-GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int dense_ffn);
+// m may be NULL (then c gives the shape and the weights are random, for -m bench); ffn 0 leaves the
+// FFN out (the paper's bench setup).
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int ffn);
 // Prefills n tokens of sequence b as exact MLA; logits gets (n, vocab) if all, else the last (vocab).
 void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all);
 void gpu_decode(GPU *G, const int *tokens, float *logits);                  // one token per sequence; logits (B, vocab)

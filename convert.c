@@ -1,0 +1,785 @@
+// convert.c: a Hugging Face DeepSeek-V2/V3 checkpoint (config.json + safetensors) -> one tpla checkpoint.
+//
+//   ./convert HF_DIR OUT.bin
+//
+// Reads BF16, F16, F32 and F8_E4M3 with 128x128 block scales (the DeepSeek-V3 and Kimi-K2 releases);
+// writes the header, the tokenizer block and the weights in tensor_layout() order (tpla.h): matrices
+// bf16, vectors float32. The output goes to OUT.bin.tmp and is renamed at the end, so a run that fails
+// leaves no file behind. Assumes a little-endian host, as safetensors files are little-endian.
+// Build: gcc -O2 -Wall -Wextra -std=gnu99 convert.c -o convert -lm
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "tpla.h"
+
+// ----------------------------------------------------------------------------
+// small helpers
+
+static char *tmp_path;  // the partial output; removed at exit unless the run got as far as the rename
+static void remove_tmp(void) { if (tmp_path) remove(tmp_path); }
+
+static void *xmalloc(size_t n) { void *p = malloc(n ? n : 1); if (!p) die("out of memory (%zu bytes)", n); return p; }
+static void *xrealloc(void *p, size_t n) { p = realloc(p, n ? n : 1); if (!p) die("out of memory (%zu bytes)", n); return p; }
+
+static char *cat(const char *fmt, ...) {  // printf into a fresh string
+    va_list ap;
+    va_start(ap, fmt); int n = vsnprintf(NULL, 0, fmt, ap); va_end(ap);
+    char *s = xmalloc(n + 1);
+    va_start(ap, fmt); vsnprintf(s, n + 1, fmt, ap); va_end(ap);
+    return s;
+}
+
+static void note(const char *fmt, ...) {
+    va_list ap; va_start(ap, fmt);
+    fputs("note: ", stderr); vfprintf(stderr, fmt, ap); fputc('\n', stderr);
+    va_end(ap);
+}
+
+// ----------------------------------------------------------------------------
+// JSON: a tree of values; strings are decoded to UTF-8. Nothing is freed: convert runs once and exits.
+
+enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
+
+typedef struct Json {
+    int type, n;        // n: bytes of a string, or number of children of an array / object
+    double num;
+    char *str;          // J_STR: NUL-terminated
+    char *key;          // the member name, when this value is an object member
+    struct Json *kid;   // J_ARR, J_OBJ: the n children
+} Json;
+
+typedef struct { const char *p, *start, *end, *file; int depth; } Parser;
+
+static void jfail(Parser *ps, const char *what) {
+    die("%s: bad JSON at byte %ld: %s", ps->file, (long)(ps->p - ps->start), what);
+}
+
+static int next_is(Parser *ps, char ch) {  // skips white space; consumes ch if it comes next
+    while (ps->p < ps->end && strchr(" \t\r\n", *ps->p) && *ps->p) ps->p++;
+    return ps->p < ps->end && *ps->p == ch ? (ps->p++, 1) : 0;
+}
+
+static unsigned hex4(Parser *ps, const char *limit) {  // the XXXX of \uXXXX
+    static const char digits[] = "0123456789abcdef";
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++, ps->p++) {
+        const char *d = ps->p < limit && *ps->p ? strchr(digits, tolower((unsigned char)*ps->p)) : NULL;
+        if (!d) jfail(ps, "bad \\u escape");
+        v = v << 4 | (unsigned)(d - digits);
+    }
+    return v;
+}
+
+static char *put_utf8(char *o, unsigned cp) {
+    int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    static const unsigned char lead[] = { 0, 0, 0xC0, 0xE0, 0xF0 };
+    for (int i = n - 1; i > 0; i--, cp >>= 6) o[i] = 0x80 | (cp & 63);
+    o[0] = lead[n] | cp;
+    return o + n;
+}
+
+static char *parse_string(Parser *ps, int *len) {  // just after the opening quote
+    const char *q = ps->p;
+    while (q < ps->end && *q != '"') q += *q == '\\' ? 2 : 1;
+    if (q >= ps->end) jfail(ps, "unterminated string");
+    char *s = xmalloc(q - ps->p + 1), *o = s;  // decoding never makes a string longer
+    while (ps->p < q) {
+        char ch = *ps->p++;
+        if (ch != '\\') { *o++ = ch; continue; }
+        if (*ps->p != 'u') {  // a one-letter escape
+            static const char pairs[] = "\"\"\\\\//b\bf\fn\nr\rt\t";  // the letter after '\', then what it stands for
+            const char *e = pairs;
+            while (*e && *e != *ps->p) e += 2;
+            if (!*e) jfail(ps, "bad escape");
+            *o++ = e[1], ps->p++;
+            continue;
+        }
+        ps->p++;
+        unsigned cp = hex4(ps, q);
+        if (cp >= 0xD800 && cp < 0xDC00 && q - ps->p >= 6 && ps->p[0] == '\\' && ps->p[1] == 'u') {  // a surrogate pair
+            const char *back = ps->p;
+            ps->p += 2;
+            unsigned lo = hex4(ps, q);
+            if (lo >= 0xDC00 && lo < 0xE000) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            else ps->p = back, cp = 0xFFFD;
+        } else if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD;  // a lone surrogate
+        o = put_utf8(o, cp);
+    }
+    ps->p = q + 1;
+    *o = 0;
+    *len = (int)(o - s);
+    return s;
+}
+
+static void parse_value(Parser *ps, Json *v) {
+    static const char *lit[] = { "null", "false", "true" };  // J_NULL, J_FALSE, J_TRUE
+    memset(v, 0, sizeof *v);
+    if (next_is(ps, '{') || next_is(ps, '[')) {
+        char close = ps->p[-1] == '{' ? '}' : ']';
+        int cap = 0;
+        v->type = close == '}' ? J_OBJ : J_ARR;
+        if (++ps->depth > 200) jfail(ps, "nested too deep");
+        if (next_is(ps, close)) { ps->depth--; return; }
+        do {
+            if (v->n == cap) v->kid = xrealloc(v->kid, (cap = cap ? 2 * cap : 4) * sizeof(Json));
+            char *key = NULL;
+            int klen;
+            if (v->type == J_OBJ && !next_is(ps, '"')) jfail(ps, "expected a member name");
+            if (v->type == J_OBJ && (key = parse_string(ps, &klen), !next_is(ps, ':'))) jfail(ps, "expected ':'");
+            parse_value(ps, &v->kid[v->n]);
+            v->kid[v->n++].key = key;
+        } while (next_is(ps, ','));
+        if (!next_is(ps, close)) jfail(ps, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+        ps->depth--;
+    } else if (next_is(ps, '"')) {
+        v->type = J_STR;
+        v->str = parse_string(ps, &v->n);
+    } else if (ps->p < ps->end && (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9'))) {
+        char buf[64], *e;
+        int n = 0;
+        while (ps->p + n < ps->end && n < 63 && ps->p[n] && strchr("+-0123456789.eE", ps->p[n])) buf[n] = ps->p[n], n++;
+        buf[n] = 0;
+        v->type = J_NUM;
+        v->num = strtod(buf, &e);
+        if (e == buf) jfail(ps, "bad number");
+        ps->p += e - buf;
+    } else {
+        for (v->type = J_NULL; v->type <= J_TRUE; v->type++) {
+            size_t n = strlen(lit[v->type]);
+            if ((size_t)(ps->end - ps->p) >= n && !memcmp(ps->p, lit[v->type], n)) { ps->p += n; return; }
+        }
+        jfail(ps, ps->p < ps->end ? "unexpected character" : "unexpected end");
+    }
+}
+
+static Json *json_parse(const char *text, size_t len, const char *file) {
+    Parser ps = { text, text, text + len, file, 0 };
+    Json *v = xmalloc(sizeof *v);
+    parse_value(&ps, v);
+    if (next_is(&ps, 0) || ps.p != ps.end) jfail(&ps, "trailing characters");
+    return v;
+}
+
+static const Json *read_json(const char *path) {  // NULL if the file cannot be opened
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0, k;
+    char *s = xmalloc(cap);
+    while ((k = fread(s + n, 1, cap - n, f)) > 0) if ((n += k) == cap) s = xrealloc(s, cap *= 2);
+    if (ferror(f)) die("%s: read failed (%s)", path, strerror(errno));
+    fclose(f);
+    return json_parse(s, n, path);
+}
+
+static const Json *jget(const Json *o, const char *key) {  // NULL if o is not an object or has no such member
+    if (!o || o->type != J_OBJ) return NULL;
+    for (int i = 0; i < o->n; i++) if (!strcmp(o->kid[i].key, key)) return &o->kid[i];
+    return NULL;
+}
+
+static const char *jstr(const Json *o, const char *key) {  // NULL unless a string
+    const Json *v = jget(o, key);
+    return v && v->type == J_STR ? v->str : NULL;
+}
+
+// ----------------------------------------------------------------------------
+// a string -> int64 hash map (open addressing; the keys are not copied)
+
+typedef struct { const char *key; int64_t val; } Slot;
+typedef struct { Slot *slot; size_t cap, n; } Map;
+
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    while (*s) h = (h ^ (uint8_t)*s++) * 1099511628211ull;
+    return h;
+}
+
+static void map_put(Map *m, const char *key, int64_t val) {
+    if (2 * (m->n + 1) > m->cap) {  // keep the table at most half full
+        Map g = { calloc(m->cap ? 2 * m->cap : 1024, sizeof(Slot)), m->cap ? 2 * m->cap : 1024, 0 };
+        if (!g.slot) die("out of memory");
+        for (size_t i = 0; i < m->cap; i++) if (m->slot[i].key) map_put(&g, m->slot[i].key, m->slot[i].val);
+        free(m->slot);
+        *m = g;
+    }
+    size_t i = hash_str(key) & (m->cap - 1);
+    while (m->slot[i].key && strcmp(m->slot[i].key, key)) i = (i + 1) & (m->cap - 1);
+    if (!m->slot[i].key) m->n++;
+    m->slot[i].key = key;
+    m->slot[i].val = val;
+}
+
+static int64_t map_get(const Map *m, const char *key) {  // -1 if absent
+    if (!m->cap) return -1;
+    size_t i = hash_str(key) & (m->cap - 1);
+    for (; m->slot[i].key; i = (i + 1) & (m->cap - 1)) if (!strcmp(m->slot[i].key, key)) return m->slot[i].val;
+    return -1;
+}
+
+// ----------------------------------------------------------------------------
+// safetensors: 8-byte little-endian header length, a JSON header, then the data. Files are mmapped.
+
+enum { DT_BF16, DT_F16, DT_F32, DT_F8, DT_OTHER };
+static const char *dt_names[] = { "BF16", "F16", "F32", "F8_E4M3" };
+static const int dt_size[] = { 2, 2, 4, 1 };
+
+typedef struct {
+    const char *name, *file, *dtname;
+    int dtype, ndim;
+    int64_t shape[8];
+    int64_t rows, cols;     // as a matrix: cols = the last dim, rows = the product of the others
+    const uint8_t *data;
+} STensor;
+
+static STensor *tens;   // every tensor of every file
+static int ntens;
+static Map tmap;        // name -> index in tens
+
+static void open_safetensors(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
+    size_t size = st.st_size;
+    if (size < 8) die("%s: truncated (%zu bytes); re-download or re-save it", path, size);
+    const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) die("%s: mmap failed (%s)", path, strerror(errno));
+    close(fd);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | map[i];
+    if (hlen > size - 8) die("%s: truncated: the header says %llu bytes of JSON, the file has %zu; re-download it", path, (unsigned long long)hlen, size);
+    const Json *h = json_parse((const char *)map + 8, hlen, path);
+    if (h->type != J_OBJ) die("%s: not a safetensors file (the header is not a JSON object)", path);
+    uint64_t dsize = size - 8 - hlen;
+    for (int i = 0; i < h->n; i++) {
+        const Json *e = &h->kid[i], *dt = jget(e, "dtype"), *sh = jget(e, "shape"), *of = jget(e, "data_offsets");
+        if (!strcmp(e->key, "__metadata__")) continue;
+        if (!dt || dt->type != J_STR || !sh || sh->type != J_ARR || sh->n > 8 || !of || of->type != J_ARR || of->n != 2
+            || of->kid[0].type != J_NUM || of->kid[1].type != J_NUM)
+            die("%s: tensor %s: bad header entry (dtype, shape, data_offsets)", path, e->key);
+        STensor t = { .name = e->key, .file = path, .dtname = dt->str, .ndim = sh->n };
+        for (t.dtype = 0; t.dtype < DT_OTHER && strcmp(dt_names[t.dtype], dt->str); t.dtype++) {}
+        double numel = 1, b = of->kid[0].num, end = of->kid[1].num;
+        for (int d = 0; d < sh->n; d++) {
+            double x = sh->kid[d].num;
+            if (sh->kid[d].type != J_NUM || x < 0 || x != floor(x) || x > 1e12) die("%s: tensor %s: bad shape", path, e->key);
+            numel *= (t.shape[d] = (int64_t)x);
+        }
+        if (numel > 1e15 || !(b >= 0 && b <= end)) die("%s: tensor %s: bad shape or data_offsets", path, e->key);
+        if (end > (double)dsize)
+            die("%s: truncated: tensor %s ends at byte %.0f of the data, the file holds %llu; re-download it", path, e->key, end, (unsigned long long)dsize);
+        if (t.dtype != DT_OTHER && end - b != numel * dt_size[t.dtype])
+            die("%s: tensor %s: %.0f bytes for %.0f values of %s", path, e->key, end - b, numel, dt->str);
+        t.cols = t.ndim ? t.shape[t.ndim - 1] : 1;
+        t.rows = t.cols ? (int64_t)numel / t.cols : 0;
+        t.data = map + 8 + hlen + (uint64_t)b;
+        if (ntens % 256 == 0) tens = xrealloc(tens, (ntens + 256) * sizeof *tens);
+        tens[ntens] = t;
+        map_put(&tmap, t.name, ntens++);
+    }
+}
+
+// model.safetensors, or every shard named in model.safetensors.index.json
+static void open_weights(const char *dir) {
+    char *single = cat("%s/model.safetensors", dir), *index = cat("%s/model.safetensors.index.json", dir);
+    if (access(single, F_OK) == 0) { open_safetensors(single); return; }
+    const Json *idx = read_json(index), *wm = jget(idx, "weight_map");
+    if (!idx) die("%s: no model.safetensors and no model.safetensors.index.json; convert reads safetensors "
+                  "(re-save a pytorch_model.bin with save_pretrained)", dir);
+    if (!wm || wm->type != J_OBJ) die("%s: no \"weight_map\" object", index);
+    Map seen = {0};
+    for (int i = 0; i < wm->n; i++) {
+        const char *file = wm->kid[i].str;
+        if (wm->kid[i].type != J_STR) die("%s: weight_map.%s is not a file name", index, wm->kid[i].key);
+        if (map_get(&seen, file) >= 0) continue;
+        map_put(&seen, file, 1);
+        open_safetensors(cat("%s/%s", dir, file));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// reading a tensor as rows of float32, and writing it as bf16 or float32
+
+typedef struct {
+    const STensor *t;       // NULL: zeros
+    const STensor *scale;   // F8_E4M3 only: the block scales (weight_scale_inv)
+    int64_t row0, rows, cols;  // rows [row0, row0 + rows) of t as a matrix
+} Src;
+
+static int blk_r = 128, blk_c = 128;  // FP8 scale blocks (quantization_config.weight_block_size)
+static const char *hf_dir;
+
+static float f16_to_f32(uint16_t h) {
+    int e = h >> 10 & 31, m = h & 1023;
+    float v = e == 0 ? ldexpf(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf(m + 1024, e - 25);
+    return h >> 15 ? -v : v;
+}
+
+static float f8_to_f32(uint8_t b) {  // E4M3FN: exponent bias 7, no infinities, S.1111.111 is NaN
+    int e = b >> 3 & 15, m = b & 7;
+    float v = e == 0 ? ldexpf(m, -9) : (e == 15 && m == 7) ? NAN : ldexpf(m + 8, e - 10);
+    return b >> 7 ? -v : v;
+}
+
+static uint16_t f32_to_bf16(float x) {  // round to nearest even; NaN stays NaN
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (u >> 16) | 0x40;
+    return (u + 0x7fff + (u >> 16 & 1)) >> 16;
+}
+
+static void to_f32(const STensor *t, int64_t i, int64_t n, float *out) {  // elements [i, i + n) of t
+    const uint8_t *p = t->data + (uint64_t)i * dt_size[t->dtype];
+    uint16_t h;
+    uint32_t u;
+    for (int64_t j = 0; j < n; j++) switch (t->dtype) {
+        case DT_BF16: memcpy(&h, p + 2 * j, 2); u = (uint32_t)h << 16; memcpy(&out[j], &u, 4); break;
+        case DT_F16: memcpy(&h, p + 2 * j, 2); out[j] = f16_to_f32(h); break;
+        case DT_F32: memcpy(&out[j], p + 4 * j, 4); break;
+        case DT_F8: out[j] = f8_to_f32(p[j]); break;
+        }
+}
+
+static void load_row(const Src *s, int64_t r, float *out) {
+    int64_t R = s->row0 + r;
+    if (!s->t) { memset(out, 0, s->cols * sizeof(float)); return; }
+    to_f32(s->t, R * s->t->cols, s->cols, out);
+    if (s->scale)  // value = fp8(w[i][j]) * scale_inv[i / 128][j / 128]
+        for (int64_t j0 = 0; j0 < s->cols; j0 += blk_c) {
+            float sc;
+            to_f32(s->scale, (R / blk_r) * s->scale->cols + j0 / blk_c, 1, &sc);
+            for (int64_t j = j0; j < s->cols && j < j0 + blk_c; j++) out[j] *= sc;
+        }
+}
+
+static const STensor *find(const char *name) {
+    int64_t i = map_get(&tmap, name);
+    return i < 0 ? NULL : &tens[i];
+}
+
+static char *shape_str(int n, const int64_t *d) {
+    char *s = cat("(");
+    for (int i = 0; i < n; i++) s = cat("%s%s%lld", s, i ? ", " : "", (long long)d[i]);
+    return cat("%s)", s);
+}
+
+// The tensor `name`, which must have the shape (a), (a, b) or (a, b, c): the first ndim of them.
+static Src src(const char *name, int ndim, int64_t a, int64_t b, int64_t c) {
+    const STensor *t = find(name);
+    int64_t want[3] = { a, b, c };
+    if (!t) die("%s: tensor %s is missing; is the checkpoint complete (every shard present)?", hf_dir, name);
+    int ok = t->ndim == ndim;
+    for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == want[d];
+    if (!ok) die("%s: tensor %s has shape %s, but config.json says %s", t->file, name, shape_str(t->ndim, t->shape), shape_str(ndim, want));
+    if (t->dtype == DT_OTHER) die("%s: tensor %s is %s; convert reads BF16, F16, F32 and F8_E4M3", t->file, name, t->dtname);
+    Src s = { t, NULL, 0, t->rows, t->cols };
+    if (t->dtype == DT_F8) {
+        char *sn = cat("%s_scale_inv", name);
+        const STensor *sc = s.scale = find(sn);
+        int64_t nb[2] = { (t->rows + blk_r - 1) / blk_r, (t->cols + blk_c - 1) / blk_c };
+        if (!sc) die("%s: tensor %s is F8_E4M3 but its block scales %s are missing", t->file, name, sn);
+        if (ndim != 2) die("%s: tensor %s: F8_E4M3 is supported for matrices only", t->file, name);
+        if (sc->ndim != 2 || sc->shape[0] != nb[0] || sc->shape[1] != nb[1] || sc->dtype == DT_OTHER || sc->dtype == DT_F8)
+            die("%s: %s is %s %s; for %s %s in %dx%d blocks it should be float %s", sc->file, sn, sc->dtname,
+                shape_str(sc->ndim, sc->shape), name, shape_str(2, t->shape), blk_r, blk_c, shape_str(2, nb));
+    }
+    return s;
+}
+
+static uint64_t written;  // bytes written to the output so far
+
+static void put(FILE *f, const void *p, size_t n) {
+    if (n && fwrite(p, 1, n, f) != n) die("%s: write failed (%s); is the disk full?", tmp_path, strerror(errno));
+    written += n;
+}
+
+static void pad_to(FILE *f, uint64_t pos) {
+    static const uint8_t zero[4096];
+    while (written < pos) put(f, zero, pos - written < sizeof zero ? pos - written : sizeof zero);
+}
+
+static void emit(FILE *f, const Src *s, int f32) {  // f NULL: a dry run, which only checks the sources
+    if (!f) return;
+    float *row = xmalloc(s->cols * sizeof(float));
+    uint16_t *h = xmalloc(s->cols * sizeof(uint16_t));
+    for (int64_t r = 0; r < s->rows; r++) {
+        load_row(s, r, row);
+        if (f32) { put(f, row, s->cols * sizeof(float)); continue; }
+        for (int64_t j = 0; j < s->cols; j++) h[j] = f32_to_bf16(row[j]);
+        put(f, h, s->cols * sizeof(uint16_t));
+    }
+    free(row);
+    free(h);
+}
+
+// ----------------------------------------------------------------------------
+// the HF tensors behind each tpla tensor
+
+static int is_v3, tie_embed;
+
+static void write_tensor(FILE *f, const Config *c, const Tensor *t) {
+    int64_t D = c->dim, H = c->n_heads, E = c->n_experts, I = c->moe_inter, S = (int64_t)c->n_shared * I;
+    int64_t QK = H * (c->dn + c->dr);
+    char nm[256], en[96];
+#define L(suffix) (snprintf(nm, sizeof nm, "model.layers.%d.%s", t->layer, suffix), nm)
+    Src s;
+    switch (t->kind) {
+    case T_EMBED:     s = src("model.embed_tokens.weight", 2, c->vocab, D, 0); break;
+    case T_ATTN_NORM: s = src(L("input_layernorm.weight"), 1, D, 0, 0); break;
+    case T_WQ_A:      s = src(L("self_attn.q_a_proj.weight"), 2, c->q_lora, D, 0); break;
+    case T_Q_NORM:    s = src(L("self_attn.q_a_layernorm.weight"), 1, c->q_lora, 0, 0); break;
+    case T_WQ_B:      s = src(L("self_attn.q_b_proj.weight"), 2, QK, c->q_lora, 0); break;
+    case T_WQ:        s = src(L("self_attn.q_proj.weight"), 2, QK, D, 0); break;
+    case T_WKV_A:     s = src(L("self_attn.kv_a_proj_with_mqa.weight"), 2, c->dc + c->dr, D, 0); break;
+    case T_KV_NORM:   s = src(L("self_attn.kv_a_layernorm.weight"), 1, c->dc, 0, 0); break;
+    case T_WKV_B:     s = src(L("self_attn.kv_b_proj.weight"), 2, H * (c->dn + c->dv), c->dc, 0); break;  // = (H, dn+dv, dc)
+    case T_WO:        s = src(L("self_attn.o_proj.weight"), 2, D, H * c->dv, 0); break;
+    case T_FFN_NORM:  s = src(L("post_attention_layernorm.weight"), 1, D, 0, 0); break;
+    case T_W1:        s = src(L("mlp.gate_proj.weight"), 2, c->inter, D, 0); break;
+    case T_W2:        s = src(L("mlp.down_proj.weight"), 2, D, c->inter, 0); break;
+    case T_W3:        s = src(L("mlp.up_proj.weight"), 2, c->inter, D, 0); break;
+    case T_GATE:      s = src(L("mlp.gate.weight"), 2, E, D, 0); break;
+    case T_BIAS:      // V3's e_score_correction_bias; V2 has none: zeros
+        s = is_v3 ? src(L("mlp.gate.e_score_correction_bias"), 1, E, 0, 0) : (Src){ NULL, NULL, 0, 1, E };
+        break;
+    case T_EW1: case T_EW2: case T_EW3: {  // per expert, or the fused form transformers 5 uses in memory
+        int down = t->kind == T_EW2;
+        const char *part = t->kind == T_EW1 ? "gate_proj" : down ? "down_proj" : "up_proj";
+        int fused = !find(L("mlp.experts.0.gate_proj.weight")) && find(L("mlp.experts.gate_up_proj"));
+        for (int e = 0; e < E; e++) {
+            if (!fused) {
+                snprintf(en, sizeof en, "mlp.experts.%d.%s.weight", e, part);
+                s = src(L(en), 2, down ? D : I, down ? I : D, 0);
+            } else if (down) {  // down_proj (E, D, I)
+                s = src(L("mlp.experts.down_proj"), 3, E, D, I);
+                s.row0 = e * D, s.rows = D;
+            } else {            // gate_up_proj (E, 2I, D): gate rows, then up rows
+                s = src(L("mlp.experts.gate_up_proj"), 3, E, 2 * I, D);
+                s.row0 = e * 2 * I + (t->kind == T_EW3 ? I : 0), s.rows = I;
+            }
+            emit(f, &s, 0);
+        }
+        return;
+    }
+    case T_SW1:       s = src(L("mlp.shared_experts.gate_proj.weight"), 2, S, D, 0); break;
+    case T_SW2:       s = src(L("mlp.shared_experts.down_proj.weight"), 2, D, S, 0); break;
+    case T_SW3:       s = src(L("mlp.shared_experts.up_proj.weight"), 2, S, D, 0); break;
+    case T_NORM:      s = src("model.norm.weight", 1, D, 0, 0); break;
+    case T_LM_HEAD:   s = src(tie_embed ? "model.embed_tokens.weight" : "lm_head.weight", 2, c->vocab, D, 0); break;
+    default: die("tensor kind %d unknown to convert.c", t->kind);
+    }
+#undef L
+    emit(f, &s, t->f32);
+}
+
+// ----------------------------------------------------------------------------
+// config.json -> Config, with HF's semantics (DeepseekV2Config / DeepseekV3Config, modeling_rope_utils.py)
+
+static const Json *cfg;
+
+static int has(const Json *o, const char *k) { const Json *v = jget(o, k); return v && v->type != J_NULL; }
+
+static double num(const Json *o, const char *k, double def) {  // def NAN: required
+    const Json *v = jget(o, k);
+    if (!v || v->type == J_NULL) {
+        if (isnan(def)) die("config.json: %s is missing; is this the config of a DeepSeek-V2/V3 model?", k);
+        return def;
+    }
+    if (v->type == J_TRUE || v->type == J_FALSE) return v->type == J_TRUE;
+    if (v->type != J_NUM) die("config.json: %s should be a number", k);
+    return v->num;
+}
+
+static int inum(const Json *o, const char *k, double def) {
+    double v = num(o, k, def);
+    if (v != floor(v) || fabs(v) > 1e9) die("config.json: %s = %g should be an integer", k, v);
+    return (int)v;
+}
+
+static int token_id(const char *k, int def) {  // a number, the first of a list, or null (-1)
+    const Json *v = jget(cfg, k);
+    if (!v) return def;
+    if (v->type == J_ARR) v = v->n ? &v->kid[0] : NULL;
+    if (!v || v->type == J_NULL) return -1;
+    if (v->type != J_NUM || fabs(v->num) > 1e9) die("config.json: %s should be a token id", k);
+    return (int)v->num;
+}
+
+static double get_mscale(double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * log(scale) + 1.0; }
+
+static const char *parse_config(Config *c) {  // returns the architecture
+    const Json *arch = jget(cfg, "architectures");
+    const char *a = arch && arch->type == J_ARR && arch->n && arch->kid[0].type == J_STR ? arch->kid[0].str : NULL;
+    if (!a) die("config.json: no \"architectures\"; convert needs DeepseekV2ForCausalLM or DeepseekV3ForCausalLM");
+    is_v3 = !strcmp(a, "DeepseekV3ForCausalLM");
+    if (!is_v3 && strcmp(a, "DeepseekV2ForCausalLM"))
+        die("config.json: architecture %s is not supported; convert knows DeepseekV2ForCausalLM and "
+            "DeepseekV3ForCausalLM (DeepSeek-V2/V3, Kimi-K2, Moonlight)", a);
+    const char *act = jstr(cfg, "hidden_act");
+    if (act && strcmp(act, "silu")) die("config.json: hidden_act %s is not supported (only silu)", act);
+    if (num(cfg, "attention_bias", 0)) die("config.json: attention_bias true is not supported (DeepSeek has no biases)");
+    if (num(cfg, "mlp_bias", 0)) die("config.json: mlp_bias true is not supported (DeepSeek has no biases)");
+
+    memset(c, 0, sizeof *c);
+    c->dim = inum(cfg, "hidden_size", NAN);
+    c->n_layers = inum(cfg, "num_hidden_layers", NAN);
+    c->n_heads = inum(cfg, "num_attention_heads", NAN);
+    c->vocab = inum(cfg, "vocab_size", NAN);
+    if (!jget(cfg, "q_lora_rank")) die("config.json: q_lora_rank is missing (null means a plain q_proj)");
+    c->q_lora = inum(cfg, "q_lora_rank", 0);
+    c->dc = inum(cfg, "kv_lora_rank", NAN);
+    c->dn = inum(cfg, "qk_nope_head_dim", NAN);
+    c->dr = inum(cfg, "qk_rope_head_dim", NAN);
+    c->dv = inum(cfg, "v_head_dim", NAN);
+    if (!jget(cfg, "n_routed_experts")) die("config.json: n_routed_experts is missing (null or 0 means all layers dense)");
+    c->n_experts = inum(cfg, "n_routed_experts", 0);
+    c->first_dense = c->n_experts ? inum(cfg, "first_k_dense_replace", is_v3 ? 3 : 0) : c->n_layers;
+    if (c->first_dense > 0) c->inter = inum(cfg, "intermediate_size", NAN);
+    if (c->n_experts && c->first_dense < c->n_layers) {  // defaults: the HF config classes'
+        c->moe_inter = inum(cfg, "moe_intermediate_size", NAN);
+        c->n_shared = inum(cfg, "n_shared_experts", is_v3 ? 1 : 2);
+        c->topk = inum(cfg, "num_experts_per_tok", is_v3 ? 8 : NAN);
+        c->n_group = inum(cfg, "n_group", is_v3 ? 8 : 0);
+        c->topk_group = inum(cfg, "topk_group", is_v3 ? 4 : 0);
+        c->routed_scale = num(cfg, "routed_scaling_factor", is_v3 ? 2.5 : 1.0);
+        const char *m = jstr(cfg, "topk_method");
+        if (is_v3) {  // HF's V3 router is always sigmoid + bias + groups ranked by their top-2 sum
+            c->routing = ROUTE_SIGMOID_GROUP;
+            c->norm_topk = num(cfg, "norm_topk_prob", 1) != 0;
+            if (m && strcmp(m, "noaux_tc")) note("topk_method %s: HF's DeepseekV3 ignores it and routes as noaux_tc", m);
+        } else {       // HF's V2 router is softmax, and never normalises the chosen weights
+            if (!m || !strcmp(m, "greedy")) c->routing = ROUTE_SOFTMAX_GREEDY;
+            else if (!strcmp(m, "group_limited_greedy")) c->routing = ROUTE_SOFTMAX_GROUP;
+            else die("config.json: topk_method %s is not supported for DeepseekV2 (greedy, group_limited_greedy)", m);
+            if (num(cfg, "norm_topk_prob", 0)) note("norm_topk_prob is true, but HF's DeepseekV2 never normalises: ignored");
+        }
+    }
+    c->eps = num(cfg, "rms_norm_eps", 1e-6);
+    c->max_seq = inum(cfg, "max_position_embeddings", is_v3 ? 4096 : 2048);
+    c->bos = token_id("bos_token_id", is_v3 ? 0 : 1);
+    c->eos = token_id("eos_token_id", is_v3 ? 1 : 2);
+    c->rope_interleave = is_v3 ? num(cfg, "rope_interleave", 1) != 0 : 1;  // V2 always rotates complex pairs
+    tie_embed = num(cfg, "tie_word_embeddings", 0) != 0;
+    const Json *q = jget(jget(cfg, "quantization_config"), "weight_block_size");
+    for (int i = 0; q && i < 2; i++)
+        if (q->type != J_ARR || q->n != 2 || q->kid[i].type != J_NUM || !(q->kid[i].num >= 1 && q->kid[i].num <= 1 << 20))
+            die("config.json: quantization_config.weight_block_size should be [rows, cols]");
+    if (q) blk_r = (int)q->kid[0].num, blk_c = (int)q->kid[1].num;
+
+    // RoPE: the old rope_scaling (+ top-level rope_theta) or transformers 5's rope_parameters
+    const Json *rp = jget(cfg, "rope_scaling");
+    if (!rp || rp->type != J_OBJ || !rp->n) rp = jget(cfg, "rope_parameters");
+    if (rp && rp->type != J_OBJ) rp = NULL;
+    const char *type = jstr(rp, "rope_type") ? jstr(rp, "rope_type") : jstr(rp, "type") ? jstr(rp, "type") : "default";
+    c->rope_theta = num(rp, "rope_theta", num(cfg, "rope_theta", 10000));
+    c->softmax_scale = 1 / sqrt((double)c->dn + c->dr);
+    c->rope_type = ROPE_DEFAULT;
+    c->rope_attn = c->yarn_factor = 1;
+    c->yarn_beta_fast = 32, c->yarn_beta_slow = 1, c->yarn_truncate = 1, c->yarn_orig_max = c->max_seq;
+    if (!strcmp(type, "yarn")) {  // as _compute_yarn_parameters
+        c->rope_type = ROPE_YARN;
+        // a top-level original_max_position_embeddings wins, as in HF's standardize_rope_params
+        c->yarn_orig_max = inum(cfg, "original_max_position_embeddings", inum(rp, "original_max_position_embeddings", c->max_seq));
+        double factor = num(rp, "factor", (double)c->max_seq / c->yarn_orig_max);
+        double ms = num(rp, "mscale", 0), msad = num(rp, "mscale_all_dim", 0);
+        c->yarn_factor = factor;
+        c->rope_attn = has(rp, "attention_factor") ? num(rp, "attention_factor", 1)
+                     : ms && msad ? get_mscale(factor, ms) / get_mscale(factor, msad) : get_mscale(factor, 1);
+        c->yarn_beta_fast = num(rp, "beta_fast", 0) ? num(rp, "beta_fast", 0) : 32;  // HF: `or 32`
+        c->yarn_beta_slow = num(rp, "beta_slow", 0) ? num(rp, "beta_slow", 0) : 1;
+        c->yarn_truncate = jget(rp, "truncate") ? num(rp, "truncate", 0) != 0 : 1;
+        if (msad) c->softmax_scale *= get_mscale(factor, msad) * get_mscale(factor, msad);  // yarn_apply_mscale
+    } else if (strcmp(type, "default"))
+        die("config.json: rope type \"%s\" is not supported; convert knows default and yarn", type);
+    return a;
+}
+
+// ----------------------------------------------------------------------------
+// tokenizer block, from HF tokenizer.json (byte-level BPE):
+//   int32 n_tokens (= config vocab), int32 n_merges, int32 pretok (0 = byte-level with the GPT-2 split regex; 1 = something else, approximated by it: print a note)
+//   n_tokens x { int32 len, int32 special, uint8 bytes[len] }   // raw bytes: the byte-level alphabet (GPT-2 bytes_to_unicode) decoded back to bytes; special/added tokens keep their text as-is; ids missing from the json get len 0
+//   n_merges x { int32 left, int32 right, int32 merged }   // token ids, in merge-rank order
+
+typedef struct { uint8_t *p; size_t n, cap; } Buf;
+
+static void buf_put(Buf *b, const void *p, size_t n) {
+    if (!n) return;
+    if (b->n + n > b->cap) b->p = xrealloc(b->p, b->cap = 2 * (b->n + n) + 4096);
+    memcpy(b->p + b->n, p, n);
+    b->n += n;
+}
+static void buf_i32(Buf *b, int32_t v) { buf_put(b, &v, 4); }
+
+static int byte_of[512];  // GPT-2's bytes_to_unicode inverted: code point -> byte, -1 outside the alphabet
+
+static int unbyte(const char *s, int len, uint8_t *out) {  // the bytes a token stands for; -1 if not byte-level
+    int n = 0;
+    for (int i = 0; i < len;) {
+        unsigned ch = (uint8_t)s[i], cp;
+        if (ch < 0x80) cp = ch, i += 1;
+        else if ((ch & 0xE0) == 0xC0 && i + 1 < len) cp = (ch & 0x1F) << 6 | ((uint8_t)s[i + 1] & 0x3F), i += 2;
+        else return -1;  // the alphabet is U+0021..U+0143: one or two bytes of UTF-8
+        if (cp >= 512 || byte_of[cp] < 0) return -1;
+        out[n++] = byte_of[cp];
+    }
+    return n;
+}
+
+static int is_byte_level(const Json *j, const char *list) {  // ByteLevel, or a Sequence holding one
+    const char *t = jstr(j, "type");
+    const Json *l = jget(j, list);
+    if (t && !strcmp(t, "ByteLevel")) return 1;
+    if (!t || strcmp(t, "Sequence") || !l || l->type != J_ARR) return 0;
+    for (int i = 0; i < l->n; i++) if (is_byte_level(&l->kid[i], list)) return 1;
+    return 0;
+}
+
+static Buf build_tokenizer(const char *path, int vocab, int *n_merges, int *pretok) {
+    Buf b = {0};
+    const Json *root = read_json(path), *model = jget(root, "model");
+    if (!root) return b;
+    const Json *vj = jget(model, "vocab"), *mj = jget(model, "merges"), *pre = jget(root, "pre_tokenizer");
+    const char *why = NULL, *mt = jstr(model, "type");
+    if (!mt || strcmp(mt, "BPE")) why = "the model is not BPE";
+    else if (!is_byte_level(jget(root, "decoder"), "decoders")) why = "the decoder is not ByteLevel";
+    else if (!is_byte_level(pre, "pretokenizers")) why = "the pre_tokenizer is not ByteLevel";
+    else if (!vj || vj->type != J_OBJ || !mj || mj->type != J_ARR) why = "model.vocab or model.merges is missing";
+    if (why) {
+        fprintf(stderr, "warning: %s: %s; writing no tokenizer (run will need token ids)\n", path, why);
+        return b;
+    }
+    const char *pt = jstr(pre, "type");
+    const Json *ur = jget(pre, "use_regex"), *ap = jget(pre, "add_prefix_space");
+    *pretok = !(pt && !strcmp(pt, "ByteLevel") && !(ur && ur->type == J_FALSE) && !(ap && ap->type == J_TRUE) && !has(root, "normalizer"));
+    if (*pretok) note("%s: the pre-tokenizer (or normalizer) is not plain GPT-2 ByteLevel; run approximates it with the GPT-2 split", path);
+
+    int n = 0;
+    for (int i = 0; i < 256; i++) byte_of[i + 256] = byte_of[i] = -1;
+    for (int ch = 0; ch < 256; ch++) byte_of[(ch >= 33 && ch <= 126) || (ch >= 161 && ch <= 172) || ch >= 174 ? ch : 256 + n++] = ch;
+
+    uint8_t **tok = calloc(vocab, sizeof *tok);
+    int *tlen = calloc(vocab, sizeof(int)), *special = calloc(vocab, sizeof(int)), dropped = 0, raw = 0, bad = 0;
+    Map ids = {0};
+    if (!tok || !tlen || !special) die("out of memory");
+#define ID(j) ((j) && (j)->type == J_NUM && (j)->num >= 0 && (j)->num < vocab ? (int)(j)->num : -1)
+    const Json *added = jget(root, "added_tokens");
+    for (int i = 0; added && added->type == J_ARR && i < added->n; i++) {  // added tokens: their text, as-is
+        const Json *a = &added->kid[i], *content = jget(a, "content"), *sp = jget(a, "special");
+        int id = ID(jget(a, "id"));
+        if (id < 0 || !content || content->type != J_STR) { dropped++; continue; }
+        tok[id] = (uint8_t *)content->str, tlen[id] = content->n, special[id] = sp && sp->type == J_TRUE;
+    }
+    for (int i = 0; i < vj->n; i++) {  // the rest: byte-level text, decoded to the bytes it stands for
+        const Json *e = &vj->kid[i];
+        int id = ID(e), k = (int)strlen(e->key);
+        if (id < 0) { dropped++; continue; }
+        map_put(&ids, e->key, id);
+        if (tok[id]) continue;
+        tok[id] = xmalloc(k + 1);
+        if ((tlen[id] = unbyte(e->key, k, tok[id])) < 0) memcpy(tok[id], e->key, tlen[id] = k), raw++;
+    }
+#undef ID
+    Buf mb = {0};
+    *n_merges = 0;
+    for (int i = 0; i < mj->n; i++) {  // "a b" or ["a", "b"]
+        const Json *m = &mj->kid[i];
+        char *l = NULL, *r = NULL;
+        if (m->type == J_STR && strchr(m->str, ' ')) l = cat("%s", m->str), r = strchr(l, ' '), *r++ = 0;
+        else if (m->type == J_ARR && m->n == 2 && m->kid[0].type == J_STR && m->kid[1].type == J_STR) l = m->kid[0].str, r = m->kid[1].str;
+        int64_t li = l ? map_get(&ids, l) : -1, ri = l ? map_get(&ids, r) : -1, mi = l ? map_get(&ids, cat("%s%s", l, r)) : -1;
+        if (li < 0 || ri < 0 || mi < 0) { bad++; continue; }
+        buf_i32(&mb, li), buf_i32(&mb, ri), buf_i32(&mb, mi);
+        ++*n_merges;
+    }
+    if (dropped) note("%s: %d tokens with ids outside [0, vocab_size %d) ignored", path, dropped, vocab);
+    if (raw) note("%s: %d tokens are not in the byte-level alphabet: kept as text", path, raw);
+    if (bad) note("%s: %d merges skipped (a token missing or outside the vocab)", path, bad);
+    buf_i32(&b, vocab), buf_i32(&b, *n_merges), buf_i32(&b, *pretok);
+    for (int id = 0; id < vocab; id++) {
+        buf_i32(&b, tlen[id]), buf_i32(&b, special[id]);
+        buf_put(&b, tok[id], tlen[id]);
+    }
+    buf_put(&b, mb.p, mb.n);
+    if (b.n > (size_t)1 << 30) die("%s: the tokenizer block would be %zu bytes; too large", path, b.n);
+    return b;
+}
+
+// ----------------------------------------------------------------------------
+// main
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s HF_DIR OUT.bin\n"
+                        "  HF_DIR: a Hugging Face DeepSeek-V2/V3 checkpoint (config.json, *.safetensors, tokenizer.json)\n", argv[0]);
+        return 1;
+    }
+    const char *dir = hf_dir = argv[1], *out = argv[2];
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        die("%s: no such directory; give the folder of a Hugging Face checkpoint (config.json + *.safetensors)", dir);
+    char *cpath = cat("%s/config.json", dir);
+    if (!(cfg = read_json(cpath))) die("%s: cannot open (%s); is %s a Hugging Face checkpoint?", cpath, strerror(errno), dir);
+
+    Config c;
+    const char *arch = parse_config(&c);
+    int n_merges = 0, pretok = 0;
+    Buf tok = build_tokenizer(cat("%s/tokenizer.json", dir), c.vocab, &n_merges, &pretok);
+    c.tok_bytes = (int)tok.n;
+    const char *err = config_error(&c);
+    if (err) die("config.json: %s", err);
+    open_weights(dir);
+
+    uint64_t bytes;
+    int nt = tensor_layout(&c, NULL, &bytes);
+    Tensor *T = xmalloc(nt * sizeof *T);
+    tensor_layout(&c, T, &bytes);
+    for (int i = 0; i < nt; i++) write_tensor(NULL, &c, &T[i]);  // a dry run: every tensor present, every shape right
+
+    tmp_path = cat("%s.tmp", out);
+    atexit(remove_tmp);
+    FILE *f = fopen(tmp_path, "wb");
+    if (!f) die("%s: cannot create (%s)", tmp_path, strerror(errno));
+    uint8_t header[TPLA_HEADER] = {0};
+    uint32_t magic = TPLA_MAGIC;
+    int32_t version = TPLA_VERSION;
+    if (8 + sizeof c > TPLA_HEADER) die("Config does not fit the header");
+    memcpy(header, &magic, 4), memcpy(header + 4, &version, 4), memcpy(header + 8, &c, sizeof c);
+    put(f, header, sizeof header);
+    put(f, tok.p, tok.n);
+    uint64_t w0 = weights_offset(&c);
+    for (int i = 0; i < nt; i++) {
+        if (isatty(2) && T[i].layer >= 0 && (i == 0 || T[i].layer != T[i - 1].layer))
+            fprintf(stderr, "\rlayer %d/%d", T[i].layer + 1, c.n_layers);
+        pad_to(f, w0 + T[i].off);
+        write_tensor(f, &c, &T[i]);
+    }
+    pad_to(f, w0 + bytes);
+    if (isatty(2)) fputc('\n', stderr);
+    if (fclose(f) != 0) die("%s: write failed (%s); is the disk full?", tmp_path, strerror(errno));
+    if (rename(tmp_path, out) != 0) die("cannot rename %s to %s (%s)", tmp_path, out, strerror(errno));
+    tmp_path = NULL;
+
+    static const char *routes[] = { "softmax, greedy", "softmax, group-limited greedy", "sigmoid + bias, groups by top-2 sum" };
+    int moe = c.first_dense < c.n_layers;
+    printf("%s (%s) from %s\n", arch, jstr(cfg, "model_type") ? jstr(cfg, "model_type") : "?", dir);
+    printf("  dim %d, layers %d (%d dense), heads %d, vocab %d, q_lora %d, kv_lora %d, dn %d dr %d dv %d, eps %g\n", c.dim,
+           c.n_layers, moe ? c.first_dense : c.n_layers, c.n_heads, c.vocab, c.q_lora, c.dc, c.dn, c.dr, c.dv, c.eps);
+    if (moe) printf("  ffn %d; moe: %d experts of %d, %d shared, top-%d, %s%s, norm_topk %d, scale %g\n", c.inter, c.n_experts,
+                    c.moe_inter, c.n_shared, c.topk, routes[c.routing], c.routing == ROUTE_SOFTMAX_GREEDY ? "" :
+                    cat(" (top-%d of %d groups)", c.topk_group, c.n_group), c.norm_topk, c.routed_scale);
+    printf("  rope %s, theta %g", c.rope_type == ROPE_YARN ? "yarn" : "default", c.rope_theta);
+    if (c.rope_type == ROPE_YARN) printf(", factor %g, orig max %d, beta %g/%g, truncate %d, attn factor %.6f", c.yarn_factor,
+                                         c.yarn_orig_max, c.yarn_beta_fast, c.yarn_beta_slow, c.yarn_truncate, c.rope_attn);
+    printf("\n  interleave %d, softmax scale %.6f, max_seq %d, bos %d, eos %d%s\n", c.rope_interleave, c.softmax_scale,
+           c.max_seq, c.bos, c.eos, tie_embed ? ", lm_head tied to the embedding" : "");
+    printf("  tokenizer: %s\n", !c.tok_bytes ? "none" : cat("%d tokens, %d merges, %s", c.vocab, n_merges, pretok ? "approximated by the GPT-2 split" : "byte-level, GPT-2 split"));
+    printf("wrote %s: %d tensors, %llu bytes\n", out, nt, (unsigned long long)(w0 + bytes));
+    return 0;
+}
