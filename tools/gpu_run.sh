@@ -1,0 +1,57 @@
+#!/bin/bash
+# tools/gpu_run.sh: build, test and bench tpla on a GPU machine in one go. Everything goes to a few
+# files under $OUT (default ./out): log.txt (all output), bench.csv, train.log, tiny.tar.* (the trained
+# model, in parts under 16 MB); a short summary is printed last.
+#   tools/gpu_run.sh train test kernel bench2 bench4
+#     train    train the default model (tools/train_tiny.py) on the last GPU, in the background
+#     test     make test (every GPU check on the GPUs present)
+#     kernel   the decode attention kernel at its memory-bound shape: 16 heads, 512+64, 32K, batch 64
+#     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
+#     bench4   dsv3 and kimik2 on 4 GPUs, g = 4 and g = 2
+set -u -o pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+LOG="$OUT/log.txt"
+ngpu=$(nvidia-smi -L | wc -l)
+nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$LOG"
+nvidia-smi topo -m >> "$LOG" 2>&1
+make -j8 >> "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
+summary=""
+bench() {   # bench NAME ARGS..: one ./run -m bench, its table into the log, its CSV into bench.csv
+    local name=$1; shift
+    echo "=== ./run $name -m bench $*" >> "$LOG"
+    timeout 300 ./run $name -m bench "$@" >> "$LOG" 2>&1 || echo "bench $name $*: exit $?" >> "$LOG"
+    local csv=$(ls -t bench_*.csv 2>/dev/null | head -1)
+    [ -n "$csv" ] && { cat "$csv" >> "$OUT/bench.csv"; rm -f bench_*.csv; }
+}
+for step in "$@"; do
+    t0=$(date +%s)
+    echo "=== $step" >> "$LOG"
+    case $step in
+    train)
+        ( CUDA_VISIBLE_DEVICES=$((ngpu - 1)) python3 tools/train_tiny.py --out /tmp/tiny > "$OUT/train.log" 2>&1
+          ./convert /tmp/tiny /tmp/tiny/tiny.bin >> "$OUT/train.log" 2>&1
+          tar cf /tmp/tiny.tar -C /tmp tiny && split -b 15M /tmp/tiny.tar "$OUT/tiny.tar." ) &
+        train_pid=$! ;;
+    test)
+        timeout 300 ./test >> "$LOG" 2>&1
+        summary+="test: $(tail -1 "$LOG")"$'\n'
+        summary+="$(grep -E 'FAIL|error' "$LOG" | head -20)"$'\n' ;;
+    kernel)
+        bench dsv3-h16 -K 1 -b 64 -l 32768 -n 10
+        summary+="$(grep -A3 -E '^ +ctx' "$LOG" | tail -3)"$'\n' ;;
+    bench2)
+        for s in dsv3 kimik2; do bench $s -K 2 -g 2 -n 10; done
+        summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
+    bench4)
+        for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 10 -l 1024,8192,32768; done; done
+        summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
+    esac
+    summary+="[$step: $(( $(date +%s) - t0 )) s]"$'\n'
+done
+if [ -n "${train_pid:-}" ]; then
+    wait $train_pid
+    summary+="train: $(grep -iE 'held-out' "$OUT/train.log" | tail -2)"$'\n'
+fi
+printf '%s' "$summary" | tee -a "$LOG"
