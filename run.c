@@ -826,8 +826,17 @@ static void log_softmax(float *x, int n) {
 
 // ppl: decode-mode perplexity. The text is cut into windows of n tokens; in each, the first k are
 // prefilled exactly and the rest are teacher-forced decode steps. One row per scheme, next to MLA,
-// with the mean KL(MLA || scheme) per scored token, and by distance from the prefill.
+// with the mean KL(MLA || scheme) per scored token, overall and by distance from the prefill.
 #define NB 4
+typedef struct { Engine e; Scheme s; double nll, kl, klb[NB], cnt, cntb[NB]; } PplRow;
+
+static double kl_div(float *p, float *q, int V) {   // KL(p || q) of two logit rows, made log-softmax in place
+    log_softmax(p, V); log_softmax(q, V);
+    double d = 0;
+    for (int i = 0; i < V; i++) d += expf(p[i]) * (p[i] - q[i]);
+    return d;
+}
+
 static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (!a->in) die("-m ppl needs -f TEXT");
     if (!tok->n) die("this checkpoint has no tokenizer");
@@ -838,57 +847,70 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int W = a->steps > 0 ? a->steps : (c->max_seq < 512 ? c->max_seq : 512);
     if (W > c->max_seq) W = c->max_seq;
     int k = a->k >= 0 ? a->k : W / 4, nwin = n / W;
-    if (k >= W) die("-k %d leaves nothing to score in windows of %d tokens", k, W);
+    if (k >= W - 1) die("-k %d leaves nothing to score in windows of %d tokens", k, W);
     if (nwin == 0) die("%s: %d tokens, fewer than one window of %d", a->in, n, W);
-    int bound[NB + 1] = {0, 16, 64, 256, 1 << 30};
-    printf("%s: %d tokens, %d windows of %d, first %d of each prefilled exactly, %d scored per window (%s)\n",
+    if (!a->tpla) { a->nT = a->ng = a->nr = 1; a->T[0] = T_NONE; a->g[0] = 1; a->r[0] = RMS_GLOBAL; }  // MLA as decode steps
+    const int bound[NB + 1] = {0, 16, 64, 256, 1 << 30};
+    printf("%s: %d tokens, %d windows of %d; the first %d of each prefilled exactly, the next %d scored (%s)\n",
            a->in, n, nwin, W, k, W - k - 1, use_gpu ? "gpu" : "cpu");
-    printf("%-28s %9s %10s", "scheme", "ppl", "KL(MLA||.)");
-    for (int b = 0; b < NB; b++) printf("  KL@%d-%s", bound[b] + 1, b + 1 < NB ? "" : "");
-    printf("\n");
-    float *ref = xmalloc((size_t)W * V * sizeof(float)), *out = xmalloc((size_t)W * V * sizeof(float));
-    float *U = NULL; double *ev = NULL;
-    int mla_done = 0;
-    if (!a->tpla) { a->nT = a->ng = a->nr = 1; a->T[0] = T_NONE; a->g[0] = 1; }  // MLA decode steps: equals MLA
-    for (int ti = 0; ti < a->nT; ti++)
-        for (int gi = 0; gi < a->ng; gi++)
-            for (int ri = 0; ri < a->nr; ri++) {
-                Scheme s = {a->g[gi], a->r[ri], NULL, a->split};
-                setup_transform(m, &s, a->T[ti], s.g, tok, a->calib, &U, &ev);
-                Scheme mla = {1, RMS_GLOBAL, NULL, a->split};
-                Engine e, em;
-                build_engine(&e, m, &s, use_gpu, a->ngpu, W);
-                build_engine(&em, m, &mla, use_gpu, a->ngpu, W);
-                double nll = 0, nll_ref = 0, kl = 0, klb[NB] = {0}, cntb[NB] = {0};
-                long cnt = 0;
-                for (int w = 0; w < nwin; w++) {
-                    const int *x = ids + (size_t)w * W;
-                    engine_reset(&em); engine_reset(&e);
-                    engine_feed(&em, x, W, 1, ref);   // MLA, exact: the reference
-                    engine_feed(&e, x, k, 1, out);
-                    engine_feed(&e, x + k, W - k, 0, out + (size_t)k * V);
-                    for (int t = k; t + 1 < W; t++) {
-                        float *p = ref + (size_t)t * V, *q = out + (size_t)t * V;
-                        log_softmax(p, V); log_softmax(q, V);
-                        double d = 0;
-                        for (int i = 0; i < V; i++) d += expf(p[i]) * (p[i] - q[i]);
-                        nll_ref -= p[x[t + 1]]; nll -= q[x[t + 1]]; kl += d; cnt++;
-                        int b = 0;
-                        while (t - k >= bound[b + 1]) b++;
-                        klb[b] += d; cntb[b]++;
-                    }
+    printf("%-30s %9s %11s %11s %11s %11s %11s\n", "scheme", "ppl", "KL(MLA||.)", "KL d<16", "KL d<64", "KL d<256", "KL d>=256");
+    float *ref = xmalloc((size_t)W * V * sizeof(float)), *out = xmalloc((size_t)W * V * sizeof(float)), *U = NULL;
+    double *ev = NULL, nll_mla = 0, cnt_mla = 0;
+    int nrow = a->ng * a->nr;
+    PplRow *rows = xmalloc(nrow * sizeof(PplRow));
+    for (int ti = 0; ti < a->nT; ti++) {
+        // the transform is folded once; MLA is the reference for every (g, r) of it
+        Scheme mla = {1, RMS_GLOBAL, NULL, a->split};
+        setup_transform(m, &mla, a->T[ti], 1, tok, a->calib, &U, &ev);
+        Engine em;
+        build_engine(&em, m, &mla, use_gpu, a->ngpu, W);
+        for (int i = 0; i < nrow; i++) {
+            PplRow *r = &rows[i];
+            memset(r, 0, sizeof(*r));
+            r->s = (Scheme){a->g[i / a->nr], a->r[i % a->nr], NULL, a->split};
+            if (a->T[ti] == T_PCA) r->s.rms_fix = rms_fix_from_pca(c, ev, r->s.g);
+            build_engine(&r->e, m, &r->s, use_gpu, a->ngpu, W);
+        }
+        for (int w = 0; w < nwin; w++) {
+            const int *x = ids + (size_t)w * W;
+            engine_reset(&em);
+            engine_feed(&em, x, W, 1, ref);
+            if (ti == 0)
+                for (int t = k; t + 1 < W; t++) {
+                    float *p = ref + (size_t)t * V, mx = p[argmax(p, V)], s = 0;
+                    for (int i = 0; i < V; i++) s += expf(p[i] - mx);
+                    nll_mla += mx + logf(s) - p[x[t + 1]]; cnt_mla++;
                 }
-                if (!mla_done) { printf("%-28s %9.4f %10s\n", "MLA", exp(nll_ref / cnt), "0"); mla_done = 1; }
-                char name[64];
-                if (a->tpla) snprintf(name, sizeof(name), "TPLA g=%d T=%s r=%s%s", s.g, T_NAMES[a->T[ti]], R_NAMES[a->r[ri]], k ? "" : " k=0");
-                else snprintf(name, sizeof(name), "MLA (decode steps)");
-                printf("%-28s %9.4f %10.5f", name, exp(nll / cnt), kl / cnt);
-                for (int b = 0; b < NB; b++) { if (cntb[b]) printf("  %9.5f", klb[b] / cntb[b]); else printf("  %9s", "-"); }
-                printf("\n");
-                fflush(stdout);
-                free_engine(&e); free_engine(&em); free((void *)s.rms_fix);
+            for (int i = 0; i < nrow; i++) {
+                PplRow *r = &rows[i];
+                engine_reset(&r->e);
+                engine_feed(&r->e, x, k, 1, out);
+                engine_feed(&r->e, x + k, W - k, 0, out + (size_t)k * V);
+                for (int t = k; t + 1 < W; t++) {
+                    float *p = ref + (size_t)t * V, *q = out + (size_t)t * V, pc[V];
+                    memcpy(pc, p, V * sizeof(float));
+                    double d = kl_div(pc, q, V);
+                    int b = 0;
+                    while (t - k >= bound[b + 1]) b++;
+                    r->nll -= q[x[t + 1]]; r->kl += d; r->cnt++; r->klb[b] += d; r->cntb[b]++;
+                }
             }
-    free(ref); free(out); free(ids); free(text); free(U); free(ev);
+        }
+        if (ti == 0) printf("%-30s %9.4f %11s\n", "MLA", exp(nll_mla / cnt_mla), "0");
+        for (int i = 0; i < nrow; i++) {
+            PplRow *r = &rows[i];
+            char name[64];
+            if (a->tpla) snprintf(name, sizeof(name), "TPLA g=%d T=%s r=%s%s", r->s.g, T_NAMES[a->T[ti]], R_NAMES[r->s.rms], k ? "" : " k=0");
+            else snprintf(name, sizeof(name), "MLA as decode steps");
+            printf("%-30s %9.4f %11.5f", name, exp(r->nll / r->cnt), r->kl / r->cnt);
+            for (int b = 0; b < NB; b++) { if (r->cntb[b]) printf(" %11.5f", r->klb[b] / r->cntb[b]); else printf(" %11s", "-"); }
+            printf("\n");
+            free_engine(&r->e); free((void *)r->s.rms_fix);
+        }
+        fflush(stdout);
+        free_engine(&em);
+    }
+    free(rows); free(ref); free(out); free(ids); free(text); free(U); free(ev);
 }
 
 static const Config *bench_shape(const char *name) {

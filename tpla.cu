@@ -792,16 +792,15 @@ int gpu_count(void) {
     return n;
 }
 
-// One world communicator per process (NCCL's start-up is slow); rebuilt only if K changes.
-static ncclComm_t g_world[64];
-static int g_world_K = 0;
+// One world communicator per GPU count, made once per process (NCCL's start-up is slow).
+static ncclComm_t *g_world[65];
 
 static void init_rank(GPU *G, Rank *R, void *model) {
     const Config *c = &G->c;
     CUDA_CHECK(cudaStreamCreateWithFlags(&R->st, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&R->blas));
     CUBLAS_CHECK(cublasSetStream(R->blas, R->st));
-    R->world = g_world[R->r];
+    R->world = g_world[G->K][R->r];
     R->peer = NULL;
     if (R->p.g > 1)   // the g ranks of the same group slot j, ordered by shard
         NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
@@ -867,12 +866,11 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
             die("GPU %d: this model, batch %d and %d positions need %.2f GiB (weights and cache %.2f GiB), but only %.2f GiB of %.2f GiB are free",
                 r, batch, max_len, need / 1073741824.0, R->cap / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
     }
-    if (g_world_K != K) {
-        if (g_world_K) for (int r = 0; r < g_world_K; r++) ncclCommDestroy(g_world[r]);
+    if (!g_world[K]) {
         int devs[64];
         for (int r = 0; r < K; r++) devs[r] = r;
-        NCCL_CHECK(ncclCommInitAll(g_world, K, devs));
-        g_world_K = K;
+        g_world[K] = (ncclComm_t *)calloc(K, sizeof(ncclComm_t));
+        NCCL_CHECK(ncclCommInitAll(g_world[K], K, devs));
     }
     on_ranks(G, init_rank, (void *)m);
     return G;
@@ -1018,7 +1016,7 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int len, int d
         CUDA_CHECK(cudaMemGetInfo(&f, &t));
         free_min = std::min(free_min, f);
     }
-    size_t avail = free_min - std::min(free_min, (size_t)(1.5 * 1073741824.0));   // NCCL, cuBLAS, the CUDA context
+    size_t avail = free_min - std::min(free_min, (size_t)2 << 30);   // NCCL's and cuBLAS's buffers
     int lo = 0, hi = 4096;
     while (lo < hi) {   // the largest B whose every rank fits
         int mid = (lo + hi + 1) / 2, ok = 1;

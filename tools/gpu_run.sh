@@ -21,7 +21,7 @@ summary=""
 bench() {   # bench NAME ARGS..: one ./run -m bench, its table into the log, its CSV into bench.csv
     local name=$1; shift
     echo "=== ./run $name -m bench $*" >> "$LOG"
-    timeout 300 ./run $name -m bench "$@" >> "$LOG" 2>&1 || echo "bench $name $*: exit $?" >> "$LOG"
+    timeout ${BENCH_TIMEOUT:-300} ./run $name -m bench "$@" >> "$LOG" 2>&1 || echo "bench $name $*: exit $?" >> "$LOG"
     local csv=$(ls -t bench_*.csv 2>/dev/null | head -1)
     [ -n "$csv" ] && { cat "$csv" >> "$OUT/bench.csv"; rm -f bench_*.csv; }
 }
@@ -35,17 +35,18 @@ for step in "$@"; do
           tar cf /tmp/tiny.tar -C /tmp tiny && split -b 15M /tmp/tiny.tar "$OUT/tiny.tar." ) &
         train_pid=$! ;;
     test)
-        timeout 300 ./test >> "$LOG" 2>&1
+        timeout ${TEST_TIMEOUT:-300} ./test >> "$LOG" 2>&1
         summary+="test: $(tail -1 "$LOG")"$'\n'
         summary+="$(grep -E 'FAIL|error' "$LOG" | head -20)"$'\n' ;;
     kernel)
         bench dsv3-h16 -K 1 -b 64 -l 32768 -n 10
         summary+="$(grep -A3 -E '^ +ctx' "$LOG" | tail -3)"$'\n' ;;
     bench2)
-        for s in dsv3 kimik2; do bench $s -K 2 -g 2 -n 10; done
+        for s in dsv3 kimik2; do bench $s -K 2 -g 2 -n 5; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
     bench4)
-        for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 10 -l 1024,8192,32768; done; done
+        for g in 4 2; do bench dsv3 -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done
+        bench kimik2 -K 4 -g 4 -n 5 -l ${CTX4:-1024,8192,32768}
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
     esac
     summary+="[$step: $(( $(date +%s) - t0 )) s]"$'\n'
