@@ -326,7 +326,7 @@ static void test_errors(void) {
         {"model.bin cut by one byte", "head -c -1 %s > %s"},
         {"wrong magic", "(printf 'XXXX'; tail -c +5 %s) > %s"},
         {"wrong version", "(head -c 4 %s; printf '\\143\\0\\0\\0'; tail -c +9 %s) > %s"},
-        {"a file that is not a checkpoint", "head -c 600 tests/data/tok.txt > %2$s"},
+        {"a file that is not a checkpoint", ": %s; head -c 600 tests/data/tok.txt > %s"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(bad, sizeof(bad), "%s/bad%zu.bin", tmp, i);
