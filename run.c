@@ -736,8 +736,8 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
 
 static const char *T_NAMES[] = {"none", "hadamard", "pca"}, *R_NAMES[] = {"local", "global"};
 
-static void print_text(const Tokenizer *t, int id) {
-    if (id >= 0 && id < t->n) fwrite(t->str[id], 1, t->len[id], stdout);
+static void print_text(const Tokenizer *t, int id) {   // special tokens (BOS, EOS) are not shown
+    if (id >= 0 && id < t->n && !t->special[id]) fwrite(t->str[id], 1, t->len[id], stdout);
     fflush(stdout);
 }
 

@@ -24,14 +24,23 @@ static double rel_err(const float *a, const float *b, size_t n) {
     return sqrt(d / (r > 0 ? r : 1));
 }
 
-// positions where a's argmax differs from ref's although ref's top choice leads by more than `gap`
-static int argmax_misses(const float *a, const float *ref, int T, int V, float gap) {
-    int bad = 0;
+// Compares GPU logits a with the CPU's ref, position by position. MoE routing is discontinuous: a
+// perturbation of bf16 size flips a near-tie expert choice at an occasional position (on the CPU alone,
+// rounding two attention matrices of the v3 fixture to bf16 moves position 16 of TPLA g=2 by 0.18).
+// So: every position but at most T/16 is within `bound`, and wherever it is, the argmax agrees unless
+// the CPU's own top two are closer than `gap`. Returns the median per-position error.
+static double close_logits(const float *a, const float *ref, int T, int V, double bound, float gap, int *outliers, int *misses) {
+    double e[T];
+    *outliers = *misses = 0;
     for (int t = 0; t < T; t++) {
-        int x = argmax(a + (size_t)t * V, V), y = argmax(ref + (size_t)t * V, V);
-        if (x != y && ref[(size_t)t * V + y] - ref[(size_t)t * V + x] > gap) bad++;
+        const float *x = a + (size_t)t * V, *y = ref + (size_t)t * V;
+        e[t] = rel_err(x, y, V);
+        if (e[t] > bound) { (*outliers)++; continue; }
+        int i = argmax(x, V), j = argmax(y, V);
+        if (i != j && y[j] - y[i] > gap) (*misses)++;
     }
-    return bad;
+    for (int i = 1; i < T; i++) for (int k = i; k > 0 && e[k] < e[k - 1]; k--) { double s = e[k]; e[k] = e[k - 1]; e[k - 1] = s; }
+    return e[T / 2];
 }
 
 static int sh(const char *cmd) {   // runs a command quietly, returns its exit status
@@ -436,7 +445,42 @@ static void test_gpu_attention(void) {
     }
 }
 
-// GPU logits against the CPU reference; bf16 weights and activations: relative error <= 3e-2
+// GPU logits against the CPU reference (bf16 weights and activations on the GPU): per position within
+// 3e-2, all but T/16 routing outliers, argmax agreeing (close_logits)
+static void gpu_vs(const char *name, const float *gl, const float *ref, int T, int V) {
+    int out, miss;
+    double med = close_logits(gl, ref, T, V, 3e-2, 0.05f, &out, &miss);
+    char full[200];
+    snprintf(full, sizeof(full), "%s: median, %d outliers, %d argmax misses", name, out, miss);
+    check(full, med <= 3e-2 && out <= T / 16 && miss == 0, med, 3e-2);
+}
+
+// The GPU criterion on the CPU: bf16-rounded attention weights (a stand-in for the GPU's rounding)
+// must pass it; the logits of another scheme (g = 4 for g = 2) must fail it.
+static void test_gpu_criterion(Fixture *f) {
+    const Config *c = &f->m.c;
+    int n = f->n, V = c->vocab, out, miss;
+    Scheme s2 = {2, RMS_LOCAL, NULL, 0}, s4 = {4, RMS_LOCAL, NULL, 0};
+    float *a = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0), *wrong = run_logits(&f->m, &s4, f->ids, n, 16, 0, 0);
+    for (int l = 0; l < c->n_layers; l++) {
+        Layer *L = &f->m.layers[l];
+        float *w[2] = {L->wkv_a, L->wkv_b};
+        size_t cnt[2] = {(size_t)(c->dc + c->dr) * c->dim, (size_t)c->n_heads * (c->dn + c->dv) * c->dc};
+        for (int k = 0; k < 2; k++)
+            for (size_t i = 0; i < cnt[k]; i++) { uint32_t u; memcpy(&u, &w[k][i], 4); u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u; memcpy(&w[k][i], &u, 4); }
+    }
+    float *b = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0);
+    fold_latent(&f->m, NULL);
+    double med = close_logits(b, a, n, V, 3e-2, 0.05f, &out, &miss);
+    char name[160];
+    snprintf(name, sizeof(name), "%s: GPU criterion passes bf16 weights: median, %d outliers, %d misses", f->name, out, miss);
+    check(name, med <= 3e-2 && out <= n / 16 && miss == 0, med, 3e-2);
+    med = close_logits(wrong, a, n, V, 3e-2, 0.05f, &out, &miss);
+    snprintf(name, sizeof(name), "%s: GPU criterion fails g=4 for g=2: %d outliers > %d", f->name, out, n / 16);
+    check(name, out > n / 16, out, n / 16);
+    free(a); free(b); free(wrong);
+}
+
 static void test_gpu_model(Fixture *f, int ngpu) {
     const Config *c = &f->m.c;
     Tokenizer tok;
@@ -450,13 +494,11 @@ static void test_gpu_model(Fixture *f, int ngpu) {
         char name[160];
         // MLA: GPU (K GPUs, heads split) against the CPU, and against one GPU
         float *cpu = run_logits(&f->m, &mla, f->ids, n, k, 0, 0), *gl = run_logits(&f->m, &mla, f->ids, n, k, 1, K);
-        double e = rel_err(gl, cpu, (size_t)n * V);
-        int miss = argmax_misses(gl, cpu, n, V, 0.05f);
-        snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPU(s) vs CPU, argmax misses %d", f->name, K, miss);
-        check(name, e <= 3e-2 && miss == 0, e, 3e-2);
+        snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPU(s) vs CPU", f->name, K);
+        gpu_vs(name, gl, cpu, n, V);
         if (K == 1) gpu1 = gl;
         else {
-            e = rel_err(gl, gpu1, (size_t)n * V);
+            double e = rel_err(gl, gpu1, (size_t)n * V);
             snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPUs vs MLA on one GPU", f->name, K);
             check(name, e <= 1e-2, e, 1e-2);
             free(gl);
@@ -469,11 +511,9 @@ static void test_gpu_model(Fixture *f, int ngpu) {
                     Scheme s = {g, RMS_LOCAL, NULL, split};
                     setup_transform(&f->m, &s, T, g, &tok, CALIB, &U, &ev);
                     float *cl = run_logits(&f->m, &s, f->ids, n, k, 0, 0), *tl = run_logits(&f->m, &s, f->ids, n, k, 1, K);
-                    e = rel_err(tl, cl, (size_t)n * V);
-                    miss = argmax_misses(tl, cl, n, V, 0.05f);
-                    snprintf(name, sizeof(name), "%s: GPU TPLA g=%d T=%s on %d GPU(s)%s vs CPU, argmax misses %d", f->name, g,
-                             T_NAMES[T], K, split ? " split" : "", miss);
-                    check(name, e <= 3e-2 && miss == 0, e, 3e-2);
+                    snprintf(name, sizeof(name), "%s: GPU TPLA g=%d T=%s on %d GPU(s)%s vs CPU", f->name, g, T_NAMES[T], K,
+                             split ? " split" : "");
+                    gpu_vs(name, tl, cl, n, V);
                     free(cl); free(tl); free((void *)s.rms_fix);
                 }
         fold_latent(&f->m, NULL);
@@ -482,6 +522,7 @@ static void test_gpu_model(Fixture *f, int ngpu) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     snprintf(tmp, sizeof(tmp), "/tmp/tpla-test-XXXXXX");
     if (!mkdtemp(tmp)) die("cannot make a temporary directory");
     Fixture fx[2];
@@ -493,6 +534,7 @@ int main(void) {
     for (int i = 0; i < 2; i++) test_tpla_ref(&fx[i]);
     test_transforms(&fx[0]);
     test_tokenizer(&fx[0]);
+    for (int i = 0; i < 2; i++) test_gpu_criterion(&fx[i]);
     printf("--- bad inputs\n");
     test_errors();
     test_convert();
