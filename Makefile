@@ -37,9 +37,10 @@ convert: convert.c tpla.h
 test: all
 	./test
 
-# The default model continues a prompt under MLA and under TPLA (g = the GPU count, 2 on the CPU).
+# The default model continues a prompt under MLA and under TPLA (g = the GPU count, 2 on the CPU),
+# with the PCA transform (calibrated first, on models/calib.txt: half a minute on a CPU).
 run: bin
-	./run $(MODEL) -P tpla -i "def parse_args(argv):" -n 48 -t 0
+	./run $(MODEL) -P tpla -T pca -i "def parse_args(argv):" -n 48 -t 0
 
 clean:
 	rm -f run test convert *.o

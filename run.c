@@ -116,7 +116,7 @@ static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) 
 
 // y (d) = W (d, n) x (n)
 static void matmul(float *y, const float *x, const float *W, int n, int d) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((long)n * d >= 1 << 16)
     for (int i = 0; i < d; i++) {
         const float *w = W + (size_t)i * n;
         float s = 0;
@@ -725,9 +725,9 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
         int n = encode(tok, text, ids, len + 1), cap = 8192, window = c->max_seq < 512 ? c->max_seq : 512;
         if (n > cap) n = cap;
         if (n < 2 * c->dc) fprintf(stderr, "note: only %d calibration tokens for a %d-wide latent\n", n, c->dc);
+        fprintf(stderr, "pca: calibrating on %d tokens of %s (MLA on the CPU)...\n", n, calib);
         *ev = xmalloc((size_t)c->n_layers * c->dc * sizeof(double));
         *U_pca = pca_calibrate(m, ids, n, window, *ev);
-        fprintf(stderr, "pca: calibrated on %d tokens of %s\n", n, calib);
         free(text); free(ids);
     }
     fold_latent(m, *U_pca);
@@ -780,6 +780,7 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
         }
         for (; i < a->steps; i++) gen[run][i] = -1;
         printf("\n(%.1f tok/s)\n", a->steps / (now_s() - t0));
+        fflush(stdout);
         free_engine(&e);
         free((void *)s.rms_fix);
     }
@@ -853,7 +854,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     const int bound[NB + 1] = {0, 16, 64, 256, 1 << 30};
     printf("%s: %d tokens, %d windows of %d; the first %d of each prefilled exactly, the next %d scored (%s)\n",
            a->in, n, nwin, W, k, W - k - 1, use_gpu ? "gpu" : "cpu");
-    printf("%-30s %9s %11s %11s %11s %11s %11s\n", "scheme", "ppl", "KL(MLA||.)", "KL d<16", "KL d<64", "KL d<256", "KL d>=256");
+    printf("%-34s %9s %11s %11s %11s %11s %11s\n", "scheme", "ppl", "KL(MLA||.)", "KL d<16", "KL d<64", "KL d<256", "KL d>=256");
     float *ref = xmalloc((size_t)W * V * sizeof(float)), *out = xmalloc((size_t)W * V * sizeof(float)), *U = NULL;
     double *ev = NULL, nll_mla = 0, cnt_mla = 0;
     int nrow = a->ng * a->nr;
@@ -896,13 +897,13 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
                 }
             }
         }
-        if (ti == 0) printf("%-30s %9.4f %11s\n", "MLA", exp(nll_mla / cnt_mla), "0");
+        if (ti == 0) printf("%-34s %9.4f %11s\n", "MLA", exp(nll_mla / cnt_mla), "0");
         for (int i = 0; i < nrow; i++) {
             PplRow *r = &rows[i];
             char name[64];
             if (a->tpla) snprintf(name, sizeof(name), "TPLA g=%d T=%s r=%s%s", r->s.g, T_NAMES[a->T[ti]], R_NAMES[r->s.rms], k ? "" : " k=0");
             else snprintf(name, sizeof(name), "MLA as decode steps");
-            printf("%-30s %9.4f %11.5f", name, exp(r->nll / r->cnt), r->kl / r->cnt);
+            printf("%-34s %9.4f %11.5f", name, exp(r->nll / r->cnt), r->kl / r->cnt);
             for (int b = 0; b < NB; b++) { if (r->cntb[b]) printf(" %11.5f", r->klb[b] / r->cntb[b]); else printf(" %11s", "-"); }
             printf("\n");
             free_engine(&r->e); free((void *)r->s.rms_fix);
