@@ -946,7 +946,7 @@ void gpu_decode(GPU *G, const int *tokens, float *logits) {
 // ----------------------------------------------------------------------------
 // -m bench: decode steps at a fixed context on random weights and a random cache (DESIGN.md 5, 6)
 
-typedef struct { int B, ctx, steps, graph; double step_s, attn_s; } BenchRun;
+typedef struct { int B, ctx, steps; double step_s, attn_s; } BenchRun;
 
 // one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
 static void bench_rank(GPU *G, Rank *R, void *arg) {
@@ -1029,7 +1029,7 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int len, int d
 
 static BenchRun bench_one(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, int steps) {
     GPU *G = gpu_build(NULL, c, s, K, B, ctx + 1, dense);
-    BenchRun b = {B, ctx, steps, 1, 0, 0};
+    BenchRun b = {B, ctx, steps, 0, 0};
     on_ranks(G, bench_rank, &b);
     gpu_free(G);
     return b;
@@ -1100,8 +1100,8 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int 
     measure_roofs(&bw, &fl);
     printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, K, prop.name,
            c->dim, c->n_heads, c->dc, c->dr, c->n_layers, dense ? "dense" : "no", tpla->g, tpla->split ? "split" : "replicated");
-    printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; each step is %d decode tokens per sequence, CUDA graph\n",
-           bw / 1e9, fl / 1e12, 1);
+    printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
+           bw / 1e9, fl / 1e12);
     FILE *f = fopen(csv, "w");
     if (!f) die("%s: cannot write", csv);
     fprintf(f, "shape,gpus,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,ratio,ratio_equal_batch,paper\n");
