@@ -185,6 +185,29 @@ static void mlp(State *s, float *out, const float *x, const float *w1, const flo
     for (int i = 0; i < D; i++) out[i] += w * s->y[i];
 }
 
+// The FFN of layer l on the residual s->x: dense SwiGLU, or routed experts plus shared experts.
+static void ffn_block(const Model *m, State *s, int l) {
+    const Config *c = &m->c;
+    const Layer *L = &m->layers[l];
+    int D = c->dim;
+    rmsnorm(s->xb, s->x, L->ffn_norm, D, c->eps);
+    memset(s->ffn, 0, D * sizeof(float));
+    if (!layer_is_moe(c, l)) {
+        mlp(s, s->ffn, s->xb, L->w1, L->w2, L->w3, D, c->inter, 1.0f);
+    } else {
+        int I = c->moe_inter, idx[c->topk];
+        float wt[c->topk], scratch[2 * c->n_experts + c->n_group + 1];
+        matmul(s->router, s->xb, L->gate, D, c->n_experts);
+        route(c, s->router, L->bias, scratch, idx, wt);
+        for (int k = 0; k < c->topk; k++) {
+            size_t e = idx[k];
+            mlp(s, s->ffn, s->xb, L->ew1 + e * I * D, L->ew2 + e * D * I, L->ew3 + e * I * D, D, I, wt[k]);
+        }
+        if (c->n_shared) mlp(s, s->ffn, s->xb, L->sw1, L->sw2, L->sw3, D, c->n_shared * I, 1.0f);
+    }
+    for (int i = 0; i < D; i++) s->x[i] += s->ffn[i];
+}
+
 // Normalises a new token's latent c (dc) in place and caches it. Exact (prefill, MLA, -r global):
 // by the rms of the whole latent. TPLA -r local: shard i divides its slice S_i by the slice's own rms,
 // corrected by fix[i] = sqrt(1 / (g e_i)) where PCA measured the shard's energy share e_i.
@@ -252,24 +275,7 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
         }
         matmul(s->y, s->v, L->wo, H * dv, D);
         for (int i = 0; i < D; i++) s->x[i] += s->y[i];
-        // --- FFN: dense SwiGLU, or routed experts plus shared experts
-        rmsnorm(s->xb, s->x, L->ffn_norm, D, c->eps);
-        memset(s->ffn, 0, D * sizeof(float));
-        if (!layer_is_moe(c, l)) {
-            mlp(s, s->ffn, s->xb, L->w1, L->w2, L->w3, D, c->inter, 1.0f);
-        } else {
-            int I = c->moe_inter, idx[c->topk];
-            float wt[c->topk];
-            float scratch[2 * c->n_experts + c->n_group + 1];
-            matmul(s->router, s->xb, L->gate, D, c->n_experts);
-            route(c, s->router, L->bias, scratch, idx, wt);
-            for (int k = 0; k < c->topk; k++) {
-                size_t e = idx[k];
-                mlp(s, s->ffn, s->xb, L->ew1 + e * I * D, L->ew2 + e * D * I, L->ew3 + e * I * D, D, I, wt[k]);
-            }
-            if (c->n_shared) mlp(s, s->ffn, s->xb, L->sw1, L->sw2, L->sw3, D, c->n_shared * I, 1.0f);
-        }
-        for (int i = 0; i < D; i++) s->x[i] += s->ffn[i];
+        ffn_block(m, s, l);
     }
     rmsnorm(s->x, s->x, m->norm, D, c->eps);
     matmul(s->logits, s->x, m->lm_head, D, c->vocab);

@@ -134,21 +134,7 @@ static float *ref_forward(const Model *m, State *s, float *craw, float *cnorm, c
         }
         matmul(s->y, v, L->wo, H * dv, D);
         for (int i = 0; i < D; i++) s->x[i] += s->y[i];
-        rmsnorm(s->xb, s->x, L->ffn_norm, D, c->eps);
-        memset(s->ffn, 0, D * 4);
-        if (!layer_is_moe(c, l)) mlp(s, s->ffn, s->xb, L->w1, L->w2, L->w3, D, c->inter, 1);
-        else {
-            int idx[c->topk];
-            float wt[c->topk], scratch[2 * c->n_experts + c->n_group + 1];
-            matmul(s->router, s->xb, L->gate, D, c->n_experts);
-            route(c, s->router, L->bias, scratch, idx, wt);
-            for (int k = 0; k < c->topk; k++) {
-                size_t e = idx[k], I = c->moe_inter;
-                mlp(s, s->ffn, s->xb, L->ew1 + e * I * D, L->ew2 + e * D * I, L->ew3 + e * I * D, D, I, wt[k]);
-            }
-            if (c->n_shared) mlp(s, s->ffn, s->xb, L->sw1, L->sw2, L->sw3, D, c->n_shared * c->moe_inter, 1);
-        }
-        for (int i = 0; i < D; i++) s->x[i] += s->ffn[i];
+        ffn_block(m, s, l);
     }
     rmsnorm(s->x, s->x, m->norm, D, c->eps);
     matmul(s->logits, s->x, m->lm_head, D, c->vocab);
