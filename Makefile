@@ -2,7 +2,7 @@
 CC = gcc
 CFLAGS = -O3 -Wall -Wextra -std=gnu11 -fopenmp
 NVCC = nvcc
-NVCCFLAGS = -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80
+NVCCFLAGS = -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a
 MODEL = models/tiny.bin
 
 # The GPU engine is built when nvcc is found; without it the build is CPU only, and says so.

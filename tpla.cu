@@ -228,212 +228,268 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 }
 
 // ----------------------------------------------------------------------------
-// the decode attention kernel (flash-decoding on tensor cores, DESIGN.md section 5)
+// the decode attention kernel (flash-decoding on Hopper tensor cores, DESIGN.md section 5)
 //
-// One block: HB heads of one sequence over one split of its cached tokens, in tiles of TC tokens.
-// Q (rows, ha, Dk) and each cached token c = [latent slice (dcs) | rope key (dr)] share a layout,
-// so with Dk = dcs + dr:  S = Q K^T (HB x TC, over Dk),  P = online softmax of S,  O += P V with
-// V = the first dcs columns of the same tile. The tile is loaded once (cp.async, 16-byte, two
-// buffers) and both products run on bf16 mma.sync m16n8k16 with f32 accumulators.
-//   phase 1: warp w computes S for heads 16*(w % MT).. and tokens (w / MT)*TC*MT/8..  -> smem
-//   phase 2: row-wise online softmax (max, rescale, sum)                             -> P (bf16)
-//   phase 3: warp w owns O's columns of n8-tiles w, w+8, .. for all HB heads (NP tiles)
-// Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines splits.
-// Cache slots past a sequence's length are never read: their smem rows are zero-filled.
+// Q (rows, ha, Dk) and each cached token c = [latent slice (dcs) | rope key (dr)] share a layout, so
+// with Dk = dcs + dr:  S = Q K^T over Dk,  P = online softmax of S,  O += P V  with V = the first dcs
+// columns of the same cached tile. One block takes 64 heads (or 128) of one sequence over one split of
+// its cached tokens, in tiles of TC = 64 tokens, with one or two warpgroups (128 threads each):
+//   CS = 1 (dcs <= 256): each warpgroup owns 64 heads and does everything for them;
+//   CS = 2 (dcs > 256):  warpgroup 0 computes S and P for the 64 heads and hands P to warpgroup 1
+//                        through shared memory; each warpgroup accumulates half of O's columns.
+// Both products are Hopper warpgroup MMAs (wgmma, bf16 in, f32 accumulators): S reads Q and the tile
+// from shared memory; P V takes P from registers (the accumulator layout of S is the A layout) and
+// reads V from the same tile, transposed. Tiles arrive by 16-byte cp.async into `stages` buffers.
+// Shared operands use the 128-byte swizzle: a matrix is stored as blocks of 64 columns; in a block,
+// row r is 128 bytes whose 16-byte chunk c sits at position c ^ (r % 8) (no bank conflicts).
+// Cache slots past a sequence's length are never read: their shared rows are zero-filled, and their
+// scores are -inf. Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel
+// combines the splits.
 
 #define TC 64
-#define NWARP 8
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x2(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x2_trans(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, const uint32_t *b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(bytes));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
-
-static size_t attn_smem(int HB, int Dk) {
-    return (size_t)2 * TC * (Dk + 8) * 2 + (size_t)HB * (Dk + 8) * 2 + (size_t)HB * (TC + 4) * 4 + (size_t)HB * (TC + 8) * 2 + 3 * HB * 4;
+__device__ __forceinline__ void cp_wait(int pending) {   // pending: 0 to 3 groups may stay in flight
+    if (pending >= 3) asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+    else if (pending == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+    else if (pending == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+    else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+// element offset of (row r, column k) in a swizzled matrix of `rows` rows (see above)
+__device__ __forceinline__ int swz(int r, int k, int rows) {
+    return (k >> 6) * rows * 64 + r * 64 + ((((k >> 3) & 7) ^ (r & 7)) << 3) + (k & 7);
+}
+// wgmma shared-memory descriptor of a 128-byte-swizzled operand: start address, leading byte offset
+// (between 64-column blocks; read for the transposed operand only), stride byte offset 1024 (8 rows)
+__device__ __forceinline__ uint64_t wg_desc(const void *p, uint32_t lbo) {
+    return (uint64_t)((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 | 1ull << 62;
+}
+#define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
+#define WG_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "        \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+// d (64 x 64, f32) += A (64 x 16) B (16 x 64): A, B^T row-major in shared memory
+__device__ __forceinline__ void wgmma_ss(float *d, uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : WG_D32 : "l"(a), "l"(b));
+#endif
+}
+// d (64 x 64, f32) += A (64 x 16, registers) B (16 x 64): B row-major in shared memory
+__device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+#endif
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void keep(float *d) {   // the compiler must not move d across a wgmma
+    #pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
 }
 
-template <int HB, int NP>
-__global__ void __launch_bounds__(NWARP * 32, 1)
+// HT: 64-head tiles per block (CS = 1 only); CS: warpgroups sharing one head tile; NJ: 64-column
+// blocks of O per warpgroup (dcs <= CS * NJ * 64). Dkp: Dk padded to the columns the block reads.
+template <int HT, int CS, int NJ>
+__global__ void __launch_bounds__(HT * CS * 128, 1)
 decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cache, const int *__restrict__ lens,
-                        float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs, int Dk, int max_len,
-                        int chunk, float scale_log2) {
-    constexpr int MT = HB / 16;             // m16 tiles of heads
-    constexpr int NT1 = TC * MT / 64;       // n8 token tiles per warp in phase 1 (TC / (8 / MT) / 8)
-    constexpr int TPR = NWARP * 32 / HB;    // threads per head row in phase 2
-    extern __shared__ __align__(16) char smem[];
-    const int ldk = Dk + 8;
-    bf16 *Ks = (bf16 *)smem;                                 // [2][TC][ldk]
-    bf16 *Qs = Ks + 2 * TC * ldk;                            // [HB][ldk]
-    float *Ss = (float *)(Qs + HB * ldk);                    // [HB][TC+4]
-    bf16 *Ps = (bf16 *)(Ss + HB * (TC + 4));                 // [HB][TC+8]
-    float *m_s = (float *)(Ps + HB * (TC + 8)), *l_s = m_s + HB, *a_s = l_s + HB;
+                        float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs, int Dk, int Dkp, int stages,
+                        int max_len, int chunk, float scale_log2) {
+    constexpr int NT = HT * CS * 128, HB = HT * 64;
+    extern __shared__ char smem_raw[];
+    bf16 *Qs = (bf16 *)(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));   // swizzle atoms: 1024-aligned
+    bf16 *Ks = Qs + HB * Dkp;                                // [stages][TC x Dkp]
+    uint32_t *Px = (uint32_t *)(Ks + stages * TC * Dkp);     // CS = 2: warpgroup 0's P and alpha, [18][128]
+    float *Ms = (float *)(Px + (CS == 2 ? 18 * 128 : 0));    // CS = 2: final m and l per head, [2][64]
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, warp = t >> 5;
+    const int hw = wg / CS, cw = wg % CS;                    // this warpgroup's head tile and column part
     const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
     const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
     if (t_begin >= t_end) {                 // an empty split: weight zero in the merge
-        for (int h = tid; h < HB; h += blockDim.x)
+        for (int h = tid; h < HB; h += NT)
             if (h_base + h < ha) lse[((size_t)b * nsplit + split) * ha + h_base + h] = -INFINITY;
         return;
     }
     const bf16 *kb = cache + (size_t)b * max_len * Dk;
-    const int cpr = Dk / 8;                 // 16-byte chunks per cached token
+    const int cpr = Dkp / 8, cpv = Dk / 8;  // 16-byte chunks per shared row, per cached token
+    const int ntiles = (t_end - t_begin + TC - 1) / TC;
 
-    // Q of this block's heads (zero rows past ha), row stats
-    for (int i = tid; i < HB * cpr; i += blockDim.x) {
-        int h = i / cpr, c = i % cpr;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (h_base + h < ha) v = *(const uint4 *)(Q + ((size_t)b * ha + h_base + h) * Dk + c * 8);
-        *(uint4 *)(Qs + h * ldk + c * 8) = v;
-    }
-    for (int h = tid; h < HB; h += blockDim.x) { m_s[h] = -INFINITY; l_s[h] = 0; }
-
+    // Loads: with CS = 2 warpgroup 1 issues them all (warpgroup 0 is busy with S); a warp copies
+    // whole rows, a lane every 32nd 16-byte chunk of the row. Q (zero rows past ha, zero columns
+    // past Dk) travels with the first tile.
+    const bool loader = CS == 1 || cw == 1;
+    const int lt = CS == 1 ? tid : t, lthreads = CS == 1 ? NT : 128;
     auto load_tile = [&](int t0, int buf) {
-        bf16 *dst = Ks + buf * TC * ldk;
-        for (int i = tid; i < TC * cpr; i += blockDim.x) {
-            int r = i / cpr, c = i % cpr, t = t0 + r;
-            cp_async16(dst + r * ldk + c * 8, kb + (size_t)min(t, len - 1) * Dk + c * 8, t < t_end ? 16 : 0);
+        bf16 *dst = Ks + buf * TC * Dkp;
+        for (int r = lt >> 5; r < TC; r += lthreads / 32) {
+            const bf16 *src = kb + (size_t)(t0 + r < t_end ? t0 + r : t_begin) * Dk;
+            for (int c = lane; c < cpr; c += 32) {
+                int ok = t0 + r < t_end && c < cpv;
+                cp_async16(dst + swz(r, c * 8, TC), src + (ok ? c * 8 : 0), ok ? 16 : 0);
+            }
         }
         cp_commit();
     };
+    if (loader) {
+        for (int r = lt >> 5; r < HB; r += lthreads / 32)
+            for (int c = lane; c < cpr; c += 32) {
+                int ok = h_base + r < ha && c < cpv;
+                cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
+            }
+        for (int s = 0; s < stages - (CS == 1); s++) load_tile(t_begin + min(s, ntiles - 1) * TC, s);
+    }
+    // named barriers for CS = 2: FULL(s) = 1 + s: stage s has landed; PREADY = 1 + stages: P is in Px;
+    // PFREE = 2 + stages: Px was read; FREE(s) = 3 + stages + s: warpgroup 0 is done with stage s
+    auto bar_sync = [](int id) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
+    auto bar_arrive = [](int id) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
+    auto landed = [&](int pending) {        // this thread's copies are done and visible to wgmma
+        cp_wait(pending);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    };
+    if (CS == 2 && cw == 1) { landed(stages - 1); bar_arrive(1); bar_arrive(2 + stages); }
 
-    float acc[MT][NP][4];
+    // wgmma descriptors, advanced by adding byte offsets / 16
+    const uint64_t dq = wg_desc(Qs + hw * 64 * 64, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
+    float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0};
     #pragma unroll
-    for (int i = 0; i < MT; i++)
+    for (int j = 0; j < NJ; j++)
         #pragma unroll
-        for (int j = 0; j < NP; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0;
+        for (int i = 0; i < 32; i++) o[j][i] = 0;
 
-    const int ntiles = (t_end - t_begin + TC - 1) / TC;
-    load_tile(t_begin, 0);
     for (int it = 0; it < ntiles; it++) {
-        const int t0 = t_begin + it * TC;
-        if (it + 1 < ntiles) { load_tile(t0 + TC, (it + 1) & 1); cp_wait<1>(); } else cp_wait<0>();
-        __syncthreads();
-        const bf16 *Kt = Ks + (it & 1) * TC * ldk;
-
-        // phase 1: S = Q K^T for 16 heads x NT1*8 tokens per warp
-        {
-            const int mi = warp % MT, n_base = (warp / MT) * NT1 * 8;
-            float s[NT1][4];
+        const int t0 = t_begin + it * TC, s = it % stages, stage = s * TC * Dkp / 8;   // stage: offset / 16 bytes
+        if (CS == 1) {
+            landed(stages - 2);             // tile it (this thread's part)
+            __syncthreads();                // ... everyone's part; and the stage of tile it-1 is free
+            if (it + stages - 1 < ntiles) load_tile(t0 + (stages - 1) * TC, (it + stages - 1) % stages); else cp_commit();
+        }
+        uint32_t pa[4][4];                  // P as the A operand of P V: 16 tokens per k step
+        float alpha[2];                     // rows lane/4 and lane/4 + 8 of this warp's 16
+        if (cw == 0) {
+            if (CS == 2) bar_sync(1 + s);
+            // two independent accumulator chains (even and odd k steps) keep more wgmmas in flight
+            float d[32], e[32];
             #pragma unroll
-            for (int j = 0; j < NT1; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
-            for (int k0 = 0; k0 < Dk; k0 += 16) {
-                uint32_t a[4];
-                ldsm_x4(a, Qs + (mi * 16 + (lane & 15)) * ldk + k0 + (lane >> 4) * 8);
-                if constexpr (NT1 == 1) {
-                    uint32_t bb[2];
-                    ldsm_x2(bb, Kt + (n_base + (lane & 7)) * ldk + k0 + ((lane >> 3) & 1) * 8);
-                    mma16816(s[0], a, bb);
-                } else {
-                    #pragma unroll
-                    for (int j = 0; j < NT1; j += 2) {
-                        uint32_t bb[4];
-                        ldsm_x4(bb, Kt + (n_base + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * ldk + k0 + ((lane >> 3) & 1) * 8);
-                        mma16816(s[j], a, bb);
-                        mma16816(s[j + 1], a, bb + 2);
-                    }
+            for (int i = 0; i < 32; i++) d[i] = e[i] = 0;
+            keep<32>(d); keep<32>(e);
+            wgmma_fence();
+            for (int c = 0; c < Dkp / 64; c++)
+                #pragma unroll
+                for (int k = 0; k < 4; k += 2) {
+                    wgmma_ss(d, dq + c * HB * 8 + k * 2, dk + stage + c * TC * 8 + k * 2);
+                    wgmma_ss(e, dq + c * HB * 8 + k * 2 + 2, dk + stage + c * TC * 8 + k * 2 + 2);
                 }
+            wgmma_commit();
+            wgmma_wait();
+            keep<32>(d); keep<32>(e);
+            #pragma unroll
+            for (int i = 0; i < 32; i++) d[i] += e[i];
+            // d[4j + e]: row 16*warp + lane/4 + 8*(e/2), token t0 + 8j + 2*(lane%4) + e%2
+            float mx[2] = {-INFINITY, -INFINITY};
+            #pragma unroll
+            for (int i = 0; i < 32; i++) {
+                int tok = t0 + (i >> 2) * 8 + (lane & 3) * 2 + (i & 1);
+                d[i] = tok < t_end ? d[i] * scale_log2 : -INFINITY;
+                mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], d[i]);
             }
             #pragma unroll
-            for (int j = 0; j < NT1; j++) {
-                int col = n_base + j * 8 + (lane & 3) * 2, row = mi * 16 + (lane >> 2);
-                bool v0 = t0 + col < t_end, v1 = t0 + col + 1 < t_end;
-                Ss[row * (TC + 4) + col] = v0 ? s[j][0] * scale_log2 : -INFINITY;
-                Ss[row * (TC + 4) + col + 1] = v1 ? s[j][1] * scale_log2 : -INFINITY;
-                Ss[(row + 8) * (TC + 4) + col] = v0 ? s[j][2] * scale_log2 : -INFINITY;
-                Ss[(row + 8) * (TC + 4) + col + 1] = v1 ? s[j][3] * scale_log2 : -INFINITY;
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+                float m_new = fmaxf(m_run[r], mx[r]);   // finite: every tile has a valid token
+                alpha[r] = exp2f(m_run[r] - m_new);     // 0 on the first tile
+                m_run[r] = m_new;
+                l_run[r] *= alpha[r];
+            }
+            #pragma unroll
+            for (int i = 0; i < 32; i++) {
+                d[i] = exp2f(d[i] - m_run[(i >> 1) & 1]);
+                l_run[(i >> 1) & 1] += d[i];            // this thread's share; summed over the quad at the end
+            }
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float *x = d + 8 * k;
+                pa[k][0] = pack_bf16(x[0], x[1]); pa[k][1] = pack_bf16(x[2], x[3]);
+                pa[k][2] = pack_bf16(x[4], x[5]); pa[k][3] = pack_bf16(x[6], x[7]);
+            }
+            if (CS == 2) {                  // the same thread of warpgroup 1 owns the same rows
+                bar_sync(2 + stages);
+                #pragma unroll
+                for (int k = 0; k < 16; k++) Px[k * 128 + t] = pa[k >> 2][k & 3];
+                Px[16 * 128 + t] = __float_as_uint(alpha[0]); Px[17 * 128 + t] = __float_as_uint(alpha[1]);
+                bar_arrive(1 + stages);
+            }
+        } else {
+            bar_sync(1 + stages);
+            #pragma unroll
+            for (int k = 0; k < 16; k++) pa[k >> 2][k & 3] = Px[k * 128 + t];
+            alpha[0] = __uint_as_float(Px[16 * 128 + t]); alpha[1] = __uint_as_float(Px[17 * 128 + t]);
+            if (it + 1 < ntiles) bar_arrive(2 + stages);
+        }
+        // O = O * alpha + P V over this warpgroup's column blocks cw*NJ ..
+        #pragma unroll
+        for (int j = 0; j < NJ; j++)
+            #pragma unroll
+            for (int i = 0; i < 32; i++) o[j][i] *= alpha[(i >> 1) & 1];
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        wgmma_fence();
+        #pragma unroll
+        for (int k = 0; k < 4; k++)
+            #pragma unroll
+            for (int j = 0; j < NJ; j++) wgmma_rs(o[j], pa[k], dv + stage + (cw * NJ + j) * TC * 8 + k * 128);
+        wgmma_commit();
+        if (CS == 2 && cw == 1 && it + 1 < ntiles) { landed(stages - 2); bar_arrive(1 + (it + 1) % stages); }
+        wgmma_wait();
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        if (CS == 2) {
+            if (cw == 0) bar_arrive(3 + stages + s);
+            else {
+                bar_sync(3 + stages + s);
+                if (it + stages < ntiles) load_tile(t0 + stages * TC, s); else cp_commit();
             }
         }
-        __syncthreads();
-
-        // phase 2: online softmax, TPR threads per head row
-        {
-            const int row = tid / TPR, part = tid % TPR, per = TC / TPR;
-            const float *sr = Ss + row * (TC + 4) + part * per;
-            float mx = -INFINITY;
-            for (int i = 0; i < per; i++) mx = fmaxf(mx, sr[i]);
-            #pragma unroll
-            for (int o = TPR / 2; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-            const float m_old = m_s[row], m_new = fmaxf(m_old, mx);
-            float sum = 0;
-            bf16 *pr = Ps + row * (TC + 8) + part * per;
-            for (int i = 0; i < per; i++) {
-                float p = m_new == -INFINITY ? 0.0f : exp2f(sr[i] - m_new);
-                pr[i] = __float2bfloat16(p);
-                sum += p;
-            }
-            #pragma unroll
-            for (int o = TPR / 2; o; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-            __syncwarp();
-            if (part == 0) {
-                float alpha = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
-                a_s[row] = alpha; m_s[row] = m_new; l_s[row] = l_s[row] * alpha + sum;
-            }
-        }
-        __syncthreads();
-
-        // phase 3: O = O * alpha + P V
-        {
-            #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                float a0 = a_s[mt * 16 + (lane >> 2)], a1 = a_s[mt * 16 + (lane >> 2) + 8];
-                #pragma unroll
-                for (int np = 0; np < NP; np++) { acc[mt][np][0] *= a0; acc[mt][np][1] *= a0; acc[mt][np][2] *= a1; acc[mt][np][3] *= a1; }
-            }
-            #pragma unroll
-            for (int k0 = 0; k0 < TC; k0 += 16) {
-                uint32_t a[MT][4];
-                #pragma unroll
-                for (int mt = 0; mt < MT; mt++) ldsm_x4(a[mt], Ps + (mt * 16 + (lane & 15)) * (TC + 8) + k0 + (lane >> 4) * 8);
-                #pragma unroll
-                for (int np = 0; np < NP; np++) {
-                    int nt = warp + np * NWARP;
-                    if (nt * 8 < dcs) {
-                        uint32_t bb[2];
-                        ldsm_x2_trans(bb, Kt + (k0 + (lane & 15)) * ldk + nt * 8);
-                        #pragma unroll
-                        for (int mt = 0; mt < MT; mt++) mma16816(acc[mt][np], a[mt], bb);
-                    }
-                }
-            }
-        }
-        __syncthreads();
     }
 
     // this split's output: O / l and lse, for the heads that exist
     #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
+    for (int r = 0; r < 2; r++) {
+        l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 2);
+    }
+    if (CS == 2) {
+        if (cw == 0 && (lane & 3) == 0)
+            for (int r = 0; r < 2; r++) { int row = warp * 16 + lane / 4 + 8 * r; Ms[row] = m_run[r]; Ms[64 + row] = l_run[r]; }
+        __syncthreads();
+        for (int r = 0; r < 2; r++) { int row = warp * 16 + lane / 4 + 8 * r; m_run[r] = Ms[row]; l_run[r] = Ms[64 + row]; }
+    }
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int h = h_base + hw * 64 + warp * 16 + lane / 4 + 8 * r;
+        if (h >= ha) continue;
+        float inv = 1.0f / l_run[r], *out = opart + (((size_t)b * nsplit + split) * ha + h) * dcs;
         #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int row = mt * 16 + (lane >> 2) + half * 8, h = h_base + row;
-            if (h >= ha) continue;
-            float inv = 1.0f / l_s[row];
-            float *o = opart + (((size_t)b * nsplit + split) * ha + h) * dcs;
+        for (int j = 0; j < NJ; j++)
             #pragma unroll
-            for (int np = 0; np < NP; np++) {
-                int col = (warp + np * NWARP) * 8 + (lane & 3) * 2;
-                if (col < dcs) *(float2 *)(o + col) = make_float2(acc[mt][np][half * 2] * inv, acc[mt][np][half * 2 + 1] * inv);
+            for (int q = 0; q < 8; q++) {
+                int col = (cw * NJ + j) * 64 + q * 8 + (lane & 3) * 2;
+                if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
             }
-            if ((lane & 3) == 0 && warp == 0) lse[((size_t)b * nsplit + split) * ha + h] = m_s[row] + log2f(l_s[row]);
-        }
+        if (cw == 0 && (lane & 3) == 0) lse[((size_t)b * nsplit + split) * ha + h] = m_run[r] + log2f(l_run[r]);
     }
 }
 
@@ -455,30 +511,44 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
     }
 }
 
-// The kernel's template is chosen so that a block's O accumulator fits in 64 registers a thread:
-// HB heads x dcs columns <= 16K floats; and its shared memory fits the card.
-typedef void (*AttnKernel)(const bf16 *, const bf16 *, const int *, float *, float *, int, int, int, int, int, float);
-static AttnKernel pick_attention(int ha, int dcs, int Dk, int *HB_out) {
-    int NP = (dcs + 63) / 64, HB = 16;
-    while (HB < 128 && HB < ha && (HB * 2 / 16) * NP <= 16 && attn_smem(HB * 2, Dk) <= 227 * 1024) HB *= 2;
-    *HB_out = HB;
-#define K_(hb, np) if (HB == hb && NP == np) return decode_attention_kernel<hb, np>;
-    K_(16, 1) K_(16, 2) K_(16, 3) K_(16, 4) K_(16, 5) K_(16, 6) K_(16, 7) K_(16, 8)
-    K_(32, 1) K_(32, 2) K_(32, 3) K_(32, 4) K_(32, 5) K_(32, 6) K_(32, 7) K_(32, 8)
-    K_(64, 1) K_(64, 2) K_(64, 3) K_(64, 4) K_(128, 1) K_(128, 2)
+// The kernel's shape for ha heads and a dcs-wide slice: its template, padded width, buffers, smem.
+typedef void (*AttnKernel)(const bf16 *, const bf16 *, const int *, float *, float *, int, int, int, int, int, int, int, float);
+typedef struct { AttnKernel k; int HT, CS, NJ, Dkp, stages, threads; size_t smem; } AttnShape;
+static AttnShape attention_shape(int ha, int dcs, int Dk) {
+    AttnShape a;
+    if (dcs > 512 || dcs % 8 || Dk % 8) die("decode attention: no kernel for a %d-wide latent slice (at most 512, a multiple of 8)", dcs);
+    a.CS = dcs > 256 ? 2 : 1;
+    int nj = (dcs / a.CS + 63) / 64;
+    a.NJ = nj <= 1 ? 1 : nj <= 2 ? 2 : 4;
+    a.HT = a.CS == 1 && ha > 64 ? 2 : 1;
+    a.threads = a.HT * a.CS * 128;
+    a.Dkp = (std::max(Dk, a.CS * a.NJ * 64) + 63) / 64 * 64;
+    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (18 * 128 + 128) * 4 : 0), tile = (size_t)TC * a.Dkp * 2;
+    a.stages = (int)std::min<size_t>(4, (227 * 1024 - fixed) / tile);
+    if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
+    a.smem = fixed + a.stages * tile;
+    a.k = NULL;
+#define K_(ht, cs, nj) if (a.HT == ht && a.CS == cs && a.NJ == nj) a.k = decode_attention_kernel<ht, cs, nj>;
+    K_(1, 1, 1) K_(1, 1, 2) K_(1, 1, 4) K_(2, 1, 1) K_(2, 1, 2) K_(2, 1, 4) K_(1, 2, 4)
 #undef K_
-    die("decode attention: no kernel for %d heads and a %d-wide latent slice (at most 512)", ha, dcs);
-    return NULL;
+    return a;
 }
 
-// Splits of the sequence so that the grid fills the card about twice; never more than the cap.
+// Splits of the sequence: at most enough to fill the card twice; among those, the count whose last
+// wave of blocks is fullest (blocks run one per SM).
 static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
     int tiles = (max_len + TC - 1) / TC;
     return std::max(1, std::min(tiles, (2 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
 }
 static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
-    int tiles = (max_len + TC - 1) / TC, s = nsplit_cap(rows, head_tiles, max_len, sms);
-    *chunk = (tiles + s - 1) / s * TC;
+    int tiles = (max_len + TC - 1) / TC, cap = nsplit_cap(rows, head_tiles, max_len, sms), best = 1;
+    double best_eff = 0;
+    for (int s = 1; s <= cap; s++) {
+        int per = (tiles + s - 1) / s, used = (tiles + per - 1) / per, blocks = rows * head_tiles * used;
+        double eff = (double)tiles / per / used * blocks / (double)((blocks + sms - 1) / sms * sms);
+        if (eff > best_eff + 1e-3) { best_eff = eff; best = s; }
+    }
+    *chunk = (tiles + best - 1) / best * TC;
     return (max_len + *chunk - 1) / *chunk;
 }
 
@@ -486,11 +556,11 @@ static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk
 // once per GPU by init_rank); lens (device) = tokens cached per sequence.
 static void decode_attention(const bf16 *Q, const bf16 *cache, const int *lens, float *opart, float *lse, bf16 *O,
                              int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
-    int HB, chunk;
-    AttnKernel k = pick_attention(ha, dcs, Dk, &HB);
-    int tiles_h = (ha + HB - 1) / HB, ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
-    k<<<dim3(tiles_h, rows, ns), NWARP * 32, attn_smem(HB, Dk), st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, max_len, chunk,
-                                                         scale * 1.4426950408889634f);
+    int chunk;
+    AttnShape a = attention_shape(ha, dcs, Dk);
+    int tiles_h = (ha + a.HT * 64 - 1) / (a.HT * 64), ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
+    a.k<<<dim3(tiles_h, rows, ns), a.threads, a.smem, st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
+                                                            chunk, scale * 1.4426950408889634f);
     LAUNCH_CHECK();
     attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns);
     LAUNCH_CHECK();
@@ -672,9 +742,8 @@ static void layout_rank(GPU *G, Rank *R) {
     R->h = (bf16 *)take(R, (size_t)rows * ne * ik * 2);
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
     // decode attention partials, and the prefill score matrix of one chunk
-    int HB;
-    pick_attention(p->ha, p->dcs, p->Dk, &HB);
-    R->nsplit_max = nsplit_cap(G->B, (p->ha + HB - 1) / HB, G->max_len, G->sms);
+    AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
+    R->nsplit_max = nsplit_cap(G->B, (p->ha + a.HT * 64 - 1) / (a.HT * 64), G->max_len, G->sms);
     R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
     R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * G->max_len;
@@ -792,6 +861,13 @@ int gpu_count(void) {
     return n;
 }
 
+// the decode attention kernel is built for Hopper (sm_90a: warpgroup MMA) only
+static void need_hopper(int dev) {
+    cudaDeviceProp pr;
+    CUDA_CHECK(cudaGetDeviceProperties(&pr, dev));
+    if (pr.major != 9) die("GPU %d (%s) is sm_%d%d; tpla's GPU engine needs a Hopper GPU (sm_90): use -d cpu", dev, pr.name, pr.major, pr.minor);
+}
+
 // One world communicator per GPU count, made once per process (NCCL's start-up is slow).
 static ncclComm_t *g_world[65];
 
@@ -815,9 +891,8 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUDA_CHECK(cudaMemcpy(R->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
     fill_kernel<<<grid_for(G->rows), 256, 0, R->st>>>(R->ones, G->rows, 1.0f);
     LAUNCH_CHECK();
-    int HB;
-    AttnKernel k = pick_attention(R->p.ha, R->p.dcs, R->p.Dk, &HB);
-    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem(HB, R->p.Dk)));
+    AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
+    CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
@@ -825,6 +900,7 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
     int have = gpu_count(), g = s->g;
     if (K < 1 || K > have) die("%d GPUs asked for, %d present", K, have);
     if (K > 64) die("at most 64 GPUs");
+    for (int r = 0; r < K; r++) need_hopper(r);
     if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
     if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
     if (c->dr % 16) die("qk_rope_head_dim %d: the GPU engine needs a multiple of 16", c->dr);
@@ -1146,13 +1222,14 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int 
 
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
                    float scale, float *O) {
+    need_hopper(0);
     CUDA_CHECK(cudaSetDevice(0));
-    int Dk = dcs + dr, HB, chunk, mx = 0, sms;
+    int Dk = dcs + dr, chunk, mx = 0, sms;
     for (int b = 0; b < B; b++) mx = std::max(mx, lens[b]);
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    AttnKernel k = pick_attention(ha, dcs, Dk, &HB);
-    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem(HB, Dk)));
-    int ns = nsplit_for(B, (ha + HB - 1) / HB, mx, sms, &chunk);
+    AttnShape a = attention_shape(ha, dcs, Dk);
+    CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
+    int ns = nsplit_for(B, (ha + a.HT * 64 - 1) / (a.HT * 64), mx, sms, &chunk);
     bf16 *dQ, *dC, *dO;
     float *op, *lse;
     int *dl;
