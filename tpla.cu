@@ -233,10 +233,7 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 // Q (rows, ha, Dk) and each cached token c = [latent slice (dcs) | rope key (dr)] share a layout, so
 // with Dk = dcs + dr:  S = Q K^T over Dk,  P = online softmax of S,  O += P V  with V = the first dcs
 // columns of the same cached tile. One block takes 64 heads (or 128) of one sequence over one split of
-// its cached tokens, in tiles of TC = 64 tokens, with one or two warpgroups (128 threads each):
-//   CS = 1 (dcs <= 256): each warpgroup owns 64 heads and does everything for them;
-//   CS = 2 (dcs > 256):  warpgroup 0 computes S and P for the 64 heads and hands P to warpgroup 1
-//                        through shared memory; each warpgroup accumulates half of O's columns.
+// its cached tokens, in tiles of TC = 64 tokens, with two warpgroups of 128 threads (modes below).
 // Both products are Hopper warpgroup MMAs (wgmma, bf16 in, f32 accumulators): S reads Q and the tile
 // from shared memory; P V takes P from registers (the accumulator layout of S is the A layout) and
 // reads V from the same tile, transposed. Tiles arrive by 16-byte cp.async into `stages` buffers.
@@ -253,8 +250,10 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(bytes));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp_wait(int pending) {   // pending: 0 to 3 groups may stay in flight
-    if (pending >= 3) asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+__device__ __forceinline__ void cp_wait(int pending) {   // pending: 0 to 5 groups may stay in flight
+    if (pending >= 5) asm volatile("cp.async.wait_group 5;\n" ::: "memory");
+    else if (pending == 4) asm volatile("cp.async.wait_group 4;\n" ::: "memory");
+    else if (pending == 3) asm volatile("cp.async.wait_group 3;\n" ::: "memory");
     else if (pending == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
     else if (pending == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
     else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
@@ -295,96 +294,107 @@ template <int N> __device__ __forceinline__ void keep(float *d) {   // the compi
     #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
+__device__ __forceinline__ float ex2(float x) {   // 2^x; 0 for -inf
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
 }
 
-// HT: 64-head tiles per block (CS = 1 only); CS: warpgroups sharing one head tile; NJ: 64-column
-// blocks of O per warpgroup (dcs <= CS * NJ * 64). Dkp: Dk padded to the columns the block reads.
+// HT: 64-head tiles per block; CS: warpgroups sharing one head tile (column parts of O); NJ: 64-column
+// blocks of O per warpgroup (dcs <= CS * NJ * 64). Every block has two warpgroups, in one of three modes:
+//   CS = 2 (dcs > 256): warpgroup 0 computes S and P for the 64 heads and hands P to warpgroup 1 through
+//     shared memory; warpgroup 1 issues all loads; each accumulates half of O's columns;
+//   HT = 2 (dcs <= 256, ha > 64): warpgroup w owns heads 64w..; both share every tile;
+//   TS = 2 (otherwise): both own the same heads, and warpgroup w streams tiles w, w + 2, ... with its own
+//     buffers and writes its own split of the output (two streams keep the tensor cores busy).
+// Dkp: Dk padded to the columns the block reads; stages: buffers per tile stream.
 template <int HT, int CS, int NJ>
-__global__ void __launch_bounds__(HT * CS * 128, 1)
+__global__ void __launch_bounds__(256, 1)
 decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cache, const int *__restrict__ lens,
                         float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs, int Dk, int Dkp, int stages,
                         int max_len, int chunk, float scale_log2) {
-    constexpr int NT = HT * CS * 128, HB = HT * 64;
+    constexpr int NT = 256, HB = HT * 64, TS = HT == 1 && CS == 1 ? 2 : 1;
     extern __shared__ char smem_raw[];
     bf16 *Qs = (bf16 *)(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));   // swizzle atoms: 1024-aligned
-    bf16 *Ks = Qs + HB * Dkp;                                // [stages][TC x Dkp]
-    uint32_t *Px = (uint32_t *)(Ks + stages * TC * Dkp);     // CS = 2: warpgroup 0's P and alpha, [18][128]
-    float *Ms = (float *)(Px + (CS == 2 ? 18 * 128 : 0));    // CS = 2: final m and l per head, [2][64]
+    bf16 *Ks = Qs + HB * Dkp;                                // [TS][stages][TC x Dkp]
+    uint32_t *Px = (uint32_t *)(Ks + TS * stages * TC * Dkp);   // CS = 2: warpgroup 0's P and alpha, [TC/4 + 2][128]
+    float *Ms = (float *)(Px + (CS == 2 ? (TC / 4 + 2) * 128 : 0));    // CS = 2: final m and l per head, [2][64]
 
     const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, warp = t >> 5;
-    const int hw = wg / CS, cw = wg % CS;                    // this warpgroup's head tile and column part
-    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+    const int hw = HT == 2 ? wg : 0, cw = CS == 2 ? wg : 0, ts = TS == 2 ? wg : 0;   // head tile, column part, stream
+    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z, nsub = gridDim.z * TS;
     const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
-    if (t_begin >= t_end) {                 // an empty split: weight zero in the merge
-        for (int h = tid; h < HB; h += NT)
-            if (h_base + h < ha) lse[((size_t)b * nsplit + split) * ha + h_base + h] = -INFINITY;
-        return;
+    const int ntiles = t_begin < t_end ? (t_end - t_begin + TC - 1) / TC : 0;
+    if (ntiles <= ts) {                     // nothing to attend to: weight zero in the merge
+        for (int h = t; h < HB; h += 128)
+            if (h_base + h < ha && (TS == 2 || wg == 0)) lse[((size_t)b * nsub + split * TS + ts) * ha + h_base + h] = -INFINITY;
+        if (ntiles == 0) return;
     }
     const bf16 *kb = cache + (size_t)b * max_len * Dk;
     const int cpr = Dkp / 8, cpv = Dk / 8;  // 16-byte chunks per shared row, per cached token
-    const int ntiles = (t_end - t_begin + TC - 1) / TC;
 
-    // Loads: with CS = 2 warpgroup 1 issues them all (warpgroup 0 is busy with S); a warp copies
-    // whole rows, a lane every 32nd 16-byte chunk of the row. Q (zero rows past ha, zero columns
-    // past Dk) travels with the first tile.
-    const bool loader = CS == 1 || cw == 1;
-    const int lt = CS == 1 ? tid : t, lthreads = CS == 1 ? NT : 128;
-    auto load_tile = [&](int t0, int buf) {
-        bf16 *dst = Ks + buf * TC * Dkp;
-        for (int r = lt >> 5; r < TC; r += lthreads / 32) {
-            const bf16 *src = kb + (size_t)(t0 + r < t_end ? t0 + r : t_begin) * Dk;
-            for (int c = lane; c < cpr; c += 32) {
-                int ok = t0 + r < t_end && c < cpv;
-                cp_async16(dst + swz(r, c * 8, TC), src + (ok ? c * 8 : 0), ok ? 16 : 0);
-            }
-        }
-        cp_commit();
-    };
-    if (loader) {
-        for (int r = lt >> 5; r < HB; r += lthreads / 32)
-            for (int c = lane; c < cpr; c += 32) {
-                int ok = h_base + r < ha && c < cpv;
-                cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
-            }
-        for (int s = 0; s < stages - (CS == 1); s++) load_tile(t_begin + min(s, ntiles - 1) * TC, s);
-    }
-    // named barriers for CS = 2: FULL(s) = 1 + s: stage s has landed; PREADY = 1 + stages: P is in Px;
-    // PFREE = 2 + stages: Px was read; FREE(s) = 3 + stages + s: warpgroup 0 is done with stage s
-    auto bar_sync = [](int id) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
+    // named barriers. TS = 2: 1 + w: warpgroup w's tiles. CS = 2: FULL(s) = 1 + s: stage s has landed;
+    // PREADY = 1 + stages: P is in Px; PFREE = 2 + stages: Px was read; FREE(s) = 3 + stages + s: stage s was read
+    auto bar_sync = [](int id, int n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); };
     auto bar_arrive = [](int id) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
     auto landed = [&](int pending) {        // this thread's copies are done and visible to wgmma
         cp_wait(pending);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
+    // Loads: a warp copies whole rows, a lane every 32nd 16-byte chunk of the row, by the threads that
+    // load (CS = 2: warpgroup 1; TS = 2: the stream's warpgroup; HT = 2: all). Rows past the end are zeros.
+    const bool loader = CS == 1 || cw == 1;
+    auto load_rows = [&](bf16 *dst, int rows, const bf16 *src, int ld, int n, int lt, int lthreads) {   // n rows exist
+        for (int r = lt >> 5; r < rows; r += lthreads / 32)
+            for (int c = lane; c < cpr; c += 32) {
+                int ok = r < n && c < cpv;
+                cp_async16(dst + swz(r, c * 8, rows), src + (ok ? (size_t)r * ld + c * 8 : 0), ok ? 16 : 0);
+            }
+        cp_commit();
+    };
+    auto load_tile = [&](int i, int s) {    // the stream's i-th tile (if it exists) into its stage s
+        int t0 = t_begin + (ts + i * TS) * TC;
+        if (t0 >= t_end) { cp_commit(); return; }
+        bool all = CS == 1 && TS == 1;
+        load_rows(Ks + (ts * stages + s) * TC * Dkp, TC, kb + (size_t)t0 * Dk, Dk, t_end - t0, all ? tid : t, all ? NT : 128);
+    };
+    const int mine = (ntiles - ts + TS - 1) / TS;   // tiles of this warpgroup's stream
+    if (loader) {                           // Q (a group of its own), then the first tiles
+        load_rows(Qs, HB, Q + ((size_t)b * ha + h_base) * Dk, Dk, ha - h_base, CS == 1 ? tid : t, CS == 1 ? NT : 128);
+        for (int s = 0; s < stages - (CS == 1); s++) load_tile(s, s);
+    }
+    if (TS == 2) { landed(stages - 1); __syncthreads(); }   // Q has landed: both streams read all of it
     if (CS == 2 && cw == 1) { landed(stages - 1); bar_arrive(1); bar_arrive(2 + stages); }
 
     // wgmma descriptors, advanced by adding byte offsets / 16
-    const uint64_t dq = wg_desc(Qs + hw * 64 * 64, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
+    const uint64_t dq = wg_desc(Qs + hw * 64 * 64, 16), dk = wg_desc(Ks + ts * stages * TC * Dkp, 16),
+                   dv = wg_desc(Ks + ts * stages * TC * Dkp, TC * 128);
     float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0};
     #pragma unroll
     for (int j = 0; j < NJ; j++)
         #pragma unroll
         for (int i = 0; i < 32; i++) o[j][i] = 0;
 
-    for (int it = 0; it < ntiles; it++) {
-        const int t0 = t_begin + it * TC, s = it % stages, stage = s * TC * Dkp / 8;   // stage: offset / 16 bytes
+    for (int i = 0; i < mine; i++) {
+        const int t0 = t_begin + (ts + i * TS) * TC, s = i % stages, stage = s * TC * Dkp / 8;   // stage: offset / 16 bytes
         if (CS == 1) {
-            landed(stages - 2);             // tile it (this thread's part)
-            __syncthreads();                // ... everyone's part; and the stage of tile it-1 is free
-            if (it + stages - 1 < ntiles) load_tile(t0 + (stages - 1) * TC, (it + stages - 1) % stages); else cp_commit();
+            landed(stages - 2);             // tile i (this thread's part) ...
+            if (TS == 2) bar_sync(1 + wg, 128); else __syncthreads();   // ... everyone's; stage of tile i-1 is free
+            if (i + stages - 1 < mine) load_tile(i + stages - 1, (i + stages - 1) % stages); else cp_commit();
         }
-        uint32_t pa[4][4];                  // P as the A operand of P V: 16 tokens per k step
+        uint32_t pa[TC / 16][4];            // P as the A operand of P V: 16 tokens per k step
         float alpha[2];                     // rows lane/4 and lane/4 + 8 of this warp's 16
         if (cw == 0) {
-            if (CS == 2) bar_sync(1 + s);
+            if (CS == 2) bar_sync(1 + s, NT);
             // two independent accumulator chains (even and odd k steps) keep more wgmmas in flight
-            float d[32], e[32];
+            float d[TC / 2], e[TC / 2];
             #pragma unroll
-            for (int i = 0; i < 32; i++) d[i] = e[i] = 0;
-            keep<32>(d); keep<32>(e);
+            for (int k = 0; k < TC / 2; k++) d[k] = e[k] = 0;
+            keep<TC / 2>(d); keep<TC / 2>(e);
             wgmma_fence();
             for (int c = 0; c < Dkp / 64; c++)
                 #pragma unroll
@@ -394,78 +404,79 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
                 }
             wgmma_commit();
             wgmma_wait();
-            keep<32>(d); keep<32>(e);
-            #pragma unroll
-            for (int i = 0; i < 32; i++) d[i] += e[i];
+            keep<TC / 2>(d); keep<TC / 2>(e);
             // d[4j + e]: row 16*warp + lane/4 + 8*(e/2), token t0 + 8j + 2*(lane%4) + e%2
             float mx[2] = {-INFINITY, -INFINITY};
+            const bool part = t0 + TC > t_end;
             #pragma unroll
-            for (int i = 0; i < 32; i++) {
-                int tok = t0 + (i >> 2) * 8 + (lane & 3) * 2 + (i & 1);
-                d[i] = tok < t_end ? d[i] * scale_log2 : -INFINITY;
-                mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], d[i]);
+            for (int k = 0; k < TC / 2; k++) {
+                d[k] += e[k];
+                if (part && t0 + (k >> 2) * 8 + (lane & 3) * 2 + (k & 1) >= t_end) d[k] = -INFINITY;
+                mx[(k >> 1) & 1] = fmaxf(mx[(k >> 1) & 1], d[k]);
             }
             #pragma unroll
             for (int r = 0; r < 2; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-                float m_new = fmaxf(m_run[r], mx[r]);   // finite: every tile has a valid token
-                alpha[r] = exp2f(m_run[r] - m_new);     // 0 on the first tile
+                float m_new = fmaxf(m_run[r], mx[r] * scale_log2);   // finite: every tile has a valid token
+                alpha[r] = ex2(m_run[r] - m_new);                    // 0 on the first tile
                 m_run[r] = m_new;
                 l_run[r] *= alpha[r];
             }
             #pragma unroll
-            for (int i = 0; i < 32; i++) {
-                d[i] = exp2f(d[i] - m_run[(i >> 1) & 1]);
-                l_run[(i >> 1) & 1] += d[i];            // this thread's share; summed over the quad at the end
+            for (int k = 0; k < TC / 2; k++) {
+                d[k] = ex2(fmaf(d[k], scale_log2, -m_run[(k >> 1) & 1]));
+                l_run[(k >> 1) & 1] += d[k];    // this thread's share; summed over the quad at the end
             }
             #pragma unroll
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < TC / 16; k++) {
                 const float *x = d + 8 * k;
                 pa[k][0] = pack_bf16(x[0], x[1]); pa[k][1] = pack_bf16(x[2], x[3]);
                 pa[k][2] = pack_bf16(x[4], x[5]); pa[k][3] = pack_bf16(x[6], x[7]);
             }
             if (CS == 2) {                  // the same thread of warpgroup 1 owns the same rows
-                bar_sync(2 + stages);
+                bar_sync(2 + stages, NT);
                 #pragma unroll
-                for (int k = 0; k < 16; k++) Px[k * 128 + t] = pa[k >> 2][k & 3];
-                Px[16 * 128 + t] = __float_as_uint(alpha[0]); Px[17 * 128 + t] = __float_as_uint(alpha[1]);
+                for (int k = 0; k < TC / 4; k++) Px[k * 128 + t] = pa[k >> 2][k & 3];
+                Px[TC / 4 * 128 + t] = __float_as_uint(alpha[0]); Px[(TC / 4 + 1) * 128 + t] = __float_as_uint(alpha[1]);
                 bar_arrive(1 + stages);
             }
         } else {
-            bar_sync(1 + stages);
+            bar_sync(1 + stages, NT);
             #pragma unroll
-            for (int k = 0; k < 16; k++) pa[k >> 2][k & 3] = Px[k * 128 + t];
-            alpha[0] = __uint_as_float(Px[16 * 128 + t]); alpha[1] = __uint_as_float(Px[17 * 128 + t]);
-            if (it + 1 < ntiles) bar_arrive(2 + stages);
+            for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = Px[k * 128 + t];
+            alpha[0] = __uint_as_float(Px[TC / 4 * 128 + t]); alpha[1] = __uint_as_float(Px[(TC / 4 + 1) * 128 + t]);
+            if (i + 1 < mine) bar_arrive(2 + stages);
         }
-        // O = O * alpha + P V over this warpgroup's column blocks cw*NJ ..
-        #pragma unroll
-        for (int j = 0; j < NJ; j++)
+        // O = O * alpha + P V over this warpgroup's column blocks cw*NJ .. (the rescale is skipped
+        // when no row of the warp has a new maximum)
+        if (__any_sync(0xffffffff, alpha[0] != 1.0f || alpha[1] != 1.0f))
             #pragma unroll
-            for (int i = 0; i < 32; i++) o[j][i] *= alpha[(i >> 1) & 1];
+            for (int j = 0; j < NJ; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) o[j][k] *= alpha[(k >> 1) & 1];
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
         wgmma_fence();
         #pragma unroll
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < TC / 16; k++)
             #pragma unroll
             for (int j = 0; j < NJ; j++) wgmma_rs(o[j], pa[k], dv + stage + (cw * NJ + j) * TC * 8 + k * 128);
         wgmma_commit();
-        if (CS == 2 && cw == 1 && it + 1 < ntiles) { landed(stages - 2); bar_arrive(1 + (it + 1) % stages); }
+        if (CS == 2 && cw == 1 && i + 1 < mine) { landed(stages - 2); bar_arrive(1 + (i + 1) % stages); }
         wgmma_wait();
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
         if (CS == 2) {
             if (cw == 0) bar_arrive(3 + stages + s);
             else {
-                bar_sync(3 + stages + s);
-                if (it + stages < ntiles) load_tile(t0 + stages * TC, s); else cp_commit();
+                bar_sync(3 + stages + s, NT);
+                if (i + stages < mine) load_tile(i + stages, s); else cp_commit();
             }
         }
     }
 
-    // this split's output: O / l and lse, for the heads that exist
+    // this stream's output: O / l and lse, for the heads that exist
     #pragma unroll
     for (int r = 0; r < 2; r++) {
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
@@ -477,11 +488,13 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
         __syncthreads();
         for (int r = 0; r < 2; r++) { int row = warp * 16 + lane / 4 + 8 * r; m_run[r] = Ms[row]; l_run[r] = Ms[64 + row]; }
     }
+    if (mine == 0) return;
+    const size_t so = (size_t)b * nsub + split * TS + ts;
     #pragma unroll
     for (int r = 0; r < 2; r++) {
         int h = h_base + hw * 64 + warp * 16 + lane / 4 + 8 * r;
         if (h >= ha) continue;
-        float inv = 1.0f / l_run[r], *out = opart + (((size_t)b * nsplit + split) * ha + h) * dcs;
+        float inv = 1.0f / l_run[r], *out = opart + (so * ha + h) * dcs;
         #pragma unroll
         for (int j = 0; j < NJ; j++)
             #pragma unroll
@@ -489,7 +502,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
                 int col = (cw * NJ + j) * 64 + q * 8 + (lane & 3) * 2;
                 if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
             }
-        if (cw == 0 && (lane & 3) == 0) lse[((size_t)b * nsplit + split) * ha + h] = m_run[r] + log2f(l_run[r]);
+        if (cw == 0 && (lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
     }
 }
 
@@ -513,7 +526,7 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
 
 // The kernel's shape for ha heads and a dcs-wide slice: its template, padded width, buffers, smem.
 typedef void (*AttnKernel)(const bf16 *, const bf16 *, const int *, float *, float *, int, int, int, int, int, int, int, float);
-typedef struct { AttnKernel k; int HT, CS, NJ, Dkp, stages, threads; size_t smem; } AttnShape;
+typedef struct { AttnKernel k; int HT, CS, NJ, TS, Dkp, stages; size_t smem; } AttnShape;
 static AttnShape attention_shape(int ha, int dcs, int Dk) {
     AttnShape a;
     if (dcs > 512 || dcs % 8 || Dk % 8) die("decode attention: no kernel for a %d-wide latent slice (at most 512, a multiple of 8)", dcs);
@@ -521,12 +534,12 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     int nj = (dcs / a.CS + 63) / 64;
     a.NJ = nj <= 1 ? 1 : nj <= 2 ? 2 : 4;
     a.HT = a.CS == 1 && ha > 64 ? 2 : 1;
-    a.threads = a.HT * a.CS * 128;
+    a.TS = a.HT == 1 && a.CS == 1 ? 2 : 1;   // tile streams per block
     a.Dkp = (std::max(Dk, a.CS * a.NJ * 64) + 63) / 64 * 64;
-    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (18 * 128 + 128) * 4 : 0), tile = (size_t)TC * a.Dkp * 2;
-    a.stages = (int)std::min<size_t>(4, (227 * 1024 - fixed) / tile);
+    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? ((TC / 4 + 2) * 128 + 128) * 4 : 0), tile = (size_t)TC * a.Dkp * 2;
+    a.stages = (int)std::min<size_t>(6, (227 * 1024 - fixed) / (a.TS * tile));
     if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
-    a.smem = fixed + a.stages * tile;
+    a.smem = fixed + a.TS * a.stages * tile;
     a.k = NULL;
 #define K_(ht, cs, nj) if (a.HT == ht && a.CS == cs && a.NJ == nj) a.k = decode_attention_kernel<ht, cs, nj>;
     K_(1, 1, 1) K_(1, 1, 2) K_(1, 1, 4) K_(2, 1, 1) K_(2, 1, 2) K_(2, 1, 4) K_(1, 2, 4)
@@ -559,10 +572,10 @@ static void decode_attention(const bf16 *Q, const bf16 *cache, const int *lens, 
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
     int tiles_h = (ha + a.HT * 64 - 1) / (a.HT * 64), ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
-    a.k<<<dim3(tiles_h, rows, ns), a.threads, a.smem, st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
+    a.k<<<dim3(tiles_h, rows, ns), 256, a.smem, st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
                                                             chunk, scale * 1.4426950408889634f);
     LAUNCH_CHECK();
-    attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns);
+    attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns * a.TS);
     LAUNCH_CHECK();
 }
 
@@ -743,7 +756,7 @@ static void layout_rank(GPU *G, Rank *R) {
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
     // decode attention partials, and the prefill score matrix of one chunk
     AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
-    R->nsplit_max = nsplit_cap(G->B, (p->ha + a.HT * 64 - 1) / (a.HT * 64), G->max_len, G->sms);
+    R->nsplit_max = nsplit_cap(G->B, (p->ha + a.HT * 64 - 1) / (a.HT * 64), G->max_len, G->sms) * a.TS;
     R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
     R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * G->max_len;
@@ -1229,7 +1242,7 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     AttnShape a = attention_shape(ha, dcs, Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    int ns = nsplit_for(B, (ha + a.HT * 64 - 1) / (a.HT * 64), mx, sms, &chunk);
+    int ns = nsplit_for(B, (ha + a.HT * 64 - 1) / (a.HT * 64), mx, sms, &chunk) * a.TS;
     bf16 *dQ, *dC, *dO;
     float *op, *lse;
     int *dl;
