@@ -2,12 +2,14 @@
 # tools/gpu_run.sh: build, test and bench tpla on a GPU machine in one go. Everything goes to a few
 # files under $OUT (default ./out): log.txt (all output), bench.csv, train.log, tiny.tar.* (the trained
 # model, in parts under 16 MB); a short summary is printed last.
-#   tools/gpu_run.sh train test kernel bench2 bench4
+#   tools/gpu_run.sh train test run kernel bench2 rep bench4
 #     train    train the default model (tools/train_tiny.py) on the last GPU, in the background
 #     test     make test (every GPU check on the GPUs present)
+#     run      make run (the default model on every GPU)
 #     kernel   the decode attention kernel at its memory-bound shape: 16 heads, 512+64, 32K, batch 32
-#              (batch 64 at 61 layers needs 145 GiB)
+#              (batch 64 at 61 layers needs 145 GiB), and at 128 heads (dsv3 on one GPU)
 #     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
+#     rep      the same at 32K with W_UQ and W_O replicated (-w rep)
 #     bench4   dsv3 and kimik2 on 4 GPUs, g = 4 and g = 2
 set -u -o pipefail
 OUT=${OUT:-out}
@@ -39,15 +41,22 @@ for step in "$@"; do
         timeout ${TEST_TIMEOUT:-300} ./test >> "$LOG" 2>&1
         summary+="test: $(tail -1 "$LOG")"$'\n'
         summary+="$(grep -E 'FAIL|error' "$LOG" | head -20)"$'\n' ;;
+    run)
+        timeout 300 make run >> "$LOG" 2>&1 || echo "make run: exit $?" >> "$LOG"
+        summary+="$(grep -E 'GPU|tok/s|exit' "$LOG" | tail -4)"$'\n' ;;
     kernel)
         bench dsv3-h16 -K 1 -b 32 -l 32768 -n 10
-        summary+="$(grep -A3 -E '^ +ctx' "$LOG" | tail -3)"$'\n' ;;
+        summary+="$(grep -A2 -E '^ +ctx' "$LOG" | tail -2)"$'\n'
+        bench dsv3 -K 1 -b 16 -l 32768 -n 5
+        summary+="$(grep -A2 -E '^ +ctx' "$LOG" | tail -2)"$'\n' ;;
     bench2)
         for s in dsv3 kimik2; do bench $s -K 2 -g 2 -n 5; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
+    rep)
+        for s in dsv3 kimik2; do bench $s -K 2 -g 2 -w rep -n 5 -l 32768; done
+        summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -2)"$'\n' ;;
     bench4)
-        for g in 4 2; do bench dsv3 -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done
-        bench kimik2 -K 4 -g 4 -n 5 -l ${CTX4:-1024,8192,32768}
+        for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
     esac
     summary+="[$step: $(( $(date +%s) - t0 )) s]"$'\n'
