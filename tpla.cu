@@ -547,11 +547,11 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     return a;
 }
 
-// Splits of the sequence: at most enough to fill the card twice; among those, the count whose last
-// wave of blocks is fullest (blocks run one per SM).
+// Splits of the sequence: at most enough to fill the card four times; among those, the count whose
+// waves of blocks are fullest (blocks run one per SM).
 static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
     int tiles = (max_len + TC - 1) / TC;
-    return std::max(1, std::min(tiles, (2 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+    return std::max(1, std::min(tiles, (4 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
 }
 static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
     int tiles = (max_len + TC - 1) / TC, cap = nsplit_cap(rows, head_tiles, max_len, sms), best = 1;
