@@ -4,6 +4,7 @@
 // slice S_i of the latent plus the rope key, and attends with the heads of its group on that slice).
 // The math is DESIGN.md sections 3-5; run.c holds the CPU reference that every result is checked against.
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <nccl.h>
@@ -73,6 +74,7 @@ typedef struct {
     LayerW *lw;
     bf16 *embed, *lm_head; float *norm, *inv_freq, *rms_fix, *ones;
     bf16 *cache;             // (L, B, max_len, Dk)
+    CUtensorMap cmap;        // the cache, for the decode kernel's TMA
     // activations for up to `rows` tokens
     int *tok, *rpos, *rseq, *lens;
     float *x, *y, *xn, *qlat, *kv, *router, *wgt, *h13, *S, *opart, *lse, *logits;
@@ -236,11 +238,12 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 // its cached tokens, in tiles of TC = 64 tokens, with two warpgroups of 128 threads (modes below).
 // Both products are Hopper warpgroup MMAs (wgmma, bf16 in, f32 accumulators): S reads Q and the tile
 // from shared memory; P V takes P from registers (the accumulator layout of S is the A layout) and
-// reads V from the same tile, transposed. Tiles arrive by 16-byte cp.async into `stages` buffers.
+// reads V from the same tile, transposed. Tiles arrive by the tensor-memory accelerator (TMA, one
+// thread issues a 64 x 64 box per 64 columns, an mbarrier counts the bytes) into `stages` buffers.
 // Shared operands use the 128-byte swizzle: a matrix is stored as blocks of 64 columns; in a block,
 // row r is 128 bytes whose 16-byte chunk c sits at position c ^ (r % 8) (no bank conflicts).
-// Cache slots past a sequence's length are never read: their shared rows are zero-filled, and their
-// scores are -inf. Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel
+// Cache slots past a sequence's length never count: their shared rows are zeroed after the copy (or
+// arrive as zeros past the end of the cache), and their scores are -inf. Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel
 // combines the splits.
 
 #define TC 64
@@ -250,13 +253,21 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(bytes));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp_wait(int pending) {   // pending: 0 to 5 groups may stay in flight
-    if (pending >= 5) asm volatile("cp.async.wait_group 5;\n" ::: "memory");
-    else if (pending == 4) asm volatile("cp.async.wait_group 4;\n" ::: "memory");
-    else if (pending == 3) asm volatile("cp.async.wait_group 3;\n" ::: "memory");
-    else if (pending == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
-    else if (pending == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-    else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_init(uint64_t *b) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" :: "r"(smem_u32(b))); }
+__device__ __forceinline__ void mbar_expect(uint64_t *b, uint32_t bytes) {   // the producer's arrival: bytes to come
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *b, int parity) {
+    uint32_t done;
+    do asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                    : "=r"(done) : "r"(smem_u32(b)), "r"(parity) : "memory");
+    while (!done);
+}
+// one box of the tensor map (columns x.., rows y..) into shared memory, counted on mbarrier b
+__device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, int x, int y, uint64_t *b) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                 :: "r"(smem_u32(dst)), "l"((uint64_t)map), "r"(x), "r"(y), "r"(smem_u32(b)) : "memory");
 }
 // element offset of (row r, column k) in a swizzled matrix of `rows` rows (see above)
 __device__ __forceinline__ int swz(int r, int k, int rows) {
@@ -307,22 +318,23 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // HT: 64-head tiles per block; CS: warpgroups sharing one head tile (column parts of O); NJ: 64-column
 // blocks of O per warpgroup (dcs <= CS * NJ * 64). Every block has two warpgroups, in one of three modes:
 //   CS = 2 (dcs > 256): warpgroup 0 computes S and P for the 64 heads and hands P to warpgroup 1 through
-//     shared memory; warpgroup 1 issues all loads; each accumulates half of O's columns;
+//     shared memory; warpgroup 1 issues the loads; each accumulates half of O's columns;
 //   HT = 2 (dcs <= 256, ha > 64): warpgroup w owns heads 64w..; both share every tile;
 //   TS = 2 (otherwise): both own the same heads, and warpgroup w streams tiles w, w + 2, ... with its own
 //     buffers and writes its own split of the output (two streams keep the tensor cores busy).
 // Dkp: Dk padded to the columns the block reads; stages: buffers per tile stream.
 template <int HT, int CS, int NJ>
 __global__ void __launch_bounds__(256, 1)
-decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cache, const int *__restrict__ lens,
-                        float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs, int Dk, int Dkp, int stages,
-                        int max_len, int chunk, float scale_log2) {
+decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
+                        const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
+                        int Dk, int Dkp, int stages, int max_len, int chunk, float scale_log2) {
     constexpr int NT = 256, HB = HT * 64, TS = HT == 1 && CS == 1 ? 2 : 1;
     extern __shared__ char smem_raw[];
     bf16 *Qs = (bf16 *)(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));   // swizzle atoms: 1024-aligned
     bf16 *Ks = Qs + HB * Dkp;                                // [TS][stages][TC x Dkp]
     uint32_t *Px = (uint32_t *)(Ks + TS * stages * TC * Dkp);   // CS = 2: warpgroup 0's P and alpha, [TC/4 + 2][128]
     float *Ms = (float *)(Px + (CS == 2 ? (TC / 4 + 2) * 128 : 0));    // CS = 2: final m and l per head, [2][64]
+    uint64_t *full = (uint64_t *)(Ms + 128);                 // [TS][stages] mbarriers: the stage's tile has landed
 
     const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, warp = t >> 5;
     const int hw = HT == 2 ? wg : 0, cw = CS == 2 ? wg : 0, ts = TS == 2 ? wg : 0;   // head tile, column part, stream
@@ -334,41 +346,56 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
             if (h_base + h < ha && (TS == 2 || wg == 0)) lse[((size_t)b * nsub + split * TS + ts) * ha + h_base + h] = -INFINITY;
         if (ntiles == 0) return;
     }
-    const bf16 *kb = cache + (size_t)b * max_len * Dk;
-    const int cpr = Dkp / 8, cpv = Dk / 8;  // 16-byte chunks per shared row, per cached token
-
-    // named barriers. TS = 2: 1 + w: warpgroup w's tiles. CS = 2: FULL(s) = 1 + s: stage s has landed;
-    // PREADY = 1 + stages: P is in Px; PFREE = 2 + stages: Px was read; FREE(s) = 3 + stages + s: stage s was read
+    // named barriers. TS = 2: 1 + w: warpgroup w's tiles. CS = 2: PREADY = 1: P is in Px; PFREE = 2: Px was
+    // read; 3: warpgroup 0 zeroed a tile's tail; FREE(s) = 4 + s: stage s was read
     auto bar_sync = [](int id, int n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); };
     auto bar_arrive = [](int id) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
-    auto landed = [&](int pending) {        // this thread's copies are done and visible to wgmma
-        cp_wait(pending);
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    };
-    // Loads: a warp copies whole rows, a lane every 32nd 16-byte chunk of the row, by the threads that
-    // load (CS = 2: warpgroup 1; TS = 2: the stream's warpgroup; HT = 2: all). Rows past the end are zeros.
-    const bool loader = CS == 1 || cw == 1;
-    auto load_rows = [&](bf16 *dst, int rows, const bf16 *src, int ld, int n, int lt, int lthreads) {   // n rows exist
-        for (int r = lt >> 5; r < rows; r += lthreads / 32)
-            for (int c = lane; c < cpr; c += 32) {
-                int ok = r < n && c < cpv;
-                cp_async16(dst + swz(r, c * 8, rows), src + (ok ? (size_t)r * ld + c * 8 : 0), ok ? 16 : 0);
-            }
-        cp_commit();
-    };
+    const int kbox = (Dk + 63) / 64;        // 64-column boxes of a cached token (the TMA zero-fills past Dk)
+    if (tid == 0)
+        for (int i = 0; i < TS * stages; i++) mbar_init(&full[i]);
+    // column blocks past the boxes (read, never written by the TMA) are zeros
+    for (int k = tid; k < TS * stages * (Dkp / 64 - kbox) * TC * 8; k += NT) {
+        int per = (Dkp / 64 - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
+        *(uint4 *)(Ks + st * TC * Dkp + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+    // Loads: one producer thread per tile stream (CS = 2: in warpgroup 1) issues the boxes of a tile
+    const bool producer = CS == 2 ? tid == 128 : TS == 2 ? t == 0 : tid == 0;
     auto load_tile = [&](int i, int s) {    // the stream's i-th tile (if it exists) into its stage s
         int t0 = t_begin + (ts + i * TS) * TC;
-        if (t0 >= t_end) { cp_commit(); return; }
-        bool all = CS == 1 && TS == 1;
-        load_rows(Ks + (ts * stages + s) * TC * Dkp, TC, kb + (size_t)t0 * Dk, Dk, t_end - t0, all ? tid : t, all ? NT : 128);
+        if (t0 >= t_end) return;
+        uint64_t *bar = &full[ts * stages + s];
+        mbar_expect(bar, kbox * TC * 128);
+        for (int c = 0; c < kbox; c++)
+            tma_load(Ks + ((ts * stages + s) * Dkp + c * 64) * TC, &cache, c * 64, row0 + b * max_len + t0, bar);
+    };
+    // tile i of the stream has landed; rows past the sequence's end (the last tile only) are zeroed by
+    // the n threads from lt, which then make the zeros visible to wgmma
+    auto landed = [&](int i, int lt, int n) {
+        int s = i % stages, t0 = t_begin + (ts + i * TS) * TC, valid = t_end - t0;
+        bf16 *tile = Ks + (ts * stages + s) * TC * Dkp;
+        mbar_wait(&full[ts * stages + s], (i / stages) & 1);
+        if (valid >= TC) return;
+        for (int k = lt; k < (TC - valid) * kbox * 8; k += n) {
+            int r = valid + k / (kbox * 8), c = k % (kbox * 8);
+            *(uint4 *)(tile + swz(r, c * 8, TC)) = make_uint4(0, 0, 0, 0);
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
     const int mine = (ntiles - ts + TS - 1) / TS;   // tiles of this warpgroup's stream
-    if (loader) {                           // Q (a group of its own), then the first tiles
-        load_rows(Qs, HB, Q + ((size_t)b * ha + h_base) * Dk, Dk, ha - h_base, CS == 1 ? tid : t, CS == 1 ? NT : 128);
+    if (producer)
         for (int s = 0; s < stages - (CS == 1); s++) load_tile(s, s);
-    }
-    if (TS == 2) { landed(stages - 1); __syncthreads(); }   // Q has landed: both streams read all of it
-    if (CS == 2 && cw == 1) { landed(stages - 1); bar_arrive(1); bar_arrive(2 + stages); }
+    // Q (zero rows past ha, zero columns past Dk), by every thread
+    for (int r = tid >> 5; r < HB; r += NT / 32)
+        for (int c = lane; c < Dkp / 8; c += 32) {
+            int ok = h_base + r < ha && c < Dk / 8;
+            cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
+        }
+    cp_commit();
+    cp_wait_all();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    if (CS == 2 && cw == 1) bar_arrive(2);
 
     // wgmma descriptors, advanced by adding byte offsets / 16
     const uint64_t dq = wg_desc(Qs + hw * 64 * 64, 16), dk = wg_desc(Ks + ts * stages * TC * Dkp, 16),
@@ -382,14 +409,17 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
     for (int i = 0; i < mine; i++) {
         const int t0 = t_begin + (ts + i * TS) * TC, s = i % stages, stage = s * TC * Dkp / 8;   // stage: offset / 16 bytes
         if (CS == 1) {
-            landed(stages - 2);             // tile i (this thread's part) ...
-            if (TS == 2) bar_sync(1 + wg, 128); else __syncthreads();   // ... everyone's; stage of tile i-1 is free
-            if (i + stages - 1 < mine) load_tile(i + stages - 1, (i + stages - 1) % stages); else cp_commit();
+            landed(i, TS == 2 ? t : tid, TS == 2 ? 128 : NT);
+            if (TS == 2) bar_sync(1 + wg, 128); else __syncthreads();   // and the stage of tile i-1 is free
+            if (producer && i + stages - 1 < mine) load_tile(i + stages - 1, (i + stages - 1) % stages);
         }
         uint32_t pa[TC / 16][4];            // P as the A operand of P V: 16 tokens per k step
         float alpha[2];                     // rows lane/4 and lane/4 + 8 of this warp's 16
         if (cw == 0) {
-            if (CS == 2) bar_sync(1 + s, NT);
+            if (CS == 2) {
+                landed(i, t, 128);
+                if (t_end - t0 < TC) bar_sync(3, 128);
+            }
             // two independent accumulator chains (even and odd k steps) keep more wgmmas in flight
             float d[TC / 2], e[TC / 2];
             #pragma unroll
@@ -435,18 +465,19 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
                 pa[k][2] = pack_bf16(x[4], x[5]); pa[k][3] = pack_bf16(x[6], x[7]);
             }
             if (CS == 2) {                  // the same thread of warpgroup 1 owns the same rows
-                bar_sync(2 + stages, NT);
+                bar_sync(2, NT);
                 #pragma unroll
                 for (int k = 0; k < TC / 4; k++) Px[k * 128 + t] = pa[k >> 2][k & 3];
                 Px[TC / 4 * 128 + t] = __float_as_uint(alpha[0]); Px[(TC / 4 + 1) * 128 + t] = __float_as_uint(alpha[1]);
-                bar_arrive(1 + stages);
+                bar_arrive(1);
             }
         } else {
-            bar_sync(1 + stages, NT);
+            bar_sync(1, NT);
+            mbar_wait(&full[s], (i / stages) & 1);   // (landed, and zeroed by warpgroup 0: PREADY orders it)
             #pragma unroll
             for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = Px[k * 128 + t];
             alpha[0] = __uint_as_float(Px[TC / 4 * 128 + t]); alpha[1] = __uint_as_float(Px[(TC / 4 + 1) * 128 + t]);
-            if (i + 1 < mine) bar_arrive(2 + stages);
+            if (i + 1 < mine) bar_arrive(2);
         }
         // O = O * alpha + P V over this warpgroup's column blocks cw*NJ .. (the rescale is skipped
         // when no row of the warp has a new maximum)
@@ -463,15 +494,14 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const bf16 *__restrict__ cac
             #pragma unroll
             for (int j = 0; j < NJ; j++) wgmma_rs(o[j], pa[k], dv + stage + (cw * NJ + j) * TC * 8 + k * 128);
         wgmma_commit();
-        if (CS == 2 && cw == 1 && i + 1 < mine) { landed(stages - 2); bar_arrive(1 + (i + 1) % stages); }
         wgmma_wait();
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
         if (CS == 2) {
-            if (cw == 0) bar_arrive(3 + stages + s);
+            if (cw == 0) bar_arrive(4 + s);
             else {
-                bar_sync(3 + stages + s, NT);
-                if (i + stages < mine) load_tile(i + stages, s); else cp_commit();
+                bar_sync(4 + s, NT);
+                if (producer && i + stages < mine) load_tile(i + stages, s);
             }
         }
     }
@@ -525,7 +555,7 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
 }
 
 // The kernel's shape for ha heads and a dcs-wide slice: its template, padded width, buffers, smem.
-typedef void (*AttnKernel)(const bf16 *, const bf16 *, const int *, float *, float *, int, int, int, int, int, int, int, float);
+typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, float *, float *, int, int, int, int, int, int, int, float);
 typedef struct { AttnKernel k; int HT, CS, NJ, TS, Dkp, stages; size_t smem; } AttnShape;
 static AttnShape attention_shape(int ha, int dcs, int Dk) {
     AttnShape a;
@@ -536,7 +566,7 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     a.HT = a.CS == 1 && ha > 64 ? 2 : 1;
     a.TS = a.HT == 1 && a.CS == 1 ? 2 : 1;   // tile streams per block
     a.Dkp = (std::max(Dk, a.CS * a.NJ * 64) + 63) / 64 * 64;
-    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? ((TC / 4 + 2) * 128 + 128) * 4 : 0), tile = (size_t)TC * a.Dkp * 2;
+    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (TC / 4 + 2) * 128 * 4 : 0) + 128 * 4 + 128, tile = (size_t)TC * a.Dkp * 2;
     a.stages = (int)std::min<size_t>(6, (227 * 1024 - fixed) / (a.TS * tile));
     if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
     a.smem = fixed + a.TS * a.stages * tile;
@@ -565,14 +595,34 @@ static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk
     return (max_len + *chunk - 1) / *chunk;
 }
 
+// The cache of a rank (rows of Dk bf16 values: layer, sequence, position) as a TMA tensor map read in
+// boxes of 64 columns x TC rows with the 128-byte swizzle; the driver's encoder is fetched through the
+// runtime, so no -lcuda is needed.
+static CUtensorMap cache_map(const bf16 *base, size_t rows, int Dk) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
+    if (!encode) {
+        cudaDriverEntryPointQueryResult q;
+        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void **)&encode, 12000, cudaEnableDefault, &q));
+        if (q != cudaDriverEntryPointSuccess || !encode) die("the CUDA driver has no cuTensorMapEncodeTiled (a driver for CUDA 12 or later is needed)");
+    }
+    if (rows >= (1ull << 31)) die("the cache has %zu rows; the decode kernel addresses at most 2^31", rows);
+    CUtensorMap m;
+    cuuint64_t dims[2] = {(cuuint64_t)Dk, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)Dk * 2};
+    cuuint32_t box[2] = {64, TC}, step[2] = {1, 1};
+    CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, stride, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) die("cuTensorMapEncodeTiled failed (error %d) for a cache of %zu rows of %d", (int)r, rows, Dk);
+    return m;
+}
+
 // rows sequences, one new token each, already cached (the kernel's shared memory limit was raised
 // once per GPU by init_rank); lens (device) = tokens cached per sequence.
-static void decode_attention(const bf16 *Q, const bf16 *cache, const int *lens, float *opart, float *lse, bf16 *O,
+static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, const int *lens, float *opart, float *lse, bf16 *O,
                              int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
     int tiles_h = (ha + a.HT * 64 - 1) / (a.HT * 64), ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
-    a.k<<<dim3(tiles_h, rows, ns), 256, a.smem, st>>>(Q, cache, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
+    a.k<<<dim3(tiles_h, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
                                                             chunk, scale * 1.4426950408889634f);
     LAUNCH_CHECK();
     attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns * a.TS);
@@ -644,7 +694,7 @@ static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0
                          p->ha * Dk, Dk, p->hq);
         if (!prefill) {
             // TPLA (or MLA for g = 1): every head on this rank's slice, with its own softmax
-            decode_attention(R->Q, cache, R->lens, R->opart, R->lse, R->O, rows, p->ha, dcs, Dk, G->max_len, max_cached,
+            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, dcs, Dk, G->max_len, max_cached,
                              c->softmax_scale, G->sms, st);
         } else {
             // exact prefill: S = Q K^T per head over [0, p0 + rows); the rope part counted on shard 0 only
@@ -906,6 +956,7 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     LAUNCH_CHECK();
     AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
+    R->cmap = cache_map(R->cache, (size_t)c->n_layers * G->B * G->max_len, R->p.Dk);
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
@@ -1072,7 +1123,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     int reps = 3;
     for (int i = 0; i < reps; i++)
         for (int l = 0; l < c->n_layers; l++)
-            decode_attention(R->Q, R->cache + (size_t)l * G->B * G->max_len * p->Dk, R->lens, R->opart, R->lse, R->O, G->B,
+            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
                              p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
     CUDA_CHECK(cudaEventRecord(e1, R->st));
     CUDA_CHECK(cudaEventSynchronize(e1));
@@ -1252,7 +1303,8 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUDA_CHECK(cudaMemcpy(dQ, Q, (size_t)B * ha * Dk * 2, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(dC, cache, (size_t)B * max_len * Dk * 2, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(dl, lens, B * 4, cudaMemcpyHostToDevice));
-    decode_attention(dQ, dC, dl, op, lse, dO, B, ha, dcs, Dk, max_len, mx, scale, sms, 0);
+    CUtensorMap map = cache_map(dC, (size_t)B * max_len, Dk);
+    decode_attention(dQ, &map, 0, dl, op, lse, dO, B, ha, dcs, Dk, max_len, mx, scale, sms, 0);
     std::vector<uint16_t> o((size_t)B * ha * dcs);
     CUDA_CHECK(cudaMemcpy(o.data(), dO, o.size() * 2, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < o.size(); i++) { uint32_t u = (uint32_t)o[i] << 16; memcpy(&O[i], &u, 4); }
