@@ -972,7 +972,7 @@ int main(int argc, char **argv) {
     int have = gpu_count();
     if (a.gpu < 0) a.gpu = have > 0;
 #ifdef TPLA_CUDA
-    if (a.gpu && have == 0) die("-d gpu: no usable GPU found");
+    if (a.gpu && have == 0) die("-d gpu: no usable GPU found (the GPU engine needs Hopper GPUs, sm_90)");
 #else
     if (a.gpu) die("-d gpu: this build has no GPU engine (nvcc was not found when it was built)");
 #endif

@@ -527,8 +527,8 @@ int main(void) {
     printf("--- GPU engine\n");
     int ng = gpu_count();
     if (ng == 0) {
-        skip("GPU decode attention vs float64", "no GPU");
-        skip("GPU MLA-TP and TPLA logits vs the CPU reference", "no GPU");
+        skip("GPU decode attention vs float64", "no Hopper GPU");
+        skip("GPU MLA-TP and TPLA logits vs the CPU reference", "no Hopper GPU");
     } else {
         test_gpu_attention();
         int k = ng >= 4 ? 4 : ng >= 2 ? 2 : 1;

@@ -243,8 +243,8 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 // Shared operands use the 128-byte swizzle: a matrix is stored as blocks of 64 columns; in a block,
 // row r is 128 bytes whose 16-byte chunk c sits at position c ^ (r % 8) (no bank conflicts).
 // Cache slots past a sequence's length never count: their shared rows are zeroed after the copy (or
-// arrive as zeros past the end of the cache), and their scores are -inf. Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel
-// combines the splits.
+// arrive as zeros past the end of the cache), and their scores are -inf. Each split writes O / l and
+// lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits.
 
 #define TC 64
 
@@ -918,17 +918,12 @@ static void on_ranks(GPU *G, RankFn fn, void *arg) {
     for (int r = 0; r < G->K; r++) pthread_join(t[r], NULL);
 }
 
+// The GPUs tpla can use: the first ones that are Hopper (sm_90; the decode kernel is built for sm_90a).
 int gpu_count(void) {
-    int n = 0;
+    int n = 0, k = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
-    return n;
-}
-
-// the decode attention kernel is built for Hopper (sm_90a: warpgroup MMA) only
-static void need_hopper(int dev) {
-    cudaDeviceProp pr;
-    CUDA_CHECK(cudaGetDeviceProperties(&pr, dev));
-    if (pr.major != 9) die("GPU %d (%s) is sm_%d%d; tpla's GPU engine needs a Hopper GPU (sm_90): use -d cpu", dev, pr.name, pr.major, pr.minor);
+    for (cudaDeviceProp pr; k < n && cudaGetDeviceProperties(&pr, k) == cudaSuccess && pr.major == 9;) k++;
+    return k;
 }
 
 // One world communicator per GPU count, made once per process (NCCL's start-up is slow).
@@ -964,7 +959,6 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
     int have = gpu_count(), g = s->g;
     if (K < 1 || K > have) die("%d GPUs asked for, %d present", K, have);
     if (K > 64) die("at most 64 GPUs");
-    for (int r = 0; r < K; r++) need_hopper(r);
     if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
     if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
     if (c->dr % 16) die("qk_rope_head_dim %d: the GPU engine needs a multiple of 16", c->dr);
@@ -1286,7 +1280,6 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int 
 
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
                    float scale, float *O) {
-    need_hopper(0);
     CUDA_CHECK(cudaSetDevice(0));
     int Dk = dcs + dr, chunk, mx = 0, sms;
     for (int b = 0; b < B; b++) mx = std::max(mx, lens[b]);

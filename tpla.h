@@ -283,7 +283,7 @@ typedef struct {
 extern "C" {
 #endif
 typedef struct GPU GPU;
-int gpu_count(void);   // 0 when there is no usable GPU (or the build has no CUDA)
+int gpu_count(void);   // usable (Hopper) GPUs; 0 when there is none (or the build has no CUDA)
 // m may be NULL (then c gives the shape and the weights are random, for -m bench); ffn 0 leaves the
 // FFN out (the paper's bench setup).
 GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int ngpu, int batch, int max_len, int ffn);
