@@ -566,7 +566,9 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     a.HT = a.CS == 1 && ha > 64 ? 2 : 1;
     a.TS = a.HT == 1 && a.CS == 1 ? 2 : 1;   // tile streams per block
     a.Dkp = (std::max(Dk, a.CS * a.NJ * 64) + 63) / 64 * 64;
-    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (TC / 4 + 2) * 128 * 4 : 0) + 128 * 4 + 128, tile = (size_t)TC * a.Dkp * 2;
+    // shared memory: alignment slack, Q, (CS = 2) the hand-over of P, m and l, the mbarriers; then the tiles
+    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (TC / 4 + 2) * 128 * 4 : 0) + 128 * 4 + 128;
+    size_t tile = (size_t)TC * a.Dkp * 2;
     a.stages = (int)std::min<size_t>(6, (227 * 1024 - fixed) / (a.TS * tile));
     if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
     a.smem = fixed + a.TS * a.stages * tile;
