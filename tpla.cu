@@ -351,8 +351,10 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     auto bar_sync = [](int id, int n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); };
     auto bar_arrive = [](int id) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
     const int kbox = (Dk + 63) / 64;        // 64-column boxes of a cached token (the TMA zero-fills past Dk)
-    if (tid == 0)
+    if (tid == 0) {
         for (int i = 0; i < TS * stages; i++) mbar_init(&full[i]);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");   // seen by the TMA
+    }
     // column blocks past the boxes (read, never written by the TMA) are zeros
     for (int k = tid; k < TS * stages * (Dkp / 64 - kbox) * TC * 8; k += NT) {
         int per = (Dkp / 64 - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
@@ -550,7 +552,7 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
             num += w * opart[(((size_t)b * nsplit + s) * ha + h) * dcs + c];
             den += w;
         }
-        O[((size_t)b * ha + h) * dcs + c] = __float2bfloat16(num / den);
+        O[((size_t)b * ha + h) * dcs + c] = __float2bfloat16(den > 0 ? num / den : 0.0f);   // 0: nothing cached
     }
 }
 
@@ -587,6 +589,7 @@ static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
 }
 static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
     int tiles = (max_len + TC - 1) / TC, cap = nsplit_cap(rows, head_tiles, max_len, sms), best = 1;
+    if (tiles == 0) { *chunk = TC; return 1; }
     double best_eff = 0;
     for (int s = 1; s <= cap; s++) {
         int per = (tiles + s - 1) / s, used = (tiles + per - 1) / per, blocks = rows * head_tiles * used;
