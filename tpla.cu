@@ -558,7 +558,7 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
 
 // The kernel's shape for ha heads and a dcs-wide slice: its template, padded width, buffers, smem.
 typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, float *, float *, int, int, int, int, int, int, int, float);
-typedef struct { AttnKernel k; int HT, CS, NJ, TS, Dkp, stages; size_t smem; } AttnShape;
+typedef struct { AttnKernel k; int HT, CS, NJ, TS, Dkp, stages, head_tiles; size_t smem; } AttnShape;
 static AttnShape attention_shape(int ha, int dcs, int Dk) {
     AttnShape a;
     if (dcs > 512 || dcs % 8 || Dk % 8) die("decode attention: no kernel for a %d-wide latent slice (at most 512, a multiple of 8)", dcs);
@@ -567,6 +567,7 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     a.NJ = nj <= 1 ? 1 : nj <= 2 ? 2 : 4;
     a.HT = a.CS == 1 && ha > 64 ? 2 : 1;
     a.TS = a.HT == 1 && a.CS == 1 ? 2 : 1;   // tile streams per block
+    a.head_tiles = (ha + a.HT * 64 - 1) / (a.HT * 64);   // blocks per sequence split
     a.Dkp = (std::max(Dk, a.CS * a.NJ * 64) + 63) / 64 * 64;
     // shared memory: alignment slack, Q, (CS = 2) the hand-over of P, m and l, the mbarriers; then the tiles
     size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (TC / 4 + 2) * 128 * 4 : 0) + 128 * 4 + 128;
@@ -626,8 +627,8 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
                              int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
-    int tiles_h = (ha + a.HT * 64 - 1) / (a.HT * 64), ns = nsplit_for(rows, tiles_h, max_cached, sms, &chunk);
-    a.k<<<dim3(tiles_h, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
+    int ns = nsplit_for(rows, a.head_tiles, max_cached, sms, &chunk);
+    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
                                                             chunk, scale * 1.4426950408889634f);
     LAUNCH_CHECK();
     attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns * a.TS);
@@ -811,7 +812,7 @@ static void layout_rank(GPU *G, Rank *R) {
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
     // decode attention partials, and the prefill score matrix of one chunk
     AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
-    R->nsplit_max = nsplit_cap(G->B, (p->ha + a.HT * 64 - 1) / (a.HT * 64), G->max_len, G->sms) * a.TS;
+    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, G->max_len, G->sms) * a.TS;
     R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
     R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * G->max_len;
@@ -1291,7 +1292,7 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     AttnShape a = attention_shape(ha, dcs, Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    int ns = nsplit_for(B, (ha + a.HT * 64 - 1) / (a.HT * 64), mx, sms, &chunk) * a.TS;
+    int ns = nsplit_for(B, a.head_tiles, mx, sms, &chunk) * a.TS;
     bf16 *dQ, *dC, *dO;
     float *op, *lse;
     int *dl;
