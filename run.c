@@ -624,8 +624,8 @@ void gpu_free(GPU *G) { (void)G; }
 void gpu_attention(const uint16_t *Q, const uint16_t *c, const int *l, int B, int h, int dcs, int dr, int ml, float sc, float *O) {
     (void)Q; (void)c; (void)l; (void)B; (void)h; (void)dcs; (void)dr; (void)ml; (void)sc; (void)O;
 }
-void gpu_bench(const Config *c, const Scheme *s, int k, int b, const int *x, int n, int d, int st, const char *nm, const char *csv) {
-    (void)c; (void)s; (void)k; (void)b; (void)x; (void)n; (void)d; (void)st; (void)nm; (void)csv;
+void gpu_bench(const Config *c, const Scheme *s, int k, int o, int b, const int *x, int n, int d, int st, const char *nm, const char *csv) {
+    (void)c; (void)s; (void)k; (void)o; (void)b; (void)x; (void)n; (void)d; (void)st; (void)nm; (void)csv;
 }
 #endif
 
@@ -634,7 +634,7 @@ void gpu_bench(const Config *c, const Scheme *s, int k, int b, const int *x, int
 
 typedef struct {
     const char *model, *mode, *prompt, *in, *out, *calib, *ctx;
-    int gpu, ngpu, tpla, k, steps, batch, dense, seed;
+    int gpu, ngpu, tpla, k, steps, batch, dense, seed, rank_of;
     int g[8], ng, T[3], nT, r[2], nr, split;
     float temp, topp;
 } Args;
@@ -656,6 +656,7 @@ static void usage(void) {
         "  -t T -p P -s S   temperature (default 0.8), top-p (0.9), seed\n"
         "  -f FILE   input: token ids (logits), text (ppl, tokenize);  -o FILE: logits output (float32)\n"
         "  -b B      bench batch (default 0: the largest that fits);  -l L,L..  bench contexts\n"
+        "  -R N      bench: one GPU runs rank 0 of an N-GPU layout, collectives left out (the rank bench)\n"
         "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it)\n");
     exit(1);
 }
@@ -966,6 +967,7 @@ int main(int argc, char **argv) {
         case 'o': a.out = v; break;
         case 'b': a.batch = atoi(v); if (a.batch < 0) die("-b: batch >= 0"); break;
         case 'l': a.ctx = v; break;
+        case 'R': a.rank_of = atoi(v); if (a.rank_of <= 0) die("-R: a positive GPU count, not '%s'", v); break;
         default: usage();
         }
     }
@@ -978,7 +980,7 @@ int main(int argc, char **argv) {
 #endif
     if (a.gpu && !a.ngpu) a.ngpu = have;
     if (a.gpu && a.ngpu > have) die("-K %d: only %d GPUs present", a.ngpu, have);
-    if (!a.ng) { a.g[0] = a.gpu ? a.ngpu : 2; a.ng = 1; }
+    if (!a.ng) { a.g[0] = a.rank_of ? a.rank_of : a.gpu ? a.ngpu : 2; a.ng = 1; }
     if (!strcmp(a.mode, "bench")) {
         if (!a.gpu) die("-m bench needs a GPU");
         const Config *shape = bench_shape(a.model);
@@ -986,9 +988,10 @@ int main(int argc, char **argv) {
         if (!shape) { build_model(&m, a.model); shape = &m.c; }
         int ctx[16], nctx = parse_list(a.ctx, NULL, 0, ctx, 16, "-l");
         Scheme s = {a.g[0], a.r[0], NULL, a.split};
+        int K = a.rank_of ? a.rank_of : a.ngpu;
         char csv[256];
-        snprintf(csv, sizeof(csv), "bench_%s_K%d_g%d.csv", shape == &m.c ? "model" : a.model, a.ngpu, s.g);
-        gpu_bench(shape, &s, a.ngpu, a.batch, ctx, nctx, a.dense, a.steps > 0 ? a.steps : 20, a.model, csv);
+        snprintf(csv, sizeof(csv), "bench_%s_%s%d_g%d.csv", shape == &m.c ? "model" : a.model, a.rank_of ? "R" : "K", K, s.g);
+        gpu_bench(shape, &s, K, a.rank_of > 0, a.batch, ctx, nctx, a.dense, a.steps > 0 ? a.steps : 20, a.model, csv);
         return 0;
     }
     Model m;

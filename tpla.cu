@@ -85,6 +85,8 @@ typedef struct {
 struct GPU {
     Config c; Scheme s;
     int K, B, max_len, rows, chunk, ffn, ne_max;   // ffn 0: the bench without FFN
+    int nrank;               // ranks run here: K, or 1 for the rank bench (rank 0 of a K-GPU layout on one
+                             // GPU, the collectives left out)
     float *rms_fix;
     Rank *rk;
     int *lens;               // host: tokens cached per sequence
@@ -655,6 +657,19 @@ static void gemm_batched(Rank *R, cublasOperation_t ta, int m, int n, int k, con
 static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 8192); }
 
 // ----------------------------------------------------------------------------
+// the collectives (NCCL, on the rank's stream); the rank bench leaves them out
+
+static void all_reduce(GPU *G, Rank *R, float *x, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm, R->st));
+}
+static void all_gather(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, ncclBfloat16, comm, R->st));
+}
+static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclReduceScatter(x, out, n, ncclBfloat16, ncclSum, comm, R->st));
+}
+
+// ----------------------------------------------------------------------------
 // one forward pass of `rows` tokens on one rank. Decode: row b is sequence b. Prefill: the rows are
 // tokens p0.. of sequence `seq`, attending exactly (full latent, one softmax: partial scores of the
 // latent slices are summed over the peers). Inputs tok, rpos, rseq, lens are on the device.
@@ -683,7 +698,7 @@ static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0
             gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
         }
         if (p->peers > 1)   // split placement: gather the q of every head of the group from the peers
-            NCCL_CHECK(ncclAllGather(q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer, st));
+            all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
         gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, dc + dr);
         int local = !prefill && G->s.rms == RMS_LOCAL;
         kv_append_kernel<<<rows, 256, 0, st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, dc, dr, p->shard, dcs, local,
@@ -708,7 +723,7 @@ static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0
             const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
             gemm_batched(R, CUBLAS_OP_T, T, rows, p->shard == 0 ? Dk : dcs, kb, Dk, 0, R->Q, p->ha * Dk, Dk,
                          R->S, CUDA_R_32F, T, (long long)rows * T, p->ha);
-            if (p->g > 1) NCCL_CHECK(ncclAllReduce(R->S, R->S, (size_t)p->ha * rows * T, ncclFloat, ncclSum, R->peer, st));
+            if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
             prefill_softmax_kernel<<<p->ha * rows, 256, 0, st>>>(R->S, R->P, rows, T, p0, c->softmax_scale);
             LAUNCH_CHECK();
             gemm_batched(R, CUBLAS_OP_N, dcs, rows, T, kb, Dk, 0, R->P, T, (long long)rows * T, R->O, CUDA_R_16BF,
@@ -721,10 +736,10 @@ static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0
                          (long long)(dn + dv) * dcs, R->O + (size_t)k * p->hq * dcs, p->ha * dcs, dcs,
                          vdst + (size_t)k * rows * p->hq * dv, CUDA_R_16BF, p->hq * dv, dv, p->hq);
         if (p->peers > 1)
-            NCCL_CHECK(ncclReduceScatter(R->v, R->vown, (size_t)rows * p->hq * dv, ncclBfloat16, ncclSum, R->peer, st));
+            reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
         // y = W_O v over this rank's heads; the one all-reduce sums heads and latent shards
         gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
-        NCCL_CHECK(ncclAllReduce(R->y, R->y, (size_t)rows * D, ncclFloat, ncclSum, R->world, st));
+        all_reduce(G, R, R->y, (size_t)rows * D, R->world);
 
         // --- FFN: experts split by intermediate; one all-reduce
         if (L->ne == 0) continue;   // bench without FFN
@@ -744,7 +759,7 @@ static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0
         swiglu_kernel<<<grid_for((size_t)rows * L->ne * L->ik), 256, 0, st>>>(R->h13, wgt, R->h, rows, L->ne, L->ik);
         LAUNCH_CHECK();
         gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->ne * L->ik, D);
-        NCCL_CHECK(ncclAllReduce(R->y, R->y, (size_t)rows * D, ncclFloat, ncclSum, R->world, st));
+        all_reduce(G, R, R->y, (size_t)rows * D, R->world);
     }
     // final norm and this rank's slice of the vocabulary, for the last logit_rows rows
     add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, R->norm, R->xb, NULL, D, c->eps);
@@ -915,13 +930,13 @@ static void *job_main(void *p) {
     return NULL;
 }
 static void on_ranks(GPU *G, RankFn fn, void *arg) {
-    std::vector<pthread_t> t(G->K);
-    std::vector<Job> jobs(G->K);
-    for (int r = 0; r < G->K; r++) {
+    std::vector<pthread_t> t(G->nrank);
+    std::vector<Job> jobs(G->nrank);
+    for (int r = 0; r < G->nrank; r++) {
         jobs[r] = Job{G, &G->rk[r], fn, arg};
         if (pthread_create(&t[r], NULL, job_main, &jobs[r])) die("pthread_create failed");
     }
-    for (int r = 0; r < G->K; r++) pthread_join(t[r], NULL);
+    for (int r = 0; r < G->nrank; r++) pthread_join(t[r], NULL);
 }
 
 // The GPUs tpla can use: the first ones that are Hopper (sm_90; the decode kernel is built for sm_90a).
@@ -940,9 +955,9 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUDA_CHECK(cudaStreamCreateWithFlags(&R->st, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&R->blas));
     CUBLAS_CHECK(cublasSetStream(R->blas, R->st));
-    R->world = g_world[G->K][R->r];
+    R->world = G->nrank > 1 ? g_world[G->K][R->r] : NULL;
     R->peer = NULL;
-    if (R->p.g > 1)   // the g ranks of the same group slot j, ordered by shard
+    if (R->p.g > 1 && G->nrank > 1)   // the g ranks of the same group slot j, ordered by shard
         NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
     CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
     layout_rank(G, R);
@@ -961,9 +976,10 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
-GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int ffn) {
+// K GPUs in the layout; nrank of them run here (K, or 1 for the rank bench: rank 0 on GPU 0)
+static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int nrank, int batch, int max_len, int ffn) {
     int have = gpu_count(), g = s->g;
-    if (K < 1 || K > have) die("%d GPUs asked for, %d present", K, have);
+    if (K < 1 || nrank > have) die("%d GPUs asked for, %d present", nrank, have);
     if (K > 64) die("at most 64 GPUs");
     if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
     if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
@@ -975,7 +991,7 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
         die("the FFN intermediate sizes (%d, %d) must divide by the GPU count %d", c->inter, c->moe_inter, K);
     if (c->n_experts && c->topk > 16) die("at most 16 experts per token on the GPU");
     GPU *G = (GPU *)calloc(1, sizeof(GPU));
-    G->c = *c; G->s = *s; G->K = K; G->B = batch; G->max_len = max_len; G->ffn = ffn;
+    G->c = *c; G->s = *s; G->K = K; G->nrank = nrank; G->B = batch; G->max_len = max_len; G->ffn = ffn;
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     G->sms = prop.multiProcessorCount;
@@ -992,8 +1008,8 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
         memcpy(G->rms_fix, s->rms_fix, (size_t)c->n_layers * g * sizeof(float));
     }
     G->lens = (int *)calloc(batch, sizeof(int));
-    G->rk = (Rank *)calloc(K, sizeof(Rank));
-    for (int r = 0; r < K; r++) {   // count each rank's bytes and check they fit before allocating
+    G->rk = (Rank *)calloc(nrank, sizeof(Rank));
+    for (int r = 0; r < nrank; r++) {   // count each rank's bytes and check they fit before allocating
         Rank *R = &G->rk[r];
         R->r = r; R->dev = r; R->p = make_part(c, g, K, r, s->split);
         layout_rank(G, R);
@@ -1006,7 +1022,7 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
             die("GPU %d: this model, batch %d and %d positions need %.2f GiB (weights and cache %.2f GiB), but only %.2f GiB of %.2f GiB are free",
                 r, batch, max_len, need / 1073741824.0, R->cap / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
     }
-    if (!g_world[K]) {
+    if (nrank > 1 && !g_world[K]) {
         int devs[64];
         for (int r = 0; r < K; r++) devs[r] = r;
         g_world[K] = (ncclComm_t *)calloc(K, sizeof(ncclComm_t));
@@ -1014,6 +1030,10 @@ GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batc
     }
     on_ranks(G, init_rank, (void *)m);
     return G;
+}
+
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int ffn) {
+    return build(m, c, s, K, K, batch, max_len, ffn);
 }
 
 static void free_rank(GPU *G, Rank *R, void *arg) {
@@ -1096,6 +1116,12 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
     fill_random_kernel<<<grid_for(cache_n), 256, 0, R->st>>>(R->cache, cache_n, 1.0f, 7 + R->r);
     LAUNCH_CHECK();
+    if (G->nrank < G->K) {   // rank bench: what the left-out collectives would bring, as random values
+        size_t nq = (size_t)G->rows * p->ha * (c->dn + c->dr), nv = (size_t)G->rows * p->ha * c->dv;
+        fill_random_kernel<<<grid_for(nq), 256, 0, R->st>>>(R->qall, nq, 1.0f, 11);
+        fill_random_kernel<<<grid_for(nv), 256, 0, R->st>>>(R->vown, nv, 1.0f, 12);
+        LAUNCH_CHECK();
+    }
     std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
     for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
     CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
@@ -1148,9 +1174,9 @@ static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, 
     return R.used;
 }
 
-static int largest_batch(const Config *c, const Scheme *s, int K, int len, int dense) {
+static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int len, int dense) {
     size_t free_min = (size_t)-1;
-    for (int r = 0; r < K; r++) {
+    for (int r = 0; r < nrank; r++) {
         size_t f, t;
         CUDA_CHECK(cudaSetDevice(r));
         CUDA_CHECK(cudaMemGetInfo(&f, &t));
@@ -1167,8 +1193,8 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int len, int d
     return lo;
 }
 
-static BenchRun bench_one(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, int steps) {
-    GPU *G = gpu_build(NULL, c, s, K, B, ctx + 1, dense);
+static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps) {
+    GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense);
     BenchRun b = {B, ctx, steps, 0, 0};
     on_ranks(G, bench_rank, &b);
     gpu_free(G);
@@ -1228,8 +1254,9 @@ static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx
     return std::max((wbytes + *cache_bytes) / bw, flops / fl);
 }
 
-void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int *ctx, int nctx, int dense, int steps,
+void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
                const char *name, const char *csv) {
+    int nrank = one_rank ? 1 : K;
     static const int pctx[6] = {1024, 2048, 4096, 8192, 16384, 32768};
     static const double paper_v3[6] = {1.33, 1.38, 1.45, 1.57, 1.65, 1.79}, paper_k2[6] = {1.28, 1.35, 1.51, 1.55, 1.76, 1.93};
     const double *paper = !strcmp(name, "dsv3") ? paper_v3 : !strcmp(name, "kimik2") ? paper_k2 : NULL;
@@ -1238,8 +1265,10 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int 
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     double bw, fl;
     measure_roofs(&bw, &fl);
-    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, K, prop.name,
+    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, nrank, prop.name,
            c->dim, c->n_heads, c->dc, c->dr, c->n_layers, dense ? "dense" : "no", tpla->g, tpla->split ? "split" : "replicated");
+    if (one_rank)
+        printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out\n", K);
     printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
            bw / 1e9, fl / 1e12);
     FILE *f = fopen(csv, "w");
@@ -1249,14 +1278,14 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int batch, const int 
            "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "cache GB");
     for (int i = 0; i < nctx; i++) {
         Scheme mla = {1, RMS_GLOBAL, NULL, 0};
-        int bm = batch ? batch : largest_batch(c, &mla, K, ctx[i] + 1, dense);
-        int bt = batch ? batch : largest_batch(c, tpla, K, ctx[i] + 1, dense);
+        int bm = batch ? batch : largest_batch(c, &mla, K, nrank, ctx[i] + 1, dense);
+        int bt = batch ? batch : largest_batch(c, tpla, K, nrank, ctx[i] + 1, dense);
         BenchRun r[3];
         const Scheme *sc[3] = {&mla, tpla, tpla};
         int bs[3] = {bm, bt, bm};
         double tps[3];
         for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
-            r[k] = bench_one(c, sc[k], K, bs[k], ctx[i], dense, steps);
+            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps);
             Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
             double cb, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, bw, fl, &cb);
             double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;

@@ -297,7 +297,8 @@ void gpu_free(GPU *G);
 // (B, max_len, dcs+dr) bf16, lens (B); O (B, ha, dcs) float32.
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr,
                    int max_len, float scale, float *O);
-void gpu_bench(const Config *c, const Scheme *tpla, int ngpu, int batch, const int *ctx, int nctx,
+// one_rank: GPU 0 runs only rank 0 of the ngpu-GPU layout, with the collectives left out (the rank bench).
+void gpu_bench(const Config *c, const Scheme *tpla, int ngpu, int one_rank, int batch, const int *ctx, int nctx,
                int dense_ffn, int steps, const char *name, const char *csv);
 #ifdef __cplusplus
 }
