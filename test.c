@@ -384,10 +384,14 @@ static void test_convert(void) {
 // GPU
 
 static void test_gpu_attention(void) {
-    // random inputs at several shapes and lengths; slots past each length hold NaN
+    // random inputs at several shapes and lengths; slots past each length hold NaN. Every mode of the
+    // kernel: slices of 257..512 (SPLITK: 16, 32, 64, 128 heads), <= 256 with more than 64 heads (HEADS),
+    // and with 64 or fewer (STREAM); lengths from 1 to 4097, one split or many.
     struct { int B, ha, dcs, dr, len; } cases[] = {
-        {3, 16, 512, 64, 1}, {3, 16, 512, 64, 63}, {2, 16, 512, 64, 4097}, {4, 64, 256, 64, 777},
-        {2, 128, 128, 64, 1000}, {2, 64, 512, 64, 300}, {5, 4, 16, 16, 65}, {2, 24, 192, 32, 129},
+        {3, 16, 512, 64, 1}, {3, 16, 512, 64, 63}, {2, 16, 512, 64, 4097}, {2, 32, 512, 64, 129}, {2, 64, 512, 64, 300},
+        {2, 128, 512, 64, 1000}, {2, 32, 384, 64, 65},
+        {2, 128, 256, 64, 777}, {1, 128, 256, 64, 4097}, {2, 128, 128, 64, 1000}, {2, 96, 192, 32, 65},
+        {4, 64, 256, 64, 777}, {2, 64, 256, 64, 1}, {3, 32, 128, 64, 4097}, {5, 4, 16, 16, 65}, {2, 24, 192, 32, 129},
     };
     for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
         int B = cases[ci].B, ha = cases[ci].ha, dcs = cases[ci].dcs, dr = cases[ci].dr, Dk = dcs + dr;

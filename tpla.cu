@@ -232,23 +232,55 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 }
 
 // ----------------------------------------------------------------------------
-// the decode attention kernel (flash-decoding on Hopper tensor cores, DESIGN.md section 5)
+// the decode attention kernel (flash-decoding on Hopper tensor cores; README "The decode attention kernel")
 //
 // Q (rows, ha, Dk) and each cached token c = [latent slice (dcs) | rope key (dr)] share a layout, so
 // with Dk = dcs + dr:  S = Q K^T over Dk,  P = online softmax of S,  O += P V  with V = the first dcs
-// columns of the same cached tile. One block takes 64 heads (or 128) of one sequence over one split of
-// its cached tokens, in tiles of TC = 64 tokens, with two warpgroups of 128 threads (modes below).
-// Both products are Hopper warpgroup MMAs (wgmma, bf16 in, f32 accumulators): S reads Q and the tile
-// from shared memory; P V takes P from registers (the accumulator layout of S is the A layout) and
-// reads V from the same tile, transposed. Tiles arrive by the tensor-memory accelerator (TMA, one
-// thread issues a 64 x 64 box per 64 columns, an mbarrier counts the bytes) into `stages` buffers.
+// columns of the same cached tile. A block takes the heads of one head tile of one sequence over one
+// split of its cached tokens, in tiles of TC = 64 tokens. Both products are Hopper warpgroup MMAs
+// (wgmma, bf16 in, f32 accumulators, m64n64k16): S reads Q and the tile from shared memory; P V takes
+// P from registers (the accumulator layout of S is the A layout) and reads V from the same tile,
+// transposed. Tiles arrive by the tensor-memory accelerator (TMA: one thread issues a 64 x 64 box per
+// 64 columns; an mbarrier per stage counts the bytes) into a ring of `stages` buffers; the warpgroup
+// that frees a stage last refills it, so the two warpgroups of a block never wait for each other
+// except where the mode below makes them.
 // Shared operands use the 128-byte swizzle: a matrix is stored as blocks of 64 columns; in a block,
 // row r is 128 bytes whose 16-byte chunk c sits at position c ^ (r % 8) (no bank conflicts).
-// Cache slots past a sequence's length never count: their shared rows are zeroed after the copy (or
-// arrive as zeros past the end of the cache), and their scores are -inf. Each split writes O / l and
-// lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits.
+//
+// Two warpgroups of 128 threads, in one of three modes:
+//   HEADS  (slice <= 256, more than 64 heads): warpgroup w owns heads 64w.. of a 128-head tile; both
+//          read every cached tile.
+//   STREAM (slice <= 256, 64 heads or fewer): both own the same heads; warpgroup w takes tiles w, w+2,
+//          .. with its own softmax, and the two results are merged at the end through shared memory.
+//   SPLITK (slice 257..512, 64 heads): one 64 x 512 output is too large for one warpgroup's registers,
+//          so warpgroup w owns output columns 256w..256w+255. Both compute half of S for every tile
+//          (columns 0..287 and 288..575 of the cached token; the last 64 of Q from registers, since
+//          Q, two tiles and the exchange buffer fill shared memory); warpgroup 1 hands its half to 0
+//          through shared memory, 0 adds, takes the softmax and hands P back.
+// In HEADS mode each warpgroup issues the S of its next tile before the softmax of the current one, so
+// the tensor cores work on S(i+1) while the softmax of tile i runs.
+// Cache slots past a sequence's length never count: their scores are -inf, and the rows of the last
+// tile past the length are zeroed in shared memory before P V (they may hold anything, NaN too).
+// Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits.
 
-#define TC 64
+#define TC 64                      // cached tokens per tile
+#define SMEM_BLOCK (227 * 1024)    // the shared memory one block may use on Hopper
+#define LOG2E 1.4426950408889634f
+enum { ATT_HEADS, ATT_STREAM, ATT_SPLITK };
+enum { BAR_SREADY = 1, BAR_PREADY = 2, BAR_WG = 3, BAR_END = 5 };   // named barriers (0 is __syncthreads)
+
+// The kernel's shape for ha heads and a dcs-wide slice: mode, O's 64-column blocks per warpgroup (NJ),
+// the tile's 64-column boxes (NB), heads per block, blocks per sequence split, buffers, shared memory.
+typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, float *, float *, int, int, int, int, int, int, float);
+typedef struct { AttnKernel k; int mode, NJ, NB, HB, DQ, head_tiles, stages; size_t smem, tile_bytes; } AttnShape;
+
+template <int MODE, int NJ, int NB>
+__global__ void __launch_bounds__(256, 1)
+decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
+                        const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
+                        int Dk, int stages, int max_len, int chunk, float scale_log2);
+
+// ---- PTX helpers: shared-memory addresses, mbarriers, the TMA, wgmma
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
@@ -256,6 +288,9 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }   // generic writes -> TMA/wgmma
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
 __device__ __forceinline__ void mbar_init(uint64_t *b) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" :: "r"(smem_u32(b))); }
 __device__ __forceinline__ void mbar_expect(uint64_t *b, uint32_t bytes) {   // the producer's arrival: bytes to come
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(smem_u32(b)), "r"(bytes) : "memory");
@@ -266,9 +301,11 @@ __device__ __forceinline__ void mbar_wait(uint64_t *b, int parity) {
                     : "=r"(done) : "r"(smem_u32(b)), "r"(parity) : "memory");
     while (!done);
 }
-// one box of the tensor map (columns x.., rows y..) into shared memory, counted on mbarrier b
+// one box of the tensor map (columns x.., rows y..) into shared memory, counted on mbarrier b; the cache
+// is read once, so it is marked first to leave L2
 __device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, int x, int y, uint64_t *b) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+    asm volatile("{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+                 "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], pol;\n}\n"
                  :: "r"(smem_u32(dst)), "l"((uint64_t)map), "r"(x), "r"(y), "r"(smem_u32(b)) : "memory");
 }
 // element offset of (row r, column k) in a swizzled matrix of `rows` rows (see above)
@@ -284,20 +321,21 @@ __device__ __forceinline__ uint64_t wg_desc(const void *p, uint32_t lbo) {
 #define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
 #define WG_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "        \
                "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-// d (64 x 64, f32) += A (64 x 16) B (16 x 64): A, B^T row-major in shared memory
-__device__ __forceinline__ void wgmma_ss(float *d, uint64_t a, uint64_t b) {
+// d (64 x 64, f32) = (acc ? d : 0) + A (64 x 16) B (16 x 64): A and B^T row-major in shared memory
+__device__ __forceinline__ void wgmma_ss(float *d, uint64_t a, uint64_t b, int acc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : WG_D32 : "l"(a), "l"(b));
+                 : WG_D32 : "l"(a), "l"(b), "r"(acc));
 #endif
 }
-// d (64 x 64, f32) += A (64 x 16, registers) B (16 x 64): B row-major in shared memory
-__device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b) {
+// d (64 x 64, f32) = (acc ? d : 0) + A (64 x 16, registers) B (16 x 64): B^T row-major in shared memory
+// (TB = 0, the cached keys) or B row-major (TB = 1, the cached values read transposed)
+template <int TB> __device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b, int acc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc), "n"(TB));
 #endif
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -317,136 +355,172 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *(uint32_t *)&v;
 }
 
-// HT: 64-head tiles per block; CS: warpgroups sharing one head tile (column parts of O); NJ: 64-column
-// blocks of O per warpgroup (dcs <= CS * NJ * 64). Every block has two warpgroups, in one of three modes:
-//   CS = 2 (dcs > 256): warpgroup 0 computes S and P for the 64 heads and hands P to warpgroup 1 through
-//     shared memory; warpgroup 1 issues the loads; each accumulates half of O's columns;
-//   HT = 2 (dcs <= 256, ha > 64): warpgroup w owns heads 64w..; both share every tile;
-//   TS = 2 (otherwise): both own the same heads, and warpgroup w streams tiles w, w + 2, ... with its own
-//     buffers and writes its own split of the output (two streams keep the tensor cores busy).
-// Dkp: Dk padded to the columns the block reads; stages: buffers per tile stream.
-template <int HT, int CS, int NJ>
+// ---- the kernel
+// Accumulator layout of a 64 x 64 wgmma tile (warp w of the warpgroup, lane l): element d[4j + e] is row
+// 16w + l/4 + 8(e/2), column 8j + 2(l%4) + e%2. Thread t of either warpgroup owns the same rows.
+
+template <int MODE, int NJ, int NB>
 __global__ void __launch_bounds__(256, 1)
 decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
                         const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
-                        int Dk, int Dkp, int stages, int max_len, int chunk, float scale_log2) {
-    constexpr int NT = 256, HB = HT * 64, TS = HT == 1 && CS == 1 ? 2 : 1;
-    extern __shared__ char smem_raw[];
-    bf16 *Qs = (bf16 *)(smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023));   // swizzle atoms: 1024-aligned
-    bf16 *Ks = Qs + HB * Dkp;                                // [TS][stages][TC x Dkp]
-    uint32_t *Px = (uint32_t *)(Ks + TS * stages * TC * Dkp);   // CS = 2: warpgroup 0's P and alpha, [TC/4 + 2][128]
-    float *Ms = (float *)(Px + (CS == 2 ? (TC / 4 + 2) * 128 : 0));    // CS = 2: final m and l per head, [2][64]
-    uint64_t *full = (uint64_t *)(Ms + 128);                 // [TS][stages] mbarriers: the stage's tile has landed
+                        int Dk, int stages, int max_len, int chunk, float scale_log2) {
+    constexpr int HB = MODE == ATT_HEADS ? 128 : 64;        // heads (rows of Q) per block
+    constexpr int DQ = MODE == ATT_SPLITK ? 512 : NB * 64;  // columns of Q in shared memory
+    constexpr int DKP = NB * 64;                            // columns of a tile
+    extern __shared__ __align__(1024) char smem[];
+    bf16 *Qs = (bf16 *)smem;                                 // HB x DQ, swizzled
+    bf16 *Ks = Qs + HB * DQ;                                 // [stages][TC x DKP], swizzled
+    float *X = (float *)(Ks + stages * TC * DKP);            // SPLITK: S of warpgroup 1, then P, [32][128]
+    float *Xm = X + (MODE == ATT_SPLITK ? 32 * 128 : 0);     // SPLITK: final m and l, [4][128]
+    uint64_t *full = (uint64_t *)(Xm + (MODE == ATT_SPLITK ? 512 : 0));   // [stages]: the stage's tile has landed
+    int *freed = (int *)(full + stages);                     // [stages]: warpgroups done with the stage's tile
 
-    const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127, lane = tid & 31, warp = t >> 5;
-    const int hw = HT == 2 ? wg : 0, cw = CS == 2 ? wg : 0, ts = TS == 2 ? wg : 0;   // head tile, column part, stream
-    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z, nsub = gridDim.z * TS;
+    // (the warpgroup index through a shuffle: the compiler then knows it is the same in a warp)
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffff, tid >> 7, 0), t = tid & 127, lane = tid & 31, warp = t >> 5;
+    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z;
     const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
     const int ntiles = t_begin < t_end ? (t_end - t_begin + TC - 1) / TC : 0;
-    if (ntiles <= ts) {                     // nothing to attend to: weight zero in the merge
-        for (int h = t; h < HB; h += 128)
-            if (h_base + h < ha && (TS == 2 || wg == 0)) lse[((size_t)b * nsub + split * TS + ts) * ha + h_base + h] = -INFINITY;
-        if (ntiles == 0) return;
+    const size_t so = (size_t)b * gridDim.z + split;         // this split's output slot
+    if (ntiles == 0) {                       // nothing to attend to: weight zero in the merge
+        for (int h = tid; h < HB; h += 256) if (h_base + h < ha) lse[so * ha + h_base + h] = -INFINITY;
+        return;
     }
-    // named barriers. TS = 2: 1 + w: warpgroup w's tiles. CS = 2: PREADY = 1: P is in Px; PFREE = 2: Px was
-    // read; 3: warpgroup 0 zeroed a tile's tail; FREE(s) = 4 + s: stage s was read
-    auto bar_sync = [](int id, int n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); };
-    auto bar_arrive = [](int id) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "n"(NT) : "memory"); };
-    const int kbox = (Dk + 63) / 64;        // 64-column boxes of a cached token (the TMA zero-fills past Dk)
+    if (smem_u32(smem) & 1023) __trap();     // swizzle atoms need 1024-byte alignment
+
+    // the tiles of this warpgroup, and who reads each tile
+    const int first = MODE == ATT_STREAM ? wg : 0, step = MODE == ATT_STREAM ? 2 : 1, readers = MODE == ATT_STREAM ? 1 : 2;
+    const int kbox = (Dk + 63) / 64;         // 64-column boxes of a cached token (the TMA zero-fills past Dk)
+    auto load_tile = [&](int i) {            // tile i into stage i % stages
+        int s = i % stages;
+        mbar_expect(&full[s], kbox * TC * 128);
+        for (int c = 0; c < kbox; c++)
+            tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, row0 + b * max_len + t_begin + i * TC, &full[s]);
+    };
     if (tid == 0) {
-        for (int i = 0; i < TS * stages; i++) mbar_init(&full[i]);
+        for (int s = 0; s < stages; s++) { mbar_init(&full[s]); freed[s] = 0; }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");   // seen by the TMA
     }
-    // column blocks past the boxes (read, never written by the TMA) are zeros
-    for (int k = tid; k < TS * stages * (Dkp / 64 - kbox) * TC * 8; k += NT) {
-        int per = (Dkp / 64 - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
-        *(uint4 *)(Ks + st * TC * Dkp + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
+    // tile columns past the boxes (read by wgmma, never written by the TMA) are zeros
+    for (int k = tid; k < stages * (NB - kbox) * TC * 8; k += 256) {
+        int per = (NB - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
+        *(uint4 *)(Ks + st * TC * DKP + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
     }
-    __syncthreads();
-    // Loads: one producer thread per tile stream (CS = 2: in warpgroup 1) issues the boxes of a tile
-    const bool producer = CS == 2 ? tid == 128 : TS == 2 ? t == 0 : tid == 0;
-    auto load_tile = [&](int i, int s) {    // the stream's i-th tile (if it exists) into its stage s
-        int t0 = t_begin + (ts + i * TS) * TC;
-        if (t0 >= t_end) return;
-        uint64_t *bar = &full[ts * stages + s];
-        mbar_expect(bar, kbox * TC * 128);
-        for (int c = 0; c < kbox; c++)
-            tma_load(Ks + ((ts * stages + s) * Dkp + c * 64) * TC, &cache, c * 64, row0 + b * max_len + t0, bar);
-    };
-    // tile i of the stream has landed; rows past the sequence's end (the last tile only) are zeroed by
-    // the n threads from lt, which then make the zeros visible to wgmma
-    auto landed = [&](int i, int lt, int n) {
-        int s = i % stages, t0 = t_begin + (ts + i * TS) * TC, valid = t_end - t0;
-        bf16 *tile = Ks + (ts * stages + s) * TC * Dkp;
-        mbar_wait(&full[ts * stages + s], (i / stages) & 1);
-        if (valid >= TC) return;
-        for (int k = lt; k < (TC - valid) * kbox * 8; k += n) {
-            int r = valid + k / (kbox * 8), c = k % (kbox * 8);
-            *(uint4 *)(tile + swz(r, c * 8, TC)) = make_uint4(0, 0, 0, 0);
-        }
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    };
-    const int mine = (ntiles - ts + TS - 1) / TS;   // tiles of this warpgroup's stream
-    if (producer)
-        for (int s = 0; s < stages - (CS == 1); s++) load_tile(s, s);
     // Q (zero rows past ha, zero columns past Dk), by every thread
-    for (int r = tid >> 5; r < HB; r += NT / 32)
-        for (int c = lane; c < Dkp / 8; c += 32) {
+    for (int r = tid >> 5; r < HB; r += 8)
+        for (int c = lane; c < DQ / 8; c += 32) {
             int ok = h_base + r < ha && c < Dk / 8;
             cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
         }
     cp_commit();
     cp_wait_all();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    fence_async();
     __syncthreads();
-    if (CS == 2 && cw == 1) bar_arrive(2);
+    if (tid == 0)
+        for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
 
-    // wgmma descriptors, advanced by adding byte offsets / 16
-    const uint64_t dq = wg_desc(Qs + hw * 64 * 64, 16), dk = wg_desc(Ks + ts * stages * TC * Dkp, 16),
-                   dv = wg_desc(Ks + ts * stages * TC * Dkp, TC * 128);
-    float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0};
+    // SPLITK, warpgroup 1: Q's columns 512..575 as A operands (4 k steps), straight from global memory
+    uint32_t qr[4][4];
+    if (MODE == ATT_SPLITK) {
+        #pragma unroll
+        for (int k = 0; k < 4; k++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int h = h_base + warp * 16 + lane / 4 + 8 * (e & 1), col = 512 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
+                qr[k][e] = wg == 1 && h < ha && col < Dk ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
+            }
+    }
+
+    // S(i) = Q K^T over this warpgroup's columns, issued (it completes at the next wgmma_wait)
+    const int qrow = MODE == ATT_HEADS ? 64 * wg : 0;        // this warpgroup's first row of Q
+    const uint64_t dq = wg_desc(Qs + qrow * 64, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
+    auto issue_S = [&](float *d, int i) {
+        int s = i % stages;
+        mbar_wait(&full[s], (i / stages) & 1);
+        const uint64_t kb = dk + s * TC * DKP / 8;           // descriptors advance in units of 16 bytes
+        keep<32>(d);
+        if (MODE != ATT_SPLITK) {
+            wgmma_fence();
+            #pragma unroll
+            for (int k = 0; k < NB * 4; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+            wgmma_commit();
+        } else if (wg == 0) {                                // columns 0..287
+            wgmma_fence();
+            #pragma unroll
+            for (int k = 0; k < 18; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+            wgmma_commit();
+        } else {                                             // columns 288..575, the last 64 with Q from registers
+            wgmma_fence();
+            #pragma unroll
+            for (int k = 18; k < 32; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 18);
+            #pragma unroll
+            for (int k = 0; k < 4; k++) wgmma_rs<0>(d, qr[k], kb + 8 * TC * 8 + k * 2, 1);
+            wgmma_commit();
+        }
+    };
+
+    // done with tile i: the warpgroup that frees its stage last refills it
+    auto release = [&](int i) {
+        bar_sync(BAR_WG + wg, 128);
+        if (t == 0) {
+            int s = i % stages;
+            if (atomicAdd(&freed[s], 1) == readers - 1) {
+                atomicExch(&freed[s], 0);
+                if (i + stages < ntiles) load_tile(i + stages);
+            }
+        }
+    };
+    // rows of tile i past the sequence's end, in the output columns this warpgroup reads, are zeroed
+    const int cb0 = MODE == ATT_SPLITK ? 4 * wg : 0;         // this warpgroup's first 64-column block of O
+    auto zero_tail = [&](int i) {
+        int valid = t_end - (t_begin + i * TC);
+        if (valid >= TC) return;
+        bf16 *tile = Ks + (i % stages) * TC * DKP;
+        for (int k = t; k < (TC - valid) * NJ * 8; k += 128) {
+            int r = valid + k / (NJ * 8), c = (cb0 + k % (NJ * 8) / 8) * 64 + k % 8 * 8;
+            *(uint4 *)(tile + swz(r, c, TC)) = make_uint4(0, 0, 0, 0);
+        }
+        fence_async();
+        bar_sync(BAR_WG + wg, 128);
+    };
+
+    // LA: S(i+1) is issued before the softmax of tile i (HEADS, where the tensor cores are the limit and
+    // two tiles can stay in shared memory); elsewhere a tile's S is issued when the tile comes up
+    constexpr bool LA = MODE == ATT_HEADS;
+    float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0}, s_cur[32], s_nxt[32];
     #pragma unroll
     for (int j = 0; j < NJ; j++)
         #pragma unroll
-        for (int i = 0; i < 32; i++) o[j][i] = 0;
-
-    for (int i = 0; i < mine; i++) {
-        const int t0 = t_begin + (ts + i * TS) * TC, s = i % stages, stage = s * TC * Dkp / 8;   // stage: offset / 16 bytes
-        if (CS == 1) {
-            landed(i, TS == 2 ? t : tid, TS == 2 ? 128 : NT);
-            if (TS == 2) bar_sync(1 + wg, 128); else __syncthreads();   // and the stage of tile i-1 is free
-            if (producer && i + stages - 1 < mine) load_tile(i + stages - 1, (i + stages - 1) % stages);
-        }
-        uint32_t pa[TC / 16][4];            // P as the A operand of P V: 16 tokens per k step
-        float alpha[2];                     // rows lane/4 and lane/4 + 8 of this warp's 16
-        if (cw == 0) {
-            if (CS == 2) {
-                landed(i, t, 128);
-                if (t_end - t0 < TC) bar_sync(3, 128);
-            }
-            // two independent accumulator chains (even and odd k steps) keep more wgmmas in flight
-            float d[TC / 2], e[TC / 2];
+        for (int k = 0; k < 32; k++) o[j][k] = 0;
+    if (LA && first < ntiles) issue_S(s_cur, first);
+    for (int i = first; i < ntiles; i += step) {
+        const int t0 = t_begin + i * TC, s = i % stages;
+        if (!LA) issue_S(s_cur, i);
+        wgmma_wait();                                        // S(i)
+        keep<32>(s_cur);
+        if (LA && i + step < ntiles) issue_S(s_nxt, i + step);   // runs on the tensor cores during the softmax
+        uint32_t pa[TC / 16][4];                             // P as the A operand of P V: 16 tokens per k step
+        float alpha[2];                                      // rows lane/4 and lane/4 + 8 of this warp's 16
+        if (MODE == ATT_SPLITK && wg == 1) {                 // hand S to warpgroup 0, take P back
             #pragma unroll
-            for (int k = 0; k < TC / 2; k++) d[k] = e[k] = 0;
-            keep<TC / 2>(d); keep<TC / 2>(e);
-            wgmma_fence();
-            for (int c = 0; c < Dkp / 64; c++)
+            for (int k = 0; k < 32; k++) X[k * 128 + t] = s_cur[k];
+            bar_arrive(BAR_SREADY, 256);
+            bar_sync(BAR_PREADY, 256);
+            #pragma unroll
+            for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = __float_as_uint(X[k * 128 + t]);
+            alpha[0] = X[(TC / 4) * 128 + t]; alpha[1] = X[(TC / 4 + 1) * 128 + t];
+        } else {
+            if (MODE == ATT_SPLITK) {
+                bar_sync(BAR_SREADY, 256);
                 #pragma unroll
-                for (int k = 0; k < 4; k += 2) {
-                    wgmma_ss(d, dq + c * HB * 8 + k * 2, dk + stage + c * TC * 8 + k * 2);
-                    wgmma_ss(e, dq + c * HB * 8 + k * 2 + 2, dk + stage + c * TC * 8 + k * 2 + 2);
-                }
-            wgmma_commit();
-            wgmma_wait();
-            keep<TC / 2>(d); keep<TC / 2>(e);
-            // d[4j + e]: row 16*warp + lane/4 + 8*(e/2), token t0 + 8j + 2*(lane%4) + e%2
+                for (int k = 0; k < 32; k++) s_cur[k] += X[k * 128 + t];
+            }
+            // online softmax of this tile's scores (log2 units)
             float mx[2] = {-INFINITY, -INFINITY};
             const bool part = t0 + TC > t_end;
             #pragma unroll
-            for (int k = 0; k < TC / 2; k++) {
-                d[k] += e[k];
-                if (part && t0 + (k >> 2) * 8 + (lane & 3) * 2 + (k & 1) >= t_end) d[k] = -INFINITY;
-                mx[(k >> 1) & 1] = fmaxf(mx[(k >> 1) & 1], d[k]);
+            for (int k = 0; k < 32; k++) {
+                if (part && t0 + (k >> 2) * 8 + (lane & 3) * 2 + (k & 1) >= t_end) s_cur[k] = -INFINITY;
+                mx[(k >> 1) & 1] = fmaxf(mx[(k >> 1) & 1], s_cur[k]);
             }
             #pragma unroll
             for (int r = 0; r < 2; r++) {
@@ -458,85 +532,104 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
                 l_run[r] *= alpha[r];
             }
             #pragma unroll
-            for (int k = 0; k < TC / 2; k++) {
-                d[k] = ex2(fmaf(d[k], scale_log2, -m_run[(k >> 1) & 1]));
-                l_run[(k >> 1) & 1] += d[k];    // this thread's share; summed over the quad at the end
+            for (int k = 0; k < 32; k++) {
+                s_cur[k] = ex2(fmaf(s_cur[k], scale_log2, -m_run[(k >> 1) & 1]));
+                l_run[(k >> 1) & 1] += s_cur[k];    // this thread's share; summed over the quad at the end
             }
             #pragma unroll
             for (int k = 0; k < TC / 16; k++) {
-                const float *x = d + 8 * k;
+                const float *x = s_cur + 8 * k;
                 pa[k][0] = pack_bf16(x[0], x[1]); pa[k][1] = pack_bf16(x[2], x[3]);
                 pa[k][2] = pack_bf16(x[4], x[5]); pa[k][3] = pack_bf16(x[6], x[7]);
             }
-            if (CS == 2) {                  // the same thread of warpgroup 1 owns the same rows
-                bar_sync(2, NT);
+            if (MODE == ATT_SPLITK) {               // the same thread of warpgroup 1 owns the same rows
                 #pragma unroll
-                for (int k = 0; k < TC / 4; k++) Px[k * 128 + t] = pa[k >> 2][k & 3];
-                Px[TC / 4 * 128 + t] = __float_as_uint(alpha[0]); Px[(TC / 4 + 1) * 128 + t] = __float_as_uint(alpha[1]);
-                bar_arrive(1);
+                for (int k = 0; k < TC / 4; k++) X[k * 128 + t] = __uint_as_float(pa[k >> 2][k & 3]);
+                X[(TC / 4) * 128 + t] = alpha[0]; X[(TC / 4 + 1) * 128 + t] = alpha[1];
+                bar_arrive(BAR_PREADY, 256);
             }
-        } else {
-            bar_sync(1, NT);
-            mbar_wait(&full[s], (i / stages) & 1);   // (landed, and zeroed by warpgroup 0: PREADY orders it)
-            #pragma unroll
-            for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = Px[k * 128 + t];
-            alpha[0] = __uint_as_float(Px[TC / 4 * 128 + t]); alpha[1] = __uint_as_float(Px[(TC / 4 + 1) * 128 + t]);
-            if (i + 1 < mine) bar_arrive(2);
         }
-        // O = O * alpha + P V over this warpgroup's column blocks cw*NJ .. (the rescale is skipped
-        // when no row of the warp has a new maximum)
+        // O = O * alpha + P V over this warpgroup's column blocks (the rescale is skipped when no row of
+        // the warp has a new maximum)
         if (__any_sync(0xffffffff, alpha[0] != 1.0f || alpha[1] != 1.0f))
             #pragma unroll
             for (int j = 0; j < NJ; j++)
                 #pragma unroll
                 for (int k = 0; k < 32; k++) o[j][k] *= alpha[(k >> 1) & 1];
+        zero_tail(i);
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
         wgmma_fence();
+        const uint64_t vb = dv + s * TC * DKP / 8;
         #pragma unroll
         for (int k = 0; k < TC / 16; k++)
             #pragma unroll
-            for (int j = 0; j < NJ; j++) wgmma_rs(o[j], pa[k], dv + stage + (cw * NJ + j) * TC * 8 + k * 128);
+            for (int j = 0; j < NJ; j++) wgmma_rs<1>(o[j], pa[k], vb + (cb0 + j) * TC * 8 + k * 128, 1);
         wgmma_commit();
-        wgmma_wait();
+        wgmma_wait();                                        // (and S(i+1))
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
-        if (CS == 2) {
-            if (cw == 0) bar_arrive(4 + s);
-            else {
-                bar_sync(4 + s, NT);
-                if (producer && i + stages < mine) load_tile(i + stages, s);
-            }
-        }
+        release(i);
+        if (LA)
+            #pragma unroll
+            for (int k = 0; k < 32; k++) s_cur[k] = s_nxt[k];
     }
+    wgmma_wait();                                            // (nothing is in flight; the compiler cannot tell)
 
-    // this stream's output: O / l and lse, for the heads that exist
+    // the row sums of this thread's rows, over the quad
     #pragma unroll
     for (int r = 0; r < 2; r++) {
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 2);
     }
-    if (CS == 2) {
-        if (cw == 0 && (lane & 3) == 0)
-            for (int r = 0; r < 2; r++) { int row = warp * 16 + lane / 4 + 8 * r; Ms[row] = m_run[r]; Ms[64 + row] = l_run[r]; }
-        __syncthreads();
-        for (int r = 0; r < 2; r++) { int row = warp * 16 + lane / 4 + 8 * r; m_run[r] = Ms[row]; l_run[r] = Ms[64 + row]; }
+    if (MODE == ATT_SPLITK) {                   // warpgroup 1 takes m and l of warpgroup 0
+        if (wg == 0)
+            for (int r = 0; r < 2; r++) { Xm[r * 128 + t] = m_run[r]; Xm[(2 + r) * 128 + t] = l_run[r]; }
+        bar_sync(BAR_END, 256);
+        if (wg == 1)
+            for (int r = 0; r < 2; r++) { m_run[r] = Xm[r * 128 + t]; l_run[r] = Xm[(2 + r) * 128 + t]; }
     }
-    if (mine == 0) return;
-    const size_t so = (size_t)b * nsub + split * TS + ts;
+    if (MODE == ATT_STREAM) {                   // warpgroup 1 hands its O, m and l to warpgroup 0
+        float *E = (float *)Ks;                 // the tiles are all read: their buffers are free
+        bar_sync(BAR_END, 256);
+        if (wg == 1) {
+            #pragma unroll
+            for (int j = 0; j < NJ; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) E[(j * 32 + k) * 128 + t] = o[j][k];
+            #pragma unroll
+            for (int r = 0; r < 2; r++) { E[(NJ * 32 + r) * 128 + t] = m_run[r]; E[(NJ * 32 + 2 + r) * 128 + t] = l_run[r]; }
+        }
+        bar_sync(BAR_END, 256);
+        if (wg == 1) return;
+        float w0[2], w1[2];
+        #pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float m1 = E[(NJ * 32 + r) * 128 + t], l1 = E[(NJ * 32 + 2 + r) * 128 + t], M = fmaxf(m_run[r], m1);
+            w0[r] = ex2(m_run[r] - M); w1[r] = ex2(m1 - M);   // warpgroup 1 may have had no tile: m1 = -inf
+            l_run[r] = l_run[r] * w0[r] + l1 * w1[r];
+            m_run[r] = M;
+        }
+        #pragma unroll
+        for (int j = 0; j < NJ; j++)
+            #pragma unroll
+            for (int k = 0; k < 32; k++) o[j][k] = o[j][k] * w0[(k >> 1) & 1] + E[(j * 32 + k) * 128 + t] * w1[(k >> 1) & 1];
+    }
+
+    // O / l and lse, for the heads that exist
     #pragma unroll
     for (int r = 0; r < 2; r++) {
-        int h = h_base + hw * 64 + warp * 16 + lane / 4 + 8 * r;
+        int h = h_base + qrow + warp * 16 + lane / 4 + 8 * r;
         if (h >= ha) continue;
         float inv = 1.0f / l_run[r], *out = opart + (so * ha + h) * dcs;
         #pragma unroll
         for (int j = 0; j < NJ; j++)
             #pragma unroll
             for (int q = 0; q < 8; q++) {
-                int col = (cw * NJ + j) * 64 + q * 8 + (lane & 3) * 2;
+                int col = (cb0 + j) * 64 + q * 8 + (lane & 3) * 2;
                 if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
             }
-        if (cw == 0 && (lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
+        if ((MODE != ATT_SPLITK || wg == 0) && (lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
     }
 }
 
@@ -558,28 +651,24 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
     }
 }
 
-// The kernel's shape for ha heads and a dcs-wide slice: its template, padded width, buffers, smem.
-typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, float *, float *, int, int, int, int, int, int, int, float);
-typedef struct { AttnKernel k; int HT, CS, NJ, TS, Dkp, stages, head_tiles; size_t smem; } AttnShape;
 static AttnShape attention_shape(int ha, int dcs, int Dk) {
     AttnShape a;
-    if (dcs > 512 || dcs % 8 || Dk % 8) die("decode attention: no kernel for a %d-wide latent slice (at most 512, a multiple of 8)", dcs);
-    a.CS = dcs > 256 ? 2 : 1;
-    int nj = (dcs / a.CS + 63) / 64;
-    a.NJ = nj <= 1 ? 1 : nj <= 2 ? 2 : 4;
-    a.HT = a.CS == 1 && ha > 64 ? 2 : 1;
-    a.TS = a.HT == 1 && a.CS == 1 ? 2 : 1;   // tile streams per block
-    a.head_tiles = (ha + a.HT * 64 - 1) / (a.HT * 64);   // blocks per sequence split
-    a.Dkp = (std::max(Dk, a.CS * a.NJ * 64) + 63) / 64 * 64;
-    // shared memory: alignment slack, Q, (CS = 2) the hand-over of P, m and l, the mbarriers; then the tiles
-    size_t fixed = 1024 + (size_t)a.HT * 64 * a.Dkp * 2 + (a.CS == 2 ? (TC / 4 + 2) * 128 * 4 : 0) + 128 * 4 + 128;
-    size_t tile = (size_t)TC * a.Dkp * 2;
-    a.stages = (int)std::min<size_t>(6, (227 * 1024 - fixed) / (a.TS * tile));
+    if (dcs > 512 || dcs % 8 || Dk % 8 || Dk - dcs > 64)
+        die("decode attention: no kernel for a %d-wide latent slice with a %d-wide rope key (at most 512 and 64, multiples of 8)", dcs, Dk - dcs);
+    if (dcs > 256) { a.mode = ATT_SPLITK; a.NJ = 4; a.NB = 9; a.HB = 64; a.DQ = 512; }
+    else { a.NJ = (dcs + 63) / 64; a.NB = a.NJ + 1; a.mode = ha > 64 ? ATT_HEADS : ATT_STREAM; a.HB = ha > 64 ? 128 : 64; a.DQ = a.NB * 64; }
+    a.head_tiles = (ha + a.HB - 1) / a.HB;
+    // shared memory: Q, (SPLITK) the hand-over of S and P and the final m and l, then per stage a tile,
+    // an mbarrier and a counter
+    size_t fixed = (size_t)a.HB * a.DQ * 2 + (a.mode == ATT_SPLITK ? (32 * 128 + 512) * 4 : 0);
+    a.tile_bytes = (size_t)TC * a.NB * 64 * 2;
+    a.stages = (int)std::min<size_t>(8, (SMEM_BLOCK - fixed) / (a.tile_bytes + 16));
     if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
-    a.smem = fixed + a.TS * a.stages * tile;
+    a.smem = fixed + a.stages * (a.tile_bytes + 16);
     a.k = NULL;
-#define K_(ht, cs, nj) if (a.HT == ht && a.CS == cs && a.NJ == nj) a.k = decode_attention_kernel<ht, cs, nj>;
-    K_(1, 1, 1) K_(1, 1, 2) K_(1, 1, 4) K_(2, 1, 1) K_(2, 1, 2) K_(2, 1, 4) K_(1, 2, 4)
+#define K_(md, nj) if (a.mode == md && a.NJ == nj) a.k = decode_attention_kernel<md, nj, md == ATT_SPLITK ? 9 : nj + 1>;
+    K_(ATT_HEADS, 1) K_(ATT_HEADS, 2) K_(ATT_HEADS, 3) K_(ATT_HEADS, 4)
+    K_(ATT_STREAM, 1) K_(ATT_STREAM, 2) K_(ATT_STREAM, 3) K_(ATT_STREAM, 4) K_(ATT_SPLITK, 4)
 #undef K_
     return a;
 }
@@ -630,10 +719,10 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
     int ns = nsplit_for(rows, a.head_tiles, max_cached, sms, &chunk);
-    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.Dkp, a.stages, max_len,
-                                                            chunk, scale * 1.4426950408889634f);
+    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
+                                                            chunk, scale * LOG2E);
     LAUNCH_CHECK();
-    attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns * a.TS);
+    attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns);
     LAUNCH_CHECK();
 }
 
@@ -827,7 +916,7 @@ static void layout_rank(GPU *G, Rank *R) {
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
     // decode attention partials, and the prefill score matrix of one chunk
     AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
-    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, G->max_len, G->sms) * a.TS;
+    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, G->max_len, G->sms);
     R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
     R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * G->max_len;
@@ -1321,7 +1410,7 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     AttnShape a = attention_shape(ha, dcs, Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    int ns = nsplit_for(B, a.head_tiles, mx, sms, &chunk) * a.TS;
+    int ns = nsplit_for(B, a.head_tiles, mx, sms, &chunk);
     bf16 *dQ, *dC, *dO;
     float *op, *lse;
     int *dl;
