@@ -365,7 +365,9 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
                         const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
                         int Dk, int stages, int max_len, int chunk, float scale_log2) {
     constexpr int HB = MODE == ATT_HEADS ? 128 : 64;        // heads (rows of Q) per block
-    constexpr int DQ = MODE == ATT_SPLITK ? 512 : NB * 64;  // columns of Q in shared memory
+    constexpr int QB = MODE == ATT_SPLITK ? 8 : NB - 1;     // Q's last 64-column box (the rope key's) ..
+    constexpr bool QR = MODE != ATT_STREAM;                 // .. is held in registers (HEADS, SPLITK)
+    constexpr int DQ = QR ? QB * 64 : NB * 64;              // columns of Q in shared memory
     constexpr int DKP = NB * 64;                            // columns of a tile
     extern __shared__ __align__(1024) char smem[];
     bf16 *Qs = (bf16 *)smem;                                 // HB x DQ, swizzled
@@ -418,20 +420,22 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     if (tid == 0)
         for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
 
-    // SPLITK, warpgroup 1: Q's columns 512..575 as A operands (4 k steps), straight from global memory
+    // Q's box QB as A operands of 4 k steps (accumulator layout, two bf16 a register), straight from
+    // global memory: it leaves room for one more tile (HEADS) or the exchange buffer (SPLITK)
+    const int qrow = MODE == ATT_HEADS ? 64 * wg : 0;        // this warpgroup's first row of Q
     uint32_t qr[4][4];
-    if (MODE == ATT_SPLITK) {
+    if (QR) {
         #pragma unroll
         for (int k = 0; k < 4; k++)
             #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int h = h_base + warp * 16 + lane / 4 + 8 * (e & 1), col = 512 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
-                qr[k][e] = wg == 1 && h < ha && col < Dk ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
+                int h = h_base + qrow + warp * 16 + lane / 4 + 8 * (e & 1), col = QB * 64 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
+                bool use = (MODE == ATT_HEADS || wg == 1) && h < ha && col < Dk;
+                qr[k][e] = use ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
             }
     }
 
     // S(i) = Q K^T over this warpgroup's columns, issued (it completes at the next wgmma_wait)
-    const int qrow = MODE == ATT_HEADS ? 64 * wg : 0;        // this warpgroup's first row of Q
     const uint64_t dq = wg_desc(Qs + qrow * 64, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
     auto issue_S = [&](float *d, int i) {
         int s = i % stages;
@@ -441,7 +445,10 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         if (MODE != ATT_SPLITK) {
             wgmma_fence();
             #pragma unroll
-            for (int k = 0; k < NB * 4; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+            for (int k = 0; k < DQ / 16; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+            if (QR)
+                #pragma unroll
+                for (int k = 0; k < 4; k++) wgmma_rs<0>(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
             wgmma_commit();
         } else if (wg == 0) {                                // columns 0..287
             wgmma_fence();
@@ -453,7 +460,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             #pragma unroll
             for (int k = 18; k < 32; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 18);
             #pragma unroll
-            for (int k = 0; k < 4; k++) wgmma_rs<0>(d, qr[k], kb + 8 * TC * 8 + k * 2, 1);
+            for (int k = 0; k < 4; k++) wgmma_rs<0>(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
             wgmma_commit();
         }
     };
@@ -656,7 +663,10 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     if (dcs > 512 || dcs % 8 || Dk % 8 || Dk - dcs > 64)
         die("decode attention: no kernel for a %d-wide latent slice with a %d-wide rope key (at most 512 and 64, multiples of 8)", dcs, Dk - dcs);
     if (dcs > 256) { a.mode = ATT_SPLITK; a.NJ = 4; a.NB = 9; a.HB = 64; a.DQ = 512; }
-    else { a.NJ = (dcs + 63) / 64; a.NB = a.NJ + 1; a.mode = ha > 64 ? ATT_HEADS : ATT_STREAM; a.HB = ha > 64 ? 128 : 64; a.DQ = a.NB * 64; }
+    else {
+        a.NJ = (dcs + 63) / 64; a.NB = a.NJ + 1; a.mode = ha > 64 ? ATT_HEADS : ATT_STREAM;
+        a.HB = ha > 64 ? 128 : 64; a.DQ = (a.mode == ATT_HEADS ? a.NB - 1 : a.NB) * 64;   // (as the kernel's QB, QR)
+    }
     a.head_tiles = (ha + a.HB - 1) / a.HB;
     // shared memory: Q, (SPLITK) the hand-over of S and P and the final m and l, then per stage a tile,
     // an mbarrier and a counter
