@@ -185,6 +185,10 @@ static void mlp(State *s, float *out, const float *x, const float *w1, const flo
     for (int i = 0; i < D; i++) out[i] += w * s->y[i];
 }
 
+#ifdef TESTING
+static int *route_log;   // (n_layers, E): tokens routed to each expert, counted while not NULL
+#endif
+
 // The FFN of layer l on the residual s->x: dense SwiGLU, or routed experts plus shared experts.
 static void ffn_block(const Model *m, State *s, int l) {
     const Config *c = &m->c;
@@ -199,6 +203,9 @@ static void ffn_block(const Model *m, State *s, int l) {
         float wt[c->topk], scratch[2 * c->n_experts + c->n_group + 1];
         matmul(s->router, s->xb, L->gate, D, c->n_experts);
         route(c, s->router, L->bias, scratch, idx, wt);
+#ifdef TESTING
+        if (route_log) for (int k = 0; k < c->topk; k++) route_log[(size_t)l * c->n_experts + idx[k]]++;
+#endif
         for (int k = 0; k < c->topk; k++) {
             size_t e = idx[k];
             mlp(s, s->ffn, s->xb, L->ew1 + e * I * D, L->ew2 + e * D * I, L->ew3 + e * I * D, D, I, wt[k]);
@@ -627,6 +634,9 @@ void gpu_attention(const uint16_t *Q, const uint16_t *c, const int *l, int B, in
 void gpu_bench(const Config *c, const Scheme *s, int k, int o, int b, const int *x, int n, int d, int st, const char *nm, const char *csv) {
     (void)c; (void)s; (void)k; (void)o; (void)b; (void)x; (void)n; (void)d; (void)st; (void)nm; (void)csv;
 }
+void gpu_bench_prefill(const Config *c, const Scheme *s, int k, int n, int f, const char *nm) {
+    (void)c; (void)s; (void)k; (void)n; (void)f; (void)nm;
+}
 #endif
 
 // ----------------------------------------------------------------------------
@@ -641,7 +651,7 @@ typedef struct {
 
 static void usage(void) {
     fprintf(stderr,
-        "usage: ./run MODEL [options]   MODEL: a .bin from ./convert, or dsv3 / kimik2 / dsv3-h16 for -m bench\n"
+        "usage: ./run MODEL [options]   MODEL: a .bin from ./convert, or dsv3 / kimik2 / dsv3-h16 / v2lite for -m bench\n"
         "  -m MODE   generate (default) | logits | ppl | tokenize | bench\n"
         "  -d DEV    cpu | gpu (default: gpu if one is present)\n"
         "  -K N      GPUs to use (default: all)\n"
@@ -649,7 +659,8 @@ static void usage(void) {
         "  -g N      TPLA latent shards; a list like 2,4 in ppl mode (default: the GPU count, 2 on the CPU)\n"
         "  -T X      orthogonal transform none (default) | hadamard | pca; a list in ppl mode\n"
         "  -r X      rms of a decode token's latent: local (default) | global; a list in ppl mode\n"
-        "  -k P      the first P tokens are prefilled exactly (default: the whole prompt; ppl: n/4)\n"
+        "  -k P      the first P tokens are prefilled exactly (default: the whole prompt; ppl: n/4);\n"
+        "            bench: time the prefill of one P-token prompt instead of decode steps\n"
         "  -c FILE   calibration text for -T pca (default: the model's calib.txt beside it)\n"
         "  -w W      GPU placement of TPLA's W_UQ/W_O: rep (replicated) | split (by head) (default split)\n"
         "  -i TEXT   prompt;  -n N steps (generate: new tokens; ppl: window; bench: timed steps)\n"
@@ -657,7 +668,7 @@ static void usage(void) {
         "  -f FILE   input: token ids (logits), text (ppl, tokenize);  -o FILE: logits output (float32)\n"
         "  -b B      bench batch (default 0: the largest that fits);  -l L,L..  bench contexts\n"
         "  -R N      bench: one GPU runs rank 0 of an N-GPU layout, collectives left out (the rank bench)\n"
-        "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it)\n");
+        "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it; v2lite: always)\n");
     exit(1);
 }
 
@@ -932,6 +943,16 @@ static const Config *bench_shape(const char *name) {
     if (!strcmp(name, "dsv3")) return &c;
     if (!strcmp(name, "kimik2")) { c.n_heads = 64; return &c; }
     if (!strcmp(name, "dsv3-h16")) { c.n_heads = 16; return &c; }   // DeepSeek-V3's heads per GPU at TP = 8
+    if (!strcmp(name, "v2lite")) {   // DeepSeek-V2-Lite as its config.json: a dense first layer, then 64 experts
+        c.dim = 2048; c.n_layers = 27; c.n_heads = 16; c.vocab = 102400; c.q_lora = 0; c.inter = 10944;
+        c.moe_inter = 1408; c.n_experts = 64; c.n_shared = 2; c.topk = 6; c.first_dense = 1; c.n_group = c.topk_group = 1;
+        c.routing = ROUTE_SOFTMAX_GREEDY; c.routed_scale = 1; c.bos = 100000; c.eos = 100001;
+        c.rope_type = ROPE_YARN; c.yarn_factor = 40; c.yarn_orig_max = 4096; c.yarn_beta_fast = 32; c.yarn_beta_slow = 1;
+        c.yarn_truncate = 1;   // mscale = mscale_all_dim = 0.707: rope_attn 1, softmax scale times mscale(40, 0.707)^2
+        float ms = 0.1f * 0.707f * logf(40) + 1;
+        c.softmax_scale *= ms * ms;
+        return &c;
+    }
     return NULL;
 }
 
@@ -986,12 +1007,13 @@ int main(int argc, char **argv) {
         const Config *shape = bench_shape(a.model);
         Model m;
         if (!shape) { build_model(&m, a.model); shape = &m.c; }
-        int ctx[16], nctx = parse_list(a.ctx, NULL, 0, ctx, 16, "-l");
+        int ctx[16], nctx = parse_list(a.ctx, NULL, 0, ctx, 16, "-l"), ffn = a.dense || !strcmp(a.model, "v2lite");
         Scheme s = {a.g[0], a.r[0], NULL, a.split};
         int K = a.rank_of ? a.rank_of : a.ngpu;
         char csv[256];
         snprintf(csv, sizeof(csv), "bench_%s_%s%d_g%d.csv", shape == &m.c ? "model" : a.model, a.rank_of ? "R" : "K", K, s.g);
-        gpu_bench(shape, &s, K, a.rank_of > 0, a.batch, ctx, nctx, a.dense, a.steps > 0 ? a.steps : 20, a.model, csv);
+        if (a.k > 0) gpu_bench_prefill(shape, &s, a.ngpu, a.k, ffn, a.model);   // on all K GPUs (-R does not apply)
+        else gpu_bench(shape, &s, K, a.rank_of > 0, a.batch, ctx, nctx, ffn, a.steps > 0 ? a.steps : 20, a.model, csv);
         return 0;
     }
     Model m;

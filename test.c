@@ -4,6 +4,7 @@
 #define TESTING
 #include "run.c"
 #include <sys/wait.h>
+#include <limits.h>
 
 static int n_pass, n_fail, n_skip;
 static char tmp[256];   // a scratch directory for converted fixtures and bad inputs
@@ -511,32 +512,195 @@ static void test_gpu_model(Fixture *f, int ngpu) {
     free(gpu1); free(U); free(ev); free_tokenizer(&tok);
 }
 
+// ----------------------------------------------------------------------------
+// MoE: the GPU computes only the routed experts (tokens sorted by expert, products per expert, the
+// weighted sum back per token). These checks aim at its edges: experts with no token (moe fixture),
+// every expert with tokens (v2: 48 tokens spread over the vocabulary, or a decode batch of 32), one
+// expert with every token (v3 with a crafted router bias), many rows per expert in a batched decode step. A wrong permutation, a missed or extra
+// expert, or a wrong weight moves the logits far past the criterion. The routing is counted on the CPU
+// (route_log), so that each case is known to happen; the GPU side runs where there is a GPU.
+
+// tokens per (layer, expert) while the CPU engine feeds ids: the first p prefilled, then the rest decoded
+static int *cpu_routes(const Model *m, const int *ids, int p, int n, int *into) {
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    Engine e;
+    build_engine(&e, m, &mla, 0, 0, n);
+    if (p) engine_feed(&e, ids, p, 1, NULL);
+    route_log = into;
+    if (n > p) engine_feed(&e, ids + p, n - p, 0, NULL);
+    route_log = NULL;
+    free_engine(&e);
+    return into;
+}
+
+// the fewest and the most tokens any expert of any MoE layer gets, and the experts with none
+static void route_stats(const Config *c, const int *cnt, int *lo, int *hi, int *empty) {
+    *lo = INT_MAX; *hi = 0; *empty = 0;
+    for (int l = c->first_dense; l < c->n_layers; l++)
+        for (int e = 0; e < c->n_experts; e++) {
+            int k = cnt[(size_t)l * c->n_experts + e];
+            *lo = k < *lo ? k : *lo; *hi = k > *hi ? k : *hi; *empty += k == 0;
+        }
+}
+
+// B sequences decoded together on the GPU (a step sends B rows through the expert path), each against
+// the CPU engine alone: sequence b is the fixture's ids from 2b, 8 tokens prefilled, 8 decode steps.
+// The routing of the first decode step over the whole batch is counted on the CPU into cnt.
+static void gpu_batch(Fixture *f, int B, int ngpu, int *cnt) {
+    const Config *c = &f->m.c;
+    int p = 8, steps = 8, len = p + steps, V = c->vocab, tok[64];
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    for (int b = 0; b < B; b++) cpu_routes(&f->m, f->ids + 2 * b % (f->n - len), p, p + 1, cnt);
+    if (!ngpu) return;
+    GPU *G = gpu_build(&f->m, c, &mla, ngpu, B, len, 1);
+    float *gl = xmalloc((size_t)B * steps * V * 4), *cl = xmalloc((size_t)B * steps * V * 4), *step = xmalloc((size_t)B * V * 4);
+    for (int b = 0; b < B; b++) gpu_prefill(G, b, f->ids + 2 * b % (f->n - len), p, step, 0);
+    for (int t = 0; t < steps; t++) {
+        for (int b = 0; b < B; b++) tok[b] = f->ids[2 * b % (f->n - len) + p + t];
+        gpu_decode(G, tok, step);
+        for (int b = 0; b < B; b++) memcpy(gl + ((size_t)b * steps + t) * V, step + (size_t)b * V, V * 4);
+    }
+    gpu_free(G);
+    for (int b = 0; b < B; b++) {
+        float *r = run_logits(&f->m, &mla, f->ids + 2 * b % (f->n - len), len, p, 0, 0);
+        memcpy(cl + (size_t)b * steps * V, r + (size_t)p * V, (size_t)steps * V * 4);
+        free(r);
+    }
+    char name[160];
+    snprintf(name, sizeof(name), "%s: GPU decode of %d sequences at once on %d GPU(s) vs CPU", f->name, B, ngpu);
+    gpu_vs(name, gl, cl, B * steps, V);
+    free(gl); free(cl); free(step);
+}
+
+static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
+    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+    char name[200];
+    int lo, hi, empty, E = moe->m.c.n_experts, *cnt = xmalloc((size_t)moe->m.c.n_layers * E * sizeof(int));
+    // moe fixture, 16 tokens prefilled then decoded (as test_gpu_model does): experts without a token
+    memset(cnt, 0, (size_t)moe->m.c.n_layers * E * sizeof(int));
+    cpu_routes(&moe->m, moe->ids, 0, 16, cnt);
+    route_stats(&moe->m.c, cnt, &lo, &hi, &empty);
+    snprintf(name, sizeof(name), "moe: a 16-token prompt leaves experts without a token (of %d x %d)", moe->m.c.n_layers - moe->m.c.first_dense, E);
+    check(name, empty >= 1, empty, 1);
+    // moe fixture, one decode step of 16 sequences: empty experts and experts with several rows
+    memset(cnt, 0, (size_t)moe->m.c.n_layers * E * sizeof(int));
+    gpu_batch(moe, 16, ngpu, cnt);
+    route_stats(&moe->m.c, cnt, &lo, &hi, &empty);
+    snprintf(name, sizeof(name), "moe: a decode step of 16 sequences: %d empty experts, an expert with (tokens)", empty);
+    check(name, empty >= 1 && hi >= 2, hi, 2);
+    free(cnt);
+
+    // v2 fixture: a prompt of 160 ids spread over the vocabulary routes to every expert (and its 320
+    // entries take the kernel's 64-slot tiles), and so does a decode step of 32 sequences (16-slot tiles)
+    const Config *c = &v2->m.c;
+    E = c->n_experts;
+    int n = 160, V = c->vocab, spread[160];
+    for (int i = 0; i < n; i++) spread[i] = (i * 97 + 5) % V;
+    cnt = xmalloc((size_t)c->n_layers * E * sizeof(int));
+    memset(cnt, 0, (size_t)c->n_layers * E * sizeof(int));
+    cpu_routes(&v2->m, spread, 0, n, cnt);
+    route_stats(c, cnt, &lo, &hi, &empty);
+    check("v2: 160 spread ids route to every expert of every MoE layer (fewest tokens)", lo >= 1, lo, 1);
+    if (ngpu) {
+        float *cl = run_logits(&v2->m, &mla, spread, n, n, 0, 0), *gl = run_logits(&v2->m, &mla, spread, n, n, 1, ngpu);
+        snprintf(name, sizeof(name), "v2: GPU prefill of 160 spread ids (every expert used) on %d GPU(s) vs CPU", ngpu);
+        gpu_vs(name, gl, cl, n, V);
+        free(cl); free(gl);
+    }
+    memset(cnt, 0, (size_t)c->n_layers * E * sizeof(int));
+    gpu_batch(v2, 32, ngpu, cnt);
+    route_stats(c, cnt, &lo, &hi, &empty);
+    check("v2: a decode step of 32 sequences routes to every expert (fewest tokens)", lo >= 1, lo, 1);
+    free(cnt);
+    c = &v3->m.c;
+    E = c->n_experts; n = v3->n; V = c->vocab;
+    cnt = xmalloc((size_t)c->n_layers * E * sizeof(int));
+    // v3 fixture with a router bias of +100 on expert 5: every token goes to expert 5 (its weight is still
+    // the unbiased score, so the logits stay those of a working model)
+    for (int l = c->first_dense; l < c->n_layers; l++) v3->m.layers[l].bias[5] += 100;
+    memset(cnt, 0, (size_t)c->n_layers * E * sizeof(int));
+    cpu_routes(&v3->m, v3->ids, 0, n, cnt);
+    int all5 = 1;
+    for (int l = c->first_dense; l < c->n_layers; l++) all5 &= cnt[(size_t)l * E + 5] == n;
+    check("v3 with a crafted router bias: every token routes to expert 5", all5, !all5, 0);
+    if (ngpu) {
+        float *cl = run_logits(&v3->m, &mla, v3->ids, n, 24, 0, 0), *gl = run_logits(&v3->m, &mla, v3->ids, n, 24, 1, ngpu);
+        snprintf(name, sizeof(name), "v3, every token to expert 5: GPU on %d GPU(s) vs CPU", ngpu);
+        gpu_vs(name, gl, cl, n, V);
+        free(cl); free(gl);
+    }
+    for (int l = c->first_dense; l < c->n_layers; l++) v3->m.layers[l].bias[5] -= 100;
+    free(cnt);
+    if (ngpu) {   // TEMPORARY: the old every-expert path (TPLA_MOE_ALL=1) still agrees, until it is deleted
+        setenv("TPLA_MOE_ALL", "1", 1);
+        float *cl = run_logits(&moe->m, &mla, moe->ids, moe->n, 16, 0, 0), *gl = run_logits(&moe->m, &mla, moe->ids, moe->n, 16, 1, ngpu);
+        unsetenv("TPLA_MOE_ALL");
+        snprintf(name, sizeof(name), "moe: GPU every-expert path (TPLA_MOE_ALL=1) on %d GPU(s) vs CPU", ngpu);
+        gpu_vs(name, gl, cl, moe->n, moe->m.c.vocab);
+        free(cl); free(gl);
+    }
+}
+
+// The GPU MoE path's limits are checked before anything is allocated, with a message.
+static void test_moe_limits(Fixture *fx, int nfx, int ngpu) {
+    int ok = 1;
+    for (int i = 0; i < nfx; i++) for (int K = 1; K <= 4; K *= 2) ok &= gpu_moe_error(&fx[i].m.c, K) == NULL;
+    check("the fixtures are within the GPU MoE limits on 1, 2 and 4 GPUs", ok, !ok, 0);
+    Fixture *moe = &fx[nfx - 1];
+    Config c = moe->m.c;
+    c.topk = GPU_MAX_TOPK + 1;
+    const char *e = gpu_moe_error(&c, 1);
+    check("top-17 of 64 experts: the GPU limit check refuses it, naming the limit", e && strstr(e, "at most 16"), !e, 0);
+    // the same as a checkpoint: ./run -d gpu stops with the message (and a CPU run of it is fine)
+    char path[300], cmd[600];
+    snprintf(path, sizeof(path), "%s/moe.bin", tmp);
+    size_t len;
+    char *buf = read_file(path, &len);
+    memcpy(buf + 8 + offsetof(Config, topk), &c.topk, sizeof(int));
+    snprintf(path, sizeof(path), "%s/moe_top17.bin", tmp);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(buf, 1, len, f) != len) die("%s: cannot write", path);
+    fclose(f);
+    free(buf);
+    snprintf(cmd, sizeof(cmd), "./run %s -d cpu -i x -n 1", path);
+    int rc = sh(cmd);
+    check("top-17 checkpoint runs on the CPU (exit code)", rc == 0, rc, 0);
+    if (!ngpu) { skip("top-17 checkpoint: ./run -d gpu stops with the limit's message", "no Hopper GPU"); return; }
+    snprintf(cmd, sizeof(cmd), "./run %s -d gpu -i x -n 1 2>&1 | grep -q 'at most 16 experts per token'", path);
+    rc = sh(cmd);
+    check("top-17 checkpoint: ./run -d gpu stops with the limit's message (grep status)", rc == 0, rc, 0);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     snprintf(tmp, sizeof(tmp), "/tmp/tpla-test-XXXXXX");
     if (!mkdtemp(tmp)) die("cannot make a temporary directory");
-    Fixture fx[2];
+    Fixture fx[3];
     load_fixture(&fx[0], "v3");
     load_fixture(&fx[1], "v2");
+    load_fixture(&fx[2], "moe");   // 64 experts, top-6 of 4 of 8 groups, 2 shared
+    int ng = gpu_count(), k = ng >= 4 ? 4 : ng >= 2 ? 2 : 1;
     printf("--- CPU reference engine\n");
-    for (int i = 0; i < 2; i++) test_hf(&fx[i]);
+    for (int i = 0; i < 3; i++) test_hf(&fx[i]);
     for (int i = 0; i < 2; i++) test_g1(&fx[i]);
     for (int i = 0; i < 2; i++) test_tpla_ref(&fx[i]);
     test_transforms(&fx[0]);
     test_tokenizer(&fx[0]);
-    for (int i = 0; i < 2; i++) test_gpu_criterion(&fx[i]);
+    for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
     printf("--- bad inputs\n");
     test_errors();
     test_convert();
+    test_moe_limits(fx, 3, ng);
+    printf("--- MoE: the edges of the GPU's routed-expert path (GPU parts skipped without a GPU)\n");
+    test_moe(&fx[0], &fx[1], &fx[2], ng ? k : 0);
+    if (!ng) skip("GPU MoE edges vs the CPU (batched decode, every expert, one expert, old path)", "no Hopper GPU");
     printf("--- GPU engine\n");
-    int ng = gpu_count();
     if (ng == 0) {
         skip("GPU decode attention vs float64", "no Hopper GPU");
         skip("GPU MLA-TP and TPLA logits vs the CPU reference", "no Hopper GPU");
     } else {
         test_gpu_attention();
-        int k = ng >= 4 ? 4 : ng >= 2 ? 2 : 1;
-        for (int i = 0; i < 2; i++) test_gpu_model(&fx[i], k);
+        for (int i = 0; i < 3; i++) test_gpu_model(&fx[i], k);
         if (k < 4) skip("GPU checks on 4 GPUs", "fewer than 4 GPUs present");
     }
     char cmd[300];

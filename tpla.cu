@@ -47,9 +47,10 @@ static Part make_part(const Config *c, int g, int K, int r, int split) {
 }
 
 // ----------------------------------------------------------------------------
-// weights of one rank, bf16 unless noted; the FFN of every layer is a set of "experts" (dense: one
-// expert of the whole intermediate; MoE: the routed experts, then each shared expert) whose
-// intermediate dimension is split over the K GPUs (ik = I/K rows each).
+// weights of one rank, bf16 unless noted. Every FFN matrix is split over the K GPUs by its intermediate
+// dimension: the dense FFN (fk = inter/K), the shared experts side by side as one FFN (fk = n_shared *
+// moe_inter/K: SwiGLU acts elementwise, so shared experts summed are one wider FFN), each routed expert
+// (ik = moe_inter/K).
 
 typedef struct {
     float *attn_norm, *q_norm, *ffn_norm;   // f32
@@ -59,9 +60,11 @@ typedef struct {
     bf16 *wkv_b;   // (ha, dn+dv, dcs): W_UK, W_UV        split by head and by latent slice
     bf16 *wo;      // (D, hq*dv)                          split by head
     float *gate, *bias;  // (E, D), (E) f32               replicated
-    bf16 *w13;     // (ne, 2*ik, D): W1 rows then W3 rows split by intermediate
-    bf16 *w2;      // (D, ne*ik)                          split by intermediate
-    int ne, ik;
+    bf16 *w13;     // (2*fk, D): W1 rows then W3 rows     dense FFN or shared experts, split by intermediate
+    bf16 *w2;      // (D, fk)                             dense FFN or shared experts, split by intermediate
+    bf16 *ew13;    // (E, 2*ik, D): each routed expert's W1 rows then W3 rows, split by intermediate
+    bf16 *ew2;     // (D, E*ik): routed expert e's W2 columns at e*ik, split by intermediate
+    int fk, ik;    // 0: no such part (ik > 0: a MoE layer)
 } LayerW;
 
 typedef struct {
@@ -72,21 +75,29 @@ typedef struct {
     ncclComm_t world, peer;
     char *arena; size_t used, cap, wbytes;   // wbytes: the weights at the start of the arena
     LayerW *lw;
-    bf16 *embed, *lm_head; float *norm, *inv_freq, *rms_fix, *ones;
+    bf16 *embed, *lm_head; float *norm, *inv_freq, *rms_fix;
     bf16 *cache;             // (L, B, max_len, Dk)
     CUtensorMap cmap;        // the cache, for the decode kernel's TMA
     // activations for up to `rows` tokens
     int *tok, *rpos, *rseq, *lens;
     float *x, *y, *xn, *qlat, *kv, *router, *wgt, *h13, *S, *opart, *lse, *logits;
     bf16 *xb, *qlatb, *q, *qall, *Q, *O, *v, *vown, *h, *P;
+    // routed experts (rows*topk entries (row, k), in "slots" ordered by expert): chosen experts and weights
+    // (rows, topk); off (2(E+1)): first slot and first token tile of each expert; perm: slot -> row;
+    // pos: entry -> slot; eh (slots, ik) bf16: SwiGLU; eout (slots, D): expert outputs; counts
+    // (n_layers, E): tokens per expert in the last step of each layer (the bench's floor reads them)
+    int *topi, *off, *perm, *pos, *counts;
+    float *topw, *eout;
+    bf16 *eh;
     int nsplit_max;
 } Rank;
 
 struct GPU {
     Config c; Scheme s;
-    int K, B, max_len, rows, chunk, ffn, ne_max;   // ffn 0: the bench without FFN
+    int K, B, max_len, rows, chunk, ffn;   // ffn 0: the bench without FFN
     int nrank;               // ranks run here: K, or 1 for the rank bench (rank 0 of a K-GPU layout on one
                              // GPU, the collectives left out)
+    int moe_all;             // TEMPORARY (TPLA_MOE_ALL=1): every expert for every token, the old path
     float *rms_fix;
     Rank *rk;
     int *lens;               // host: tokens cached per sequence
@@ -173,26 +184,27 @@ __global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows,
     for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
 }
 
-// Expert weights of each row (rows, ne): the routed experts' weights, 1 for the shared experts.
-__global__ void route_kernel(Config c, const float *logits, const float *bias, float *wgt, int ne) {
+// TEMPORARY (the old every-expert path, TPLA_MOE_ALL=1): the routing weight of every expert for each row
+// (rows, E), 0 for the unchosen; counts (E) += tokens per expert.
+__global__ void route_kernel(Config c, const float *logits, const float *bias, float *wgt, int *counts) {
     extern __shared__ float scratch[];
-    int row = blockIdx.x, idx[16];
-    float w[16];
-    float *out = wgt + (size_t)row * ne;
-    for (int e = threadIdx.x; e < ne; e += blockDim.x) out[e] = e < c.n_experts ? 0.0f : 1.0f;
+    int row = blockIdx.x, idx[GPU_MAX_TOPK];
+    float w[GPU_MAX_TOPK];
+    float *out = wgt + (size_t)row * c.n_experts;
+    for (int e = threadIdx.x; e < c.n_experts; e += blockDim.x) out[e] = 0.0f;
     __syncthreads();
     if (threadIdx.x) return;
     route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
-    for (int k = 0; k < c.topk; k++) out[idx[k]] = w[k];
+    for (int k = 0; k < c.topk; k++) { out[idx[k]] = w[k]; atomicAdd(&counts[idx[k]], 1); }
 }
 
-// h (rows, ne*ik) = silu(W1 x) * (W3 x) * weight of the expert, from h13 (ne, rows, 2*ik).
+// h (rows, ne*ik) = silu(W1 x) * (W3 x) * weight of the expert (1 if wgt is NULL), from h13 (ne, rows, 2*ik).
 __global__ void swiglu_kernel(const float *h13, const float *wgt, bf16 *h, int rows, int ne, int ik) {
     size_t n = (size_t)rows * ne * ik;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         int t = i % ik, e = (i / ik) % ne, row = i / ((size_t)ik * ne);
         const float *src = h13 + ((size_t)e * rows + row) * 2 * ik;
-        float a = src[t], b = src[ik + t], wt = wgt[(size_t)row * ne + e];
+        float a = src[t], b = src[ik + t], wt = wgt ? wgt[(size_t)row * ne + e] : 1.0f;
         h[i] = __float2bfloat16(wt == 0.0f ? 0.0f : a / (1.0f + expf(-a)) * b * wt);
     }
 }
@@ -222,10 +234,10 @@ __device__ uint32_t hash32(uint64_t x) {
     x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
     return (uint32_t)x;
 }
-// Uniform random values in [-scale, scale) (never all zero), for the bench's weights and caches.
-__global__ void fill_random_kernel(bf16 *w, size_t n, float scale, uint64_t seed) {
+// Uniform random values in [-scale, scale) (never all zero), for the bench's weights (bf16; the router f32) and caches.
+template <class T> __global__ void fill_random_kernel(T *w, size_t n, float scale, uint64_t seed) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        w[i] = __float2bfloat16(scale * (hash32(seed * 0x9E3779B97F4A7C15ull + i) * (2.0f / 4294967296.0f) - 1.0f));
+        w[i] = (T)(scale * (hash32(seed * 0x9E3779B97F4A7C15ull + i) * (2.0f / 4294967296.0f) - 1.0f));
 }
 __global__ void fill_kernel(float *w, size_t n, float v) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) w[i] = v;
@@ -769,6 +781,280 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 }
 
 // ----------------------------------------------------------------------------
+// MoE: only the routed experts (DESIGN.md section 1)
+//
+// A MoE layer on `rows` tokens: y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x)) + shared(x). The
+// rows*topk entries (row, k) are sorted by expert into "slots"; each routed expert multiplies only its
+// own slots' rows, so a step reads only the experts that some token chose (at decode batch 1 on
+// DeepSeek-V2-Lite, 6 of 64) and does only their flops (a prefill: topk/E of the every-expert product).
+// Five launches, no host synchronisation and no allocation (buffers are sized for rows*topk slots at
+// build time), so a decode step stays one CUDA graph:
+//   moe_route_kernel        row r: its experts topi[r][k] and weights topw[r][k] (route() in tpla.h)
+//   moe_plan_kernel         one block: tokens per expert n_e, first slot off_e = sum_{e'<e} n_e' (a scan),
+//                           token tiles per expert, the permutation perm[slot] = row, pos[r*topk+k] = slot
+//   moe_gemm_kernel<UP>     eh[slot] = silu(W1_e x) * (W3_e x), x = xb[perm[slot]] gathered on the fly
+//   moe_gemm_kernel<DOWN>   eout[slot] = W2_e eh[slot]
+//   moe_combine_kernel      y[r] += sum_k topw[r][k] eout[pos[r*topk+k]]: the weighted scatter-add back to
+//                           the rows, as a gather in a fixed order (deterministic, no atomics)
+// The expert products are hand-written rather than cuBLAS: cublasGemmGroupedBatchedEx takes every
+// expert's row count from host arrays, which a captured decode step cannot read without a host
+// synchronisation; this kernel reads the counts on the device and skips empty experts by never
+// numbering their tiles. One kernel serves decode and prefill (one code path; a prefill chunk of 2048
+// tokens gives each of V2-Lite's experts about 190 rows, enough to keep the tensor cores busy).
+
+// ldmatrix: four 8x8 bf16 matrices from shared memory; lane l gives the row address of matrix l / 8
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+// d (16 x 8, f32) += A (16 x 16, row-major) B (16 x 8, column-major), bf16 in
+__device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
+
+// Row r: its topk experts and their weights.
+__global__ void moe_route_kernel(Config c, const float *logits, const float *bias, int *topi, float *topw) {
+    extern __shared__ float scratch[];   // 2E + n_group floats
+    int row = blockIdx.x, idx[GPU_MAX_TOPK];
+    float w[GPU_MAX_TOPK];
+    route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
+    for (int k = 0; k < c.topk; k++) { topi[row * c.topk + k] = idx[k]; topw[row * c.topk + k] = w[k]; }
+}
+
+// One block: n entries topi (rows*topk) -> off[0..E] first slot of each expert (off[E] = n), toff[0..E]
+// = off + E + 1 first token tile of each expert (tiles of bn slots), perm (n): slot -> row, pos (n):
+// entry -> slot, counts (E): tokens per expert. Within an expert the slots' order is the atomics' order;
+// it does not matter, since each slot's result depends on its own row only.
+__global__ void __launch_bounds__(1024) moe_plan_kernel(const int *topi, int n, int E, int topk, int bn, int *off, int *perm, int *pos,
+                                                        int *counts) {
+    __shared__ int cnt[GPU_MAX_EXPERTS], next[GPU_MAX_EXPERTS];
+    const int tid = threadIdx.x, lane = tid & 31;
+    for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += blockDim.x) atomicAdd(&cnt[topi[i]], 1);
+    __syncthreads();
+    if (tid < 32) {   // exclusive scans of the counts and of the tiles: lane l takes experts [e0, e1)
+        int per = (E + 31) / 32, e0 = min(E, lane * per), e1 = min(E, e0 + per), a = 0, b = 0;
+        for (int e = e0; e < e1; e++) { a += cnt[e]; b += (cnt[e] + bn - 1) / bn; }
+        int sa = a, sb = b;   // inclusive scan over the lanes
+        for (int o = 1; o < 32; o <<= 1) {
+            int x = __shfl_up_sync(0xffffffff, sa, o), y = __shfl_up_sync(0xffffffff, sb, o);
+            if (lane >= o) { sa += x; sb += y; }
+        }
+        sa -= a; sb -= b;     // exclusive: where this lane's experts start
+        for (int e = e0; e < e1; e++) {
+            off[e] = next[e] = sa; off[E + 1 + e] = sb; counts[e] = cnt[e];
+            sa += cnt[e]; sb += (cnt[e] + bn - 1) / bn;
+        }
+        if (lane == 31) { off[E] = sa; off[E + 1 + E] = sb; }   // lane 31's range ends at E (or is empty)
+    }
+    __syncthreads();
+    for (int i = tid; i < n; i += blockDim.x) {
+        int s = atomicAdd(&next[topi[i]], 1);
+        perm[s] = i / topk; pos[i] = s;
+    }
+}
+
+// Grouped expert product on tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), A = weights,
+// B = the expert's tokens, for the slots of each expert:
+//   UP:   eh[s][f] = silu(W1_e[f] . x) * (W3_e[f] . x), x = X[perm[s]] (D), f < ik: W = ew13, Y = eh (bf16)
+//   DOWN: eout[s][f] = W2_e[f] . eh[s] (ik), f < D: W = ew2 (row f of expert e at f*E*ik + e*ik), Y = eout (f32)
+// A block tile is 128 weight rows (DOWN: features f; UP: 64 features, warp w holding W1 rows then W3 rows
+// of its 16, so SwiGLU pairs meet in one thread) x BN slots, in k steps of 64 through a 4-stage cp.async
+// pipeline; warp w computes rows 32w..32w+31 against all BN slots. Shared tiles are rows of 128 bytes
+// whose 16-byte chunk c sits at c ^ (row % 8) (conflict-free ldmatrix). Rows past the features, slots
+// past the expert's count and k past the width are zero-filled and not stored.
+// Work items (expert e, feature tile m, token tile t) are numbered over the non-empty experts only
+// (item = mt * toff[e] + m * tiles_e + t: token tiles fastest, so blocks that share a weight tile run
+// together and read it once from DRAM); a fixed grid strides over them, and reads the count on the device.
+#define MOE_BM 128
+#define MOE_BK 64
+#define MOE_ST 4
+static size_t moe_smem(int bn) { return (size_t)MOE_ST * (MOE_BM + bn) * MOE_BK * 2; }
+
+template <int BN, bool UP>
+__global__ void __launch_bounds__(128)
+moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const int *__restrict__ perm, const int *__restrict__ off,
+                void *__restrict__ Y, int E, int D, int ik) {
+    constexpr int BM = MOE_BM, BK = MOE_BK, ST = MOE_ST, NB = BN / 8, FB = UP ? BM / 2 : BM;   // FB: features per tile
+    extern __shared__ __align__(16) char moe_smem_raw[];
+    bf16 *As = (bf16 *)moe_smem_raw, *Bs = As + ST * BM * BK;   // [ST][BM][BK], [ST][BN][BK]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3, c = tid & 7;
+    const int K = UP ? D : ik, F = UP ? ik : D, mt = (F + FB - 1) / FB, nk = (K + BK - 1) / BK;
+    const int *toff = off + E + 1;
+    const int items = mt * toff[E];
+    for (int it = blockIdx.x; it < items; it += gridDim.x) {
+        int lo = 0, hi = E - 1;   // the item's expert: the last e with mt * toff[e] <= it (never an empty one)
+        while (lo < hi) { int mid = (lo + hi + 1) >> 1; if (mt * toff[mid] <= it) lo = mid; else hi = mid - 1; }
+        const int e = lo, tiles = toff[e + 1] - toff[e], loc = it - mt * toff[e], m = loc / tiles, t = loc % tiles;
+        const int s0 = off[e] + t * BN, ns = min(BN, off[e + 1] - s0);   // this tile's slots
+        // sources of the rows this thread copies: chunk c of A rows tid/8 + 16i, of B rows tid/8 + 16j
+        const bf16 *arow[BM / 16], *brow[BN / 16];
+        #pragma unroll
+        for (int i = 0; i < BM / 16; i++) {
+            int r = tid / 8 + 16 * i, f = m * FB + (UP ? (r >> 5) * 16 + (r & 15) : r);
+            arow[i] = f >= F ? nullptr : UP ? W + ((size_t)e * 2 * ik + ((r >> 4) & 1) * ik + f) * D : W + ((size_t)f * E + e) * ik;
+        }
+        #pragma unroll
+        for (int j = 0; j < BN / 16; j++) {
+            int n = tid / 8 + 16 * j;
+            brow[j] = n >= ns ? nullptr : UP ? X + (size_t)perm[s0 + n] * D : X + (size_t)(s0 + n) * ik;
+        }
+        auto load = [&](int kt) {   // k step kt into stage kt % ST
+            int k = kt * BK + c * 8, st = kt % ST;
+            bf16 *as = As + st * BM * BK, *bs = Bs + st * BN * BK;
+            #pragma unroll
+            for (int i = 0; i < BM / 16; i++) {
+                int r = tid / 8 + 16 * i;
+                bool ok = arow[i] && k < K;
+                cp_async16(as + r * BK + ((c ^ (r & 7)) << 3), ok ? arow[i] + k : W, ok ? 16 : 0);
+            }
+            #pragma unroll
+            for (int j = 0; j < BN / 16; j++) {
+                int n = tid / 8 + 16 * j;
+                bool ok = brow[j] && k < K;
+                cp_async16(bs + n * BK + ((c ^ (n & 7)) << 3), ok ? brow[j] + k : X, ok ? 16 : 0);
+            }
+        };
+        float acc[2][NB][4];
+        #pragma unroll
+        for (int i = 0; i < 2; i++)
+            #pragma unroll
+            for (int j = 0; j < NB; j++)
+                #pragma unroll
+                for (int v = 0; v < 4; v++) acc[i][j][v] = 0.0f;
+        #pragma unroll
+        for (int s = 0; s < ST - 1; s++) { if (s < nk) load(s); cp_commit(); }
+        for (int kt = 0; kt < nk; kt++) {
+            cp_wait<ST - 2>();   // k step kt has landed (this thread's copies) ...
+            __syncthreads();     // ... everyone's, and every warp is done with step kt - 1, whose stage is refilled now
+            if (kt + ST - 1 < nk) load(kt + ST - 1);
+            cp_commit();
+            const bf16 *as = As + (kt % ST) * BM * BK, *bs = Bs + (kt % ST) * BN * BK;
+            #pragma unroll
+            for (int kk = 0; kk < BK / 8; kk += 2) {   // 16 k at a time, in 16-byte chunks kk, kk + 1
+                uint32_t a[2][4], b[NB][2];
+                #pragma unroll
+                for (int i = 0; i < 2; i++) {   // rows 0-7 | 8-15 at chunk kk, then at kk + 1: a0..a3
+                    int r = warp * 32 + i * 16 + (lane & 15), ch = kk + (lane >> 4);
+                    ldsm_x4(a[i], as + r * BK + ((ch ^ (r & 7)) << 3));
+                }
+                #pragma unroll
+                for (int j = 0; j < NB; j += 2) {   // slots j*8.. at chunks kk, kk+1, then slots j*8+8.. likewise
+                    int n = j * 8 + (lane & 7) + ((lane >> 4) << 3), ch = kk + ((lane >> 3) & 1);
+                    uint32_t r4[4];
+                    ldsm_x4(r4, bs + n * BK + ((ch ^ (n & 7)) << 3));
+                    b[j][0] = r4[0]; b[j][1] = r4[1]; b[j + 1][0] = r4[2]; b[j + 1][1] = r4[3];
+                }
+                #pragma unroll
+                for (int i = 0; i < 2; i++)
+                    #pragma unroll
+                    for (int j = 0; j < NB; j++) mma_bf16(acc[i][j], a[i], b[j]);
+            }
+        }
+        cp_wait<0>();
+        __syncthreads();   // the stages are free for the next item
+        // acc[i][j][v]: A row warp*32 + i*16 + g + 8*(v/2), slot j*8 + 2q + v%2
+        #pragma unroll
+        for (int j = 0; j < NB; j++)
+            #pragma unroll
+            for (int v = 0; v < 4; v++) {
+                int n = j * 8 + 2 * q + (v & 1);
+                if (n >= ns) continue;
+                if (UP) {   // acc[0]: W1 row, acc[1]: W3 row of feature f
+                    int f = m * FB + warp * 16 + g + 8 * (v >> 1);
+                    float a1 = acc[0][j][v];
+                    if (f < F) ((bf16 *)Y)[(size_t)(s0 + n) * ik + f] = __float2bfloat16(a1 / (1.0f + expf(-a1)) * acc[1][j][v]);
+                } else {
+                    #pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        int f = m * FB + warp * 32 + i * 16 + g + 8 * (v >> 1);
+                        if (f < F) ((float *)Y)[(size_t)(s0 + n) * D + f] = acc[i][j][v];
+                    }
+                }
+            }
+    }
+}
+
+// y[r] = (add ? y[r] : 0) + sum_k topw[r][k] eout[pos[r][k]]: the weighted routed outputs back in row order.
+__global__ void moe_combine_kernel(float *y, const float *eout, const float *topw, const int *pos, int topk, int D, int add) {
+    int r = blockIdx.x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float s = add ? y[(size_t)r * D + d] : 0.0f;
+        for (int k = 0; k < topk; k++) s += topw[r * topk + k] * eout[(size_t)pos[r * topk + k] * D + d];
+        y[(size_t)r * D + d] = s;
+    }
+}
+
+// Token tile of the expert products: 16 slots while experts get few tokens (decode: the product stays
+// a read of the weights), 64 once they average 32 or more (prefill, large batches).
+static int moe_bn(const Config *c, int rows) { return rows * c->topk >= 32 * c->n_experts ? 64 : 16; }
+
+// The two expert products for `rows` tokens planned in R->off (tiles of bn slots), on a grid of at most
+// the blocks that fit the card at once (resident_blocks()), each striding over the items.
+template <int BN> static void moe_experts_bn(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    int E = c->n_experts, D = c->dim, n = rows * c->topk, tiles = (n + BN - 1) / BN + std::min(E, n);   // tiles: at most
+    int per_sm = std::min<int>(4, (227 << 10) / moe_smem(BN));
+    auto grid = [&](int items) { return std::max(1, std::min(items, G->sms * per_sm)); };
+    moe_gemm_kernel<BN, true><<<grid((L->ik + MOE_BM / 2 - 1) / (MOE_BM / 2) * tiles), 128, moe_smem(BN), R->st>>>(
+        L->ew13, R->xb, R->perm, R->off, R->eh, E, D, L->ik);
+    LAUNCH_CHECK();
+    moe_gemm_kernel<BN, false><<<grid((D + MOE_BM - 1) / MOE_BM * tiles), 128, moe_smem(BN), R->st>>>(
+        L->ew2, R->eh, R->perm, R->off, R->eout, E, D, L->ik);
+    LAUNCH_CHECK();
+}
+
+// --- FFN of layer l on one rank: x += y; y = FFN(rmsnorm(x)), with one all-reduce. Every matrix is split
+// by its intermediate dimension, so each rank's y is a partial sum and the all-reduce completes it:
+//   dense:  y = W2 (silu(W1 x) * (W3 x))                                      (cuBLAS)
+//   MoE:    y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x))        (routed: the kernels above)
+//             + W2_s (silu(W1_s x) * (W3_s x))                                 (shared experts as one FFN: cuBLAS)
+static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
+    const Config *c = &G->c;
+    int D = c->dim, E = c->n_experts, tk = c->topk;
+    cudaStream_t st = R->st;
+    add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, L->ffn_norm, R->xb, R->xn, D, c->eps);
+    LAUNCH_CHECK();
+    if (L->ik) {   // routing (float32 router on the float32 normalised x), then the routed experts
+        float one = 1.0f, zero = 0.0f;
+        CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E));
+        size_t scratch = (2 * E + c->n_group + 1) * sizeof(float);
+        int *counts = R->counts + (size_t)l * E;
+        if (G->moe_all) {   // TEMPORARY: every expert for every token, weight 0 for the unchosen
+            CUDA_CHECK(cudaMemsetAsync(counts, 0, E * sizeof(int), st));
+            route_kernel<<<rows, 32, scratch, st>>>(*c, R->router, L->bias, R->wgt, counts);
+            LAUNCH_CHECK();
+            gemm_batched(R, CUBLAS_OP_T, 2 * L->ik, rows, D, L->ew13, D, (long long)2 * L->ik * D, R->xb, D, 0, R->h13, CUDA_R_32F,
+                         2 * L->ik, (long long)rows * 2 * L->ik, E);
+            swiglu_kernel<<<grid_for((size_t)rows * E * L->ik), 256, 0, st>>>(R->h13, R->wgt, R->h, rows, E, L->ik);
+            LAUNCH_CHECK();
+            gemm(R, R->h, L->ew2, R->y, CUDA_R_32F, rows, E * L->ik, D);
+        } else {
+            moe_route_kernel<<<rows, 1, scratch, st>>>(*c, R->router, L->bias, R->topi, R->topw);
+            LAUNCH_CHECK();
+            int bn = moe_bn(c, rows);
+            moe_plan_kernel<<<1, 1024, 0, st>>>(R->topi, rows * tk, E, tk, bn, R->off, R->perm, R->pos, counts);
+            LAUNCH_CHECK();
+            if (bn == 16) moe_experts_bn<16>(G, R, L, rows); else moe_experts_bn<64>(G, R, L, rows);
+        }
+    }
+    if (L->fk) {   // the dense FFN, or the shared experts
+        gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
+        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, st>>>(R->h13, NULL, R->h, rows, 1, L->fk);
+        LAUNCH_CHECK();
+        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D, L->ik && G->moe_all ? 1.0f : 0.0f);
+    }
+    if (L->ik && !G->moe_all) {
+        moe_combine_kernel<<<rows, 256, 0, st>>>(R->y, R->eout, R->topw, R->pos, tk, D, L->fk > 0);
+        LAUNCH_CHECK();
+    }
+    all_reduce(G, R, R->y, (size_t)rows * D, R->world);
+}
+
+// ----------------------------------------------------------------------------
 // one forward pass of `rows` tokens on one rank. Decode: row b is sequence b. Prefill: the rows are
 // tokens p0.. of sequence `seq`, attending exactly (full latent, one softmax: partial scores of the
 // latent slices are summed over the peers). Inputs tok, rpos, rseq, lens are on the device.
@@ -840,25 +1126,8 @@ static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0
         gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
         all_reduce(G, R, R->y, (size_t)rows * D, R->world);
 
-        // --- FFN: experts split by intermediate; one all-reduce
-        if (L->ne == 0) continue;   // bench without FFN
-        add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, L->ffn_norm, R->xb, R->xn, D, c->eps);
-        LAUNCH_CHECK();
-        const float *wgt = R->ones;
-        if (L->gate) {
-            float one = 1.0f, zero = 0.0f;
-            CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->n_experts, rows, D, &one, L->gate, D, R->xn, D, &zero,
-                                     R->router, c->n_experts));
-            route_kernel<<<rows, 32, (2 * c->n_experts + c->n_group + 1) * sizeof(float), st>>>(*c, R->router, L->bias, R->wgt, L->ne);
-            LAUNCH_CHECK();
-            wgt = R->wgt;
-        }
-        gemm_batched(R, CUBLAS_OP_T, 2 * L->ik, rows, D, L->w13, D, (long long)2 * L->ik * D, R->xb, D, 0, R->h13, CUDA_R_32F,
-                     2 * L->ik, (long long)rows * 2 * L->ik, L->ne);
-        swiglu_kernel<<<grid_for((size_t)rows * L->ne * L->ik), 256, 0, st>>>(R->h13, wgt, R->h, rows, L->ne, L->ik);
-        LAUNCH_CHECK();
-        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->ne * L->ik, D);
-        all_reduce(G, R, R->y, (size_t)rows * D, R->world);
+        // --- FFN (without it: the bench's setup as in the paper)
+        if (G->ffn) ffn_rank(G, R, L, l, rows);
     }
     // final norm and this rank's slice of the vocabulary, for the last logit_rows rows
     add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, R->norm, R->xb, NULL, D, c->eps);
@@ -880,7 +1149,7 @@ static void *take(Rank *R, size_t bytes) {
 static void layout_rank(GPU *G, Rank *R) {
     const Config *c = &G->c;
     const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, K = G->K, rows = G->rows;
+    int D = c->dim, qd = c->dn + c->dr, K = G->K, rows = G->rows, fk = 0, ik = 0;
     R->used = 0;
     R->lw = R->lw ? R->lw : (LayerW *)calloc(c->n_layers, sizeof(LayerW));
     for (int l = 0; l < c->n_layers; l++) {
@@ -891,24 +1160,26 @@ static void layout_rank(GPU *G, Rank *R) {
         L->wkv_a = (bf16 *)take(R, (size_t)(c->dc + c->dr) * D * 2);
         L->wkv_b = (bf16 *)take(R, (size_t)p->ha * (c->dn + c->dv) * p->dcs * 2);
         L->wo = (bf16 *)take(R, (size_t)D * p->hq * c->dv * 2);
-        int moe = layer_is_moe(c, l);
-        L->ne = !G->ffn ? 0 : moe ? c->n_experts + c->n_shared : 1;
-        L->ik = (moe ? c->moe_inter : c->inter) / K;
-        L->gate = moe ? (float *)take(R, (size_t)c->n_experts * D * 4) : NULL;
-        L->bias = moe ? (float *)take(R, c->n_experts * 4) : NULL;
-        L->w13 = (bf16 *)take(R, (size_t)L->ne * 2 * L->ik * D * 2);
-        L->w2 = (bf16 *)take(R, (size_t)D * L->ne * L->ik * 2);
+        int moe = G->ffn && layer_is_moe(c, l), E = moe ? c->n_experts : 0;
+        L->fk = !G->ffn ? 0 : moe ? c->n_shared * c->moe_inter / K : c->inter / K;
+        L->ik = moe ? c->moe_inter / K : 0;
+        L->gate = moe ? (float *)take(R, (size_t)E * D * 4) : NULL;
+        L->bias = moe ? (float *)take(R, E * 4) : NULL;
+        L->w13 = (bf16 *)take(R, (size_t)2 * L->fk * D * 2);
+        L->w2 = (bf16 *)take(R, (size_t)D * L->fk * 2);
+        L->ew13 = (bf16 *)take(R, (size_t)E * 2 * L->ik * D * 2);
+        L->ew2 = (bf16 *)take(R, (size_t)D * E * L->ik * 2);
+        fk = std::max(fk, L->fk); ik = std::max(ik, L->ik);
     }
     R->embed = (bf16 *)take(R, (size_t)c->vocab * D * 2);
     R->lm_head = (bf16 *)take(R, (size_t)p->nv * D * 2);
     R->norm = (float *)take(R, D * 4);
     R->wbytes = R->used;
     R->inv_freq = (float *)take(R, c->dr / 2 * 4);
-    R->ones = (float *)take(R, (size_t)rows * 4);
     R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * G->max_len * p->Dk * 2);
     R->tok = (int *)take(R, rows * 4); R->rpos = (int *)take(R, rows * 4); R->rseq = (int *)take(R, rows * 4);
     R->lens = (int *)take(R, G->B * 4);
-    int hid = std::max(c->q_lora, 1), ne = G->ne_max, ik = std::max(c->inter, c->moe_inter) / K;
+    int hid = std::max(c->q_lora, 1), E = ik ? c->n_experts : 0, tk = ik ? c->topk : 0;
     R->x = (float *)take(R, (size_t)rows * D * 4); R->y = (float *)take(R, (size_t)rows * D * 4);
     R->xn = (float *)take(R, (size_t)rows * D * 4); R->xb = (bf16 *)take(R, (size_t)rows * D * 2);
     R->qlat = (float *)take(R, (size_t)rows * hid * 4); R->qlatb = (bf16 *)take(R, (size_t)rows * hid * 2);
@@ -919,10 +1190,18 @@ static void layout_rank(GPU *G, Rank *R) {
     R->O = (bf16 *)take(R, (size_t)rows * p->ha * p->dcs * 2);
     R->v = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
     R->vown = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
-    R->router = (float *)take(R, (size_t)rows * (c->n_experts + 1) * 4);
-    R->wgt = (float *)take(R, (size_t)rows * (ne + 1) * 4);
-    R->h13 = (float *)take(R, (size_t)rows * ne * 2 * ik * 4);
-    R->h = (bf16 *)take(R, (size_t)rows * ne * ik * 2);
+    // FFN: the dense FFN and shared experts (h13, h), the routed experts (the old path: h13, h and wgt)
+    size_t hw = std::max<size_t>(fk, G->moe_all ? (size_t)E * ik : 0);
+    R->router = (float *)take(R, (size_t)rows * E * 4);
+    R->wgt = (float *)take(R, G->moe_all ? (size_t)rows * E * 4 : 0);
+    R->h13 = (float *)take(R, (size_t)rows * 2 * hw * 4);
+    R->h = (bf16 *)take(R, (size_t)rows * hw * 2);
+    R->topi = (int *)take(R, (size_t)rows * tk * 4); R->topw = (float *)take(R, (size_t)rows * tk * 4);
+    R->perm = (int *)take(R, (size_t)rows * tk * 4); R->pos = (int *)take(R, (size_t)rows * tk * 4);
+    R->off = (int *)take(R, (size_t)2 * (E + 1) * 4);
+    R->counts = (int *)take(R, (size_t)c->n_layers * E * 4);
+    R->eh = (bf16 *)take(R, (size_t)rows * tk * ik * 2);
+    R->eout = (float *)take(R, (size_t)rows * tk * D * 4);
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
     // decode attention partials, and the prefill score matrix of one chunk
     AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
@@ -969,21 +1248,29 @@ static void upload_rank(GPU *G, Rank *R, const Model *m) {
             put(L->wkv_b + (size_t)h * (dn + dv) * p->dcs, H->wkv_b + (size_t)(p->h0 + h) * (dn + dv) * c->dc + p->shard * p->dcs,
                 dn + dv, p->dcs, c->dc, 0);
         put(L->wo, H->wo + (size_t)p->hq0 * dv, D, (size_t)p->hq * dv, (size_t)c->n_heads * dv, 0);
-        if (L->gate) { put(L->gate, H->gate, c->n_experts, D, D, 1); put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1); }
-        std::vector<float> w2cat((size_t)D * L->ne * L->ik);   // (D, ne*ik): each expert's columns side by side
-        for (int e = 0; e < L->ne; e++) {   // expert e: rows [r*ik, (r+1)*ik) of its W1, W3; those columns of W2
-            const float *w1, *w2, *w3;
-            int I;
-            if (!L->gate) { w1 = H->w1; w2 = H->w2; w3 = H->w3; I = c->inter; }
-            else if (e < c->n_experts) { size_t o = (size_t)e * c->moe_inter * D; w1 = H->ew1 + o; w2 = H->ew2 + o; w3 = H->ew3 + o; I = c->moe_inter; }
-            else { int s = e - c->n_experts; I = c->n_shared * c->moe_inter;
-                   w1 = H->sw1 + (size_t)s * c->moe_inter * D; w3 = H->sw3 + (size_t)s * c->moe_inter * D; w2 = H->sw2 + (size_t)s * c->moe_inter; }
-            size_t ik = L->ik;
-            put(L->w13 + (size_t)e * 2 * ik * D, w1 + (size_t)r * ik * D, ik, D, D, 0);
-            put(L->w13 + (size_t)e * 2 * ik * D + ik * D, w3 + (size_t)r * ik * D, ik, D, D, 0);
-            for (int d = 0; d < D; d++) memcpy(&w2cat[(size_t)d * L->ne * ik + e * ik], w2 + (size_t)d * I + r * ik, ik * 4);
+        // np blocks of width I side by side (dense: 1 of inter; shared experts: n_shared of moe_inter), or
+        // E routed experts; of each, this rank's slice [r*w, (r+1)*w): those rows of W1 and W3, columns of W2
+        auto put_ffn = [&](bf16 *w13, bf16 *w2, const float *w1s, const float *w2s, const float *w3s, int np, int I, int w, int experts) {
+            std::vector<float> w2cat((size_t)D * np * w);   // (D, np*w): the slices' columns side by side
+            for (int k = 0; k < np; k++) {
+                size_t row = (size_t)k * I + (size_t)r * w;   // the slice's first row of W1, W3 ((np*I, D) either way)
+                bf16 *dst = w13 + (size_t)k * (experts ? 2 : 1) * w * D;   // experts: (E, 2w, D); else (2*np*w, D)
+                put(dst, w1s + row * D, w, D, D, 0);
+                put(dst + (size_t)(experts ? 1 : np) * w * D, w3s + row * D, w, D, D, 0);
+                for (int d = 0; d < D; d++)   // W2: experts (E, D, I); else (D, np*I)
+                    memcpy(&w2cat[((size_t)d * np + k) * w], experts ? w2s + ((size_t)k * D + d) * I + (size_t)r * w
+                                                                     : w2s + (size_t)d * np * I + row, w * 4);
+            }
+            put(w2, w2cat.data(), D, (size_t)np * w, (size_t)np * w, 0);
+        };
+        if (L->ik) {
+            put(L->gate, H->gate, c->n_experts, D, D, 1);
+            put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1);
+            put_ffn(L->ew13, L->ew2, H->ew1, H->ew2, H->ew3, c->n_experts, c->moe_inter, L->ik, 1);
+            if (L->fk) put_ffn(L->w13, L->w2, H->sw1, H->sw2, H->sw3, c->n_shared, c->moe_inter, L->ik, 0);
+        } else if (L->fk) {
+            put_ffn(L->w13, L->w2, H->w1, H->w2, H->w3, 1, c->inter, L->fk, 0);
         }
-        if (L->ne) put(L->w2, w2cat.data(), D, (size_t)L->ne * L->ik, (size_t)L->ne * L->ik, 0);
     }
     put(R->embed, m->embed, c->vocab, D, D, 0);
     put(R->lm_head, m->lm_head + (size_t)p->v0 * D, p->nv, D, D, 0);
@@ -1009,8 +1296,15 @@ static void randomize_rank(GPU *G, Rank *R) {
         rnd(L->wkv_a, (size_t)(c->dc + c->dr) * D, D);
         rnd(L->wkv_b, (size_t)p->ha * (c->dn + c->dv) * p->dcs, c->dc);
         rnd(L->wo, (size_t)D * p->hq * c->dv, c->n_heads * c->dv);
-        rnd(L->w13, (size_t)L->ne * 2 * L->ik * D, D);
-        rnd(L->w2, (size_t)D * L->ne * L->ik, L->ik * G->K);
+        rnd(L->w13, (size_t)2 * L->fk * D, D);
+        rnd(L->w2, (size_t)D * L->fk, L->fk * G->K);
+        if (!L->ik) continue;
+        rnd(L->ew13, (size_t)c->n_experts * 2 * L->ik * D, D);
+        rnd(L->ew2, (size_t)D * c->n_experts * L->ik, L->ik * G->K);
+        // the router: the same on every rank (as replicated weights are), so that the ranks route alike
+        fill_random_kernel<<<grid_for((size_t)c->n_experts * D), 256, 0, R->st>>>(L->gate, (size_t)c->n_experts * D, 1.0f / sqrtf((float)D), 77 + l);
+        LAUNCH_CHECK();
+        one(L->bias, c->n_experts, 0);
     }
     rnd(R->embed, (size_t)c->vocab * D, 1);
     rnd(R->lm_head, (size_t)p->nv * D, D);
@@ -1067,16 +1361,30 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     std::vector<float> inv(c->dr / 2);
     rope_freqs(c, inv.data());
     CUDA_CHECK(cudaMemcpy(R->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
-    fill_kernel<<<grid_for(G->rows), 256, 0, R->st>>>(R->ones, G->rows, 1.0f);
-    LAUNCH_CHECK();
+    if (G->ffn)   // the expert products' shared memory (over the default 48 KB)
+        for (int bn = 16; bn <= 64; bn *= 4) {
+            const void *k[2] = {bn == 16 ? (const void *)moe_gemm_kernel<16, true> : (const void *)moe_gemm_kernel<64, true>,
+                                bn == 16 ? (const void *)moe_gemm_kernel<16, false> : (const void *)moe_gemm_kernel<64, false>};
+            for (int i = 0; i < 2; i++) CUDA_CHECK(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)moe_smem(bn)));
+        }
     AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
     R->cmap = cache_map(R->cache, (size_t)c->n_layers * G->B * G->max_len, R->p.Dk);
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
-// K GPUs in the layout; nrank of them run here (K, or 1 for the rank bench: rank 0 on GPU 0)
-static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int nrank, int batch, int max_len, int ffn) {
+// Prefill chunk: up to 2048 tokens (a long prompt's expert products need many rows per expert to run at
+// the tensor cores' rate), fewer while the score matrix of one chunk (heads x chunk x max_len, f32 and
+// bf16) would pass 1 GiB.
+static int prefill_chunk(const Config *c, int max_len) {
+    int chunk = std::min(2048, max_len);
+    while (chunk > 1 && (size_t)c->n_heads * chunk * max_len * 6 > (1u << 30)) chunk /= 2;
+    return chunk;
+}
+
+// K GPUs in the layout; nrank of them run here (K, or 1 for the rank bench: rank 0 on GPU 0); chunk: the
+// most tokens a forward pass takes (prefill chunks; 1: decode only)
+static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int nrank, int batch, int max_len, int ffn, int chunk) {
     int have = gpu_count(), g = s->g;
     if (K < 1 || nrank > have) die("%d GPUs asked for, %d present", nrank, have);
     if (K > 64) die("at most 64 GPUs");
@@ -1088,19 +1396,16 @@ static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int n
         die("%d heads do not split over %d GPUs (%d per group of shard)", c->n_heads, s->split ? K : m_, m_);
     if (ffn && ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K)))
         die("the FFN intermediate sizes (%d, %d) must divide by the GPU count %d", c->inter, c->moe_inter, K);
-    if (c->n_experts && c->topk > 16) die("at most 16 experts per token on the GPU");
+    const char *moe = ffn ? gpu_moe_error(c, K) : NULL;
+    if (moe) die("%s (this model: %d experts of %d, top-%d, hidden %d, on %d GPUs)", moe, c->n_experts, c->moe_inter, c->topk, c->dim, K);
     GPU *G = (GPU *)calloc(1, sizeof(GPU));
     G->c = *c; G->s = *s; G->K = K; G->nrank = nrank; G->B = batch; G->max_len = max_len; G->ffn = ffn;
+    const char *all = getenv("TPLA_MOE_ALL");   // TEMPORARY: the old every-expert path, for one measurement
+    G->moe_all = all && !strcmp(all, "1");
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     G->sms = prop.multiProcessorCount;
-    G->ne_max = 1;
-    for (int l = 0; l < c->n_layers; l++) G->ne_max = std::max(G->ne_max, layer_is_moe(c, l) ? c->n_experts + c->n_shared : 1);
-    G->chunk = 1;
-    if (m) {   // prefill chunks: the score matrix of one chunk stays under 512 MB
-        G->chunk = std::min(256, max_len);
-        while (G->chunk > 1 && (size_t)c->n_heads * G->chunk * max_len * 6 > (512u << 20)) G->chunk /= 2;
-    }
+    G->chunk = chunk;
     G->rows = std::max(batch, G->chunk);
     if (s->rms_fix) {
         G->rms_fix = (float *)malloc((size_t)c->n_layers * g * sizeof(float));
@@ -1132,7 +1437,7 @@ static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int n
 }
 
 GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int ffn) {
-    return build(m, c, s, K, K, batch, max_len, ffn);
+    return build(m, c, s, K, K, batch, max_len, ffn, m ? prefill_chunk(c, max_len) : 1);
 }
 
 static void free_rank(GPU *G, Rank *R, void *arg) {
@@ -1205,7 +1510,11 @@ void gpu_decode(GPU *G, const int *tokens, float *logits) {
 // ----------------------------------------------------------------------------
 // -m bench: decode steps at a fixed context on random weights and a random cache (DESIGN.md 5, 6)
 
-typedef struct { int B, ctx, steps; double step_s, attn_s; } BenchRun;
+typedef struct { int B, ctx, steps; double step_s, attn_s, idle; } BenchRun;   // idle: see bench_rank
+
+// bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
+static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
+static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
 
 // one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
 static void bench_rank(GPU *G, Rank *R, void *arg) {
@@ -1257,13 +1566,21 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
     CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
     if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / reps; }
+    if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
+        std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
+        CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
+        int idle = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            for (int e = 0; e < c->n_experts && layer_is_moe(c, l); e++) idle += cnt[(size_t)l * c->n_experts + e] == 0;
+        b->idle = idle * expert_bytes(c, G->K);
+    }
 }
 
 // bytes a rank must hold: weights + cache for batch B at `len` positions (and the buffers)
 static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, int len, int dense, size_t *wbytes = NULL) {
     GPU G;
     memset(&G, 0, sizeof(G));
-    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.ffn = dense; G.chunk = 1; G.rows = B; G.ne_max = 1; G.sms = 132;
+    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.ffn = dense; G.chunk = 1; G.rows = B; G.sms = 132;
     Rank R;
     memset(&R, 0, sizeof(R));
     R.r = r; R.p = make_part(c, s->g, K, r, s->split);
@@ -1293,8 +1610,8 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int
 }
 
 static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps) {
-    GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense);
-    BenchRun b = {B, ctx, steps, 0, 0};
+    GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
+    BenchRun b = {B, ctx, steps, 0, 0, 0};
     on_ranks(G, bench_rank, &b);
     gpu_free(G);
     return b;
@@ -1342,15 +1659,24 @@ static void measure_roofs(double *copy_bps, double *mm_flops) {
 }
 
 // The step's floor on one GPU: the larger of its memory time (weights read + cache read, at the copy
-// bandwidth) and its tensor time (projection and attention flops, at the matrix rate).
-static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double bw, double fl, double *cache_bytes) {
+// bandwidth) and its tensor time (projection and attention flops, at the matrix rate). MoE: the weights
+// read leave out the `idle` bytes of experts that no token of the step chose (from its routing), and
+// each token's flops count only its topk routed experts.
+static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
+                         double *cache_bytes) {
     Part p = make_part(c, s->g, K, 0, s->split);
     size_t w;
     rank_bytes(c, s, K, 0, 1, 1, dense, &w);
     double wbytes = (double)w - (double)c->vocab * c->dim * 2;   // a step reads B rows of the embedding, not all
+    double ex = dense ? moe_layers(c) * expert_bytes(c, K) : 0;   // one routed expert of every MoE layer
     *cache_bytes = (double)c->n_layers * B * (ctx + 1) * p.Dk * 2;
-    double flops = 2.0 * B * (wbytes / 2) + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
-    return std::max((wbytes + *cache_bytes) / bw, flops / fl);
+    double flops = 2.0 * B * ((wbytes - (c->n_experts - c->topk) * ex) / 2) + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
+    return std::max((wbytes - idle + *cache_bytes) / bw, flops / fl);
+}
+
+static const char *ffn_name(const Config *c, int ffn) {
+    const char *all = getenv("TPLA_MOE_ALL");   // TEMPORARY, as in build
+    return !ffn ? "no" : !moe_layers(c) ? "dense" : all && !strcmp(all, "1") ? "MoE (every expert: TPLA_MOE_ALL=1)" : "MoE (routed experts)";
 }
 
 void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
@@ -1365,7 +1691,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
     double bw, fl;
     measure_roofs(&bw, &fl);
     printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, nrank, prop.name,
-           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, dense ? "dense" : "no", tpla->g, tpla->split ? "split" : "replicated");
+           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, ffn_name(c, dense), tpla->g, tpla->split ? "split" : "replicated");
     if (one_rank)
         printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out\n", K);
     printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
@@ -1386,7 +1712,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
         for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
             r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps);
             Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
-            double cb, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, bw, fl, &cb);
+            double cb, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb);
             double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;
             tps[k] = bs[k] / r[k].step_s;
             const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
@@ -1410,6 +1736,44 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
     }
     fclose(f);
     printf("wrote %s\n", csv);
+}
+
+// -m bench -k N: the prefill of one N-token prompt (random ids, random weights), timed after one untimed
+// run, in the prefill chunks of the real path. Its floor on one GPU: every matrix product's flops at the
+// card's matmul rate (each token's projections and its topk routed experts, the causal half of the
+// attention scores and outputs, lm_head for the last token), or the weights read once at the copy
+// bandwidth, whichever is larger.
+void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, const char *name) {
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    double bw, fl;
+    measure_roofs(&bw, &fl);
+    GPU *G = build(NULL, c, s, K, K, 1, n, ffn, prefill_chunk(c, n));
+    std::vector<int> tok(n);
+    for (int i = 0; i < n; i++) tok[i] = (int)(((long long)i * 7919 + 13) % c->vocab);
+    std::vector<float> logits(c->vocab);
+    gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);   // warm-up
+    double t = 1e30;
+    for (int rep = 0; rep < 2; rep++) {
+        gpu_reset(G);
+        double t0 = now_s();
+        gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);
+        t = std::min(t, now_s() - t0);
+    }
+    int chunk = G->chunk;
+    gpu_free(G);
+    Part p = make_part(c, s->g, K, 0, s->split);
+    size_t w;
+    rank_bytes(c, s, K, 0, 1, 1, ffn, &w);
+    double wbytes = (double)w - (double)c->vocab * c->dim * 2, lm = (double)p.nv * c->dim * 2;
+    double ex = ffn ? moe_layers(c) * expert_bytes(c, K) : 0;
+    double flops = n * (wbytes - lm - (c->n_experts - c->topk) * ex) + lm             // 2 flops per bf16 weight (2 bytes) per token
+                 + (double)n * (n + 1) * p.ha * (p.Dk + p.dcs) * c->n_layers;   // sum over t of 2 (t+1) (Dk + dcs) per head
+    double floor = std::max(flops / fl, wbytes / bw);
+    printf("bench %s prefill on %d x %s: %d tokens in chunks of %d, %s FFN; card: copy %.0f GB/s, bf16 matmul %.0f TFLOP/s\n", name,
+           K, prop.name, n, chunk, ffn_name(c, ffn), bw / 1e9, fl / 1e12);
+    printf("prefill %d tokens: %.2f ms, %.0f tok/s, %.1f TFLOP/s; floor %.2f ms (%.0f tok/s, %.1f TFLOP of products): %.2f x floor\n", n,
+           t * 1e3, n / t, flops / t / 1e12, floor * 1e3, n / floor, flops / 1e12, t / floor);
 }
 
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,

@@ -279,6 +279,18 @@ typedef struct {
 // GPU engine (tpla.cu). One process drives every GPU: one thread and one stream per GPU, one NCCL
 // communicator. K GPUs form g groups of K/g; inside a group the heads are split as in MLA-TP.
 
+// The GPU engine's MoE path: its limits, checked by gpu_build before it allocates anything (NULL: fine).
+#define GPU_MAX_TOPK 16       // experts per token (the routing kernel keeps them in registers)
+#define GPU_MAX_EXPERTS 1024  // routed experts (the plan kernel counts them in shared memory)
+static inline const char *gpu_moe_error(const Config *c, int K) {
+    if (c->n_experts == 0 || c->first_dense >= c->n_layers) return NULL;
+    if (c->topk > GPU_MAX_TOPK) return "num_experts_per_tok: the GPU engine routes at most 16 experts per token";
+    if (c->n_experts > GPU_MAX_EXPERTS) return "n_routed_experts: the GPU engine handles at most 1024 routed experts";
+    if (c->dim % 8 || c->moe_inter % K || (c->moe_inter / K) % 8)
+        return "the GPU expert kernel needs hidden_size and moe_intermediate_size / (GPU count) to be multiples of 8";
+    return NULL;
+}
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -300,6 +312,8 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
 // one_rank: GPU 0 runs only rank 0 of the ngpu-GPU layout, with the collectives left out (the rank bench).
 void gpu_bench(const Config *c, const Scheme *tpla, int ngpu, int one_rank, int batch, const int *ctx, int nctx,
                int dense_ffn, int steps, const char *name, const char *csv);
+// -m bench -k N: the prefill of one N-token prompt on random weights, against its floor.
+void gpu_bench_prefill(const Config *c, const Scheme *s, int ngpu, int n, int ffn, const char *name);
 #ifdef __cplusplus
 }
 #endif

@@ -6,11 +6,14 @@
   v3/, v2/              tiny random DeepseekV3ForCausalLM / DeepseekV2ForCausalLM checkpoints (bf16 safetensors,
                         tokenizer.json), with ids.txt (48 token ids) and logits.f32: HF's logits for those ids,
                         computed in float64 from the bf16 weights, stored float32 little-endian, shape [48, 512]
+  moe/                  the same for a V3-style model with many experts (64 routed of 32, top-6 of 4 of 8 groups,
+                        2 shared): a decode step or a short prefill leaves most experts without a token
 
 Needs torch, transformers 5, tokenizers; runs on a CPU in a few seconds. Seeds are fixed, but the tokenizer
 depends on the local Python's standard library, so other machines may write a different (equally good) set.
+`make_fixtures.py NAME..` rewrites only the named models (v3, v2, moe) with the committed tokenizer.
 """
-import os, shutil, sysconfig
+import os, shutil, sys, sysconfig
 
 import numpy as np
 import torch
@@ -83,6 +86,11 @@ V3 = DeepseekV3Config(**COMMON, q_lora_rank=32, v_head_dim=24, n_shared_experts=
                       rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
                                            beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0))
 
+MOE = DeepseekV3Config(**{**COMMON, "n_routed_experts": 64, "num_experts_per_tok": 6}, q_lora_rank=32, v_head_dim=16,
+                       n_shared_experts=2, n_group=8, topk_group=4, norm_topk_prob=True, routed_scaling_factor=2.5,
+                       topk_method="noaux_tc", max_position_embeddings=256,
+                       rope_parameters=dict(rope_type="default", rope_theta=10000.0))
+
 V2 = DeepseekV2Config(**COMMON, q_lora_rank=None, v_head_dim=16, n_shared_experts=2, topk_method="greedy", n_group=None,
                       topk_group=None, routed_scaling_factor=1.0, max_position_embeddings=256, tie_word_embeddings=True,
                       rope_parameters=dict(rope_type="default", rope_theta=10000.0))
@@ -139,13 +147,20 @@ def check_loaded(model, path):
     return True
 
 
+MODELS = {"v3": (DeepseekV3ForCausalLM, V3, 3), "v2": (DeepseekV2ForCausalLM, V2, 2), "moe": (DeepseekV3ForCausalLM, MOE, 4)}
+
+
 def main():
     os.makedirs(DATA, exist_ok=True)
-    tok = make_tokenizer()
+    names = sys.argv[1:] or list(MODELS)
+    if any(n not in MODELS for n in names):
+        sys.exit(f"usage: make_fixtures.py [{' | '.join(MODELS)}].. (none: the tokenizer and every model)")
+    tok = Tokenizer.from_file(os.path.join(DATA, "tokenizer.json")) if sys.argv[1:] else make_tokenizer()
     ids = tok.encode(SNIPPET).ids
     ids = (ids * (SEQ // len(ids) + 1))[:SEQ]
-    make_model("v3", DeepseekV3ForCausalLM, V3, ids, seed=3)
-    make_model("v2", DeepseekV2ForCausalLM, V2, ids, seed=2)
+    for n in names:
+        cls, config, seed = MODELS[n]
+        make_model(n, cls, config, ids, seed)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DATA) for f in fs)
     print(f"tests/data: {total} bytes in all")
 
