@@ -781,7 +781,7 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 }
 
 // ----------------------------------------------------------------------------
-// MoE: only the routed experts (DESIGN.md section 1)
+// MoE: only the routed experts
 //
 // A MoE layer on `rows` tokens: y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x)) + shared(x). The
 // rows*topk entries (row, k) are sorted by expert into "slots"; each routed expert multiplies only its
@@ -992,8 +992,8 @@ __global__ void moe_combine_kernel(float *y, const float *eout, const float *top
 // a read of the weights), 64 once they average 32 or more (prefill, large batches).
 static int moe_bn(const Config *c, int rows) { return rows * c->topk >= 32 * c->n_experts ? 64 : 16; }
 
-// The two expert products for `rows` tokens planned in R->off (tiles of bn slots), on a grid of at most
-// the blocks that fit the card at once (resident_blocks()), each striding over the items.
+// The two expert products for `rows` tokens planned in R->off (tiles of BN slots), on a grid of at most
+// the blocks that fit the card at once (by shared memory; at most 4 per SM), each striding over the items.
 template <int BN> static void moe_experts_bn(GPU *G, Rank *R, const LayerW *L, int rows) {
     const Config *c = &G->c;
     int E = c->n_experts, D = c->dim, n = rows * c->topk, tiles = (n + BN - 1) / BN + std::min(E, n);   // tiles: at most

@@ -11,6 +11,9 @@
 #     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
 #     rep      the same at 32K with W_UQ and W_O replicated (-w rep)
 #     bench4   dsv3 and kimik2 on 4 GPUs, g = 4 and g = 2
+#     moe      on one GPU: ./test (the GPU checks), then v2lite (DeepSeek-V2-Lite, random weights): decode at 4K
+#              for batches 1, 8, 64, 256 and a 4096-token prefill, each with the routed-experts path and with
+#              the old every-expert path (TPLA_MOE_ALL=1, temporary); a table of both last (about 3 minutes)
 set -u -o pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -58,6 +61,24 @@ for step in "$@"; do
     bench4)
         for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
+    moe)
+        CUDA_VISIBLE_DEVICES=0 timeout ${TEST_TIMEOUT:-300} ./test >> "$LOG" 2>&1
+        summary+="test (1 GPU): $(tail -1 "$LOG")"$'\n'
+        summary+="$(grep -E 'FAIL|error' "$LOG" | head -20)"$'\n'
+        table="v2lite on 1 GPU, 4K context  batch   step ms  x floor"$'\n'
+        for all in 0 1; do
+            path=$([ $all = 1 ] && echo "every expert (old)" || echo "routed experts")
+            for b in 1 8 64 256; do
+                n=$(wc -l < "$LOG")
+                CUDA_VISIBLE_DEVICES=0 TPLA_MOE_ALL=$all bench v2lite -K 1 -b $b -l 4096 -n 10
+                row=$(tail -n +$((n + 1)) "$LOG" | grep -E '^ +4096 MLA-TP ' | tail -1)
+                table+="$(printf '%-28s %5s' "$path" $b) $(echo "${row:-(failed)}" | awk 'NF >= 11 {printf "%9s %8s", $4, $11; next} {print}')"$'\n'
+            done
+            n=$(wc -l < "$LOG")
+            CUDA_VISIBLE_DEVICES=0 TPLA_MOE_ALL=$all bench v2lite -K 1 -k 4096
+            table+="$path, $(tail -n +$((n + 1)) "$LOG" | grep -E '^prefill ' | tail -1)"$'\n'
+        done
+        summary+="$table" ;;
     esac
     summary+="[$step: $(( $(date +%s) - t0 )) s]"$'\n'
 done
