@@ -1373,6 +1373,9 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
+// TEMPORARY: TPLA_MOE_ALL=1 selects the old every-expert path, kept for one measurement against the new one
+static int moe_all_env(void) { const char *v = getenv("TPLA_MOE_ALL"); return v && !strcmp(v, "1"); }
+
 // Prefill chunk: up to 2048 tokens (a long prompt's expert products need many rows per expert to run at
 // the tensor cores' rate), fewer while the score matrix of one chunk (heads x chunk x max_len, f32 and
 // bf16) would pass 1 GiB.
@@ -1400,8 +1403,7 @@ static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int n
     if (moe) die("%s (this model: %d experts of %d, top-%d, hidden %d, on %d GPUs)", moe, c->n_experts, c->moe_inter, c->topk, c->dim, K);
     GPU *G = (GPU *)calloc(1, sizeof(GPU));
     G->c = *c; G->s = *s; G->K = K; G->nrank = nrank; G->B = batch; G->max_len = max_len; G->ffn = ffn;
-    const char *all = getenv("TPLA_MOE_ALL");   // TEMPORARY: the old every-expert path, for one measurement
-    G->moe_all = all && !strcmp(all, "1");
+    G->moe_all = moe_all_env();
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     G->sms = prop.multiProcessorCount;
@@ -1675,8 +1677,7 @@ static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx
 }
 
 static const char *ffn_name(const Config *c, int ffn) {
-    const char *all = getenv("TPLA_MOE_ALL");   // TEMPORARY, as in build
-    return !ffn ? "no" : !moe_layers(c) ? "dense" : all && !strcmp(all, "1") ? "MoE (every expert: TPLA_MOE_ALL=1)" : "MoE (routed experts)";
+    return !ffn ? "no" : !moe_layers(c) ? "dense" : moe_all_env() ? "MoE (every expert: TPLA_MOE_ALL=1)" : "MoE (routed experts)";
 }
 
 void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
