@@ -2,16 +2,22 @@
 # tools/gpu_run.sh: build, test and bench tpla on a GPU machine in one go. Everything goes to a few
 # files under $OUT (default ./out): log.txt (all output), bench.csv, train.log, tiny.tar.* (the trained
 # model, in parts under 16 MB); a short summary is printed last.
-#   tools/gpu_run.sh train test run kernel bench2 rep bench4
+#   tools/gpu_run.sh train test run kernel rank2 rank4 profile bench2 rep bench4 moe
 #     train    train the default model (tools/train_tiny.py) on the last GPU, in the background
 #     test     make test (every GPU check on the GPUs present)
 #     run      make run (the default model on every GPU)
-#     kernel   the decode attention kernel at its memory-bound shape: 16 heads, 512+64, 32K, batch 32
-#              (batch 64 at 61 layers needs 145 GiB), and at 128 heads (dsv3 on one GPU)
+#     kernel   the decode attention kernel at batch 32, 32K context, on every shape of the rank benches:
+#              512+64 with 16, 32, 64 and 128 heads; 64 and 128 heads over 256+64; 128 over 128+64. With
+#              FLASHMLA=DIR (a directory holding FlashMLA's sm90 decode kernel and a harness whose
+#              build_and_run.sh takes --case B,T,HQ), FlashMLA is built and run on the 512+64 shapes too
+#     rank2    one GPU runs rank 0 of a 2-GPU layout (-R 2, collectives left out): dsv3 and kimik2, g = 2,
+#              contexts 1K..32K, largest batch each
+#     rank4    the same for a 4-GPU layout, g = 4, at 1K, 4K and 32K
+#     profile  Nsight Compute on one launch of the kernel in each mode (stall reasons, pipe use)
 #     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
 #     rep      the same at 32K with W_UQ and W_O replicated (-w rep)
 #     bench4   dsv3 and kimik2 on 4 GPUs, g = 4 and g = 2
-#     moe      on one GPU: ./test (the GPU checks), then v2lite (DeepSeek-V2-Lite, random weights): decode at 4K
+#     moe      on one GPU, v2lite (DeepSeek-V2-Lite, random weights): decode at 4K
 #              for batches 1, 8, 64, 256 and a 4096-token prefill, each with the routed-experts path and with
 #              the old every-expert path (TPLA_MOE_ALL=1, temporary); a table of both last (about 3 minutes)
 set -u -o pipefail
@@ -22,7 +28,7 @@ LOG="$OUT/log.txt"
 ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$LOG"
 nvidia-smi topo -m >> "$LOG" 2>&1
-make -j8 >> "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
+make -j16 >> "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 summary=""
 bench() {   # bench NAME ARGS..: one ./run -m bench, its table into the log, its CSV into bench.csv
     local name=$1; shift
@@ -48,10 +54,45 @@ for step in "$@"; do
         timeout 300 make run >> "$LOG" 2>&1 || echo "make run: exit $?" >> "$LOG"
         summary+="$(grep -E 'GPU|tok/s|exit' "$LOG" | tail -4)"$'\n' ;;
     kernel)
-        bench dsv3-h16 -K 1 -b 32 -l 32768 -n 10
-        summary+="$(grep -A2 -E '^ +ctx' "$LOG" | tail -2)"$'\n'
-        bench dsv3 -K 1 -b 16 -l 32768 -n 5
-        summary+="$(grep -A2 -E '^ +ctx' "$LOG" | tail -2)"$'\n' ;;
+        if [ -n "${FLASHMLA:-}" ]; then
+            ( cd "$FLASHMLA" && BUILD_ONLY=1 NVCC_THREADS=4 ./build_and_run.sh > "$OUT/flashmla_build.log" 2>&1 ) &
+            fm_pid=$!
+        fi
+        # (MLA-TP / TPLA rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256;
+        #  64 over 512 / 128 over 256; 32 over 512 / 128 over 128)
+        for spec in "dsv3-h16 -K 1 -g 1" "dsv3 -K 1 -g 1" "kimik2 -R 2 -g 2" "dsv3 -R 2 -g 2" "dsv3 -R 4 -g 4"; do
+            bench $spec -b 32 -l 32768 -n 3
+        done
+        summary+="kernel, batch 32, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
+        summary+="$(grep -E '^=== ./run|^ +32768 (MLA|TPLA) ' "$LOG" | tail -15)"$'\n'
+        if [ -n "${FLASHMLA:-}" ]; then
+            wait $fm_pid
+            "$FLASHMLA"/build/bench_flashmla --case 32,32768,16 --case 32,32768,32 --case 32,32768,64 \
+                --case 32,32768,128 --case 128,8192,16 > "$OUT/flashmla.log" 2>&1 || tail -5 "$OUT/flashmla_build.log"
+            summary+="FlashMLA, same card:"$'\n'"$(grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|' "$OUT/flashmla.log")"$'\n'
+        fi ;;
+    rank2)
+        for s in dsv3 kimik2; do bench $s -R 2 -g 2 -n 5; done
+        summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -12)"$'\n' ;;
+    rank4)
+        for s in dsv3 kimik2; do bench $s -R 4 -g 4 -n 5 -l 1024,4096,32768; done
+        summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -6)"$'\n' ;;
+    profile)
+        ncu_run() {   # NAME KERNEL-REGEX BENCH-ARGS..: one launch of the kernel, under Nsight Compute
+            local name=$1 re=$2; shift 2
+            timeout 150 ncu --clock-control none --kernel-name-base mangled --kernel-name "regex:$re" --launch-skip 2 \
+                --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+                --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+                ./run "$@" -m bench -b 32 -l 8192 -n 1 > "$OUT/ncu_$name.txt" 2>&1
+            summary+="--- $name: $(grep -E 'Duration|Compute \(SM\) Throughput|DRAM Throughput|Issue Slots Busy' \
+                "$OUT/ncu_$name.txt" | awk '{printf "%s %s, ", $1, $NF}')"$'\n'
+            summary+="$(grep -E 'issue_stalled_' "$OUT/ncu_$name.txt" | awk '{print $NF, $1}' | sort -rn | head -5 |
+                sed 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | tr '\n' ' ')"$'\n'
+        }
+        ncu_run heads_g2 '_Z23decode_attention_kernelILi0ELi4E' dsv3 -R 2 -g 2
+        ncu_run heads_g4 '_Z23decode_attention_kernelILi0ELi2E' dsv3 -R 4 -g 4
+        ncu_run stream '_Z23decode_attention_kernelILi1ELi4E' kimik2 -R 2 -g 2
+        ncu_run splitk '_Z23decode_attention_kernelILi2E' dsv3 -K 1 -g 1 ;;
     bench2)
         for s in dsv3 kimik2; do bench $s -K 2 -g 2 -n 5; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
@@ -62,9 +103,6 @@ for step in "$@"; do
         for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
     moe)
-        CUDA_VISIBLE_DEVICES=0 timeout ${TEST_TIMEOUT:-300} ./test >> "$LOG" 2>&1
-        summary+="test (1 GPU): $(tail -1 "$LOG")"$'\n'
-        summary+="$(grep -E 'FAIL|error' "$LOG" | head -20)"$'\n'
         table="v2lite on 1 GPU, 4K context  batch   step ms  x floor"$'\n'
         for all in 0 1; do
             path=$([ $all = 1 ] && echo "every expert (old)" || echo "routed experts")
