@@ -342,12 +342,47 @@ __device__ __forceinline__ void wgmma_ss(float *d, uint64_t a, uint64_t b, int a
 #endif
 }
 // d (64 x 64, f32) = (acc ? d : 0) + A (64 x 16, registers) B (16 x 64): B^T row-major in shared memory
-// (TB = 0, the cached keys) or B row-major (TB = 1, the cached values read transposed)
-template <int TB> __device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b, int acc) {
+__device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b, int acc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc), "n"(TB));
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#endif
+}
+// O (64 x 64 NJ, f32) += P (64 x 16, registers) V (16 x 64 NJ): V row-major in shared memory, read
+// transposed; one instruction for all of a warpgroup's output columns (the accumulator layout is that of
+// NJ 64 x 64 tiles side by side, so o[NJ][32] is one operand)
+#define WG_REGS64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+                  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, " \
+                  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, " \
+                  "%56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_REGS128 WG_REGS64 ", " \
+                   "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+                   "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+                   "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+                   "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define WG_OUT64 WG_D32, WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+#define WG_OUT128 WG_OUT64, WG_D8(64), WG_D8(72), WG_D8(80), WG_D8(88), WG_D8(96), WG_D8(104), WG_D8(112), WG_D8(120)
+template <int NJ> __device__ __forceinline__ void wgmma_pv(float *d, const uint32_t *a, uint64_t b);
+template <> __device__ __forceinline__ void wgmma_pv<1>(float *d, const uint32_t *a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+#endif
+}
+template <> __device__ __forceinline__ void wgmma_pv<2>(float *d, const uint32_t *a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " "{" WG_REGS64 "}" ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                 : WG_OUT64 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+#endif
+}
+template <> __device__ __forceinline__ void wgmma_pv<4>(float *d, const uint32_t *a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " "{" WG_REGS128 "}" ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+                 : WG_OUT128 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 #endif
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -460,7 +495,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             for (int k = 0; k < DQ / 16; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
             if (QR)
                 #pragma unroll
-                for (int k = 0; k < 4; k++) wgmma_rs<0>(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
+                for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
             wgmma_commit();
         } else if (wg == 0) {                                // columns 0..287
             wgmma_fence();
@@ -472,7 +507,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             #pragma unroll
             for (int k = 18; k < 32; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 18);
             #pragma unroll
-            for (int k = 0; k < 4; k++) wgmma_rs<0>(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
+            for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
             wgmma_commit();
         }
     };
@@ -533,27 +568,38 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
                 #pragma unroll
                 for (int k = 0; k < 32; k++) s_cur[k] += X[k * 128 + t];
             }
-            // online softmax of this tile's scores (log2 units)
-            float mx[2] = {-INFINITY, -INFINITY};
+            // online softmax of this tile's scores (log2 units); element k is in row (k >> 1) & 1. The
+            // maxima and sums are trees, not chains (the softmax is on the critical path)
             const bool part = t0 + TC > t_end;
+            if (part)
+                #pragma unroll
+                for (int k = 0; k < 32; k++)
+                    if (t0 + (k >> 2) * 8 + (lane & 3) * 2 + (k & 1) >= t_end) s_cur[k] = -INFINITY;
+            float mx[4];
             #pragma unroll
-            for (int k = 0; k < 32; k++) {
-                if (part && t0 + (k >> 2) * 8 + (lane & 3) * 2 + (k & 1) >= t_end) s_cur[k] = -INFINITY;
-                mx[(k >> 1) & 1] = fmaxf(mx[(k >> 1) & 1], s_cur[k]);
+            for (int r = 0; r < 4; r++) {   // mx[r]: row r & 1, elements k = 4q + r
+                float a = fmaxf(fmaxf(s_cur[r], s_cur[4 + r]), fmaxf(s_cur[8 + r], s_cur[12 + r]));
+                float b2 = fmaxf(fmaxf(s_cur[16 + r], s_cur[20 + r]), fmaxf(s_cur[24 + r], s_cur[28 + r]));
+                mx[r] = fmaxf(a, b2);
             }
             #pragma unroll
             for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-                float m_new = fmaxf(m_run[r], mx[r] * scale_log2);   // finite: every tile has a valid token
+                float m = fmaxf(mx[2 * r], mx[2 * r + 1]);
+                m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 1));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, 2));
+                float m_new = fmaxf(m_run[r], m * scale_log2);       // finite: every tile has a valid token
                 alpha[r] = ex2(m_run[r] - m_new);                    // 0 on the first tile
                 m_run[r] = m_new;
-                l_run[r] *= alpha[r];
             }
             #pragma unroll
-            for (int k = 0; k < 32; k++) {
-                s_cur[k] = ex2(fmaf(s_cur[k], scale_log2, -m_run[(k >> 1) & 1]));
-                l_run[(k >> 1) & 1] += s_cur[k];    // this thread's share; summed over the quad at the end
+            for (int k = 0; k < 32; k++) s_cur[k] = ex2(fmaf(s_cur[k], scale_log2, -m_run[(k >> 1) & 1]));
+            #pragma unroll
+            for (int r = 0; r < 2; r++) {   // this thread's share of the row sums; over the quad at the end
+                float a = (s_cur[2 * r] + s_cur[2 * r + 1]) + (s_cur[4 + 2 * r] + s_cur[5 + 2 * r]);
+                float b2 = (s_cur[8 + 2 * r] + s_cur[9 + 2 * r]) + (s_cur[12 + 2 * r] + s_cur[13 + 2 * r]);
+                float c2 = (s_cur[16 + 2 * r] + s_cur[17 + 2 * r]) + (s_cur[20 + 2 * r] + s_cur[21 + 2 * r]);
+                float d2 = (s_cur[24 + 2 * r] + s_cur[25 + 2 * r]) + (s_cur[28 + 2 * r] + s_cur[29 + 2 * r]);
+                l_run[r] = l_run[r] * alpha[r] + ((a + b2) + (c2 + d2));
             }
             #pragma unroll
             for (int k = 0; k < TC / 16; k++) {
@@ -581,9 +627,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         wgmma_fence();
         const uint64_t vb = dv + s * TC * DKP / 8;
         #pragma unroll
-        for (int k = 0; k < TC / 16; k++)
-            #pragma unroll
-            for (int j = 0; j < NJ; j++) wgmma_rs<1>(o[j], pa[k], vb + (cb0 + j) * TC * 8 + k * 128, 1);
+        for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + cb0 * TC * 8 + k * 128);
         wgmma_commit();
         wgmma_wait();                                        // (and S(i+1))
         #pragma unroll
@@ -676,7 +720,7 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
         die("decode attention: no kernel for a %d-wide latent slice with a %d-wide rope key (at most 512 and 64, multiples of 8)", dcs, Dk - dcs);
     if (dcs > 256) { a.mode = ATT_SPLITK; a.NJ = 4; a.NB = 9; a.HB = 64; a.DQ = 512; }
     else {
-        a.NJ = (dcs + 63) / 64; a.NB = a.NJ + 1; a.mode = ha > 64 ? ATT_HEADS : ATT_STREAM;
+        a.NJ = dcs <= 64 ? 1 : dcs <= 128 ? 2 : 4; a.NB = (dcs + 63) / 64 + 1; a.mode = ha > 64 ? ATT_HEADS : ATT_STREAM;
         a.HB = ha > 64 ? 128 : 64; a.DQ = (a.mode == ATT_HEADS ? a.NB - 1 : a.NB) * 64;   // (as the kernel's QB, QR)
     }
     a.head_tiles = (ha + a.HB - 1) / a.HB;
@@ -688,9 +732,9 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
     a.smem = fixed + a.stages * (a.tile_bytes + 16);
     a.k = NULL;
-#define K_(md, nj) if (a.mode == md && a.NJ == nj) a.k = decode_attention_kernel<md, nj, md == ATT_SPLITK ? 9 : nj + 1>;
-    K_(ATT_HEADS, 1) K_(ATT_HEADS, 2) K_(ATT_HEADS, 3) K_(ATT_HEADS, 4)
-    K_(ATT_STREAM, 1) K_(ATT_STREAM, 2) K_(ATT_STREAM, 3) K_(ATT_STREAM, 4) K_(ATT_SPLITK, 4)
+#define K_(md, nj, nb) if (a.mode == md && a.NJ == nj && a.NB == nb) a.k = decode_attention_kernel<md, nj, nb>;
+    K_(ATT_HEADS, 1, 2) K_(ATT_HEADS, 2, 3) K_(ATT_HEADS, 4, 4) K_(ATT_HEADS, 4, 5)
+    K_(ATT_STREAM, 1, 2) K_(ATT_STREAM, 2, 3) K_(ATT_STREAM, 4, 4) K_(ATT_STREAM, 4, 5) K_(ATT_SPLITK, 4, 9)
 #undef K_
     return a;
 }
