@@ -1708,15 +1708,18 @@ static void measure_roofs(double *copy_bps, double *mm_flops) {
 // bandwidth) and its tensor time (projection and attention flops, at the matrix rate). MoE: the weights
 // read leave out the `idle` bytes of experts that no token of the step chose (from its routing), and
 // each token's flops count only its topk routed experts.
+// *rest gets the floor of the step without its attention kernel (weights only, projection flops only).
 static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
-                         double *cache_bytes) {
+                         double *cache_bytes, double *rest) {
     Part p = make_part(c, s->g, K, 0, s->split);
     size_t w;
     rank_bytes(c, s, K, 0, 1, 1, dense, &w);
     double wbytes = (double)w - (double)c->vocab * c->dim * 2;   // a step reads B rows of the embedding, not all
     double ex = dense ? moe_layers(c) * expert_bytes(c, K) : 0;   // one routed expert of every MoE layer
     *cache_bytes = (double)c->n_layers * B * (ctx + 1) * p.Dk * 2;
-    double flops = 2.0 * B * ((wbytes - (c->n_experts - c->topk) * ex) / 2) + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
+    double proj = 2.0 * B * ((wbytes - (c->n_experts - c->topk) * ex) / 2);
+    double flops = proj + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
+    *rest = std::max((wbytes - idle) / bw, proj / fl);
     return std::max((wbytes - idle + *cache_bytes) / bw, flops / fl);
 }
 
@@ -1743,9 +1746,9 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
            bw / 1e9, fl / 1e12);
     FILE *f = fopen(csv, "w");
     if (!f) die("%s: cannot write", csv);
-    fprintf(f, "shape,gpus,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,ratio,ratio_equal_batch,paper\n");
-    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
-           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "cache GB");
+    fprintf(f, "shape,gpus,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
+    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
+           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
     for (int i = 0; i < nctx; i++) {
         Scheme mla = {1, RMS_GLOBAL, NULL, 0};
         int bm = batch ? batch : largest_batch(c, &mla, K, nrank, ctx[i] + 1, dense);
@@ -1757,18 +1760,19 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
         for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
             r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps);
             Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
-            double cb, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb);
+            double cb, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &rest);
+            double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
             double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;
             tps[k] = bs[k] / r[k].step_s;
             const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
-            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
+            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
                    tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
-                   r[k].step_s / floor, cb / 1e9);
+                   r[k].step_s / floor, rest_x, cb / 1e9);
             double pr = 0;
             for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
-            fprintf(f, "%s,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.2f\n", name, K, prop.name,
+            fprintf(f, "%s,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, prop.name,
                     ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
-                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, k ? tps[1] / tps[0] : 1.0,
+                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x, k ? tps[1] / tps[0] : 1.0,
                     k == 2 ? tps[2] / tps[0] : 0.0, pr);
         }
         if (bt == bm) tps[2] = tps[1];

@@ -64,7 +64,7 @@ for step in "$@"; do
             bench $spec -b 32 -l 32768 -n 3
         done
         summary+="kernel, batch 32, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
-        summary+="$(grep -E '^=== ./run|^ +32768 (MLA|TPLA) ' "$LOG" | tail -15)"$'\n'
+        summary+="$(grep -E '^=== ./run|^ +32768 (MLA-TP|TPLA) ' "$LOG" | tail -15)"$'\n'
         if [ -n "${FLASHMLA:-}" ]; then
             wait $fm_pid
             "$FLASHMLA"/build/bench_flashmla --case 32,32768,16 --case 32,32768,32 --case 32,32768,64 \
