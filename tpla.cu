@@ -1746,7 +1746,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
            bw / 1e9, fl / 1e12);
     FILE *f = fopen(csv, "w");
     if (!f) die("%s: cannot write", csv);
-    fprintf(f, "shape,gpus,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
+    fprintf(f, "shape,gpus,gpus_run,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
     printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
            "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
     for (int i = 0; i < nctx; i++) {
@@ -1770,7 +1770,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
                    r[k].step_s / floor, rest_x, cb / 1e9);
             double pr = 0;
             for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
-            fprintf(f, "%s,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, prop.name,
+            fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, nrank, prop.name,
                     ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
                     abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x, k ? tps[1] / tps[0] : 1.0,
                     k == 2 ? tps[2] / tps[0] : 0.0, pr);
