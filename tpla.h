@@ -218,15 +218,15 @@ HD static inline void route(const Config *c, const float *logits, const float *b
         for (int e = 0; e < E; e++)
             if (gscore[e / per] != INFINITY) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
     }
+    // the topk largest choices, largest first (of equal ones the lowest index); a chosen one becomes NaN
     float sum = 0;
     for (int k = 0; k < c->topk; k++) {
         int best = -1;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int j = 0; j < k; j++) taken |= idx[j] == e;
-            if (!taken && (best < 0 || choice[e] > choice[best])) best = e;
-        }
+        float top = -INFINITY;
+        for (int e = 0; e < E; e++) if (choice[e] > top) { top = choice[e]; best = e; }
+        for (int e = 0; best < 0; e++) if (choice[e] == choice[e]) best = e;   // only -inf left: the first not chosen
         idx[k] = best; w[k] = s[best]; sum += s[best];
+        choice[best] = NAN;
     }
     for (int k = 0; k < c->topk; k++)
         w[k] = (c->norm_topk ? w[k] / (sum + 1e-20f) : w[k]) * c->routed_scale;
