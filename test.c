@@ -446,30 +446,43 @@ static void gpu_vs(const char *name, const float *gl, const float *ref, int T, i
     check(full, med <= 3e-2 && out <= T / 16 && miss == 0, med, 3e-2);
 }
 
-// The GPU criterion on the CPU: bf16-rounded attention weights (a stand-in for the GPU's rounding)
-// must pass it; the logits of another scheme (g = 4 for g = 2) must fail it.
+// The GPU criterion on the CPU. A stand-in for the GPU's bf16 rounding: every matrix the GPU holds in bf16
+// (not the embedding, which reaches the residual exactly, nor the float32 router) multiplied elementwise
+// by 1 + u / 256, u uniform in [-1, 1). Calibrated against the GPU: it gives about the GPU's medians on
+// every fixture, and on a 64-expert model with near-tie routing (the moe fixture before its router was
+// made decisive) it flips choices as the GPU did (1, 8, 2 and 6 outliers under the 4 seeds here; the
+// GPU: 4 and 5). The perturbed logits must pass the criterion under 4 seeds (the worst is shown); the
+// logits of another scheme (g = 4 for g = 2) must fail it.
 static void test_gpu_criterion(Fixture *f) {
     const Config *c = &f->m.c;
-    int n = f->n, V = c->vocab, out, miss;
+    int n = f->n, V = c->vocab, out, miss, nt = tensor_layout(c, NULL, NULL), worst_out = 0, worst_miss = 0;
     Scheme s2 = {2, RMS_LOCAL, NULL, 0}, s4 = {4, RMS_LOCAL, NULL, 0};
     float *a = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0), *wrong = run_logits(&f->m, &s4, f->ids, n, 16, 0, 0);
-    for (int l = 0; l < c->n_layers; l++) {
-        Layer *L = &f->m.layers[l];
-        float *w[2] = {L->wkv_a, L->wkv_b};
-        size_t cnt[2] = {(size_t)(c->dc + c->dr) * c->dim, (size_t)c->n_heads * (c->dn + c->dv) * c->dc};
-        for (int k = 0; k < 2; k++)
-            for (size_t i = 0; i < cnt[k]; i++) { uint32_t u; memcpy(&u, &w[k][i], 4); u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u; memcpy(&w[k][i], &u, 4); }
+    Tensor *t = xmalloc(nt * sizeof(Tensor));
+    tensor_layout(c, t, NULL);
+    double worst_med = 0;
+    for (unsigned long long seed = 1; seed <= 4; seed++) {
+        unsigned long long rng = seed;
+        for (int i = 0; i < nt; i++) {
+            if (t[i].f32 || t[i].kind == T_EMBED) continue;
+            float *w = *tensor_slot(&f->m, t[i].kind, t[i].layer);
+            for (int64_t k = 0; k < t[i].n0 * t[i].n1 * t[i].n2; k++) w[k] *= 1 + (2 * rand_f32(&rng) - 1) / 256;
+        }
+        float *b = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0);
+        for (int i = 0; i < nt; i++) if (!t[i].f32) reload_tensor(&f->m, t[i].kind, t[i].layer);
+        fold_latent(&f->m, NULL);
+        double med = close_logits(b, a, n, V, 3e-2, 0.05f, &out, &miss);
+        if (out > worst_out || (out == worst_out && med > worst_med)) { worst_out = out; worst_med = med; }
+        worst_miss = miss > worst_miss ? miss : worst_miss;
+        free(b);
     }
-    float *b = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0);
-    fold_latent(&f->m, NULL);
-    double med = close_logits(b, a, n, V, 3e-2, 0.05f, &out, &miss);
     char name[160];
-    snprintf(name, sizeof(name), "%s: GPU criterion passes bf16 weights: median, %d outliers, %d misses", f->name, out, miss);
-    check(name, med <= 3e-2 && out <= n / 16 && miss == 0, med, 3e-2);
-    med = close_logits(wrong, a, n, V, 3e-2, 0.05f, &out, &miss);
+    snprintf(name, sizeof(name), "%s: GPU criterion passes bf16-sized noise: median, %d outliers, %d misses", f->name, worst_out, worst_miss);
+    check(name, worst_med <= 3e-2 && worst_out <= n / 16 && worst_miss == 0, worst_med, 3e-2);
+    close_logits(wrong, a, n, V, 3e-2, 0.05f, &out, &miss);
     snprintf(name, sizeof(name), "%s: GPU criterion fails g=4 for g=2: %d outliers > %d", f->name, out, n / 16);
     check(name, out > n / 16, out, n / 16);
-    free(a); free(b); free(wrong);
+    free(a); free(wrong); free(t);
 }
 
 static void test_gpu_model(Fixture *f, int ngpu) {

@@ -7,7 +7,9 @@
                         tokenizer.json), with ids.txt (48 token ids) and logits.f32: HF's logits for those ids,
                         computed in float64 from the bf16 weights, stored float32 little-endian, shape [48, 512]
   moe/                  the same for a V3-style model with many experts (64 routed of 32, top-6 of 4 of 8 groups,
-                        2 shared): a decode step or a short prefill leaves most experts without a token
+                        2 shared): a decode step or a short prefill leaves most experts without a token. Its
+                        router is made decisive (decisive_router), so that the GPU's bf16 rounding never flips
+                        an expert choice
 
 Needs torch, transformers 5, tokenizers; runs on a CPU in a few seconds. Seeds are fixed, but the tokenizer
 depends on the local Python's standard library, so other machines may write a different (equally good) set.
@@ -96,7 +98,35 @@ V2 = DeepseekV2Config(**COMMON, q_lora_rank=None, v_head_dim=16, n_shared_expert
                       rope_parameters=dict(rope_type="default", rope_theta=10000.0))
 
 
-def make_model(name, cls, config, ids, seed):
+def decisive_router(model, config, seed):
+    """Routing that bf16 rounding cannot flip. With random weights, the scores of 64 experts crowd
+    together, and at some positions the sixth and seventh choices differ by less than the GPU's bf16
+    rounding moves them: the GPU then takes another expert there, and its logits leave the CPU's by far
+    more than rounding. Here the router reads a code: half of the hidden space carries it, in E/2
+    orthonormal directions u_i; expert 2i's router row is A u_i and expert 2i+1's is -A u_i, and token t's
+    embedding adds B (+-u_i) for six experts of t (one in each of topk_group random groups, then two more
+    there; never both of a pair), so every token's six experts score far above the rest. lm_head reads
+    only the other half, so the logits still come from what attention and the experts compute."""
+    E, D, G, K = config.n_routed_experts, config.hidden_size, config.n_group, config.num_experts_per_tok
+    A, B = 1.0, 10.0
+    g = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(D, D, generator=g))[0].T   # orthonormal rows
+    code, rest = q[: E // 2], q[E // 2 :]
+    u = torch.stack([code[e // 2] * (1 - 2 * (e % 2)) for e in range(E)])
+    emb = model.model.embed_tokens.weight
+    for t in range(emb.shape[0]):
+        groups = torch.randperm(G, generator=g)[: config.topk_group].tolist()
+        chosen = [k * (E // G) + int(torch.randint(E // G, (1,), generator=g)) for k in groups]
+        while len(chosen) < K:
+            free = [e for k in groups for e in range(k * (E // G), (k + 1) * (E // G)) if e not in chosen and e ^ 1 not in chosen]
+            chosen.append(free[int(torch.randint(len(free), (1,), generator=g))])
+        emb[t] += B * u[chosen].sum(0)
+    for layer in model.model.layers[config.first_k_dense_replace:]:
+        layer.mlp.gate.weight.copy_(A * u)
+    model.lm_head.weight.copy_(model.lm_head.weight @ (rest.T @ rest))
+
+
+def make_model(name, cls, config, ids, seed, decisive=False):
     out = os.path.join(DATA, name)
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(seed)
@@ -104,6 +134,8 @@ def make_model(name, cls, config, ids, seed):
     with torch.no_grad():  # larger than HF's init, so that logits and routing are decisive
         for n, p in model.named_parameters():
             p.copy_(1 + 0.2 * torch.randn(p.shape) if n.endswith("norm.weight") else 0.1 * torch.randn(p.shape))
+        if decisive:
+            decisive_router(model, config, seed)
         model.to(torch.bfloat16)
         for n, b in model.named_buffers():
             if n.endswith("e_score_correction_bias"):  # float32, as the DeepSeek-V3 release ships it
@@ -147,7 +179,8 @@ def check_loaded(model, path):
     return True
 
 
-MODELS = {"v3": (DeepseekV3ForCausalLM, V3, 3), "v2": (DeepseekV2ForCausalLM, V2, 2), "moe": (DeepseekV3ForCausalLM, MOE, 4)}
+MODELS = {"v3": (DeepseekV3ForCausalLM, V3, 3, False), "v2": (DeepseekV2ForCausalLM, V2, 2, False),
+          "moe": (DeepseekV3ForCausalLM, MOE, 4, True)}
 
 
 def main():
@@ -159,8 +192,8 @@ def main():
     ids = tok.encode(SNIPPET).ids
     ids = (ids * (SEQ // len(ids) + 1))[:SEQ]
     for n in names:
-        cls, config, seed = MODELS[n]
-        make_model(n, cls, config, ids, seed)
+        cls, config, seed, decisive = MODELS[n]
+        make_model(n, cls, config, ids, seed, decisive)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DATA) for f in fs)
     print(f"tests/data: {total} bytes in all")
 
