@@ -90,6 +90,7 @@ typedef struct {
     float *topw, *eout;
     bf16 *eh;
     int nsplit_max;
+    int moe_blocks[8][2];    // blocks of each expert-product kernel (moe_tiles: down, up) that fit on one SM
 } Rank;
 
 struct GPU {
@@ -843,13 +844,15 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 // The expert products are hand-written rather than cuBLAS: cublasGemmGroupedBatchedEx takes every
 // expert's row count from host arrays, which a captured decode step cannot read without a host
 // synchronisation; this kernel reads the counts on the device and skips empty experts by never
-// numbering their tiles. One kernel serves decode and prefill (one code path; a prefill chunk of 2048
-// tokens gives each of V2-Lite's experts about 190 rows, enough to keep the tensor cores busy).
+// numbering their tiles. One kernel serves decode and prefill, in tiles shaped for each (moe_tile).
 
-// ldmatrix: four 8x8 bf16 matrices from shared memory; lane l gives the row address of matrix l / 8
+// ldmatrix: four (two) 8x8 bf16 matrices from shared memory; lane l gives the row address of matrix l / 8
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
 }
 // d (16 x 8, f32) += A (16 x 16, row-major) B (16 x 8, column-major), bf16 in
 __device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, const uint32_t *b) {
@@ -905,24 +908,25 @@ __global__ void __launch_bounds__(1024) moe_plan_kernel(const int *topi, int n, 
 // B = the expert's tokens, for the slots of each expert:
 //   UP:   eh[s][f] = silu(W1_e[f] . x) * (W3_e[f] . x), x = X[perm[s]] (D), f < ik: W = ew13, Y = eh (bf16)
 //   DOWN: eout[s][f] = W2_e[f] . eh[s] (ik), f < D: W = ew2 (row f of expert e at f*E*ik + e*ik), Y = eout (f32)
-// A block tile is 128 weight rows (DOWN: features f; UP: 64 features, warp w holding W1 rows then W3 rows
-// of its 16, so SwiGLU pairs meet in one thread) x BN slots, in k steps of 64 through a 4-stage cp.async
-// pipeline; warp w computes rows 32w..32w+31 against all BN slots. Shared tiles are rows of 128 bytes
-// whose 16-byte chunk c sits at c ^ (row % 8) (conflict-free ldmatrix). Rows past the features, slots
-// past the expert's count and k past the width are zero-filled and not stored.
+// A block tile is BM weight rows x BN slots, in k steps of 64 through a 4-stage cp.async pipeline; warp w
+// of 4 computes rows BM/4 w.. against all BN slots, in m16 tiles. UP: an m16 tile holds the W1 rows of 8
+// features, then their W3 rows, so SwiGLU pairs meet in one thread (a tile row block covers BM/2
+// features). Shared tiles are rows of 128 bytes whose 16-byte chunk c sits at c ^ (row % 8)
+// (conflict-free ldmatrix). Rows past the features, slots past the expert's count and k past the width
+// are zero-filled and not stored.
 // Work items (expert e, feature tile m, token tile t) are numbered over the non-empty experts only
 // (item = mt * toff[e] + m * tiles_e + t: token tiles fastest, so blocks that share a weight tile run
 // together and read it once from DRAM); a fixed grid strides over them, and reads the count on the device.
-#define MOE_BM 128
 #define MOE_BK 64
 #define MOE_ST 4
-static size_t moe_smem(int bn) { return (size_t)MOE_ST * (MOE_BM + bn) * MOE_BK * 2; }
+static size_t moe_smem(int bm, int bn) { return (size_t)MOE_ST * (bm + bn) * MOE_BK * 2; }
 
-template <int BN, bool UP>
+template <int BM, int BN, bool UP>
 __global__ void __launch_bounds__(128)
 moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const int *__restrict__ perm, const int *__restrict__ off,
                 void *__restrict__ Y, int E, int D, int ik) {
-    constexpr int BM = MOE_BM, BK = MOE_BK, ST = MOE_ST, NB = BN / 8, FB = UP ? BM / 2 : BM;   // FB: features per tile
+    // MI m16 tiles per warp, NB n8 tiles, FB features per block tile
+    constexpr int BK = MOE_BK, ST = MOE_ST, MI = BM / 64, NB = BN / 8, FB = UP ? BM / 2 : BM;
     extern __shared__ __align__(16) char moe_smem_raw[];
     bf16 *As = (bf16 *)moe_smem_raw, *Bs = As + ST * BM * BK;   // [ST][BM][BK], [ST][BN][BK]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3, c = tid & 7;
@@ -935,14 +939,14 @@ moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const in
         const int e = lo, tiles = toff[e + 1] - toff[e], loc = it - mt * toff[e], m = loc / tiles, t = loc % tiles;
         const int s0 = off[e] + t * BN, ns = min(BN, off[e + 1] - s0);   // this tile's slots
         // sources of the rows this thread copies: chunk c of A rows tid/8 + 16i, of B rows tid/8 + 16j
-        const bf16 *arow[BM / 16], *brow[BN / 16];
+        const bf16 *arow[BM / 16], *brow[(BN + 15) / 16];
         #pragma unroll
         for (int i = 0; i < BM / 16; i++) {
-            int r = tid / 8 + 16 * i, f = m * FB + (UP ? (r >> 5) * 16 + (r & 15) : r);
-            arow[i] = f >= F ? nullptr : UP ? W + ((size_t)e * 2 * ik + ((r >> 4) & 1) * ik + f) * D : W + ((size_t)f * E + e) * ik;
+            int r = tid / 8 + 16 * i, f = m * FB + (UP ? (r >> 4) * 8 + (r & 7) : r);
+            arow[i] = f >= F ? nullptr : UP ? W + ((size_t)e * 2 * ik + ((r >> 3) & 1) * ik + f) * D : W + ((size_t)f * E + e) * ik;
         }
         #pragma unroll
-        for (int j = 0; j < BN / 16; j++) {
+        for (int j = 0; j < (BN + 15) / 16; j++) {
             int n = tid / 8 + 16 * j;
             brow[j] = n >= ns ? nullptr : UP ? X + (size_t)perm[s0 + n] * D : X + (size_t)(s0 + n) * ik;
         }
@@ -956,15 +960,15 @@ moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const in
                 cp_async16(as + r * BK + ((c ^ (r & 7)) << 3), ok ? arow[i] + k : W, ok ? 16 : 0);
             }
             #pragma unroll
-            for (int j = 0; j < BN / 16; j++) {
+            for (int j = 0; j < (BN + 15) / 16; j++) {
                 int n = tid / 8 + 16 * j;
                 bool ok = brow[j] && k < K;
-                cp_async16(bs + n * BK + ((c ^ (n & 7)) << 3), ok ? brow[j] + k : X, ok ? 16 : 0);
+                if (n < BN) cp_async16(bs + n * BK + ((c ^ (n & 7)) << 3), ok ? brow[j] + k : X, ok ? 16 : 0);
             }
         };
-        float acc[2][NB][4];
+        float acc[MI][NB][4];
         #pragma unroll
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < MI; i++)
             #pragma unroll
             for (int j = 0; j < NB; j++)
                 #pragma unroll
@@ -979,46 +983,50 @@ moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const in
             const bf16 *as = As + (kt % ST) * BM * BK, *bs = Bs + (kt % ST) * BN * BK;
             #pragma unroll
             for (int kk = 0; kk < BK / 8; kk += 2) {   // 16 k at a time, in 16-byte chunks kk, kk + 1
-                uint32_t a[2][4], b[NB][2];
+                uint32_t a[MI][4], b[NB][2];
                 #pragma unroll
-                for (int i = 0; i < 2; i++) {   // rows 0-7 | 8-15 at chunk kk, then at kk + 1: a0..a3
-                    int r = warp * 32 + i * 16 + (lane & 15), ch = kk + (lane >> 4);
+                for (int i = 0; i < MI; i++) {   // rows 0-7 | 8-15 at chunk kk, then at kk + 1: a0..a3
+                    int r = warp * (BM / 4) + i * 16 + (lane & 15), ch = kk + (lane >> 4);
                     ldsm_x4(a[i], as + r * BK + ((ch ^ (r & 7)) << 3));
                 }
                 #pragma unroll
                 for (int j = 0; j < NB; j += 2) {   // slots j*8.. at chunks kk, kk+1, then slots j*8+8.. likewise
-                    int n = j * 8 + (lane & 7) + ((lane >> 4) << 3), ch = kk + ((lane >> 3) & 1);
-                    uint32_t r4[4];
-                    ldsm_x4(r4, bs + n * BK + ((ch ^ (n & 7)) << 3));
-                    b[j][0] = r4[0]; b[j][1] = r4[1]; b[j + 1][0] = r4[2]; b[j + 1][1] = r4[3];
+                    if (j + 1 < NB) {
+                        int n = j * 8 + (lane & 7) + ((lane >> 4) << 3), ch = kk + ((lane >> 3) & 1);
+                        uint32_t r4[4];
+                        ldsm_x4(r4, bs + n * BK + ((ch ^ (n & 7)) << 3));
+                        b[j][0] = r4[0]; b[j][1] = r4[1]; b[j + 1][0] = r4[2]; b[j + 1][1] = r4[3];
+                    } else {
+                        int n = j * 8 + (lane & 7), ch = kk + ((lane >> 3) & 1);
+                        ldsm_x2(b[j], bs + n * BK + ((ch ^ (n & 7)) << 3));
+                    }
                 }
                 #pragma unroll
-                for (int i = 0; i < 2; i++)
+                for (int i = 0; i < MI; i++)
                     #pragma unroll
                     for (int j = 0; j < NB; j++) mma_bf16(acc[i][j], a[i], b[j]);
             }
         }
         cp_wait<0>();
         __syncthreads();   // the stages are free for the next item
-        // acc[i][j][v]: A row warp*32 + i*16 + g + 8*(v/2), slot j*8 + 2q + v%2
+        // acc[i][j][v]: A row warp*BM/4 + i*16 + g + 8*(v/2), slot j*8 + 2q + v%2
         #pragma unroll
-        for (int j = 0; j < NB; j++)
+        for (int i = 0; i < MI; i++)
             #pragma unroll
-            for (int v = 0; v < 4; v++) {
-                int n = j * 8 + 2 * q + (v & 1);
-                if (n >= ns) continue;
-                if (UP) {   // acc[0]: W1 row, acc[1]: W3 row of feature f
-                    int f = m * FB + warp * 16 + g + 8 * (v >> 1);
-                    float a1 = acc[0][j][v];
-                    if (f < F) ((bf16 *)Y)[(size_t)(s0 + n) * ik + f] = __float2bfloat16(a1 / (1.0f + expf(-a1)) * acc[1][j][v]);
-                } else {
-                    #pragma unroll
-                    for (int i = 0; i < 2; i++) {
-                        int f = m * FB + warp * 32 + i * 16 + g + 8 * (v >> 1);
+            for (int j = 0; j < NB; j++)
+                #pragma unroll
+                for (int v = 0; v < (UP ? 2 : 4); v++) {
+                    int n = j * 8 + 2 * q + (v & 1), r = warp * (BM / 4) + i * 16 + g + 8 * (v >> 1);
+                    if (n >= ns) continue;
+                    if (UP) {   // acc[i][j][v]: the W1 row of feature f, acc[i][j][v + 2]: its W3 row
+                        int f = m * FB + (r >> 4) * 8 + g;
+                        float a1 = acc[i][j][v];
+                        if (f < F) ((bf16 *)Y)[(size_t)(s0 + n) * ik + f] = __float2bfloat16(a1 / (1.0f + expf(-a1)) * acc[i][j][v + 2]);
+                    } else {
+                        int f = m * FB + r;
                         if (f < F) ((float *)Y)[(size_t)(s0 + n) * D + f] = acc[i][j][v];
                     }
                 }
-            }
     }
 }
 
@@ -1032,22 +1040,28 @@ __global__ void moe_combine_kernel(float *y, const float *eout, const float *top
     }
 }
 
-// Token tile of the expert products: 16 slots while experts get few tokens (decode: the product stays
-// a read of the weights), 64 once they average 32 or more (prefill, large batches).
-static int moe_bn(const Config *c, int rows) { return rows * c->topk >= 32 * c->n_experts ? 64 : 16; }
+// Tile shapes of the expert products (weight rows x slots). moe_tile picks one for a step of `rows`
+// tokens: 16 slots while experts get few tokens (decode: the product stays a read of the weights), 64
+// once they average 32 or more (prefill, large batches). The others are candidates that -m bench times
+// against them (moe_breakdown), to be kept only where they win.
+typedef void (*MoeKernel)(const bf16 *, const bf16 *, const int *, const int *, void *, int, int, int);
+typedef struct { int bm, bn; MoeKernel up, down; } MoeTile;
+#define MOE_T(bm, bn) {bm, bn, moe_gemm_kernel<bm, bn, true>, moe_gemm_kernel<bm, bn, false>}
+static const MoeTile moe_tiles[] = {MOE_T(128, 16), MOE_T(128, 64), MOE_T(64, 8), MOE_T(64, 16), MOE_T(128, 128)};
+#undef MOE_T
+#define MOE_NTILES (int)(sizeof(moe_tiles) / sizeof(moe_tiles[0]))
+static_assert(MOE_NTILES <= 8, "Rank.moe_blocks holds 8 tile shapes");
+static int moe_tile(const Config *c, int rows) { return rows * c->topk >= 32 * c->n_experts ? 1 : 0; }
 
-// The two expert products for `rows` tokens planned in R->off (tiles of BN slots), on a grid of at most
-// the blocks that fit the card at once (by shared memory; at most 4 per SM), each striding over the items.
-template <int BN> static void moe_experts_bn(GPU *G, Rank *R, const LayerW *L, int rows) {
+// One expert product (up: W1/W3 and SwiGLU, else W2) of `rows` tokens planned in R->off for tile shape
+// T, on a grid of at most the blocks that fit the card at once, each striding over the items.
+static void moe_product(GPU *G, Rank *R, const LayerW *L, int rows, const MoeTile *T, int up) {
     const Config *c = &G->c;
-    int E = c->n_experts, D = c->dim, n = rows * c->topk, tiles = (n + BN - 1) / BN + std::min(E, n);   // tiles: at most
-    int per_sm = std::min<int>(4, (227 << 10) / moe_smem(BN));
-    auto grid = [&](int items) { return std::max(1, std::min(items, G->sms * per_sm)); };
-    moe_gemm_kernel<BN, true><<<grid((L->ik + MOE_BM / 2 - 1) / (MOE_BM / 2) * tiles), 128, moe_smem(BN), R->st>>>(
-        L->ew13, R->xb, R->perm, R->off, R->eh, E, D, L->ik);
-    LAUNCH_CHECK();
-    moe_gemm_kernel<BN, false><<<grid((D + MOE_BM - 1) / MOE_BM * tiles), 128, moe_smem(BN), R->st>>>(
-        L->ew2, R->eh, R->perm, R->off, R->eout, E, D, L->ik);
+    int E = c->n_experts, D = c->dim, n = rows * c->topk, per_sm = R->moe_blocks[T - moe_tiles][up];
+    int tiles = (n + T->bn - 1) / T->bn + std::min(E, n), fb = up ? T->bm / 2 : T->bm;   // tiles: at most
+    int items = ((up ? L->ik : D) + fb - 1) / fb * tiles;
+    (up ? T->up : T->down)<<<std::max(1, std::min(items, G->sms * per_sm)), 128, moe_smem(T->bm, T->bn), R->st>>>(
+        up ? L->ew13 : L->ew2, up ? R->xb : R->eh, R->perm, R->off, up ? (void *)R->eh : (void *)R->eout, E, D, L->ik);
     LAUNCH_CHECK();
 }
 
@@ -1079,10 +1093,11 @@ static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
         } else {
             moe_route_kernel<<<rows, 1, scratch, st>>>(*c, R->router, L->bias, R->topi, R->topw);
             LAUNCH_CHECK();
-            int bn = moe_bn(c, rows);
-            moe_plan_kernel<<<1, 1024, 0, st>>>(R->topi, rows * tk, E, tk, bn, R->off, R->perm, R->pos, counts);
+            const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
+            moe_plan_kernel<<<1, 1024, 0, st>>>(R->topi, rows * tk, E, tk, T->bn, R->off, R->perm, R->pos, counts);
             LAUNCH_CHECK();
-            if (bn == 16) moe_experts_bn<16>(G, R, L, rows); else moe_experts_bn<64>(G, R, L, rows);
+            moe_product(G, R, L, rows, T, 1);
+            moe_product(G, R, L, rows, T, 0);
         }
     }
     if (L->fk) {   // the dense FFN, or the shared experts
@@ -1405,11 +1420,13 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     std::vector<float> inv(c->dr / 2);
     rope_freqs(c, inv.data());
     CUDA_CHECK(cudaMemcpy(R->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
-    if (G->ffn)   // the expert products' shared memory (over the default 48 KB)
-        for (int bn = 16; bn <= 64; bn *= 4) {
-            const void *k[2] = {bn == 16 ? (const void *)moe_gemm_kernel<16, true> : (const void *)moe_gemm_kernel<64, true>,
-                                bn == 16 ? (const void *)moe_gemm_kernel<16, false> : (const void *)moe_gemm_kernel<64, false>};
-            for (int i = 0; i < 2; i++) CUDA_CHECK(cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)moe_smem(bn)));
+    for (int i = 0; G->ffn && i < MOE_NTILES; i++)   // the expert products' shared memory (over the default 48 KB), blocks per SM
+        for (int up = 0; up < 2; up++) {
+            MoeKernel k = up ? moe_tiles[i].up : moe_tiles[i].down;
+            int smem = (int)moe_smem(moe_tiles[i].bm, moe_tiles[i].bn);
+            CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&R->moe_blocks[i][up], k, 128, smem));
+            R->moe_blocks[i][up] = std::max(1, R->moe_blocks[i][up]);
         }
     AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
@@ -1556,11 +1573,100 @@ void gpu_decode(GPU *G, const int *tokens, float *logits) {
 // ----------------------------------------------------------------------------
 // -m bench: decode steps at a fixed context on random weights and a random cache (DESIGN.md 5, 6)
 
-typedef struct { int B, ctx, steps; double step_s, attn_s, idle; } BenchRun;   // idle: see bench_rank
+typedef struct {
+    int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
+    double step_s, attn_s, idle;    // idle: see bench_rank
+    char moe[2048];
+} BenchRun;
 
 // bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
 static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
 static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
+
+// body() captured once in a CUDA graph and replayed `reps` times: seconds per replay
+template <class F> static double graph_time(Rank *R, F body, int reps = 3) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
+    body();
+    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, R->st));   // warm-up
+    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
+    CUDA_CHECK(cudaEventRecord(e0, R->st));
+    for (int i = 0; i < reps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    CUDA_CHECK(cudaEventRecord(e1, R->st));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
+    return ms / 1e3 / reps;
+}
+
+// Where a MoE layer's time goes, for `rows` tokens on one GPU (x holds the last step's residual): the FFN
+// and each of its launches alone, per layer (each timed over all MoE layers, so that no layer's weights
+// are still in L2 when its turn comes), then the two expert products in every tile shape, with the
+// experts' weight bytes per second and the products' flop rate; a shape must give the default shape's
+// y (its maximum difference, relative to max |y|, is shown). Text into out.
+static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
+    const Config *c = &G->c;
+    int E = c->n_experts, D = c->dim, tk = c->topk, l0 = c->first_dense, nl = c->n_layers - l0, def = moe_tile(c, rows);
+    size_t scratch = (2 * E + c->n_group + 1) * sizeof(float), len = 0;
+    float one = 1.0f, zero = 0.0f;
+    auto each = [&](auto body) { return graph_time(R, [&] { for (int l = l0; l < c->n_layers; l++) body(&R->lw[l], l); }) / nl * 1e6; };
+    double ffn = each([&](const LayerW *L, int l) { ffn_rank(G, R, L, l, rows); });
+    double norm = each([&](const LayerW *L, int) {
+        add_rmsnorm_kernel<<<rows, 256, 0, R->st>>>(R->x, NULL, L->ffn_norm, R->xb, R->xn, D, c->eps); LAUNCH_CHECK(); });
+    double router = each([&](const LayerW *L, int) {
+        CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E)); });
+    double route = each([&](const LayerW *L, int) {
+        moe_route_kernel<<<rows, 1, scratch, R->st>>>(*c, R->router, L->bias, R->topi, R->topw); LAUNCH_CHECK(); });
+    auto plan = [&](int bn, int l) {
+        moe_plan_kernel<<<1, 1024, 0, R->st>>>(R->topi, rows * tk, E, tk, bn, R->off, R->perm, R->pos, R->counts + (size_t)l * E);
+        LAUNCH_CHECK();
+    };
+    double planned = each([&](const LayerW *, int l) { plan(moe_tiles[def].bn, l); });
+    double shared = each([&](const LayerW *L, int) {
+        if (!L->fk) return;
+        gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
+        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, R->st>>>(R->h13, NULL, R->h, rows, 1, L->fk);
+        LAUNCH_CHECK();
+        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
+    });
+    double combine = each([&](const LayerW *L, int) {
+        moe_combine_kernel<<<rows, 256, 0, R->st>>>(R->y, R->eout, R->topw, R->pos, tk, D, L->fk > 0); LAUNCH_CHECK(); });
+    std::vector<int> cnt(E);
+    CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts + (size_t)(c->n_layers - 1) * E, E * 4, cudaMemcpyDeviceToHost));
+    int used = 0;
+    for (int e = 0; e < E; e++) used += cnt[e] > 0;
+    double wb = used * expert_bytes(c, G->K), fl = 2.0 * rows * tk * 3 * (c->moe_inter / G->K) * D;
+    len += snprintf(out + len, cap - len, "    MoE layer alone, %d rows (us per layer): FFN %.1f = norm %.1f + router %.1f + route %.1f + plan %.1f"
+                    " + experts + shared %.1f + combine %.1f; %d of %d experts used\n", rows, ffn, norm, router, route, planned, shared,
+                    combine, used, E);
+    std::vector<float> y0((size_t)rows * D), y((size_t)rows * D);
+    for (int pass = 0; pass < 2; pass++)   // the default shape first, for the reference y
+        for (int i = 0; i < MOE_NTILES; i++) {
+            if ((i == def) != (pass == 0)) continue;
+            const MoeTile *T = &moe_tiles[i];
+            const LayerW *L = &R->lw[c->n_layers - 1];   // its routing is the one planned (route ran last for it)
+            plan(T->bn, c->n_layers - 1);
+            moe_product(G, R, L, rows, T, 1);
+            moe_product(G, R, L, rows, T, 0);
+            moe_combine_kernel<<<rows, 256, 0, R->st>>>(R->y, R->eout, R->topw, R->pos, tk, D, 0);
+            LAUNCH_CHECK();
+            CUDA_CHECK(cudaMemcpy((pass ? y : y0).data(), R->y, y.size() * 4, cudaMemcpyDeviceToHost));
+            double d = 0, m = 0;
+            for (size_t k = 0; k < y.size(); k++) { d = std::max(d, (double)fabsf(y[k] - y0[k])); m = std::max(m, (double)fabsf(y0[k])); }
+            double up = each([&](const LayerW *L2, int) { moe_product(G, R, L2, rows, T, 1); });
+            double down = each([&](const LayerW *L2, int) { moe_product(G, R, L2, rows, T, 0); });
+            char diff[64] = "the default";
+            if (pass) snprintf(diff, sizeof(diff), "y differs from the default's by %.2g of max |y|", m > 0 ? d / m : d);
+            len += snprintf(out + len, cap - std::min(cap, len), "    experts in %3dx%-3d tiles: up %7.1f us, down %7.1f us: %5.0f GB/s, %5.1f TFLOP/s; %s\n",
+                            T->bm, T->bn, up, down, wb / (up + down) / 1e3, fl / (up + down) / 1e6, diff);
+        }
+}
 
 // one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
 static void bench_rank(GPU *G, Rank *R, void *arg) {
@@ -1619,6 +1725,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
         for (int l = 0; l < c->n_layers; l++)
             for (int e = 0; e < c->n_experts && layer_is_moe(c, l); e++) idle += cnt[(size_t)l * c->n_experts + e] == 0;
         b->idle = idle * expert_bytes(c, G->K);
+        if (b->breakdown && G->nrank == 1 && !G->moe_all) moe_breakdown(G, R, G->B, b->moe, sizeof(b->moe));
     }
 }
 
@@ -1655,9 +1762,11 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int
     return lo;
 }
 
-static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps) {
+static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown) {
     GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
-    BenchRun b = {B, ctx, steps, 0, 0, 0};
+    BenchRun b;
+    memset(&b, 0, sizeof(b));
+    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown;
     on_ranks(G, bench_rank, &b);
     gpu_free(G);
     return b;
@@ -1758,7 +1867,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
         int bs[3] = {bm, bt, bm};
         double tps[3];
         for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
-            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps);
+            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
             Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
             double cb, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &rest);
             double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
@@ -1768,6 +1877,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
             printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
                    tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
                    r[k].step_s / floor, rest_x, cb / 1e9);
+            if (k == 0) printf("%s", r[0].moe);   // the MoE layer's breakdown (empty without MoE)
             double pr = 0;
             for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
             fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, nrank, prop.name,
@@ -1810,6 +1920,10 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, 
         t = std::min(t, now_s() - t0);
     }
     int chunk = G->chunk;
+    char moe[2048] = "";
+    if (ffn && moe_layers(c) && G->nrank == 1 && !G->moe_all) {
+        on_ranks(G, [](GPU *G2, Rank *R, void *out) { moe_breakdown(G2, R, G2->chunk, (char *)out, 2048); }, moe);
+    }
     gpu_free(G);
     Part p = make_part(c, s->g, K, 0, s->split);
     size_t w;
@@ -1821,8 +1935,8 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, 
     double floor = std::max(flops / fl, wbytes / bw);
     printf("bench %s prefill on %d x %s: %d tokens in chunks of %d, %s FFN; card: copy %.0f GB/s, bf16 matmul %.0f TFLOP/s\n", name,
            K, prop.name, n, chunk, ffn_name(c, ffn), bw / 1e9, fl / 1e12);
-    printf("prefill %d tokens: %.2f ms, %.0f tok/s, %.1f TFLOP/s; floor %.2f ms (%.0f tok/s, %.1f TFLOP of products): %.2f x floor\n", n,
-           t * 1e3, n / t, flops / t / 1e12, floor * 1e3, n / floor, flops / 1e12, t / floor);
+    printf("prefill %d tokens: %.2f ms, %.0f tok/s, %.1f TFLOP/s; floor %.2f ms (%.0f tok/s, %.1f TFLOP of products): %.2f x floor\n%s", n,
+           t * 1e3, n / t, flops / t / 1e12, floor * 1e3, n / floor, flops / 1e12, t / floor, moe);
 }
 
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
