@@ -644,14 +644,6 @@ static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
     }
     for (int l = c->first_dense; l < c->n_layers; l++) v3->m.layers[l].bias[5] -= 100;
     free(cnt);
-    if (ngpu) {   // TEMPORARY: the old every-expert path (TPLA_MOE_ALL=1) still agrees, until it is deleted
-        setenv("TPLA_MOE_ALL", "1", 1);
-        float *cl = run_logits(&moe->m, &mla, moe->ids, moe->n, 16, 0, 0), *gl = run_logits(&moe->m, &mla, moe->ids, moe->n, 16, 1, ngpu);
-        unsetenv("TPLA_MOE_ALL");
-        snprintf(name, sizeof(name), "moe: GPU every-expert path (TPLA_MOE_ALL=1) on %d GPU(s) vs CPU", ngpu);
-        gpu_vs(name, gl, cl, moe->n, moe->m.c.vocab);
-        free(cl); free(gl);
-    }
 }
 
 // The GPU MoE path's limits are checked before anything is allocated, with a message.
@@ -706,7 +698,7 @@ int main(void) {
     test_moe_limits(fx, 3, ng);
     printf("--- MoE: the edges of the GPU's routed-expert path (GPU parts skipped without a GPU)\n");
     test_moe(&fx[0], &fx[1], &fx[2], ng ? k : 0);
-    if (!ng) skip("GPU MoE edges vs the CPU (batched decode, every expert, one expert, old path)", "no Hopper GPU");
+    if (!ng) skip("GPU MoE edges vs the CPU (batched decode, every expert, one expert)", "no Hopper GPU");
     printf("--- GPU engine\n");
     if (ng == 0) {
         skip("GPU decode attention vs float64", "no Hopper GPU");

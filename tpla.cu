@@ -80,7 +80,7 @@ typedef struct {
     CUtensorMap cmap;        // the cache, for the decode kernel's TMA
     // activations for up to `rows` tokens
     int *tok, *rpos, *rseq, *lens;
-    float *x, *y, *xn, *qlat, *kv, *router, *wgt, *h13, *S, *opart, *lse, *logits;
+    float *x, *y, *xn, *qlat, *kv, *router, *h13, *S, *opart, *lse, *logits;
     bf16 *xb, *qlatb, *q, *qall, *Q, *O, *v, *vown, *h, *P;
     // routed experts (rows*topk entries (row, k), in "slots" ordered by expert): chosen experts and weights
     // (rows, topk); off (2(E+1)): first slot and first token tile of each expert; perm: slot -> row;
@@ -98,7 +98,6 @@ struct GPU {
     int K, B, max_len, rows, chunk, ffn;   // ffn 0: the bench without FFN
     int nrank;               // ranks run here: K, or 1 for the rank bench (rank 0 of a K-GPU layout on one
                              // GPU, the collectives left out)
-    int moe_all;             // TEMPORARY (TPLA_MOE_ALL=1): every expert for every token, the old path
     float *rms_fix;
     Rank *rk;
     int *lens;               // host: tokens cached per sequence
@@ -185,28 +184,13 @@ __global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows,
     for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
 }
 
-// TEMPORARY (the old every-expert path, TPLA_MOE_ALL=1): the routing weight of every expert for each row
-// (rows, E), 0 for the unchosen; counts (E) += tokens per expert.
-__global__ void route_kernel(Config c, const float *logits, const float *bias, float *wgt, int *counts) {
-    extern __shared__ float scratch[];
-    int row = blockIdx.x, idx[GPU_MAX_TOPK];
-    float w[GPU_MAX_TOPK];
-    float *out = wgt + (size_t)row * c.n_experts;
-    for (int e = threadIdx.x; e < c.n_experts; e += blockDim.x) out[e] = 0.0f;
-    __syncthreads();
-    if (threadIdx.x) return;
-    route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
-    for (int k = 0; k < c.topk; k++) { out[idx[k]] = w[k]; atomicAdd(&counts[idx[k]], 1); }
-}
-
-// h (rows, ne*ik) = silu(W1 x) * (W3 x) * weight of the expert (1 if wgt is NULL), from h13 (ne, rows, 2*ik).
-__global__ void swiglu_kernel(const float *h13, const float *wgt, bf16 *h, int rows, int ne, int ik) {
-    size_t n = (size_t)rows * ne * ik;
+// h (rows, f) = silu(W1 x) * (W3 x), from h13 (rows, 2f): W1 x then W3 x.
+__global__ void swiglu_kernel(const float *h13, bf16 *h, int rows, int f) {
+    size_t n = (size_t)rows * f;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        int t = i % ik, e = (i / ik) % ne, row = i / ((size_t)ik * ne);
-        const float *src = h13 + ((size_t)e * rows + row) * 2 * ik;
-        float a = src[t], b = src[ik + t], wt = wgt ? wgt[(size_t)row * ne + e] : 1.0f;
-        h[i] = __float2bfloat16(wt == 0.0f ? 0.0f : a / (1.0f + expf(-a)) * b * wt);
+        const float *src = h13 + i / f * 2 * f;
+        float a = src[i % f], b = src[f + i % f];
+        h[i] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
     }
 }
 
@@ -796,8 +780,8 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
 // ----------------------------------------------------------------------------
 // cuBLAS: Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate
 
-static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out, float beta = 0.0f) {
-    float alpha = 1.0f;
+static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out) {
+    float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
                               &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
@@ -1080,33 +1064,21 @@ static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
         float one = 1.0f, zero = 0.0f;
         CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E));
         size_t scratch = (2 * E + c->n_group + 1) * sizeof(float);
-        int *counts = R->counts + (size_t)l * E;
-        if (G->moe_all) {   // TEMPORARY: every expert for every token, weight 0 for the unchosen
-            CUDA_CHECK(cudaMemsetAsync(counts, 0, E * sizeof(int), st));
-            route_kernel<<<rows, 32, scratch, st>>>(*c, R->router, L->bias, R->wgt, counts);
-            LAUNCH_CHECK();
-            gemm_batched(R, CUBLAS_OP_T, 2 * L->ik, rows, D, L->ew13, D, (long long)2 * L->ik * D, R->xb, D, 0, R->h13, CUDA_R_32F,
-                         2 * L->ik, (long long)rows * 2 * L->ik, E);
-            swiglu_kernel<<<grid_for((size_t)rows * E * L->ik), 256, 0, st>>>(R->h13, R->wgt, R->h, rows, E, L->ik);
-            LAUNCH_CHECK();
-            gemm(R, R->h, L->ew2, R->y, CUDA_R_32F, rows, E * L->ik, D);
-        } else {
-            moe_route_kernel<<<rows, 1, scratch, st>>>(*c, R->router, L->bias, R->topi, R->topw);
-            LAUNCH_CHECK();
-            const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
-            moe_plan_kernel<<<1, 1024, 0, st>>>(R->topi, rows * tk, E, tk, T->bn, R->off, R->perm, R->pos, counts);
-            LAUNCH_CHECK();
-            moe_product(G, R, L, rows, T, 1);
-            moe_product(G, R, L, rows, T, 0);
-        }
+        moe_route_kernel<<<rows, 1, scratch, st>>>(*c, R->router, L->bias, R->topi, R->topw);
+        LAUNCH_CHECK();
+        const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
+        moe_plan_kernel<<<1, 1024, 0, st>>>(R->topi, rows * tk, E, tk, T->bn, R->off, R->perm, R->pos, R->counts + (size_t)l * E);
+        LAUNCH_CHECK();
+        moe_product(G, R, L, rows, T, 1);
+        moe_product(G, R, L, rows, T, 0);
     }
     if (L->fk) {   // the dense FFN, or the shared experts
         gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
-        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, st>>>(R->h13, NULL, R->h, rows, 1, L->fk);
+        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, st>>>(R->h13, R->h, rows, L->fk);
         LAUNCH_CHECK();
-        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D, L->ik && G->moe_all ? 1.0f : 0.0f);
+        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
     }
-    if (L->ik && !G->moe_all) {
+    if (L->ik) {
         moe_combine_kernel<<<rows, 256, 0, st>>>(R->y, R->eout, R->topw, R->pos, tk, D, L->fk > 0);
         LAUNCH_CHECK();
     }
@@ -1249,12 +1221,10 @@ static void layout_rank(GPU *G, Rank *R) {
     R->O = (bf16 *)take(R, (size_t)rows * p->ha * p->dcs * 2);
     R->v = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
     R->vown = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
-    // FFN: the dense FFN and shared experts (h13, h), the routed experts (the old path: h13, h and wgt)
-    size_t hw = std::max<size_t>(fk, G->moe_all ? (size_t)E * ik : 0);
+    // FFN: the dense FFN and shared experts (h13, h), the routed experts
     R->router = (float *)take(R, (size_t)rows * E * 4);
-    R->wgt = (float *)take(R, G->moe_all ? (size_t)rows * E * 4 : 0);
-    R->h13 = (float *)take(R, (size_t)rows * 2 * hw * 4);
-    R->h = (bf16 *)take(R, (size_t)rows * hw * 2);
+    R->h13 = (float *)take(R, (size_t)rows * 2 * fk * 4);
+    R->h = (bf16 *)take(R, (size_t)rows * fk * 2);
     R->topi = (int *)take(R, (size_t)rows * tk * 4); R->topw = (float *)take(R, (size_t)rows * tk * 4);
     R->perm = (int *)take(R, (size_t)rows * tk * 4); R->pos = (int *)take(R, (size_t)rows * tk * 4);
     R->off = (int *)take(R, (size_t)2 * (E + 1) * 4);
@@ -1434,9 +1404,6 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
-// TEMPORARY: TPLA_MOE_ALL=1 selects the old every-expert path, kept for one measurement against the new one
-static int moe_all_env(void) { const char *v = getenv("TPLA_MOE_ALL"); return v && !strcmp(v, "1"); }
-
 // Prefill chunk: up to 2048 tokens (a long prompt's expert products need many rows per expert to run at
 // the tensor cores' rate), fewer while the score matrix of one chunk (heads x chunk x max_len, f32 and
 // bf16) would pass 1 GiB.
@@ -1464,7 +1431,6 @@ static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int n
     if (moe) die("%s (this model: %d experts of %d, top-%d, hidden %d, on %d GPUs)", moe, c->n_experts, c->moe_inter, c->topk, c->dim, K);
     GPU *G = (GPU *)calloc(1, sizeof(GPU));
     G->c = *c; G->s = *s; G->K = K; G->nrank = nrank; G->B = batch; G->max_len = max_len; G->ffn = ffn;
-    G->moe_all = moe_all_env();
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     G->sms = prop.multiProcessorCount;
@@ -1631,7 +1597,7 @@ static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
     double shared = each([&](const LayerW *L, int) {
         if (!L->fk) return;
         gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
-        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, R->st>>>(R->h13, NULL, R->h, rows, 1, L->fk);
+        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, R->st>>>(R->h13, R->h, rows, L->fk);
         LAUNCH_CHECK();
         gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
     });
@@ -1725,7 +1691,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
         for (int l = 0; l < c->n_layers; l++)
             for (int e = 0; e < c->n_experts && layer_is_moe(c, l); e++) idle += cnt[(size_t)l * c->n_experts + e] == 0;
         b->idle = idle * expert_bytes(c, G->K);
-        if (b->breakdown && G->nrank == 1 && !G->moe_all) moe_breakdown(G, R, G->B, b->moe, sizeof(b->moe));
+        if (b->breakdown && G->nrank == 1) moe_breakdown(G, R, G->B, b->moe, sizeof(b->moe));
     }
 }
 
@@ -1833,7 +1799,7 @@ static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx
 }
 
 static const char *ffn_name(const Config *c, int ffn) {
-    return !ffn ? "no" : !moe_layers(c) ? "dense" : moe_all_env() ? "MoE (every expert: TPLA_MOE_ALL=1)" : "MoE (routed experts)";
+    return !ffn ? "no" : !moe_layers(c) ? "dense" : "MoE (routed experts)";
 }
 
 void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
@@ -1921,7 +1887,7 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, 
     }
     int chunk = G->chunk;
     char moe[2048] = "";
-    if (ffn && moe_layers(c) && G->nrank == 1 && !G->moe_all) {
+    if (ffn && moe_layers(c) && G->nrank == 1) {
         on_ranks(G, [](GPU *G2, Rank *R, void *out) { moe_breakdown(G2, R, G2->chunk, (char *)out, 2048); }, moe);
     }
     gpu_free(G);

@@ -17,9 +17,9 @@
 #     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
 #     rep      the same at 32K with W_UQ and W_O replicated (-w rep)
 #     bench4   dsv3 and kimik2 on 4 GPUs, g = 4 and g = 2
-#     moe      on one GPU, v2lite (DeepSeek-V2-Lite, random weights): decode at 4K
-#              for batches 1, 8, 64, 256 and a 4096-token prefill, each with the routed-experts path and with
-#              the old every-expert path (TPLA_MOE_ALL=1, temporary); a table of both last (about 3 minutes)
+#     moe      on one GPU, v2lite (DeepSeek-V2-Lite, random weights): decode at 4K for batches 1, 8, 64, 256
+#              and a 4096-token prefill; a table of step times and "x floor", and each run's MoE breakdown
+#              (a MoE layer's launches alone, the expert products in every tile shape)
 set -u -o pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -103,20 +103,20 @@ for step in "$@"; do
         for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
     moe)
-        table="v2lite on 1 GPU, 4K context  batch   step ms  x floor"$'\n'
-        for all in 0 1; do
-            path=$([ $all = 1 ] && echo "every expert (old)" || echo "routed experts")
-            for b in 1 8 64 256; do
-                n=$(wc -l < "$LOG")
-                CUDA_VISIBLE_DEVICES=0 TPLA_MOE_ALL=$all bench v2lite -K 1 -b $b -l 4096 -n 10
-                row=$(tail -n +$((n + 1)) "$LOG" | grep -E '^ +4096 MLA-TP ' | tail -1)
-                table+="$(printf '%-28s %5s' "$path" $b) $(echo "${row:-(failed)}" | awk 'NF >= 11 {printf "%9s %8s", $4, $11; next} {print}')"$'\n'
-            done
+        table="v2lite on 1 GPU, 4K context  batch   step ms  x floor   attn ms"$'\n'
+        parts=""
+        for b in 1 8 64 256; do
             n=$(wc -l < "$LOG")
-            CUDA_VISIBLE_DEVICES=0 TPLA_MOE_ALL=$all bench v2lite -K 1 -k 4096
-            table+="$path, $(tail -n +$((n + 1)) "$LOG" | grep -E '^prefill ' | tail -1)"$'\n'
+            CUDA_VISIBLE_DEVICES=0 bench v2lite -K 1 -b $b -l 4096 -n 10
+            row=$(tail -n +$((n + 1)) "$LOG" | grep -E '^ +4096 MLA-TP ' | tail -1)
+            table+="$(printf '%-28s %5s' "routed experts" $b) $(echo "${row:-(failed)}" | awk 'NF >= 11 {printf "%9s %8s %9s", $4, $11, $6; next} {print}')"$'\n'
+            parts+="$(tail -n +$((n + 1)) "$LOG" | grep -E '^    (MoE layer|experts in)')"$'\n'
         done
-        summary+="$table" ;;
+        n=$(wc -l < "$LOG")
+        CUDA_VISIBLE_DEVICES=0 bench v2lite -K 1 -k 4096
+        table+="prefill: $(tail -n +$((n + 1)) "$LOG" | grep -E '^prefill ' | tail -1)"$'\n'
+        parts+="$(tail -n +$((n + 1)) "$LOG" | grep -E '^    (MoE layer|experts in)')"$'\n'
+        summary+="$table$parts" ;;
     esac
     summary+="[$step: $(( $(date +%s) - t0 )) s]"$'\n'
 done
