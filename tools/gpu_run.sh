@@ -103,13 +103,13 @@ for step in "$@"; do
         for s in dsv3 kimik2; do for g in 4 2; do bench $s -K 4 -g $g -n 5 -l ${CTX4:-1024,8192,32768}; done; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
     moe)
-        table="v2lite on 1 GPU, 4K context  batch   step ms  x floor   attn ms"$'\n'
+        table="v2lite on 1 GPU, 4K context  batch   step ms  x floor   attn ms  rest x"$'\n'
         parts=""
         for b in 1 8 64 256; do
             n=$(wc -l < "$LOG")
             CUDA_VISIBLE_DEVICES=0 bench v2lite -K 1 -b $b -l 4096 -n 10
             row=$(tail -n +$((n + 1)) "$LOG" | grep -E '^ +4096 MLA-TP ' | tail -1)
-            table+="$(printf '%-28s %5s' "routed experts" $b) $(echo "${row:-(failed)}" | awk 'NF >= 11 {printf "%9s %8s %9s", $4, $11, $6; next} {print}')"$'\n'
+            table+="$(printf '%-28s %5s' "routed experts" $b) $(echo "${row:-(failed)}" | awk 'NF >= 12 {printf "%9s %8s %9s %7s", $4, $11, $6, $12; next} {print}')"$'\n'
             parts+="$(tail -n +$((n + 1)) "$LOG" | grep -E '^    (MoE layer|experts in)')"$'\n'
         done
         n=$(wc -l < "$LOG")
