@@ -681,20 +681,27 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     }
 }
 
-// Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M).
+// Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M). A block
+// takes 8 heads of a sequence, a warp one head; the splits' weights are computed once, in shared memory.
+#define MERGE_HEADS 8
 __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, int ha, int dcs, int nsplit) {
-    int b = blockIdx.x, h = blockIdx.y;
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, lse[((size_t)b * nsplit + s) * ha + h]);
-    for (int c = threadIdx.x; c < dcs; c += blockDim.x) {
-        float num = 0, den = 0;
-        for (int s = 0; s < nsplit; s++) {
-            float l = lse[((size_t)b * nsplit + s) * ha + h];
-            if (l == -INFINITY) continue;
-            float w = exp2f(l - M);
-            num += w * opart[(((size_t)b * nsplit + s) * ha + h) * dcs + c];
-            den += w;
-        }
+    extern __shared__ float wsplit[];                   // [MERGE_HEADS][nsplit]
+    int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y * MERGE_HEADS + warp;
+    float *w = wsplit + warp * nsplit;
+    if (h >= ha) return;
+    float M = -INFINITY, den = 0;
+    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, lse[((size_t)b * nsplit + s) * ha + h]);
+    for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, o));
+    for (int s = lane; s < nsplit; s += 32) {
+        float l = lse[((size_t)b * nsplit + s) * ha + h];
+        w[s] = l == -INFINITY ? 0.0f : exp2f(l - M);   // a split with nothing cached weighs 0
+        den += w[s];
+    }
+    for (int o = 16; o; o >>= 1) den += __shfl_xor_sync(0xffffffff, den, o);
+    __syncwarp();
+    for (int c = lane; c < dcs; c += 32) {
+        float num = 0;
+        for (int s = 0; s < nsplit; s++) num += w[s] * opart[(((size_t)b * nsplit + s) * ha + h) * dcs + c];
         O[((size_t)b * ha + h) * dcs + c] = __float2bfloat16(den > 0 ? num / den : 0.0f);   // 0: nothing cached
     }
 }
@@ -724,11 +731,13 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     return a;
 }
 
-// Splits of the sequence: at most enough to fill the card four times; among those, the count whose
-// waves of blocks are fullest (blocks run one per SM).
+// Splits of the sequence: at most enough to fill the card four times, and none shorter than MIN_TILES
+// tiles (a block's start, its Q and its partial output cost about as much as that many tiles); among
+// those, the count whose waves of blocks are fullest (blocks run one per SM).
+#define MIN_TILES 4
 static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
     int tiles = (max_len + TC - 1) / TC;
-    return std::max(1, std::min(tiles, (4 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+    return std::max(1, std::min((tiles + MIN_TILES - 1) / MIN_TILES, (4 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
 }
 static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
     int tiles = (max_len + TC - 1) / TC, cap = nsplit_cap(rows, head_tiles, max_len, sms), best = 1;
@@ -773,7 +782,8 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
     a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
                                                             chunk, scale * LOG2E);
     LAUNCH_CHECK();
-    attn_merge_kernel<<<dim3(rows, ha), 128, 0, st>>>(opart, lse, O, ha, dcs, ns);
+    attn_merge_kernel<<<dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), 32 * MERGE_HEADS, MERGE_HEADS * ns * sizeof(float), st>>>(
+        opart, lse, O, ha, dcs, ns);
     LAUNCH_CHECK();
 }
 
