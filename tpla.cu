@@ -731,22 +731,24 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     return a;
 }
 
-// Splits of the sequence: at most enough to fill the card four times, and none shorter than MIN_TILES
-// tiles (a block's start, its Q and its partial output cost about as much as that many tiles); among
-// those, the count whose waves of blocks are fullest (blocks run one per SM).
+// Splits of the sequence. Blocks run one per SM, in waves; a split has at least MIN_TILES tiles (a block's
+// start, its Q and its partial output cost about as much as that many). The count chosen (at most enough
+// to fill the card WAVES times) makes the least of: waves x (the tiles of a split + two tiles of start and
+// end), in bytes of cache read per SM, plus the partial outputs written and read again by the merge.
 #define MIN_TILES 4
+#define WAVES 8
 static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
     int tiles = (max_len + TC - 1) / TC;
-    return std::max(1, std::min((tiles + MIN_TILES - 1) / MIN_TILES, (4 * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+    return std::max(1, std::min((tiles + MIN_TILES - 1) / MIN_TILES, (WAVES * sms + rows * head_tiles - 1) / (rows * head_tiles)));
 }
-static int nsplit_for(int rows, int head_tiles, int max_len, int sms, int *chunk) {
+static int nsplit_for(int rows, int head_tiles, int ha, int dcs, int Dk, int max_len, int sms, int *chunk) {
     int tiles = (max_len + TC - 1) / TC, cap = nsplit_cap(rows, head_tiles, max_len, sms), best = 1;
     if (tiles == 0) { *chunk = TC; return 1; }
-    double best_eff = 0;
+    double best_cost = INFINITY, tile = (double)TC * Dk * 2;
     for (int s = 1; s <= cap; s++) {
         int per = (tiles + s - 1) / s, used = (tiles + per - 1) / per, blocks = rows * head_tiles * used;
-        double eff = (double)tiles / per / used * blocks / (double)((blocks + sms - 1) / sms * sms);
-        if (eff > best_eff + 1e-3) { best_eff = eff; best = s; }
+        double cost = (double)((blocks + sms - 1) / sms) * (per + 2) * tile + (double)rows * used * ha * dcs * 8 / sms;
+        if (cost < best_cost * 0.999) { best_cost = cost; best = s; }
     }
     *chunk = (tiles + best - 1) / best * TC;
     return (max_len + *chunk - 1) / *chunk;
@@ -778,7 +780,7 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
                              int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
-    int ns = nsplit_for(rows, a.head_tiles, max_cached, sms, &chunk);
+    int ns = nsplit_for(rows, a.head_tiles, ha, dcs, Dk, max_cached, sms, &chunk);
     a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
                                                             chunk, scale * LOG2E);
     LAUNCH_CHECK();
@@ -1923,7 +1925,7 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     AttnShape a = attention_shape(ha, dcs, Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    int ns = nsplit_for(B, a.head_tiles, mx, sms, &chunk);
+    int ns = nsplit_for(B, a.head_tiles, ha, dcs, Dk, mx, sms, &chunk);
     bf16 *dQ, *dC, *dO;
     float *op, *lse;
     int *dl;
