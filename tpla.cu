@@ -444,12 +444,9 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
                         const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
                         int Dk, int stages, int max_len, int chunk, float scale_log2) {
     constexpr int HB = MODE == ATT_HEADS ? 128 : 64;        // heads (rows of Q) per block
-    // Q's boxes from QB on are held in registers (the rope key's last box for HEADS and SPLITK; every box
-    // for HEADS with slices of 128 or less, where S then reads only the tile from shared memory)
-    constexpr int QB = MODE == ATT_SPLITK ? 8 : MODE == ATT_STREAM ? NB : NB <= 3 ? 0 : NB - 1;
-    constexpr int NQR = (MODE == ATT_SPLITK ? 9 : NB) - QB; // boxes of Q in registers
-    constexpr bool QR = NQR > 0;
-    constexpr int DQ = QB * 64;                             // columns of Q in shared memory
+    constexpr int QB = MODE == ATT_SPLITK ? 8 : NB - 1;     // Q's last 64-column box (the rope key's) ..
+    constexpr bool QR = MODE != ATT_STREAM;                 // .. is held in registers (HEADS, SPLITK)
+    constexpr int DQ = QR ? QB * 64 : NB * 64;              // columns of Q in shared memory
     constexpr int DKP = NB * 64;                            // columns of a tile
     extern __shared__ __align__(1024) char smem[];
     bf16 *Qs = (bf16 *)smem;                                 // HB x DQ, swizzled
@@ -502,13 +499,13 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     if (tid == 0)
         for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
 
-    // Q's boxes QB.. as A operands, 4 k steps a box (accumulator layout, two bf16 a register), straight from
-    // global memory: that leaves room for one more tile (HEADS) or the exchange buffer (SPLITK)
+    // Q's box QB as A operands of 4 k steps (accumulator layout, two bf16 a register), straight from
+    // global memory: it leaves room for one more tile (HEADS) or the exchange buffer (SPLITK)
     const int qrow = MODE == ATT_HEADS ? 64 * wg : 0;        // this warpgroup's first row of Q
-    uint32_t qr[4 * NQR + !QR][4];
+    uint32_t qr[4][4];
     if (QR) {
         #pragma unroll
-        for (int k = 0; k < 4 * NQR; k++)
+        for (int k = 0; k < 4; k++)
             #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int h = h_base + qrow + warp * 16 + lane / 4 + 8 * (e & 1), col = QB * 64 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
@@ -530,7 +527,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             for (int k = 0; k < DQ / 16; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
             if (QR)
                 #pragma unroll
-                for (int k = 0; k < 4 * NQR; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, QB > 0 || k > 0);
+                for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
             wgmma_commit();
         } else if (wg == 0) {                                // columns 0..287
             wgmma_fence();
@@ -757,8 +754,7 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     if (dcs > 256) { a.mode = ATT_SPLITK; a.NJ = 4; a.NB = 9; a.HB = 64; a.DQ = 512; }
     else {
         a.NJ = dcs <= 64 ? 1 : dcs <= 128 ? 2 : 4; a.NB = (dcs + 63) / 64 + 1; a.mode = ha > 64 ? ATT_HEADS : ATT_STREAM;
-        a.HB = ha > 64 ? 128 : 64;
-        a.DQ = (a.mode == ATT_STREAM ? a.NB : a.NB <= 3 ? 0 : a.NB - 1) * 64;   // (as the kernel's QB)
+        a.HB = ha > 64 ? 128 : 64; a.DQ = (a.mode == ATT_HEADS ? a.NB - 1 : a.NB) * 64;   // (as the kernel's QB, QR)
     }
     a.head_tiles = (ha + a.HB - 1) / a.HB;
     // shared memory: Q, (SPLITK) the hand-over of S and P and the final m and l, then per stage a tile,
