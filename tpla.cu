@@ -252,8 +252,9 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 //   SPLITK (slice 257..512, 64 heads): one 64 x 512 output is too large for one warpgroup's registers,
 //          so warpgroup w owns output columns 256w..256w+255. Both compute half of S for every tile
 //          (columns 0..287 and 288..575 of the cached token; the last 64 of Q from registers, since
-//          Q, two tiles and the exchange buffer fill shared memory), and each finishes the softmax of
-//          half the tokens, trading scores, row maxima and P with the other through shared memory.
+//          Q, two tiles and the exchange buffer fill shared memory); warpgroup 1 hands its half to 0
+//          through shared memory, 0 adds, takes the softmax and hands P back. (Splitting the softmax
+//          between the two, with three exchanges a tile, measured 4-10% slower.)
 // In HEADS mode each warpgroup issues the S of its next tile before the softmax of the current one, so
 // the tensor cores work on S(i+1) while the softmax of tile i runs.
 // Cache slots past a sequence's length never count: their scores are -inf, and the rows of the last
@@ -264,7 +265,7 @@ __global__ void fill_kernel(float *w, size_t n, float v) {
 #define SMEM_BLOCK (227 * 1024)    // the shared memory one block may use on Hopper
 #define LOG2E 1.4426950408889634f
 enum { ATT_HEADS, ATT_STREAM, ATT_SPLITK };
-enum { BAR_X = 1, BAR_WG = 3, BAR_END = 5 };   // named barriers (0 is __syncthreads): exchange, per warpgroup, end
+enum { BAR_SREADY = 1, BAR_PREADY = 2, BAR_WG = 3, BAR_END = 5 };   // named barriers (0 is __syncthreads)
 
 // The kernel's shape for ha heads and a dcs-wide slice: mode, O's 64-column blocks per warpgroup (NJ),
 // the tile's 64-column boxes (NB), heads per block, blocks per sequence split, buffers, shared memory.
@@ -451,8 +452,8 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     extern __shared__ __align__(1024) char smem[];
     bf16 *Qs = (bf16 *)smem;                                 // HB x DQ, swizzled
     bf16 *Ks = Qs + HB * DQ;                                 // [stages][TC x DKP], swizzled
-    float *X = (float *)(Ks + stages * TC * DKP);            // SPLITK: halves of S, then of P, [32][128]
-    float *Xm = X + (MODE == ATT_SPLITK ? 32 * 128 : 0);     // SPLITK: row maxima, then sums, [4][128]
+    float *X = (float *)(Ks + stages * TC * DKP);            // SPLITK: S of warpgroup 1, then P, [32][128]
+    float *Xm = X + (MODE == ATT_SPLITK ? 32 * 128 : 0);     // SPLITK: final m and l, [4][128]
     uint64_t *full = (uint64_t *)(Xm + (MODE == ATT_SPLITK ? 512 : 0));   // [stages]: the stage's tile has landed
     int *freed = (int *)(full + stages);                     // [stages]: warpgroups done with the stage's tile
 
@@ -586,7 +587,20 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         if (LA && i + step < ntiles) issue_S(s_nxt, i + step);   // runs on the tensor cores during the softmax
         uint32_t pa[TC / 16][4];                             // P as the A operand of P V: 16 tokens per k step
         float alpha[2];                                      // rows lane/4 and lane/4 + 8 of this warp's 16
-        if (MODE != ATT_SPLITK) {
+        if (MODE == ATT_SPLITK && wg == 1) {                 // hand S to warpgroup 0, take P back
+            #pragma unroll
+            for (int k = 0; k < 32; k++) X[k * 128 + t] = s_cur[k];
+            bar_arrive(BAR_SREADY, 256);
+            bar_sync(BAR_PREADY, 256);
+            #pragma unroll
+            for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = __float_as_uint(X[k * 128 + t]);
+            alpha[0] = X[(TC / 4) * 128 + t]; alpha[1] = X[(TC / 4 + 1) * 128 + t];
+        } else {
+            if (MODE == ATT_SPLITK) {
+                bar_sync(BAR_SREADY, 256);
+                #pragma unroll
+                for (int k = 0; k < 32; k++) s_cur[k] += X[k * 128 + t];
+            }
             // online softmax of this tile's scores (log2 units)
             mask_tail<0, 32>(s_cur, t0, t_end, lane);
             float mx[2];
@@ -594,52 +608,11 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             new_max(mx, m_run, alpha, scale_log2);
             exp_rows<0, 32>(s_cur, m_run, l_run, alpha, scale_log2);
             pack_p<0, 32>(s_cur, pa);
-        } else {
-            // The warpgroups hold halves of S (over the latent columns) for all 64 tokens; each finishes the
-            // softmax of 32 tokens (warpgroup w: tokens 32w.., elements k = 16w..16w+15): it sends the
-            // other's tokens, adds the other's share of its own, and they exchange row maxima and then P.
-            float mx[2];
-            if (wg == 0) {
+            if (MODE == ATT_SPLITK) {               // the same thread of warpgroup 1 owns the same rows
                 #pragma unroll
-                for (int k = 0; k < 16; k++) X[k * 128 + t] = s_cur[16 + k];
-            } else {
-                #pragma unroll
-                for (int k = 0; k < 16; k++) X[(16 + k) * 128 + t] = s_cur[k];
-            }
-            bar_sync(BAR_X, 256);
-            if (wg == 0) {
-                #pragma unroll
-                for (int k = 0; k < 16; k++) s_cur[k] += X[(16 + k) * 128 + t];
-                mask_tail<0, 16>(s_cur, t0, t_end, lane);
-                row_max<0, 16>(s_cur, mx);
-            } else {
-                #pragma unroll
-                for (int k = 0; k < 16; k++) s_cur[16 + k] += X[k * 128 + t];
-                mask_tail<16, 32>(s_cur, t0, t_end, lane);
-                row_max<16, 32>(s_cur, mx);
-            }
-            Xm[(2 * wg) * 128 + t] = mx[0]; Xm[(2 * wg + 1) * 128 + t] = mx[1];
-            bar_sync(BAR_X, 256);
-            mx[0] = fmaxf(mx[0], Xm[(2 - 2 * wg) * 128 + t]); mx[1] = fmaxf(mx[1], Xm[(3 - 2 * wg) * 128 + t]);
-            new_max(mx, m_run, alpha, scale_log2);           // the same in both warpgroups
-            if (wg == 0) {
-                exp_rows<0, 16>(s_cur, m_run, l_run, alpha, scale_log2);   // l_run: this warpgroup's tokens
-                pack_p<0, 16>(s_cur, pa);
-                #pragma unroll
-                for (int k = 0; k < 8; k++) X[(16 + k) * 128 + t] = __uint_as_float(pa[k >> 2][k & 3]);
-            } else {
-                exp_rows<16, 32>(s_cur, m_run, l_run, alpha, scale_log2);
-                pack_p<16, 32>(s_cur, pa);
-                #pragma unroll
-                for (int k = 0; k < 8; k++) X[k * 128 + t] = __uint_as_float(pa[2 + (k >> 2)][k & 3]);
-            }
-            bar_sync(BAR_X, 256);
-            if (wg == 0) {
-                #pragma unroll
-                for (int k = 0; k < 8; k++) pa[2 + (k >> 2)][k & 3] = __float_as_uint(X[k * 128 + t]);
-            } else {
-                #pragma unroll
-                for (int k = 0; k < 8; k++) pa[k >> 2][k & 3] = __float_as_uint(X[(16 + k) * 128 + t]);
+                for (int k = 0; k < TC / 4; k++) X[k * 128 + t] = __uint_as_float(pa[k >> 2][k & 3]);
+                X[(TC / 4) * 128 + t] = alpha[0]; X[(TC / 4 + 1) * 128 + t] = alpha[1];
+                bar_arrive(BAR_PREADY, 256);
             }
         }
         // O = O * alpha + P V over this warpgroup's column blocks (the rescale is skipped when no row of
@@ -673,10 +646,12 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 2);
     }
-    if (MODE == ATT_SPLITK) {                   // the row sums: each warpgroup has those of its tokens
-        for (int r = 0; r < 2; r++) Xm[(2 * wg + r) * 128 + t] = l_run[r];
+    if (MODE == ATT_SPLITK) {                   // warpgroup 1 takes m and l of warpgroup 0
+        if (wg == 0)
+            for (int r = 0; r < 2; r++) { Xm[r * 128 + t] = m_run[r]; Xm[(2 + r) * 128 + t] = l_run[r]; }
         bar_sync(BAR_END, 256);
-        for (int r = 0; r < 2; r++) l_run[r] += Xm[(2 - 2 * wg + r) * 128 + t];
+        if (wg == 1)
+            for (int r = 0; r < 2; r++) { m_run[r] = Xm[r * 128 + t]; l_run[r] = Xm[(2 + r) * 128 + t]; }
     }
     if (MODE == ATT_STREAM) {                   // warpgroup 1 hands its O, m and l to warpgroup 0
         float *E = (float *)Ks;                 // the tiles are all read: their buffers are free
