@@ -17,11 +17,13 @@ def main():
     for path in sys.argv[2:]:
         with open(path) as f:
             for r in csv.DictReader(f):
-                if r.get("shape") == "shape" or r.get("scheme") != "TPLA":   # repeated headers, other rows
+                if r.get("shape") == "shape" or r.get("scheme") != "TPLA" or r["g"] == "1":   # headers, MLA rows
                     continue
                 rank = r.get("gpus_run") == "1" and r["gpus"] != "1"
                 key = (r["shape"], int(r["g"]), int(r["gpus"]), rank)
-                lines.setdefault(key, []).append((int(r["ctx"]), float(r["ratio"])))
+                old = lines.setdefault(key, {}).get(int(r["ctx"]))
+                if old is None or int(r["batch"]) > old[0]:   # the largest batch, as the bench's ratio means
+                    lines[key][int(r["ctx"])] = (int(r["batch"]), float(r["ratio"]))
                 if float(r["paper"]) > 0:
                     paper.setdefault(r["shape"], {})[int(r["ctx"])] = float(r["paper"])
                 card.add(r["card"])
@@ -29,8 +31,8 @@ def main():
         sys.exit("no TPLA rows in " + ", ".join(sys.argv[2:]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {}
-    for (shape, g, gpus, rank), pts in sorted(lines.items()):
-        pts.sort()
+    for (shape, g, gpus, rank), byctx in sorted(lines.items()):
+        pts = sorted((ctx, ratio) for ctx, (_, ratio) in byctx.items())
         c = colors.setdefault(shape, "C%d" % len(colors))
         how = "one GPU, rank of %d" % gpus if rank else "%d GPUs" % gpus
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if g == 2 else "s:", color=c,
