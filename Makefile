@@ -25,9 +25,9 @@ bin: run.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) run.o $(GPU_OBJ) -o run $(LDLIBS)
 test-bin: test.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) test.o $(GPU_OBJ) -o test $(LDLIBS)
-run.o: run.c tpla.h
+run.o: run.c tpla.h unicode/classes.h
 	$(CC) $(CFLAGS) -c run.c -o run.o
-test.o: test.c run.c tpla.h
+test.o: test.c run.c tpla.h unicode/classes.h
 	$(CC) $(CFLAGS) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
 tpla.o: tpla.cu tpla.h
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wall -c tpla.cu -o tpla.o

@@ -602,10 +602,17 @@ static const char *parse_config(Config *c) {  // returns the architecture
 }
 
 // ----------------------------------------------------------------------------
-// tokenizer block, from HF tokenizer.json (byte-level BPE):
-//   int32 n_tokens (= config vocab), int32 n_merges, int32 pretok (0 = byte-level with the GPT-2 split regex; 1 = something else, approximated by it: print a note)
-//   n_tokens x { int32 len, int32 special, uint8 bytes[len] }   // raw bytes: the byte-level alphabet (GPT-2 bytes_to_unicode) decoded back to bytes; special/added tokens keep their text as-is; ids missing from the json get len 0
+// tokenizer block, from HF tokenizer.json (and tokenizer_config.json's add_bos_token):
+//   int32 n_tokens (= config vocab), int32 n_merges, int32 pretok (0: GPT-2 split, 1: DeepSeek-V3 split), int32 add_bos
+//   n_tokens x { int32 len, int32 flags, uint8 bytes[len] }   // flags: 1 special, 2 added token, 4 added token matched
+//       after normalization (HF's normalized: true). Bytes: the byte-level alphabet (GPT-2's bytes_to_unicode) decoded
+//       back to bytes; added tokens keep their text; ids missing from the json get len 0
 //   n_merges x { int32 left, int32 right, int32 merged }   // token ids, in merge-rank order
+// Only what run reproduces exactly is converted: a byte-level BPE with no normalizer, the pre-tokenizer ByteLevel
+// (use_regex: the GPT-2 split) or DeepSeek-V3's Sequence of three Splits and a ByteLevel; anything else is refused.
+
+enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1 };  // as run.c
+enum { TOK_SPECIAL = 1, TOK_ADDED = 2, TOK_ADDED_NORMALIZED = 4 };
 
 typedef struct { uint8_t *p; size_t n, cap; } Buf;
 
@@ -632,49 +639,124 @@ static int unbyte(const char *s, int len, uint8_t *out) {  // the bytes a token 
     return n;
 }
 
-static int is_byte_level(const Json *j, const char *list) {  // ByteLevel, or a Sequence holding one
-    const char *t = jstr(j, "type");
-    const Json *l = jget(j, list);
-    if (t && !strcmp(t, "ByteLevel")) return 1;
-    if (!t || strcmp(t, "Sequence") || !l || l->type != J_ARR) return 0;
-    for (int i = 0; i < l->n; i++) if (is_byte_level(&l->kid[i], list)) return 1;
-    return 0;
+static const char *tok_path;  // tokenizer.json, for the messages
+
+static void refuse(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: %s: ", tok_path);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, ".\n  run reproduces HF's tokenization exactly for byte-level BPE with the pre-tokenizer ByteLevel "
+                    "(use_regex: the GPT-2 split) or DeepSeek-V3's (Split \\p{N}{1,3}, Split CJK, Split main pattern, "
+                    "ByteLevel), and no normalizer.\n  To convert the weights without a tokenizer, move %s away "
+                    "(then run needs token ids: -m logits).\n", tok_path);
+    va_end(ap);
+    exit(1);
 }
 
-static Buf build_tokenizer(const char *path, int vocab, int *n_merges, int *pretok) {
-    Buf b = {0};
-    const Json *root = read_json(path), *model = jget(root, "model");
-    if (!root) return b;
-    const Json *vj = jget(model, "vocab"), *mj = jget(model, "merges"), *pre = jget(root, "pre_tokenizer");
-    const char *why = NULL, *mt = jstr(model, "type");
-    if (!mt || strcmp(mt, "BPE")) why = "the model is not BPE";
-    else if (!is_byte_level(jget(root, "decoder"), "decoders")) why = "the decoder is not ByteLevel";
-    else if (!is_byte_level(pre, "pretokenizers")) why = "the pre_tokenizer is not ByteLevel";
-    else if (!vj || vj->type != J_OBJ || !mj || mj->type != J_ARR) why = "model.vocab or model.merges is missing";
-    if (why) {
-        fprintf(stderr, "warning: %s: %s; writing no tokenizer (run will need token ids)\n", path, why);
-        return b;
+static int jbool(const Json *o, const char *k, int def) {  // true / false; def if absent or null
+    const Json *v = jget(o, k);
+    return !v || v->type == J_NULL ? def : v->type == J_TRUE ? 1 : v->type == J_FALSE ? 0 : (refuse("%s should be true or false", k), 0);
+}
+
+static const char *type_of(const Json *o) { return jstr(o, "type") ? jstr(o, "type") : "(no type)"; }
+
+// DeepSeek-V3/R1's pre_tokenizer: these three Splits (Isolated), then ByteLevel without its regex
+static const char *DEEPSEEK_V3_SPLITS[3] = {
+    "\\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+};
+
+static int pre_tokenizer(const Json *pre) {  // PRETOK_*, or refuses naming what it found
+    const char *t = type_of(pre);
+    const Json *l = jget(pre, "pretokenizers");
+    if (!pre || pre->type == J_NULL) refuse("no pre_tokenizer");
+    if (!strcmp(t, "ByteLevel")) {
+        if (jbool(pre, "add_prefix_space", 1)) refuse("pre_tokenizer ByteLevel with add_prefix_space is not supported");
+        if (!jbool(pre, "use_regex", 1)) refuse("pre_tokenizer ByteLevel without use_regex (no split at all) is not supported");
+        return PRETOK_GPT2;
     }
-    const char *pt = jstr(pre, "type");
-    const Json *ur = jget(pre, "use_regex"), *ap = jget(pre, "add_prefix_space");
-    *pretok = !(pt && !strcmp(pt, "ByteLevel") && !(ur && ur->type == J_FALSE) && !(ap && ap->type == J_TRUE) && !has(root, "normalizer"));
-    if (*pretok) note("%s: the pre-tokenizer (or normalizer) is not plain GPT-2 ByteLevel; run approximates it with the GPT-2 split", path);
+    if (strcmp(t, "Sequence") || !l || l->type != J_ARR) refuse("pre_tokenizer %s is not supported", t);
+    char *names = cat("");
+    for (int i = 0; i < l->n; i++) names = cat("%s%s%s", names, i ? ", " : "", type_of(&l->kid[i]));
+    if (l->n != 4) refuse("pre_tokenizer Sequence [%s] is not supported", names);
+    for (int i = 0; i < 3; i++) {
+        const Json *s = &l->kid[i];
+        const char *re = jstr(jget(s, "pattern"), "Regex"), *beh = jstr(s, "behavior");
+        if (strcmp(type_of(s), "Split") || !re || strcmp(re, DEEPSEEK_V3_SPLITS[i]) || !beh || strcmp(beh, "Isolated") || jbool(s, "invert", 0))
+            refuse("pre_tokenizer Sequence [%s]: element %d (%s%s%s) is not DeepSeek-V3's", names, i, type_of(s),
+                   re ? " " : "", re ? re : "");
+    }
+    const Json *bl = &l->kid[3];
+    if (strcmp(type_of(bl), "ByteLevel") || jbool(bl, "add_prefix_space", 1) || jbool(bl, "use_regex", 1))
+        refuse("pre_tokenizer Sequence [%s]: the last element is not ByteLevel without add_prefix_space and use_regex", names);
+    return PRETOK_DEEPSEEK_V3;
+}
+
+// The BOS that the post_processor's template puts before the text (-1: none); refuses any other template.
+static int template_bos(const Json *pp, Map *vocab) {
+    const char *t = type_of(pp);
+    if (!pp || pp->type == J_NULL || !strcmp(t, "ByteLevel")) return -1;
+    if (!strcmp(t, "Sequence")) {
+        const Json *l = jget(pp, "processors");
+        int bos = -1;
+        for (int i = 0; l && l->type == J_ARR && i < l->n; i++) { int b = template_bos(&l->kid[i], vocab); if (b >= 0) bos = b; }
+        return bos;
+    }
+    const Json *single = jget(pp, "single");
+    if (strcmp(t, "TemplateProcessing") || !single || single->type != J_ARR) refuse("post_processor %s is not supported", t);
+    // [$A] or [BOS, $A]
+    const Json *first = single->n == 2 ? jget(&single->kid[0], "SpecialToken") : NULL;
+    if (!(single->n == 1 || (single->n == 2 && first)) || !jget(&single->kid[single->n - 1], "Sequence"))
+        refuse("post_processor TemplateProcessing adds more than one BOS before the text; not supported");
+    if (!first) return -1;
+    const Json *ids = jget(jget(jget(pp, "special_tokens"), jstr(first, "id") ? jstr(first, "id") : ""), "ids");
+    if (ids && ids->type == J_ARR && ids->n == 1 && ids->kid[0].type == J_NUM) return (int)ids->kid[0].num;
+    int64_t id = jstr(first, "id") ? map_get(vocab, jstr(first, "id")) : -1;
+    if (id < 0) refuse("post_processor TemplateProcessing: the token %s is unknown", jstr(first, "id") ? jstr(first, "id") : "?");
+    return (int)id;
+}
+
+// Reads DIR/tokenizer.json (an empty block if there is none); *summary says what was found.
+static Buf build_tokenizer(const char *dir, const Config *c, char **summary) {
+    Buf b = {0};
+    int vocab = c->vocab;
+    tok_path = cat("%s/tokenizer.json", dir);
+    const Json *root = read_json(tok_path), *model = jget(root, "model");
+    if (!root) return b;
+    const Json *vj = jget(model, "vocab"), *mj = jget(model, "merges"), *norm = jget(root, "normalizer");
+    if (strcmp(type_of(model), "BPE")) refuse("model %s is not supported (BPE only)", type_of(model));
+    if (!vj || vj->type != J_OBJ || !mj || mj->type != J_ARR) refuse("model.vocab or model.merges is missing");
+    if (has(model, "dropout") || jbool(model, "byte_fallback", 0) || jbool(model, "ignore_merges", 0)
+        || (jstr(model, "continuing_subword_prefix") && *jstr(model, "continuing_subword_prefix"))
+        || (jstr(model, "end_of_word_suffix") && *jstr(model, "end_of_word_suffix")))
+        refuse("BPE options dropout, byte_fallback, ignore_merges, continuing_subword_prefix or end_of_word_suffix are not supported");
+    if (norm && norm->type != J_NULL && !(!strcmp(type_of(norm), "Sequence") && jget(norm, "normalizers") && !jget(norm, "normalizers")->n))
+        refuse("normalizer %s changes the text before it is split; not supported", type_of(norm));
+    int pretok = pre_tokenizer(jget(root, "pre_tokenizer"));
+    if (strcmp(type_of(jget(root, "decoder")), "ByteLevel")) refuse("decoder %s is not supported (ByteLevel only)", type_of(jget(root, "decoder")));
 
     int n = 0;
     for (int i = 0; i < 256; i++) byte_of[i + 256] = byte_of[i] = -1;
     for (int ch = 0; ch < 256; ch++) byte_of[(ch >= 33 && ch <= 126) || (ch >= 161 && ch <= 172) || ch >= 174 ? ch : 256 + n++] = ch;
 
     uint8_t **tok = calloc(vocab, sizeof *tok);
-    int *tlen = calloc(vocab, sizeof(int)), *special = calloc(vocab, sizeof(int)), dropped = 0, raw = 0, bad = 0;
+    int *tlen = calloc(vocab, sizeof(int)), *flags = calloc(vocab, sizeof(int)), dropped = 0, raw = 0, bad = 0, n_added = 0, n_special = 0;
     Map ids = {0};
-    if (!tok || !tlen || !special) die("out of memory");
+    if (!tok || !tlen || !flags) die("out of memory");
 #define ID(j) ((j) && (j)->type == J_NUM && (j)->num >= 0 && (j)->num < vocab ? (int)(j)->num : -1)
     const Json *added = jget(root, "added_tokens");
     for (int i = 0; added && added->type == J_ARR && i < added->n; i++) {  // added tokens: their text, as-is
-        const Json *a = &added->kid[i], *content = jget(a, "content"), *sp = jget(a, "special");
+        const Json *a = &added->kid[i], *content = jget(a, "content");
         int id = ID(jget(a, "id"));
-        if (id < 0 || !content || content->type != J_STR) { dropped++; continue; }
-        tok[id] = (uint8_t *)content->str, tlen[id] = content->n, special[id] = sp && sp->type == J_TRUE;
+        if (id < 0 || !content || content->type != J_STR || !content->n) { dropped++; continue; }
+        if (jbool(a, "lstrip", 0) || jbool(a, "rstrip", 0) || jbool(a, "single_word", 0))
+            refuse("added token %s has lstrip, rstrip or single_word; not supported", content->str);
+        tok[id] = (uint8_t *)content->str, tlen[id] = content->n;
+        flags[id] = (jbool(a, "special", 0) ? TOK_SPECIAL : 0) | (jbool(a, "normalized", 1) ? TOK_ADDED_NORMALIZED : TOK_ADDED);
+        n_added++, n_special += jbool(a, "special", 0);
     }
     for (int i = 0; i < vj->n; i++) {  // the rest: byte-level text, decoded to the bytes it stands for
         const Json *e = &vj->kid[i];
@@ -686,28 +768,55 @@ static Buf build_tokenizer(const char *path, int vocab, int *n_merges, int *pret
         if ((tlen[id] = unbyte(e->key, k, tok[id])) < 0) memcpy(tok[id], e->key, tlen[id] = k), raw++;
     }
 #undef ID
+    int byte_id[256];
+    for (int i = 0; i < 256; i++) byte_id[i] = -1;
+    for (int id = 0; id < vocab; id++) if (!flags[id] && tlen[id] == 1) byte_id[tok[id][0]] = id;
+    for (int i = 0; i < 256; i++) if (byte_id[i] < 0) refuse("no token for byte 0x%02x: not a byte-level BPE", i);
     Buf mb = {0};
-    *n_merges = 0;
+    int n_merges = 0;
     for (int i = 0; i < mj->n; i++) {  // "a b" or ["a", "b"]
         const Json *m = &mj->kid[i];
         char *l = NULL, *r = NULL;
         if (m->type == J_STR && strchr(m->str, ' ')) l = cat("%s", m->str), r = strchr(l, ' '), *r++ = 0;
         else if (m->type == J_ARR && m->n == 2 && m->kid[0].type == J_STR && m->kid[1].type == J_STR) l = m->kid[0].str, r = m->kid[1].str;
         int64_t li = l ? map_get(&ids, l) : -1, ri = l ? map_get(&ids, r) : -1, mi = l ? map_get(&ids, cat("%s%s", l, r)) : -1;
-        if (li < 0 || ri < 0 || mi < 0) { bad++; continue; }
+        if (li < 0 || ri < 0 || mi < 0 || tlen[mi] != tlen[li] + tlen[ri] || memcmp(tok[mi], tok[li], tlen[li])
+            || memcmp(tok[mi] + tlen[li], tok[ri], tlen[ri])) { bad++; continue; }
         buf_i32(&mb, li), buf_i32(&mb, ri), buf_i32(&mb, mi);
-        ++*n_merges;
+        n_merges++;
     }
-    if (dropped) note("%s: %d tokens with ids outside [0, vocab_size %d) ignored", path, dropped, vocab);
-    if (raw) note("%s: %d tokens are not in the byte-level alphabet: kept as text", path, raw);
-    if (bad) note("%s: %d merges skipped (a token missing or outside the vocab)", path, bad);
-    buf_i32(&b, vocab), buf_i32(&b, *n_merges), buf_i32(&b, *pretok);
+    if (dropped) note("%s: %d tokens with ids outside [0, vocab_size %d) or no text ignored", tok_path, dropped, vocab);
+    if (raw) note("%s: %d tokens are not in the byte-level alphabet: kept as text", tok_path, raw);
+    if (bad) note("%s: %d merges skipped (a token missing, outside the vocab, or not byte-level)", tok_path, bad);
+
+    // BOS: tokenizer_config.json's add_bos_token when it says (transformers 4's LlamaTokenizerFast, the class
+    // DeepSeek's releases name, follows it); otherwise the post_processor's template (transformers 5 follows it always)
+    char *cpath = cat("%s/tokenizer_config.json", dir);
+    const Json *tc = read_json(cpath), *ab = jget(tc, "add_bos_token");
+    int tbos = template_bos(jget(root, "post_processor"), &ids), add_bos = tbos >= 0;
+    const char *why = tbos >= 0 ? "the post_processor's template" : "neither tokenizer_config.json nor the template asks for it";
+    if (ab && ab->type != J_NULL) {
+        add_bos = jbool(tc, "add_bos_token", 0), why = "tokenizer_config.json's add_bos_token";
+        const Json *bt = jget(tc, "bos_token");
+        const char *bs = bt && bt->type == J_STR ? bt->str : jstr(bt, "content");
+        int64_t id = -1;
+        for (int i = 0; bs && i < vocab && id < 0; i++) if (flags[i] && tlen[i] == (int)strlen(bs) && !memcmp(tok[i], bs, tlen[i])) id = i;
+        if (bs && id < 0) id = map_get(&ids, bs);
+        if (add_bos && bs) tbos = (int)id;
+    }
+    if (add_bos && c->bos < 0) refuse("BOS is to be added (%s), but config.json has no bos_token_id", why);
+    if (add_bos && tbos >= 0 && tbos != c->bos)
+        refuse("BOS is to be added (%s) as token %d, but config.json's bos_token_id is %d; make them agree", why, tbos, c->bos);
+
+    buf_i32(&b, vocab), buf_i32(&b, n_merges), buf_i32(&b, pretok), buf_i32(&b, add_bos);
     for (int id = 0; id < vocab; id++) {
-        buf_i32(&b, tlen[id]), buf_i32(&b, special[id]);
+        buf_i32(&b, tlen[id]), buf_i32(&b, flags[id]);
         buf_put(&b, tok[id], tlen[id]);
     }
     buf_put(&b, mb.p, mb.n);
-    if (b.n > (size_t)1 << 30) die("%s: the tokenizer block would be %zu bytes; too large", path, b.n);
+    if (b.n > (size_t)1 << 30) die("%s: the tokenizer block would be %zu bytes; too large", tok_path, b.n);
+    *summary = cat("%d tokens, %d merges, %s split, %d added tokens (%d special); BOS %s (%s)", vocab, n_merges,
+                   pretok == PRETOK_GPT2 ? "GPT-2" : "DeepSeek-V3", n_added, n_special, add_bos ? "added" : "not added", why);
     return b;
 }
 
@@ -729,8 +838,8 @@ int main(int argc, char **argv) {
 
     Config c;
     const char *arch = parse_config(&c);
-    int n_merges = 0, pretok = 0;
-    Buf tok = build_tokenizer(cat("%s/tokenizer.json", dir), c.vocab, &n_merges, &pretok);
+    char *tok_summary = "none";
+    Buf tok = build_tokenizer(dir, &c, &tok_summary);
     c.tok_bytes = (int)tok.n;
     const char *err = config_error(&c);
     if (err) die("config.json: %s", err);
@@ -779,7 +888,7 @@ int main(int argc, char **argv) {
                                          c.yarn_orig_max, c.yarn_beta_fast, c.yarn_beta_slow, c.yarn_truncate, c.rope_attn);
     printf("\n  interleave %d, softmax scale %.6f, max_seq %d, bos %d, eos %d%s\n", c.rope_interleave, c.softmax_scale,
            c.max_seq, c.bos, c.eos, tie_embed ? ", lm_head tied to the embedding" : "");
-    printf("  tokenizer: %s\n", !c.tok_bytes ? "none" : cat("%d tokens, %d merges, %s", c.vocab, n_merges, pretok ? "approximated by the GPT-2 split" : "byte-level, GPT-2 split"));
+    printf("  tokenizer: %s\n", tok_summary);
     printf("wrote %s: %d tensors, %llu bytes\n", out, nt, (unsigned long long)(w0 + bytes));
     return 0;
 }

@@ -420,117 +420,291 @@ static float *rms_fix_from_pca(const Config *c, const double *ev, int g) {
 }
 
 // ----------------------------------------------------------------------------
-// tokenizer: byte-level BPE (the block convert.c writes). Text is split by the GPT-2 pattern
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// for ASCII; every byte >= 0x80 counts as a letter (see README), then each piece is merged by rank.
+// tokenizer: byte-level BPE exactly as HF tokenizers runs it, from the block convert.c writes.
+// encode() takes three steps:
+//   1. added tokens (special or not) are cut out of the text: at each position the longest one that
+//      matches; first those with HF's normalized: false, then, in the gaps, those with normalized: true;
+//   2. each gap is pre-tokenized by the checkpoint's pattern, matched by hand below:
+//      PRETOK_GPT2 (ByteLevel with use_regex), one split:
+//        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//      PRETOK_DEEPSEEK_V3 (DeepSeek-V3/R1), three splits, each applied to the pieces of the one before:
+//        \p{N}{1,3}      [一-龥぀-ゟ゠-ヿ]+
+//        [!-/:-@[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//      Every match and every gap between matches is a piece ("Isolated"); a pattern sees only its piece;
+//   3. the bytes of each piece are merged, the pair of lowest rank first (the leftmost of equals).
+// The Unicode classes are Unicode 16.0's, as in the regex library HF tokenizers uses (unicode/classes.h).
+
+#include "unicode/classes.h"
+
+enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1 };
+enum { TOK_SPECIAL = 1, TOK_ADDED = 2, TOK_ADDED_NORMALIZED = 4 };   // Tokenizer.flags
 
 typedef struct {
-    int n, n_merges;
-    char **str; int *len, *special;
-    int byte_id[256];
-    int64_t *mkey; int *mrank, *mres; int mcap;   // hash of merges: key = left * n + right
+    int n, n_merges, pretok, add_bos;  // add_bos: generate and ppl start with the config's bos
+    char **str; int *len, *flags;      // the bytes of each token; TOK_* bits
+    int byte_id[256];                  // the token of each byte
+    int *added, n_added, added_at[257];// added tokens by first byte, longest first: added[added_at[b]..added_at[b+1])
+    int64_t *mkey; int *mrank, *mres; size_t mcap;   // hash of merges: key = left * n + right
 } Tokenizer;
 
 static int rd32(const uint8_t **p) { int v; memcpy(&v, *p, 4); *p += 4; return v; }
 
+static size_t merge_slot(const Tokenizer *t, int64_t key) {   // key's slot, or the empty one where it goes
+    size_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull & (t->mcap - 1);
+    while (t->mkey[h] >= 0 && t->mkey[h] != key) h = (h + 1) & (t->mcap - 1);
+    return h;
+}
+
+#define TOK_DAMAGED(...) die("tokenizer block: " __VA_ARGS__)
 static void build_tokenizer(Tokenizer *t, const Model *m) {
     memset(t, 0, sizeof(*t));
     if (!m->c.tok_bytes) return;
     const uint8_t *p = m->file + TPLA_HEADER, *end = p + m->c.tok_bytes;
-    t->n = rd32(&p); t->n_merges = rd32(&p); rd32(&p);
-    if (t->n != m->c.vocab || t->n_merges < 0) die("tokenizer block: %d tokens for a vocab of %d; re-run ./convert", t->n, m->c.vocab);
-    t->str = xmalloc(t->n * sizeof(char *)); t->len = xmalloc(t->n * 4); t->special = xmalloc(t->n * 4);
+    if (m->c.tok_bytes < 16) TOK_DAMAGED("%d bytes, too short; re-run ./convert", m->c.tok_bytes);
+    t->n = rd32(&p); t->n_merges = rd32(&p); t->pretok = rd32(&p); t->add_bos = rd32(&p);
+    if (t->n != m->c.vocab) TOK_DAMAGED("%d tokens for a vocab of %d; re-run ./convert", t->n, m->c.vocab);
+    if ((uint64_t)t->n * 8 > (uint64_t)(end - p)) TOK_DAMAGED("%d tokens cannot fit in %d bytes; re-run ./convert", t->n, m->c.tok_bytes);
+    if (t->pretok != PRETOK_GPT2 && t->pretok != PRETOK_DEEPSEEK_V3) TOK_DAMAGED("unknown pre-tokenizer %d; re-run ./convert", t->pretok);
+    if (t->add_bos != 0 && t->add_bos != 1) TOK_DAMAGED("add_bos is %d, not 0 or 1; re-run ./convert", t->add_bos);
+    if (t->add_bos && (m->c.bos < 0 || m->c.bos >= t->n)) TOK_DAMAGED("BOS is to be added, but the bos id is %d; re-run ./convert", m->c.bos);
+    t->str = xmalloc(t->n * sizeof(char *)); t->len = xmalloc(t->n * sizeof(int)); t->flags = xmalloc(t->n * sizeof(int));
     for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
     for (int i = 0; i < t->n; i++) {
-        if (p + 8 > end) die("tokenizer block truncated; re-run ./convert");
-        t->len[i] = rd32(&p); t->special[i] = rd32(&p);
-        if (t->len[i] < 0 || p + t->len[i] > end) die("tokenizer block damaged; re-run ./convert");
-        t->str[i] = xmalloc(t->len[i] + 1);
-        memcpy(t->str[i], p, t->len[i]); p += t->len[i];
-        if (t->len[i] == 1 && !t->special[i] && t->byte_id[(uint8_t)t->str[i][0]] < 0) t->byte_id[(uint8_t)t->str[i][0]] = i;
+        if (end - p < 8) TOK_DAMAGED("truncated at token %d; re-run ./convert", i);
+        int len = t->len[i] = rd32(&p), f = t->flags[i] = rd32(&p);
+        if (len < 0 || len > end - p) TOK_DAMAGED("token %d has length %d, %lld bytes are left; re-run ./convert", i, len, (long long)(end - p));
+        if (f & ~7 || (f & 6) == 6 || (f && !(f & 6)) || (f && !len)) TOK_DAMAGED("token %d has flags %d; re-run ./convert", i, f);
+        t->str[i] = xmalloc(len + 1);
+        memcpy(t->str[i], p, len); p += len;
+        if (f) t->n_added++;
+        else if (len == 1 && t->byte_id[(uint8_t)t->str[i][0]] < 0) t->byte_id[(uint8_t)t->str[i][0]] = i;
     }
-    t->mcap = 1;
-    while (t->mcap < 2 * t->n_merges + 2) t->mcap *= 2;
-    t->mkey = xmalloc(t->mcap * 8); t->mrank = xmalloc(t->mcap * 4); t->mres = xmalloc(t->mcap * 4);
-    for (int i = 0; i < t->mcap; i++) t->mkey[i] = -1;
-    if (p + 12 * (size_t)t->n_merges > end) die("tokenizer block truncated; re-run ./convert");
+    for (int b = 0; b < 256; b++) if (t->byte_id[b] < 0) TOK_DAMAGED("no token for byte 0x%02x: not a byte-level BPE; re-run ./convert", b);
+    // the merges fill the rest of the block: 12 bytes each, so the count is bounded before anything is sized by it
+    if (t->n_merges < 0 || (uint64_t)t->n_merges * 12 != (uint64_t)(end - p))
+        TOK_DAMAGED("%d merges, but %lld bytes are left for them (12 each); re-run ./convert", t->n_merges, (long long)(end - p));
+    for (t->mcap = 1; t->mcap < 2 * (uint64_t)t->n_merges + 2; t->mcap *= 2) {}
+    t->mkey = xmalloc(t->mcap * sizeof(int64_t)); t->mrank = xmalloc(t->mcap * sizeof(int)); t->mres = xmalloc(t->mcap * sizeof(int));
+    for (size_t i = 0; i < t->mcap; i++) t->mkey[i] = -1;
     for (int r = 0; r < t->n_merges; r++) {
         int a = rd32(&p), b = rd32(&p), res = rd32(&p);
-        int64_t key = (int64_t)a * t->n + b;
-        uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull & (t->mcap - 1);
-        while (t->mkey[h] >= 0 && t->mkey[h] != key) h = (h + 1) & (t->mcap - 1);
-        if (t->mkey[h] < 0) { t->mkey[h] = key; t->mrank[h] = r; t->mres[h] = res; }
+        if (a < 0 || a >= t->n || b < 0 || b >= t->n || res < 0 || res >= t->n)
+            TOK_DAMAGED("merge %d joins tokens %d and %d into %d, outside the vocabulary [0, %d); re-run ./convert", r, a, b, res, t->n);
+        if (t->len[res] != t->len[a] + t->len[b] || memcmp(t->str[res], t->str[a], t->len[a]) || memcmp(t->str[res] + t->len[a], t->str[b], t->len[b]))
+            TOK_DAMAGED("merge %d: token %d is not token %d followed by token %d; re-run ./convert", r, res, a, b);
+        size_t h = merge_slot(t, (int64_t)a * t->n + b);
+        t->mkey[h] = (int64_t)a * t->n + b; t->mrank[h] = r; t->mres[h] = res;   // a repeated pair: the last rank wins, as HF
     }
+    // added tokens grouped by first byte (a counting sort), longest first within a group (insertion sort)
+    t->added = xmalloc((t->n_added + 1) * sizeof(int));
+    int fill[257] = {0};
+    for (int i = 0; i < t->n; i++) if (t->flags[i]) t->added_at[(uint8_t)t->str[i][0] + 1]++;
+    for (int b = 0; b < 256; b++) t->added_at[b + 1] += t->added_at[b];
+    memcpy(fill, t->added_at, sizeof(fill));
+    for (int i = 0; i < t->n; i++) if (t->flags[i]) t->added[fill[(uint8_t)t->str[i][0]]++] = i;
+    int *ad = t->added;
+    for (int k = 1; k < t->n_added; k++)
+        for (int j = k; j > 0 && t->str[ad[j - 1]][0] == t->str[ad[j]][0] && t->len[ad[j - 1]] < t->len[ad[j]]; j--) {
+            int tmp = ad[j]; ad[j] = ad[j - 1]; ad[j - 1] = tmp;
+        }
 }
+#undef TOK_DAMAGED
 
 static void free_tokenizer(Tokenizer *t) {
     for (int i = 0; i < t->n; i++) free(t->str[i]);
-    free(t->str); free(t->len); free(t->special); free(t->mkey); free(t->mrank); free(t->mres);
+    free(t->str); free(t->len); free(t->flags); free(t->added); free(t->mkey); free(t->mrank); free(t->mres);
 }
 
-static int merge_rank(const Tokenizer *t, int a, int b, int *res) {
-    int64_t key = (int64_t)a * t->n + b;
-    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull & (t->mcap - 1);
-    while (t->mkey[h] >= 0) {
-        if (t->mkey[h] == key) { *res = t->mres[h]; return t->mrank[h]; }
-        h = (h + 1) & (t->mcap - 1);
+// The byte offset of the first invalid UTF-8 sequence in s (overlong, surrogate, above U+10FFFF or cut
+// short), or -1 if there is none.
+static long utf8_invalid(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        int c = s[i], k = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2 : c >= 0xF0 && c < 0xF5 ? 3 : -1;
+        if (k < 0 || (k && i + k >= n)) return i;
+        unsigned cp = k ? c & (0x3F >> k) : c;
+        for (int j = 1; j <= k; j++) { if ((s[i + j] & 0xC0) != 0x80) return i; cp = cp << 6 | (s[i + j] & 0x3F); }
+        if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF))) return i;
+        i += k + 1;
     }
     return -1;
 }
 
-static int is_space(int ch) { return ch == ' ' || (ch >= 9 && ch <= 13); }
-static int is_letter(int ch) { return isalpha(ch) || ch >= 0x80; }
-static int is_digit(int ch) { return ch >= '0' && ch <= '9'; }
-static int char_class(int ch) { return is_letter(ch) ? 1 : is_digit(ch) ? 2 : is_space(ch) ? 3 : 4; }
-
-// Length of the pre-tokenizer piece that starts at s[0] (n bytes left).
-static int piece_len(const unsigned char *s, int n) {
-    if (s[0] == '\'' && n > 1) {
-        static const char *con[] = {"s", "t", "re", "ve", "m", "ll", "d"};
-        for (int k = 0; k < 7; k++) {
-            int l = strlen(con[k]);
-            if (n > l && !memcmp(s + 1, con[k], l)) return l + 1;
-        }
+static int unicode_class(unsigned cp) {   // U_* by binary search of the ranges
+    int lo = 0, hi = sizeof(UNICODE_CLASSES) / sizeof(UNICODE_CLASSES[0]) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < UNICODE_CLASSES[mid].lo) hi = mid - 1;
+        else if (cp > UNICODE_CLASSES[mid].hi) lo = mid + 1;
+        else return UNICODE_CLASSES[mid].cls;
     }
-    int i = 0;
-    if (s[0] == ' ' && n > 1 && !is_space(s[1])) i = 1;    // " ?" before a letter, digit or symbol run
-    if (i < n && !is_space(s[i])) {
-        int cl = char_class(s[i]);
-        while (i < n && char_class(s[i]) == cl) i++;
-        return i;
-    }
-    int k = 0;
-    while (k < n && is_space(s[k])) k++;                     // \s+(?!\S) then \s+
-    return (k == n || k == 1) ? k : k - 1;
+    return U_OTHER;
 }
 
-static int encode(const Tokenizer *t, const char *text, int *out, int max) {
-    const unsigned char *s = (const unsigned char *)text;
-    int n = strlen(text), count = 0;
-    int *ids = xmalloc((n + 1) * sizeof(int));
-    for (int at = 0; at < n;) {
-        int len = piece_len(s + at, n - at), m = 0;
-        for (int i = 0; i < len; i++) {
-            ids[m] = t->byte_id[s[at + i]];
-            if (ids[m] < 0) die("tokenizer has no token for byte 0x%02x", s[at + i]);
-            m++;
-        }
-        for (;;) {   // merge the pair of lowest rank until none is left
-            int best = -1, br = 0, res = 0, r2;
-            for (int i = 0; i + 1 < m; i++) {
-                int r = merge_rank(t, ids[i], ids[i + 1], &r2);
-                if (r >= 0 && (best < 0 || r < br)) { best = i; br = r; res = r2; }
-            }
-            if (best < 0) break;
-            ids[best] = res;
-            memmove(ids + best + 1, ids + best + 2, (m - best - 2) * sizeof(int));
-            m--;
-        }
-        for (int i = 0; i < m && count < max; i++) out[count++] = ids[i];
-        at += len;
+// The text being encoded, decoded to characters: code point, class and byte offset of each (off[nc] = n);
+// the ids go to out; rank and res are bpe's scratch.
+typedef struct { const Tokenizer *t; const uint8_t *s; int nc, *cp, *off; uint8_t *cl; int *out, count, *rank, *res; } Enc;
+
+// The length in characters of the pattern's match at character i of the piece that ends at e; 0: none.
+typedef int (*Matcher)(const Enc *x, int i, int e);
+
+static int run_of(const Enc *x, int i, int e, int c1, int c2) {   // end of the run of classes c1 or c2 from i
+    while (i < e && (x->cl[i] == c1 || x->cl[i] == c2)) i++;
+    return i;
+}
+static int is_crlf(int cp) { return cp == '\r' || cp == '\n'; }
+static int is_ascii_letter(int cp) { return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z'); }
+
+// \s+(?!\S)|\s+ at a space: the run of spaces, less the last one if a non-space follows the run
+static int match_spaces(const Enc *x, int i, int e) {
+    int k = run_of(x, i, e, U_WS, U_WS);
+    return k == e || k - i == 1 ? k - i : k - i - 1;
+}
+
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+static int match_gpt2(const Enc *x, int i, int e) {
+    const int *c = x->cp;
+    if (c[i] == '\'' && i + 1 < e) {
+        int a = c[i + 1], b = i + 2 < e ? c[i + 2] : 0;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
     }
-    free(ids);
-    return count;
+    int j = i + (c[i] == ' ' && i + 1 < e && x->cl[i + 1] != U_WS);   // " ?" before a letter, number or other
+    int k = j, cj = x->cl[j];
+    if (cj == U_WS) return match_spaces(x, i, e);
+    if (cj == U_L || cj == U_N) k = run_of(x, j, e, cj, cj);
+    else while (k < e && x->cl[k] != U_WS && x->cl[k] != U_L && x->cl[k] != U_N) k++;
+    return k - i;
+}
+
+static int match_digits(const Enc *x, int i, int e) {   // \p{N}{1,3}
+    int k = i;
+    while (k < e && k < i + 3 && x->cl[k] == U_N) k++;
+    return k - i;
+}
+
+static int match_cjk(const Enc *x, int i, int e) {   // [一-龥぀-ゟ゠-ヿ]+: U+4E00..U+9FA5, U+3040..U+30FF
+    int k = i;
+    while (k < e && ((x->cp[k] >= 0x4E00 && x->cp[k] <= 0x9FA5) || (x->cp[k] >= 0x3040 && x->cp[k] <= 0x30FF))) k++;
+    return k - i;
+}
+
+// [!-/:-@[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+static int match_deepseek(const Enc *x, int i, int e) {
+    const int *c = x->cp;
+    const uint8_t *cl = x->cl;
+    int k;
+    if (c[i] < 128 && ispunct(c[i]) && i + 1 < e && is_ascii_letter(c[i + 1])) {
+        for (k = i + 1; k < e && is_ascii_letter(c[k]); k++) {}
+        return k - i;
+    }
+    int lm_next = i + 1 < e && (cl[i + 1] == U_L || cl[i + 1] == U_M);
+    if (!is_crlf(c[i]) && cl[i] != U_L && cl[i] != U_PS && lm_next) return run_of(x, i + 1, e, U_L, U_M) - i;
+    if (cl[i] == U_L || cl[i] == U_M) return run_of(x, i, e, U_L, U_M) - i;
+    int j = i + (c[i] == ' ' && i + 1 < e && cl[i + 1] == U_PS);
+    if (cl[j] == U_PS) {
+        for (k = run_of(x, j, e, U_PS, U_PS); k < e && is_crlf(c[k]); k++) {}
+        return k - i;
+    }
+    if (cl[i] != U_WS) return 0;
+    int last = -1;   // \s*[\r\n]+: up to the last CR or LF of the run of spaces
+    for (k = i; k < e && cl[k] == U_WS; k++) if (is_crlf(c[k])) last = k;
+    return last >= 0 ? last + 1 - i : match_spaces(x, i, e);
+}
+
+static int pair_rank(const Tokenizer *t, int a, int b, int *res) {   // INT32_MAX: no such merge
+    size_t h = merge_slot(t, (int64_t)a * t->n + b);
+    if (t->mkey[h] < 0) return INT32_MAX;
+    *res = t->mres[h];
+    return t->mrank[h];
+}
+
+// The bytes of characters [a, b), merged by rank, appended to x->out.
+static void bpe(Enc *x, int a, int b) {
+    const Tokenizer *t = x->t;
+    int *ids = x->out + x->count, *rk = x->rank, *rs = x->res, m = 0;   // rk[i], rs[i]: the merge of ids i, i+1
+    for (int i = x->off[a]; i < x->off[b]; i++) ids[m++] = t->byte_id[x->s[i]];
+    for (int i = 0; i + 1 < m; i++) rk[i] = pair_rank(t, ids[i], ids[i + 1], &rs[i]);
+    while (m > 1) {   // the pair of lowest rank, the leftmost of equals, until none is left
+        int best = 0;
+        for (int i = 1; i + 1 < m; i++) if (rk[i] < rk[best]) best = i;
+        if (rk[best] == INT32_MAX) break;
+        ids[best] = rs[best];
+        memmove(ids + best + 1, ids + best + 2, (m - best - 2) * sizeof(int));
+        if (m - best - 3 > 0) {
+            memmove(rk + best + 1, rk + best + 2, (m - best - 3) * sizeof(int));
+            memmove(rs + best + 1, rs + best + 2, (m - best - 3) * sizeof(int));
+        }
+        m--;
+        if (best > 0) rk[best - 1] = pair_rank(t, ids[best - 1], ids[best], &rs[best - 1]);
+        if (best + 1 < m) rk[best] = pair_rank(t, ids[best], ids[best + 1], &rs[best]);
+    }
+    x->count += m;
+}
+
+// Splits characters [a, b) by the first of nm patterns (Isolated: every match and every gap is a
+// piece) and hands each piece to the next pattern; after the last one, to bpe.
+static void split(Enc *x, int a, int b, const Matcher *m, int nm) {
+    if (nm == 0) { bpe(x, a, b); return; }
+    int gap = a;
+    for (int i = a; i < b;) {
+        int len = m[0](x, i, b);
+        if (!len) { i++; continue; }
+        if (gap < i) split(x, gap, i, m + 1, nm - 1);
+        split(x, i, i + len, m + 1, nm - 1);
+        gap = i += len;
+    }
+    if (gap < b) split(x, gap, b, m + 1, nm - 1);
+}
+
+// Cuts characters [a, b) at the added tokens of one pass (TOK_ADDED, then TOK_ADDED_NORMALIZED): at
+// each position the longest that matches. Tokens go to out; the gaps to the next pass, then to split.
+static void cut_added(Enc *x, int a, int b, int pass) {
+    static const Matcher gpt2[] = {match_gpt2}, deepseek[] = {match_digits, match_cjk, match_deepseek};
+    const Tokenizer *t = x->t;
+    if (pass > TOK_ADDED_NORMALIZED) {
+        if (t->pretok == PRETOK_GPT2) split(x, a, b, gpt2, 1);
+        else split(x, a, b, deepseek, 3);
+        return;
+    }
+    int gap = a;
+    for (int i = a; i < b; i++) {
+        int at = x->off[i], left = x->off[b] - at, c = x->s[at], id = -1;
+        for (int k = t->added_at[c]; k < t->added_at[c + 1] && id < 0; k++) {
+            int tk = t->added[k];
+            if (t->flags[tk] & pass && t->len[tk] <= left && !memcmp(x->s + at, t->str[tk], t->len[tk])) id = tk;
+        }
+        if (id < 0) continue;
+        if (gap < i) cut_added(x, gap, i, pass * 2);
+        x->out[x->count++] = id;
+        int j = i;
+        while (x->off[j] < at + t->len[id]) j++;
+        gap = j; i = j - 1;
+    }
+    if (gap < b) cut_added(x, gap, b, pass * 2);
+}
+
+// Encodes n bytes of UTF-8 text (what: its name, for the error message) into out (room for n ids);
+// returns the number of ids.
+static int encode(const Tokenizer *t, const char *text, size_t n, int *out, const char *what) {
+    const uint8_t *s = (const uint8_t *)text;
+    long bad = utf8_invalid(s, n);
+    if (bad >= 0)
+        die("%s: invalid UTF-8 at byte %ld (0x%02x); the tokenizer, like HF's, takes UTF-8 text only: convert it first "
+            "(e.g. iconv -f latin1 -t utf-8)", what, bad, s[bad]);
+    if (n >= INT32_MAX / 2) die("%s: %zu bytes of text; at most 1 GB can be encoded at once", what, n);
+    Enc x = {t, s, 0, xmalloc((n + 1) * sizeof(int)), xmalloc((n + 1) * sizeof(int)), xmalloc(n + 1), out, 0,
+             xmalloc((n + 1) * sizeof(int)), xmalloc((n + 1) * sizeof(int))};
+    for (size_t i = 0; i < n; x.nc++) {
+        int c = s[i], k = c < 0x80 ? 0 : c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
+        unsigned cp = k ? c & (0x3F >> k) : c;
+        for (int j = 1; j <= k; j++) cp = cp << 6 | (s[i + j] & 0x3F);
+        x.cp[x.nc] = cp; x.cl[x.nc] = unicode_class(cp); x.off[x.nc] = i;
+        i += k + 1;
+    }
+    x.off[x.nc] = n;
+    cut_added(&x, 0, x.nc, TOK_ADDED);
+    free(x.cp); free(x.off); free(x.cl); free(x.rank); free(x.res);
+    return x.count;
 }
 
 // ----------------------------------------------------------------------------
@@ -740,7 +914,7 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
         size_t len;
         char *text = read_file(calib, &len);
         int *ids = xmalloc((len + 1) * sizeof(int));
-        int n = encode(tok, text, ids, len + 1), cap = 8192, window = c->max_seq < 512 ? c->max_seq : 512;
+        int n = encode(tok, text, len, ids, calib), cap = 8192, window = c->max_seq < 512 ? c->max_seq : 512;
         if (n > cap) n = cap;
         if (n < 2 * c->dc) fprintf(stderr, "note: only %d calibration tokens for a %d-wide latent\n", n, c->dc);
         fprintf(stderr, "pca: calibrating on %d tokens of %s (MLA on the CPU)...\n", n, calib);
@@ -754,8 +928,8 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
 
 static const char *T_NAMES[] = {"none", "hadamard", "pca"}, *R_NAMES[] = {"local", "global"};
 
-static void print_text(const Tokenizer *t, int id) {   // special tokens (BOS, EOS) are not shown
-    if (id >= 0 && id < t->n && !t->special[id]) fwrite(t->str[id], 1, t->len[id], stdout);
+static void print_text(const Tokenizer *t, int id) {   // special tokens (BOS, EOS, ...) are not shown
+    if (id >= 0 && id < t->n && !(t->flags[id] & TOK_SPECIAL)) fwrite(t->str[id], 1, t->len[id], stdout);
     fflush(stdout);
 }
 
@@ -765,9 +939,9 @@ static double cache_bytes_per_gpu(const Config *c, int g) { return (double)(c->d
 static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (!tok->n) die("this checkpoint has no tokenizer; use -m logits with token ids");
     const Config *c = &m->c;
-    int cap = strlen(a->prompt) + 2, *ids = xmalloc((cap + a->steps) * sizeof(int)), n = 0;
-    if (c->bos >= 0) ids[n++] = c->bos;
-    n += encode(tok, a->prompt, ids + n, cap);
+    int cap = strlen(a->prompt) + 1, *ids = xmalloc((cap + a->steps) * sizeof(int)), n = 0;
+    if (tok->add_bos) ids[n++] = c->bos;   // as HF's tokenizer does for this checkpoint (convert decides)
+    n += encode(tok, a->prompt, strlen(a->prompt), ids + n, "-i");
     int k = a->k < 0 || a->k > n ? n : a->k, len = n + a->steps;
     if (len > c->max_seq) die("prompt plus %d steps is %d tokens, more than max_position_embeddings %d", a->steps, len, c->max_seq);
     int nrun = a->tpla ? 2 : 1, *gen[2];
@@ -862,7 +1036,9 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     const Config *c = &m->c;
     size_t len;
     char *text = read_file(a->in, &len);
-    int *ids = xmalloc((len + 1) * sizeof(int)), n = encode(tok, text, ids, len + 1), V = c->vocab;
+    int *ids = xmalloc((len + 1) * sizeof(int)), n = 0, V = c->vocab;
+    if (tok->add_bos) ids[n++] = c->bos;   // one BOS before the whole text, as HF's tokenizer would
+    n += encode(tok, text, len, ids + n, a->in);
     int W = a->steps > 0 ? a->steps : (c->max_seq < 512 ? c->max_seq : 512);
     if (W > c->max_seq) W = c->max_seq;
     int k = a->k >= 0 ? a->k : W / 4, nwin = n / W;
@@ -1033,7 +1209,7 @@ int main(int argc, char **argv) {
         if (!tok.n) die("this checkpoint has no tokenizer");
         size_t len;
         char *text = read_file(a.in, &len);
-        int *ids = xmalloc((len + 1) * sizeof(int)), n = encode(&tok, text, ids, len + 1);
+        int *ids = xmalloc((len + 1) * sizeof(int)), n = encode(&tok, text, len, ids, a.in);
         for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
         free(ids); free(text);

@@ -287,29 +287,276 @@ static void test_transforms(Fixture *f) {
     free(Up); free(evp); free((void *)sc.rms_fix); free_tokenizer(&tok);
 }
 
-static void test_tokenizer(Fixture *f) {
-    Tokenizer tok;
-    build_tokenizer(&tok, &f->m);
-    size_t len;
-    char *text = read_file("tests/data/tok.txt", &len);
-    int n, *ref = read_ids("tests/data/tok_ids.txt", f->m.c.vocab, &n);
-    int *ids = xmalloc((len + 1) * sizeof(int)), m = encode(&tok, text, ids, len + 1), diff = m != n;
-    for (int i = 0; i < m && i < n; i++) diff += ids[i] != ref[i];
-    check("tokenizer: ASCII source encodes as HF tokenizers does (mismatches)", diff == 0, diff, 0);
-    const char *samples[] = {"x = {'a': 1}\n\n\tdef f(y):  return y**2  # ok\n", "   spaces\t\ttabs\r\n", "caf\xc3\xa9 \xe2\x9c\x93 na\xc3\xafve", "it's they'll 123456 x1y2"};
-    int bad = 0;
-    for (int k = 0; k < 5; k++) {
-        const char *t = k < 4 ? samples[k] : text;
-        int *out = xmalloc((strlen(t) + 1) * sizeof(int)), c = encode(&tok, t, out, strlen(t) + 1);
-        size_t at = 0;
-        char *back = xmalloc(strlen(t) * 4 + 1);
-        for (int i = 0; i < c; i++) { memcpy(back + at, tok.str[out[i]], tok.len[out[i]]); at += tok.len[out[i]]; }
-        back[at] = 0;
-        bad += strcmp(back, t) != 0;
-        free(out); free(back);
+// tokenizer: HF's ids on tests/data/tok/texts.txt for two tokenizers, the round trip, BOS, refusals, and
+// damaged tokenizer blocks (tools/make_tok_fixture.py made the fixture)
+
+static int sh_msg(const char *cmd, char *msg, size_t cap) {   // runs a command; its output goes to msg
+    char buf[1200];
+    snprintf(buf, sizeof(buf), "%s 2>&1", cmd);
+    FILE *p = popen(buf, "r");
+    size_t n = p ? fread(msg, 1, cap - 1, p) : 0;
+    msg[n] = 0;
+    int s = p ? pclose(p) : -1;
+    return WIFEXITED(s) ? WEXITSTATUS(s) : -1;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f)) die("%s: cannot write", path);
+}
+
+// An HF checkpoint of a one-layer model (zero weights) around a tokenizer.json, in dir.
+static void make_hf_dir(const char *dir, int vocab, const char *tokenizer_json) {
+    char path[600], cmd[1300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s && cp %s %s/tokenizer.json", dir, dir, tokenizer_json, dir);
+    if (sh(cmd)) die("%s failed", cmd);
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    char cfg[600];
+    snprintf(cfg, sizeof(cfg), "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"hidden_size\": 4, \"num_hidden_layers\": 1, "
+             "\"num_attention_heads\": 1, \"vocab_size\": %d, \"q_lora_rank\": null, \"kv_lora_rank\": 2, \"qk_nope_head_dim\": 2, "
+             "\"qk_rope_head_dim\": 2, \"v_head_dim\": 2, \"n_routed_experts\": null, \"intermediate_size\": 2, "
+             "\"tie_word_embeddings\": true, \"bos_token_id\": 0, \"eos_token_id\": 1, \"max_position_embeddings\": 64}", vocab);
+    write_text(path, cfg);
+    struct { const char *name; int64_t r, c; } t[] = {
+        {"model.embed_tokens.weight", vocab, 4}, {"model.norm.weight", 4, 0},
+        {"model.layers.0.input_layernorm.weight", 4, 0}, {"model.layers.0.post_attention_layernorm.weight", 4, 0},
+        {"model.layers.0.self_attn.q_proj.weight", 4, 4}, {"model.layers.0.self_attn.kv_a_proj_with_mqa.weight", 4, 4},
+        {"model.layers.0.self_attn.kv_a_layernorm.weight", 2, 0}, {"model.layers.0.self_attn.kv_b_proj.weight", 4, 2},
+        {"model.layers.0.self_attn.o_proj.weight", 4, 2}, {"model.layers.0.mlp.gate_proj.weight", 2, 4},
+        {"model.layers.0.mlp.up_proj.weight", 2, 4}, {"model.layers.0.mlp.down_proj.weight", 4, 2},
+    };
+    char hdr[4096];
+    int at = snprintf(hdr, sizeof(hdr), "{");
+    uint64_t off = 0;
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        uint64_t bytes = 2 * t[i].r * (t[i].c ? t[i].c : 1);
+        char shape[64];
+        if (t[i].c) snprintf(shape, sizeof(shape), "%lld, %lld", (long long)t[i].r, (long long)t[i].c);
+        else snprintf(shape, sizeof(shape), "%lld", (long long)t[i].r);
+        at += snprintf(hdr + at, sizeof(hdr) - at, "%s\"%s\": {\"dtype\": \"BF16\", \"shape\": [%s], \"data_offsets\": [%llu, %llu]}",
+                       i ? ", " : "", t[i].name, shape, (unsigned long long)off, (unsigned long long)(off + bytes));
+        off += bytes;
     }
-    check("tokenizer: decode(encode(text)) == text, 5 texts (failures)", bad == 0, bad, 0);
-    free(ids); free(ref); free(text); free_tokenizer(&tok);
+    at += snprintf(hdr + at, sizeof(hdr) - at, "}");
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    uint64_t hl = at;
+    if (!f || fwrite(&hl, 8, 1, f) != 1 || fwrite(hdr, 1, at, f) != (size_t)at || fflush(f) || ftruncate(fileno(f), 8 + at + off) || fclose(f))
+        die("%s: cannot write", path);
+}
+
+typedef struct { char name[64]; const char *p; size_t n; } TokText;
+
+static TokText *read_texts(char *buf, size_t len, int *count) {   // "@@ NAME BYTES\n" BYTES "\n", ...
+    TokText *t = NULL;
+    *count = 0;
+    for (size_t at = 0; at < len;) {
+        if (!(t = realloc(t, (*count + 1) * sizeof(TokText)))) die("out of memory");
+        TokText *x = &t[*count];
+        char *eol = memchr(buf + at, '\n', len - at);   // the text itself may start with spaces: cut the line first
+        if (!eol || (*eol = 0, sscanf(buf + at, "@@ %63s %zu", x->name, &x->n) != 2) || eol + 1 + x->n + 1 > buf + len)
+            die("tests/data/tok/texts.txt: bad record at byte %zu", at);
+        x->p = eol + 1;
+        at = eol + 1 + x->n + 1 - buf;
+        (*count)++;
+    }
+    return t;
+}
+
+// Converts a checkpoint around tokenizer json (vocab ids) and compares every text's ids with HF's in ids_file.
+static void test_tokenizer_hf(const char *label, const char *json, int vocab, const char *ids_file, TokText *tx, int nt) {
+    char dir[300], bin[300], cmd[800];
+    snprintf(dir, sizeof(dir), "%s/hf_%s", tmp, label);
+    snprintf(bin, sizeof(bin), "%s/%s.bin", tmp, label);
+    make_hf_dir(dir, vocab, json);
+    snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, bin);
+    if (sh(cmd)) die("%s failed", cmd);
+    Model m;
+    Tokenizer tok;
+    build_model(&m, bin);
+    build_tokenizer(&tok, &m);
+    size_t len;
+    char *ref = read_file(ids_file, &len), *line = ref;
+    int bad = 0, bad_trip = 0, n_ids = 0, n_texts = 0, wrong_err = 0;
+    size_t bytes = 0;
+    for (int i = 0; i < nt; i++) {
+        char *eol = strchr(line, '\n'), name[64];
+        int k = 0;
+        if (!eol || sscanf(line, "%63s%n", name, &k) != 1 || strcmp(name, tx[i].name)) die("%s: line %d is not for text %s", ids_file, i + 1, tx[i].name);
+        *eol = 0;
+        long bad_at = utf8_invalid((const uint8_t *)tx[i].p, tx[i].n), want;
+        if (sscanf(line + k, " error %ld", &want) == 1) {   // HF cannot take it: we must refuse at the same byte
+            if (bad_at != want) { wrong_err++; printf("  %s: %s: invalid UTF-8 at %ld, Python says %ld\n", label, name, bad_at, want); }
+            line = eol + 1;
+            continue;
+        }
+        if (bad_at >= 0) { wrong_err++; line = eol + 1; continue; }
+        int *ids = xmalloc((tx[i].n + 1) * sizeof(int)), n = encode(&tok, tx[i].p, tx[i].n, ids, name), j = 0, diff = 0;
+        for (char *p = line + k, *e; ; p = e, j++) {
+            long v = strtol(p, &e, 10);
+            if (e == p) break;
+            if (!diff && (j >= n || ids[j] != v)) { diff = 1; printf("  %s: %s: id %d is %d, HF's %ld\n", label, name, j, j < n ? ids[j] : -1, v); }
+        }
+        if (!diff && j != n) { diff = 1; printf("  %s: %s: %d ids, HF's %d\n", label, name, n, j); }
+        bad += diff;
+        size_t at = 0;   // decode: the bytes of the ids, concatenated
+        char *back = xmalloc(tx[i].n + 1);
+        for (int q = 0; q < n && at + tok.len[ids[q]] <= tx[i].n; q++) { memcpy(back + at, tok.str[ids[q]], tok.len[ids[q]]); at += tok.len[ids[q]]; }
+        bad_trip += at != tx[i].n || memcmp(back, tx[i].p, at);
+        n_ids += n; n_texts++; bytes += tx[i].n;
+        free(back); free(ids);
+        line = eol + 1;
+    }
+    char name[200];
+    snprintf(name, sizeof(name), "tokenizer %s: ids equal HF's, %d texts, %zu KB, %d ids (texts differing)", label, n_texts, bytes / 1024, n_ids);
+    check(name, bad == 0, bad, 0);
+    snprintf(name, sizeof(name), "tokenizer %s: decode(encode(text)) == text, %d texts (failures)", label, n_texts);
+    check(name, bad_trip == 0, bad_trip, 0);
+    snprintf(name, sizeof(name), "tokenizer %s: invalid UTF-8 refused at Python's first bad byte (misses)", label);
+    check(name, wrong_err == 0, wrong_err, 0);
+    free(ref); free_tokenizer(&tok); free_model(&m);
+}
+
+// BOS, as convert decides it from tokenizer_config.json and the post_processor; refusals of what run cannot reproduce
+static void test_tokenizer_convert(void) {
+    char dir[300], bin[300], cmd[1000], path[400], msg[4096];
+    snprintf(dir, sizeof(dir), "%s/hf_gpt2", tmp);   // made by test_tokenizer_hf
+    snprintf(bin, sizeof(bin), "%s/bos.bin", tmp);
+    const char *tmpl = "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<|endoftext|>\", \"type_id\": 0}}, "
+                       "{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": [], \"special_tokens\": {\"<|endoftext|>\": {\"id\": \"<|endoftext|>\", "
+                       "\"ids\": [0], \"tokens\": [\"<|endoftext|>\"]}}}";
+    size_t len;
+    char *json = read_file("tests/data/tok/gpt2.json", &len), *pp = strstr(json, "\"post_processor\": null");
+    if (!pp) die("tests/data/tok/gpt2.json: no \"post_processor\": null");
+    struct { const char *name, *config; int templ, want; } cases[] = {
+        {"no tokenizer_config.json, no template: no BOS", NULL, 0, 0},
+        {"add_bos_token true: BOS", "{\"add_bos_token\": true, \"bos_token\": \"<|endoftext|>\"}", 0, 1},
+        {"add_bos_token false: no BOS", "{\"add_bos_token\": false}", 0, 0},
+        {"a template with BOS: BOS", "{\"bos_token\": \"<|endoftext|>\"}", 1, 1},
+        {"a template with BOS, add_bos_token false: no BOS", "{\"add_bos_token\": false}", 1, 0},
+        {"add_bos_token true, bos_token not config's bos: refused", "{\"add_bos_token\": true, \"bos_token\": \"<|im_end|>\"}", 0, -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+        remove(path);
+        if (cases[i].config) write_text(path, cases[i].config);
+        snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+        FILE *f = fopen(path, "w");
+        if (!f) die("%s: cannot write", path);
+        if (cases[i].templ) fprintf(f, "%.*s%s%s", (int)(pp - json), json, tmpl, pp + strlen("\"post_processor\": null"));
+        else fputs(json, f);
+        fclose(f);
+        snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, bin);
+        int rc = sh_msg(cmd, msg, sizeof(msg)), got = -1;
+        if (rc == 0) {
+            Model m;
+            build_model(&m, bin);
+            Tokenizer t;
+            build_tokenizer(&t, &m);
+            got = t.add_bos;
+            free_tokenizer(&t); free_model(&m);
+        }
+        char name[160];
+        snprintf(name, sizeof(name), "convert: %s (add_bos, -1: refused)", cases[i].name);
+        check(name, got == cases[i].want && (got >= 0 || strstr(msg, "bos_token_id")), got, cases[i].want);
+    }
+    struct { const char *name, *from, *to, *says; } refused[] = {
+        {"pre_tokenizer ByteLevel without use_regex", "\"use_regex\": true", "\"use_regex\": false", "without use_regex"},
+        {"pre_tokenizer Metaspace", "\"type\": \"ByteLevel\",\n    \"add_prefix_space\": false,\n    \"trim_offsets\": true,\n    \"use_regex\": true",
+         "\"type\": \"Metaspace\"", "pre_tokenizer Metaspace"},
+        {"normalizer NFC", "\"normalizer\": null", "\"normalizer\": {\"type\": \"NFC\"}", "normalizer NFC"},
+        {"added token with lstrip", "\"lstrip\": false", "\"lstrip\": true", "lstrip"},
+    };
+    snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+    remove(path);
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char *at = strstr(json, refused[i].from);
+        if (!at) die("tests/data/tok/gpt2.json: no %s", refused[i].from);
+        snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+        FILE *f = fopen(path, "w");
+        if (!f) die("%s: cannot write", path);
+        fprintf(f, "%.*s%s%s", (int)(at - json), json, refused[i].to, at + strlen(refused[i].from));
+        fclose(f);
+        snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, bin);
+        int rc = sh_msg(cmd, msg, sizeof(msg));
+        char name[160];
+        snprintf(name, sizeof(name), "convert refuses %s, naming it (exit code)", refused[i].name);
+        check(name, rc == 1 && strstr(msg, refused[i].says) && !strstr(msg, "wrote"), rc, 1);
+    }
+    free(json);
+}
+
+// Damaged tokenizer blocks, made from the converted V3 fixture: each is refused at load with a message.
+static void test_tokenizer_damaged(const Fixture *fx) {
+    char src[300], bad[300], cmd[800], msg[4096];
+    snprintf(src, sizeof(src), "%s/v3.bin", tmp);
+    snprintf(bad, sizeof(bad), "%s/badtok.bin", tmp);
+    size_t len;
+    char *file = read_file(src, &len);
+    uint8_t *blk = (uint8_t *)file + TPLA_HEADER, *merges = blk + 16, *tok5 = NULL, *byte_a = NULL;
+    int vocab = fx->m.c.vocab;
+    for (int i = 0; i < vocab; i++) {   // walk the tokens to the merges
+        int l;
+        memcpy(&l, merges, 4);
+        if (i == 5) tok5 = merges;
+        if (l == 1 && merges[8] == 'a' && !byte_a) byte_a = merges;
+        merges += 8 + l;
+    }
+    int32_t r0[3], r1[3];
+    memcpy(r0, merges, 12); memcpy(r1, merges + 12, 12);
+    struct { const char *name; uint8_t *at; int32_t value; const char *says; } cases[] = {
+        {"merge left id outside the vocabulary", merges, vocab + 7, "outside the vocabulary"},
+        {"merge result id outside the vocabulary", merges + 8, -3, "outside the vocabulary"},
+        {"merge result not the two tokens joined", merges + 8, r1[2] == r0[2] ? r0[0] : r1[2], "is not token"},
+        {"merge count 2^31 - 1 (the hash table would overflow)", blk + 4, INT32_MAX, "merges, but"},
+        {"merge count negative", blk + 4, -5, "merges, but"},
+        {"token count not the vocabulary", blk, vocab + 1, "tokens for a vocab"},
+        {"token count 2^31 - 1", blk, INT32_MAX, "tokens for a vocab"},
+        {"token length past the block", tok5, 1 << 30, "length"},
+        {"token length negative", tok5, -1, "length"},
+        {"token flags unknown", tok5 + 4, 9, "flags"},
+        {"the byte 'a' has no token", byte_a + 4, TOK_ADDED, "no token for byte 0x61"},
+        {"pre-tokenizer unknown", blk + 8, 7, "pre-tokenizer"},
+        {"add_bos neither 0 nor 1", blk + 12, 2, "add_bos"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int32_t old;
+        memcpy(&old, cases[i].at, 4);
+        memcpy(cases[i].at, &cases[i].value, 4);
+        FILE *f = fopen(bad, "wb");
+        if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
+        memcpy(cases[i].at, &old, 4);
+        snprintf(cmd, sizeof(cmd), "timeout 20 ./run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        int rc = sh_msg(cmd, msg, sizeof(msg));
+        char name[160];
+        snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
+        check(name, rc == 1 && strstr(msg, "tokenizer block") && strstr(msg, cases[i].says), rc, 1);
+    }
+    free(file);
+}
+
+static void test_tokenizer(const Fixture *fx) {
+    size_t len;
+    char *buf = read_file("tests/data/tok/texts.txt", &len), cmd[600], msg[4096];
+    int nt;
+    TokText *tx = read_texts(buf, len, &nt);
+    test_tokenizer_hf("gpt2", "tests/data/tok/gpt2.json", 4101, "tests/data/tok/gpt2_ids.txt", tx, nt);
+    test_tokenizer_hf("deepseek_v3", "tests/data/tok/deepseek_v3.json", 129280, "tests/data/tok/deepseek_v3_ids.txt", tx, nt);
+    // run -m tokenize: an invalid text is an error that names the byte; a valid one prints HF's ids
+    char path[400];
+    snprintf(path, sizeof(path), "%s/latin1.txt", tmp);
+    write_text(path, "caf\xc3\xa9 ok, \xe9 not");
+    snprintf(cmd, sizeof(cmd), "./run %s/gpt2.bin -m tokenize -f %s", tmp, path);
+    int rc = sh_msg(cmd, msg, sizeof(msg));
+    check("run -m tokenize: invalid UTF-8 is an error naming byte 10 (exit code)", rc == 1 && strstr(msg, "invalid UTF-8 at byte 10"), rc, 1);
+    snprintf(path, sizeof(path), "%s/chat.txt", tmp);
+    write_text(path, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi");
+    snprintf(cmd, sizeof(cmd), "./run %s/deepseek_v3.bin -m tokenize -f %s", tmp, path);
+    rc = sh_msg(cmd, msg, sizeof(msg));
+    check("run -m tokenize: a typed <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi is 0 6366 (exit code)", rc == 0 && !strcmp(msg, "0 6366\n"), rc, 0);
+    test_tokenizer_convert();
+    test_tokenizer_damaged(fx);
+    free(tx); free(buf);
 }
 
 // every bad input ends with a message and a non-zero exit, never a crash

@@ -16,7 +16,7 @@
 //   Matrices are bf16 (uint16 holding the top half of a float32), vectors (norms, router) float32.
 
 #define TPLA_MAGIC 0x414C5054u  // "TPLA" little-endian
-#define TPLA_VERSION 1
+#define TPLA_VERSION 2
 #define TPLA_HEADER 512
 
 enum { ROPE_DEFAULT = 0, ROPE_YARN = 1 };
