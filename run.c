@@ -942,6 +942,7 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int cap = strlen(a->prompt) + 1, *ids = xmalloc((cap + a->steps) * sizeof(int)), n = 0;
     if (tok->add_bos) ids[n++] = c->bos;   // as HF's tokenizer does for this checkpoint (convert decides)
     n += encode(tok, a->prompt, strlen(a->prompt), ids + n, "-i");
+    if (n == 0) die("-i: an empty prompt, and this checkpoint adds no BOS (as HF's tokenizer); give some text");
     int k = a->k < 0 || a->k > n ? n : a->k, len = n + a->steps;
     if (len > c->max_seq) die("prompt plus %d steps is %d tokens, more than max_position_embeddings %d", a->steps, len, c->max_seq);
     int nrun = a->tpla ? 2 : 1, *gen[2];
