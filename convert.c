@@ -763,6 +763,8 @@ static Buf build_tokenizer(const char *dir, const Config *c, char **summary) {
         int id = ID(e), k = (int)strlen(e->key);
         if (id < 0) { dropped++; continue; }
         map_put(&ids, e->key, id);
+        if (tok[id] && (tlen[id] != k || memcmp(tok[id], e->key, k)))  // HF would merge into one text and print another
+            refuse("added token %s has id %d, which model.vocab gives to %s; not supported", (char *)tok[id], id, e->key);
         if (tok[id]) continue;
         tok[id] = xmalloc(k + 1);
         if ((tlen[id] = unbyte(e->key, k, tok[id])) < 0) memcpy(tok[id], e->key, tlen[id] = k), raw++;
