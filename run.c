@@ -541,8 +541,13 @@ static int unicode_class(unsigned cp) {   // U_* by binary search of the ranges
 }
 
 // The text being encoded, decoded to characters: code point, class and byte offset of each (off[nc] = n);
-// the ids go to out; rank and res are bpe's scratch.
-typedef struct { const Tokenizer *t; const uint8_t *s; int nc, *cp, *off; uint8_t *cl; int *out, count, *rank, *res; } Enc;
+// the ids go to out.
+typedef struct {
+    const Tokenizer *t;
+    const uint8_t *s; int nc, *cp, *off; uint8_t *cl;
+    int *out, count;
+    int *next, *prev; int64_t *heap; size_t cap;   // bpe's scratch
+} Enc;
 
 // The length in characters of the pattern's match at character i of the piece that ends at e; 0: none.
 typedef int (*Matcher)(const Enc *x, int i, int e);
@@ -618,27 +623,58 @@ static int pair_rank(const Tokenizer *t, int a, int b, int *res) {   // INT32_MA
     return t->mrank[h];
 }
 
-// The bytes of characters [a, b), merged by rank, appended to x->out.
+// A min-heap of candidate merges, key = rank << 32 | position of the left symbol.
+static void heap_push(int64_t *h, int *n, int64_t key) {
+    int i = (*n)++;
+    for (; i > 0 && h[(i - 1) / 2] > key; i = (i - 1) / 2) h[i] = h[(i - 1) / 2];
+    h[i] = key;
+}
+static int64_t heap_pop(int64_t *h, int *n) {
+    int64_t top = h[0], last = h[--*n];
+    int i = 0;
+    for (int c; (c = 2 * i + 1) < *n; i = c) {
+        if (c + 1 < *n && h[c + 1] < h[c]) c++;
+        if (h[c] >= last) break;
+        h[i] = h[c];
+    }
+    h[i] = last;
+    return top;
+}
+
+// The bytes of characters [a, b), merged as HF's BPE does: the pair of lowest rank first, the leftmost
+// of equals, until none is left (a heap of the candidate pairs: O(m log m) for m bytes; a popped pair
+// whose symbols have changed since is skipped). The ids are appended to x->out.
 static void bpe(Enc *x, int a, int b) {
     const Tokenizer *t = x->t;
-    int *ids = x->out + x->count, *rk = x->rank, *rs = x->res, m = 0;   // rk[i], rs[i]: the merge of ids i, i+1
-    for (int i = x->off[a]; i < x->off[b]; i++) ids[m++] = t->byte_id[x->s[i]];
-    for (int i = 0; i + 1 < m; i++) rk[i] = pair_rank(t, ids[i], ids[i + 1], &rs[i]);
-    while (m > 1) {   // the pair of lowest rank, the leftmost of equals, until none is left
-        int best = 0;
-        for (int i = 1; i + 1 < m; i++) if (rk[i] < rk[best]) best = i;
-        if (rk[best] == INT32_MAX) break;
-        ids[best] = rs[best];
-        memmove(ids + best + 1, ids + best + 2, (m - best - 2) * sizeof(int));
-        if (m - best - 3 > 0) {
-            memmove(rk + best + 1, rk + best + 2, (m - best - 3) * sizeof(int));
-            memmove(rs + best + 1, rs + best + 2, (m - best - 3) * sizeof(int));
-        }
-        m--;
-        if (best > 0) rk[best - 1] = pair_rank(t, ids[best - 1], ids[best], &rs[best - 1]);
-        if (best + 1 < m) rk[best] = pair_rank(t, ids[best], ids[best + 1], &rs[best]);
+    int *id = x->out + x->count, m = x->off[b] - x->off[a], nh = 0, res;
+    if (!m) return;
+    if ((size_t)m > x->cap) {   // scratch for the longest piece so far
+        x->cap = m;
+        x->next = realloc(x->next, m * sizeof(int)); x->prev = realloc(x->prev, m * sizeof(int));
+        x->heap = realloc(x->heap, 3 * (size_t)m * sizeof(int64_t));
+        if (!x->next || !x->prev || !x->heap) die("out of host memory: a piece of %d bytes", m);
     }
-    x->count += m;
+    int *nx = x->next, *pv = x->prev;
+    int64_t *h = x->heap;
+    for (int i = 0; i < m; i++) {
+        id[i] = t->byte_id[x->s[x->off[a] + i]]; nx[i] = i + 1 < m ? i + 1 : -1; pv[i] = i - 1;
+        int r = i ? pair_rank(t, id[i - 1], id[i], &res) : INT32_MAX;
+        if (r != INT32_MAX) heap_push(h, &nh, (int64_t)r << 32 | (i - 1));
+    }
+    while (nh) {
+        int64_t key = heap_pop(h, &nh);
+        int i = key & 0xFFFFFFFF, j = id[i] >= 0 ? nx[i] : -1;
+        if (j < 0 || pair_rank(t, id[i], id[j], &res) != key >> 32) continue;   // stale
+        id[i] = res; id[j] = -1;   // j joins i
+        nx[i] = nx[j];
+        if (nx[i] >= 0) pv[nx[i]] = i;
+        int r;
+        if (pv[i] >= 0 && (r = pair_rank(t, id[pv[i]], id[i], &res)) != INT32_MAX) heap_push(h, &nh, (int64_t)r << 32 | pv[i]);
+        if (nx[i] >= 0 && (r = pair_rank(t, id[i], id[nx[i]], &res)) != INT32_MAX) heap_push(h, &nh, (int64_t)r << 32 | i);
+    }
+    int k = 0;
+    for (int i = 0; i >= 0; i = nx[i]) id[k++] = id[i];
+    x->count += k;
 }
 
 // Splits characters [a, b) by the first of nm patterns (Isolated: every match and every gap is a
@@ -692,8 +728,7 @@ static int encode(const Tokenizer *t, const char *text, size_t n, int *out, cons
         die("%s: invalid UTF-8 at byte %ld (0x%02x); the tokenizer, like HF's, takes UTF-8 text only: convert it first "
             "(e.g. iconv -f latin1 -t utf-8)", what, bad, s[bad]);
     if (n >= INT32_MAX / 2) die("%s: %zu bytes of text; at most 1 GB can be encoded at once", what, n);
-    Enc x = {t, s, 0, xmalloc((n + 1) * sizeof(int)), xmalloc((n + 1) * sizeof(int)), xmalloc(n + 1), out, 0,
-             xmalloc((n + 1) * sizeof(int)), xmalloc((n + 1) * sizeof(int))};
+    Enc x = {t, s, 0, xmalloc((n + 1) * sizeof(int)), xmalloc((n + 1) * sizeof(int)), xmalloc(n + 1), out, 0, NULL, NULL, NULL, 0};
     for (size_t i = 0; i < n; x.nc++) {
         int c = s[i], k = c < 0x80 ? 0 : c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
         unsigned cp = k ? c & (0x3F >> k) : c;
@@ -703,7 +738,7 @@ static int encode(const Tokenizer *t, const char *text, size_t n, int *out, cons
     }
     x.off[x.nc] = n;
     cut_added(&x, 0, x.nc, TOK_ADDED);
-    free(x.cp); free(x.off); free(x.cl); free(x.rank); free(x.res);
+    free(x.cp); free(x.off); free(x.cl); free(x.next); free(x.prev); free(x.heap);
     return x.count;
 }
 
