@@ -328,13 +328,6 @@ static float f8_to_f32(uint8_t b) {  // E4M3FN: exponent bias 7, no infinities, 
     return b >> 7 ? -v : v;
 }
 
-static uint16_t f32_to_bf16(float x) {  // round to nearest even; NaN stays NaN
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (u >> 16) | 0x40;
-    return (u + 0x7fff + (u >> 16 & 1)) >> 16;
-}
-
 static void to_f32(const STensor *t, int64_t i, int64_t n, float *out) {  // elements [i, i + n) of t
     const uint8_t *p = t->data + (uint64_t)i * dt_size[t->dtype];
     uint16_t h;

@@ -20,8 +20,6 @@ static void *xmalloc(size_t n) {
     if (!p) die("out of host memory: %.2f GB needed", n / 1e9);
     return p;
 }
-static float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
 // ----------------------------------------------------------------------------
 // checkpoint: mmap the file, check it, expand the weights to float32

@@ -2,7 +2,7 @@
 // handle per GPU, one NCCL communicator. The same code runs MLA tensor parallelism (g = 1: heads split,
 // the whole latent cached on every GPU) and TPLA (g latent shards: every GPU of shard i caches the
 // slice S_i of the latent plus the rope key, and attends with the heads of its group on that slice).
-// The math is DESIGN.md sections 3-5; run.c holds the CPU reference that every result is checked against.
+// The math is in the README ("The math"); run.c holds the CPU reference every result is checked against.
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -15,10 +15,12 @@
 #include "tpla.h"
 
 typedef __nv_bfloat16 bf16;
-static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+#define LIB_RESERVE ((size_t)2 << 30)   // GPU memory left for the libraries' buffers (cuBLAS workspace, NCCL)
+#define MAX_BATCH 4096                   // the largest batch -m bench tries
+#define GPU_MAX_DR 64    // the widest rope key the GPU kernels take (checked when building)
 
 // ----------------------------------------------------------------------------
-// placement: what rank r of K holds (DESIGN.md sections 3, 4 and 5b)
+// placement: what rank r of K holds (README "g shards on K GPUs, and where W_UQ and W_O live")
 //   g shards, K GPUs, groups of m = K/g: rank r has latent slice i = r / m (dcs = dc/g wide) and
 //   attends with the heads of its group slot j = r % m: ha = H/m heads starting at h0 = j*ha.
 //   W_UQ and W_O: with the replicated placement the rank holds them for its ha heads; with the
@@ -26,7 +28,7 @@ static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t
 //   "peers" (same j, every i): all-gather q, reduce-scatter v. g = 1 is MLA-TP either way.
 
 typedef struct {
-    int g, K, m, shard, j;
+    int g, m, shard, j;
     int dcs, Dk;        // latent slice width; cached values per token = dcs + dr
     int ha, h0;         // attended heads
     int hq, hq0;        // heads whose q and W_O this rank holds
@@ -36,7 +38,7 @@ typedef struct {
 
 static Part make_part(const Config *c, int g, int K, int r, int split) {
     Part p;
-    p.g = g; p.K = K; p.m = K / g; p.shard = r / p.m; p.j = r % p.m;
+    p.g = g; p.m = K / g; p.shard = r / p.m; p.j = r % p.m;
     p.dcs = c->dc / g; p.Dk = p.dcs + c->dr;
     p.ha = c->n_heads / p.m; p.h0 = p.j * p.ha;
     p.peers = split && g > 1 ? g : 1;
@@ -90,7 +92,7 @@ typedef struct {
     float *topw, *eout;
     bf16 *eh;
     int nsplit_max;
-    int moe_blocks[8][2];    // blocks of each expert-product kernel (moe_tiles: down, up) that fit on one SM
+    int moe_blocks[2][2];    // blocks of each expert-product kernel (moe_tiles: down, up) that fit on one SM
 } Rank;
 
 struct GPU {
@@ -145,6 +147,13 @@ __global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, bf1
     }
 }
 
+// Rotates a rope vector pe (dr, in shared memory, loaded by the block) to position pos, in place.
+__device__ void rope_shared(float *pe, int dr, int pos, const float *inv_freq, float attn, int interleave) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, pos, inv_freq[i], attn, interleave);
+    __syncthreads();
+}
+
 // Caches the new token of each row: its latent slice S_i, normalised by the rms of the whole
 // latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key.
 __global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int max_len,
@@ -158,14 +167,12 @@ __global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, 
         if (i / dcs == shard) ss_mine += v;
     }
     ss_all = block_sum(ss_all); ss_mine = block_sum(ss_mine);
-    float r = local ? sqrtf(ss_mine / dcs + eps) * fix : sqrtf(ss_all / dc + eps);
+    float r = local ? latent_rms(ss_mine, dcs, fix, eps) : latent_rms(ss_all, dc, 1.0f, eps);
     bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * max_len + rpos[blockIdx.x]) * (dcs + dr);
     for (int i = threadIdx.x; i < dcs; i += blockDim.x) dst[i] = __float2bfloat16(k[shard * dcs + i] / r);
-    __shared__ float pe[256];
+    __shared__ float pe[GPU_MAX_DR];
     for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = k[dc + i];
-    __syncthreads();
-    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, rpos[blockIdx.x], inv_freq[i], attn, interleave);
-    __syncthreads();
+    rope_shared(pe, dr, rpos[blockIdx.x], inv_freq, attn, interleave);
     for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[dcs + i] = __float2bfloat16(pe[i]);
 }
 
@@ -175,11 +182,9 @@ __global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows,
                               const float *inv_freq, float attn, int interleave) {
     int row = blockIdx.x, h = blockIdx.y, p = h / hq, hh = h % hq;
     const bf16 *src = q + (((size_t)p * rows + row) * hq + hh) * (dn + dr) + dn;
-    __shared__ float pe[256];
+    __shared__ float pe[GPU_MAX_DR];
     for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = __bfloat162float(src[i]);
-    __syncthreads();
-    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, rpos[row], inv_freq[i], attn, interleave);
-    __syncthreads();
+    rope_shared(pe, dr, rpos[row], inv_freq, attn, interleave);
     bf16 *dst = Q + ((size_t)row * ha + h) * (dcs + dr) + dcs;
     for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
 }
@@ -226,6 +231,80 @@ template <class T> __global__ void fill_random_kernel(T *w, size_t n, float scal
 }
 __global__ void fill_kernel(float *w, size_t n, float v) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) w[i] = v;
+}
+
+// ----------------------------------------------------------------------------
+// launchers of the small kernels: each owns its grid and its launch check
+
+static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 8192); }
+static void embed(Rank *R, int rows, int D) {
+    embed_kernel<<<rows, 256, 0, R->st>>>(R->tok, R->embed, R->x, D);
+    LAUNCH_CHECK();
+}
+static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 *out, float *outf, int rows, int D, float eps) {
+    add_rmsnorm_kernel<<<rows, 256, 0, R->st>>>(x, y, w, out, outf, D, eps);
+    LAUNCH_CHECK();
+}
+static void kv_append(GPU *G, Rank *R, bf16 *cache, int l, int rows, int local) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    kv_append_kernel<<<rows, 256, 0, R->st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, c->dc, c->dr, p->shard, p->dcs, local,
+                                                 G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
+                                                 c->rope_attn, c->rope_interleave);
+    LAUNCH_CHECK();
+}
+static void q_rope(GPU *G, Rank *R, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    q_rope_kernel<<<dim3(rows, p->ha), 64, 0, R->st>>>(R->qall, R->Q, R->rpos, rows, p->ha, p->hq, c->dn, c->dr, p->dcs,
+                                                      R->inv_freq, c->rope_attn, c->rope_interleave);
+    LAUNCH_CHECK();
+}
+static void prefill_softmax(Rank *R, int rows, int T, int p0, float scale) {
+    prefill_softmax_kernel<<<R->p.ha * rows, 256, 0, R->st>>>(R->S, R->P, rows, T, p0, scale);
+    LAUNCH_CHECK();
+}
+static void swiglu(Rank *R, int rows, int f) {
+    swiglu_kernel<<<grid_for((size_t)rows * f), 256, 0, R->st>>>(R->h13, R->h, rows, f);
+    LAUNCH_CHECK();
+}
+template <class T> static void fill_random(T *w, size_t n, float scale, uint64_t seed, cudaStream_t st) {
+    if (n) fill_random_kernel<<<grid_for(n), 256, 0, st>>>(w, n, scale, seed);
+    LAUNCH_CHECK();
+}
+static void fill(float *w, size_t n, float v, cudaStream_t st) {
+    if (n) fill_kernel<<<grid_for(n), 256, 0, st>>>(w, n, v);
+    LAUNCH_CHECK();
+}
+
+// ----------------------------------------------------------------------------
+// cuBLAS: Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate
+
+static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out) {
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
+                              &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// column-major batched product C_i = op(A_i) B_i, bf16 in, f32 accumulate
+static void gemm_batched(Rank *R, cublasOperation_t ta, int m, int n, int k, const void *A, int lda, long long sa,
+                         const void *B, int ldb, long long sb, void *C, cudaDataType ct, int ldc, long long sc, int batch) {
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, ta, CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B, CUDA_R_16BF,
+                                            ldb, sb, &beta, C, ct, ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// ----------------------------------------------------------------------------
+// the collectives (NCCL, on the rank's stream); the rank bench leaves them out
+
+static void all_reduce(GPU *G, Rank *R, float *x, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm, R->st));
+}
+static void all_gather(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, ncclBfloat16, comm, R->st));
+}
+static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclReduceScatter(x, out, n, ncclBfloat16, ncclSum, comm, R->st));
 }
 
 // ----------------------------------------------------------------------------
@@ -277,6 +356,1014 @@ __global__ void __launch_bounds__(256, 1)
 decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
                         const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
                         int Dk, int stages, int max_len, int chunk, float scale_log2);
+
+// Splits of the sequence. Blocks run one per SM, in waves; a split has at least MIN_TILES tiles (a block's
+// start, its Q and its partial output cost about as much as that many). The count chosen (at most enough
+// to fill the card WAVES times) makes the least of: waves x (the tiles of a split + two tiles of start and
+// end), in bytes of cache read per SM, plus the partial outputs written and read again by the merge.
+#define MIN_TILES 4
+#define WAVES 8
+#define MERGE_HEADS 8                 // heads per block of the merge (a warp each)
+
+// defined with the kernel, after the engine
+static AttnShape attention_shape(int ha, int dcs, int Dk);
+static int nsplit_cap(int rows, int head_tiles, int max_len, int sms);
+static int nsplit_for(int rows, int head_tiles, int ha, int dcs, int Dk, int max_len, int sms, int *chunk);
+static CUtensorMap cache_map(const bf16 *base, size_t rows, int Dk);
+__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, int ha, int dcs, int nsplit);
+
+// rows sequences, one new token each, already cached (the kernel's shared memory limit was raised
+// once per GPU by init_rank); lens (device) = tokens cached per sequence.
+static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, const int *lens, float *opart, float *lse, bf16 *O,
+                             int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
+    int chunk;
+    AttnShape a = attention_shape(ha, dcs, Dk);
+    int ns = nsplit_for(rows, a.head_tiles, ha, dcs, Dk, max_cached, sms, &chunk);
+    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
+                                                            chunk, scale * LOG2E);
+    LAUNCH_CHECK();
+    attn_merge_kernel<<<dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), 32 * MERGE_HEADS, MERGE_HEADS * ns * sizeof(float), st>>>(
+        opart, lse, O, ha, dcs, ns);
+    LAUNCH_CHECK();
+}
+
+// ----------------------------------------------------------------------------
+// the attention block of layer l on one rank (README "The TPLA step"; run.c's forward is the same step on
+// the CPU). Decode, for each of the ha heads h this rank attends with, on its latent slice S_i:
+//   xb = rmsnorm(x + y)                              (y: the last block's output, added to the residual x)
+//   q = W_UQ xb (split placement: this rank's hq heads, then all-gathered from the g peers)
+//   [c | k_pe] = W_DKV xb; cache c[S_i] / rms and rope(k_pe)        (kv_append; rms: latent_rms)
+//   Q_h = [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]                   (the absorbed query)
+//   o_h = softmax_t(scale Q_h . cache_t) . cache_t[S_i]               (decode_attention: its own softmax)
+//   v_h = W_UV^h[:, S_i] o_h     (split placement: reduce-scattered by head over the g peers)
+//   y = W_O v, then the one all-reduce over every rank: it sums the heads and the latent shards.
+// Prefill (rows = tokens p0.. of sequence seq) is exact MLA instead: the g shards add their partial
+// scores (an all-reduce of S over the peers), take one softmax and multiply by their own slice.
+// Inputs tok, rpos, rseq, lens are on the device.
+
+static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, int prefill, int seq, int p0, int max_cached) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, dn = c->dn, dv = c->dv, dcs = p->dcs, Dk = p->Dk;
+    bf16 *cache = R->cache + (size_t)l * G->B * G->max_len * Dk;
+    add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
+    bf16 *q = p->peers > 1 ? R->q : R->qall;
+    if (c->q_lora) {
+        gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
+        add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
+        gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
+    } else {
+        gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
+    }
+    if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
+    gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
+    kv_append(G, R, cache, l, rows, !prefill && G->s.rms == RMS_LOCAL);
+    // Q = [W_UK^h[:, S_i]^T q_nope | rope(q_pe)] for the ha heads, chunk by chunk of hq heads
+    q_rope(G, R, rows);
+    for (int k = 0; k < p->peers; k++)
+        gemm_batched(R, CUBLAS_OP_N, dcs, rows, dn, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs, dcs, (long long)(dn + dv) * dcs,
+                     R->qall + (size_t)k * rows * p->hq * qd, p->hq * qd, qd, R->Q + (size_t)k * p->hq * Dk, CUDA_R_16BF,
+                     p->ha * Dk, Dk, p->hq);
+    if (!prefill) {
+        decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, dcs, Dk, G->max_len,
+                         max_cached, c->softmax_scale, G->sms, R->st);
+    } else {   // S = Q K^T per head over [0, p0 + rows); the rope part counted on shard 0 only
+        int T = p0 + rows;
+        const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
+        gemm_batched(R, CUBLAS_OP_T, T, rows, p->shard == 0 ? Dk : dcs, kb, Dk, 0, R->Q, p->ha * Dk, Dk,
+                     R->S, CUDA_R_32F, T, (long long)rows * T, p->ha);
+        if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
+        prefill_softmax(R, rows, T, p0, c->softmax_scale);
+        gemm_batched(R, CUBLAS_OP_N, dcs, rows, T, kb, Dk, 0, R->P, T, (long long)rows * T, R->O, CUDA_R_16BF,
+                     p->ha * dcs, dcs, p->ha);
+    }
+    // v_h = W_UV^h[:, S_i] o_h, chunk k of hq heads to v + k*rows*hq*dv
+    bf16 *vdst = p->peers > 1 ? R->v : R->vown;
+    for (int k = 0; k < p->peers; k++)
+        gemm_batched(R, CUBLAS_OP_T, dv, rows, dcs, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs + (size_t)dn * dcs, dcs,
+                     (long long)(dn + dv) * dcs, R->O + (size_t)k * p->hq * dcs, p->ha * dcs, dcs,
+                     vdst + (size_t)k * rows * p->hq * dv, CUDA_R_16BF, p->hq * dv, dv, p->hq);
+    if (p->peers > 1) reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
+    gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
+    all_reduce(G, R, R->y, (size_t)rows * D, R->world);   // the one all-reduce: heads and latent shards summed
+}
+
+// ----------------------------------------------------------------------------
+// MoE: only the routed experts
+//
+// A MoE layer on `rows` tokens: y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x)) + shared(x). The
+// rows*topk entries (row, k) are sorted by expert into "slots"; each routed expert multiplies only its
+// own slots' rows, so a step reads only the experts that some token chose (at decode batch 1 on
+// DeepSeek-V2-Lite, 6 of 64) and does only their flops (a prefill: topk/E of the every-expert product).
+// Five launches, no host synchronisation and no allocation (buffers are sized for rows*topk slots at
+// build time), so a decode step stays one CUDA graph:
+//   moe_route_kernel        row r: its experts topi[r][k] and weights topw[r][k] (route() in tpla.h)
+//   moe_plan_kernel         one block: tokens per expert n_e, first slot off_e = sum_{e'<e} n_e' (a scan),
+//                           token tiles per expert, the permutation perm[slot] = row, pos[r*topk+k] = slot
+//   moe_gemm_kernel<UP>     eh[slot] = silu(W1_e x) * (W3_e x), x = xb[perm[slot]] gathered on the fly
+//   moe_gemm_kernel<DOWN>   eout[slot] = W2_e eh[slot]
+//   moe_combine_kernel      y[r] += sum_k topw[r][k] eout[pos[r*topk+k]]: the weighted scatter-add back to
+//                           the rows, as a gather in a fixed order (deterministic, no atomics)
+// The expert products are hand-written rather than cuBLAS: cublasGemmGroupedBatchedEx takes every
+// expert's row count from host arrays, which a captured decode step cannot read without a host
+// synchronisation; this kernel reads the counts on the device and skips empty experts by never
+// numbering their tiles. One kernel serves decode and prefill, in tiles shaped for each (moe_tile).
+
+// Row r: its topk experts and their weights.
+__global__ void moe_route_kernel(Config c, const float *logits, const float *bias, int *topi, float *topw) {
+    extern __shared__ float scratch[];   // 2E + n_group floats
+    int row = blockIdx.x, idx[GPU_MAX_TOPK];
+    float w[GPU_MAX_TOPK];
+    route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
+    for (int k = 0; k < c.topk; k++) { topi[row * c.topk + k] = idx[k]; topw[row * c.topk + k] = w[k]; }
+}
+
+// One block: n entries topi (rows*topk) -> off[0..E] first slot of each expert (off[E] = n), toff[0..E]
+// = off + E + 1 first token tile of each expert (tiles of bn slots), perm (n): slot -> row, pos (n):
+// entry -> slot, counts (E): tokens per expert. Within an expert the slots' order is the atomics' order;
+// it does not matter, since each slot's result depends on its own row only.
+__global__ void __launch_bounds__(1024) moe_plan_kernel(const int *topi, int n, int E, int topk, int bn, int *off, int *perm, int *pos,
+                                                        int *counts) {
+    __shared__ int cnt[GPU_MAX_EXPERTS], next[GPU_MAX_EXPERTS];
+    const int tid = threadIdx.x, lane = tid & 31;
+    for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += blockDim.x) atomicAdd(&cnt[topi[i]], 1);
+    __syncthreads();
+    if (tid < 32) {   // exclusive scans of the counts and of the tiles: lane l takes experts [e0, e1)
+        int per = (E + 31) / 32, e0 = min(E, lane * per), e1 = min(E, e0 + per), a = 0, b = 0;
+        for (int e = e0; e < e1; e++) { a += cnt[e]; b += (cnt[e] + bn - 1) / bn; }
+        int sa = a, sb = b;   // inclusive scan over the lanes
+        for (int o = 1; o < 32; o <<= 1) {
+            int x = __shfl_up_sync(0xffffffff, sa, o), y = __shfl_up_sync(0xffffffff, sb, o);
+            if (lane >= o) { sa += x; sb += y; }
+        }
+        sa -= a; sb -= b;     // exclusive: where this lane's experts start
+        for (int e = e0; e < e1; e++) {
+            off[e] = next[e] = sa; off[E + 1 + e] = sb; counts[e] = cnt[e];
+            sa += cnt[e]; sb += (cnt[e] + bn - 1) / bn;
+        }
+        if (lane == 31) { off[E] = sa; off[E + 1 + E] = sb; }   // lane 31's range ends at E (or is empty)
+    }
+    __syncthreads();
+    for (int i = tid; i < n; i += blockDim.x) {
+        int s = atomicAdd(&next[topi[i]], 1);
+        perm[s] = i / topk; pos[i] = s;
+    }
+}
+
+// Grouped expert product on tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), A = weights,
+// B = the expert's tokens, for the slots of each expert:
+//   UP:   eh[s][f] = silu(W1_e[f] . x) * (W3_e[f] . x), x = X[perm[s]] (D), f < ik: W = ew13, Y = eh (bf16)
+//   DOWN: eout[s][f] = W2_e[f] . eh[s] (ik), f < D: W = ew2 (row f of expert e at f*E*ik + e*ik), Y = eout (f32)
+// A block tile is BM weight rows x BN slots, in k steps of 64 through a 4-stage cp.async pipeline; warp w
+// of 4 computes rows BM/4 w.. against all BN slots, in m16 tiles. UP: an m16 tile holds the W1 rows of 8
+// features, then their W3 rows, so SwiGLU pairs meet in one thread (a tile row block covers BM/2
+// features). Shared tiles are rows of 128 bytes whose 16-byte chunk c sits at c ^ (row % 8)
+// (conflict-free ldmatrix). Rows past the features, slots past the expert's count and k past the width
+// are zero-filled and not stored.
+// Work items (expert e, feature tile m, token tile t) are numbered over the non-empty experts only
+// (item = mt * toff[e] + m * tiles_e + t: token tiles fastest, so blocks that share a weight tile run
+// together and read it once from DRAM); a fixed grid strides over them, and reads the count on the device.
+#define MOE_BK 64
+#define MOE_ST 4
+static size_t moe_smem(int bm, int bn) { return (size_t)MOE_ST * (bm + bn) * MOE_BK * 2; }
+
+template <int BM, int BN, bool UP>
+__global__ void moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const int *__restrict__ perm,
+                                const int *__restrict__ off, void *__restrict__ Y, int E, int D, int ik);   // at the end
+
+// y[r] = (add ? y[r] : 0) + sum_k topw[r][k] eout[pos[r][k]]: the weighted routed outputs back in row order.
+__global__ void moe_combine_kernel(float *y, const float *eout, const float *topw, const int *pos, int topk, int D, int add) {
+    int r = blockIdx.x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float s = add ? y[(size_t)r * D + d] : 0.0f;
+        for (int k = 0; k < topk; k++) s += topw[r * topk + k] * eout[(size_t)pos[r * topk + k] * D + d];
+        y[(size_t)r * D + d] = s;
+    }
+}
+
+// Tile shapes of the expert products (weight rows x slots). moe_tile picks one for a step of `rows`
+// tokens: 16 slots while experts get few tokens (decode: the product stays a read of the weights), 64
+// once they average 32 or more (prefill, large batches).
+typedef void (*MoeKernel)(const bf16 *, const bf16 *, const int *, const int *, void *, int, int, int);
+typedef struct { int bm, bn; MoeKernel up, down; } MoeTile;
+#define MOE_T(bm, bn) {bm, bn, moe_gemm_kernel<bm, bn, true>, moe_gemm_kernel<bm, bn, false>}
+static const MoeTile moe_tiles[] = {MOE_T(128, 16), MOE_T(128, 64)};
+#undef MOE_T
+#define MOE_NTILES (int)(sizeof(moe_tiles) / sizeof(moe_tiles[0]))
+static int moe_tile(const Config *c, int rows) { return rows * c->topk >= 32 * c->n_experts ? 1 : 0; }
+
+// One expert product (up: W1/W3 and SwiGLU, else W2) of `rows` tokens planned in R->off for tile shape
+// T, on a grid of at most the blocks that fit the card at once, each striding over the items.
+static void moe_product(GPU *G, Rank *R, const LayerW *L, int rows, const MoeTile *T, int up) {
+    const Config *c = &G->c;
+    int E = c->n_experts, D = c->dim, n = rows * c->topk, per_sm = R->moe_blocks[T - moe_tiles][up];
+    int tiles = (n + T->bn - 1) / T->bn + std::min(E, n), fb = up ? T->bm / 2 : T->bm;   // tiles: at most
+    int items = ((up ? L->ik : D) + fb - 1) / fb * tiles;
+    (up ? T->up : T->down)<<<std::max(1, std::min(items, G->sms * per_sm)), 128, moe_smem(T->bm, T->bn), R->st>>>(
+        up ? L->ew13 : L->ew2, up ? R->xb : R->eh, R->perm, R->off, up ? (void *)R->eh : (void *)R->eout, E, D, L->ik);
+    LAUNCH_CHECK();
+}
+
+// --- FFN of layer l on one rank: x += y; y = FFN(rmsnorm(x)), with one all-reduce. Every matrix is split
+// by its intermediate dimension, so each rank's y is a partial sum and the all-reduce completes it:
+//   dense:  y = W2 (silu(W1 x) * (W3 x))                                      (cuBLAS)
+//   MoE:    y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x))        (routed: the kernels above)
+//             + W2_s (silu(W1_s x) * (W3_s x))                                 (shared experts as one FFN: cuBLAS)
+// the launches of a MoE layer (each owns its grid and its launch check)
+static void moe_router(GPU *G, Rank *R, const LayerW *L, int rows) {   // float32 router on the float32 normalised x
+    float one = 1.0f, zero = 0.0f;
+    int E = G->c.n_experts, D = G->c.dim;
+    CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E));
+}
+static void moe_route(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    moe_route_kernel<<<rows, 1, (2 * c->n_experts + c->n_group + 1) * sizeof(float), R->st>>>(*c, R->router, L->bias, R->topi, R->topw);
+    LAUNCH_CHECK();
+}
+static void moe_plan(GPU *G, Rank *R, int l, int rows, int bn) {
+    const Config *c = &G->c;
+    moe_plan_kernel<<<1, 1024, 0, R->st>>>(R->topi, rows * c->topk, c->n_experts, c->topk, bn, R->off, R->perm, R->pos,
+                                           R->counts + (size_t)l * c->n_experts);
+    LAUNCH_CHECK();
+}
+static void moe_combine(GPU *G, Rank *R, int rows, int add) {
+    moe_combine_kernel<<<rows, 256, 0, R->st>>>(R->y, R->eout, R->topw, R->pos, G->c.topk, G->c.dim, add);
+    LAUNCH_CHECK();
+}
+// y = W2 (silu(W1 xb) * (W3 xb)): the dense FFN, or the shared experts side by side (cuBLAS)
+static void dense_ffn(Rank *R, const LayerW *L, int rows, int D) {
+    gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
+    swiglu(R, rows, L->fk);
+    gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
+}
+
+static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
+    const Config *c = &G->c;
+    add_rmsnorm(R, R->x, R->y, L->ffn_norm, R->xb, R->xn, rows, c->dim, c->eps);
+    if (L->ik) {   // routing, then the routed experts
+        const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
+        moe_router(G, R, L, rows);
+        moe_route(G, R, L, rows);
+        moe_plan(G, R, l, rows, T->bn);
+        moe_product(G, R, L, rows, T, 1);
+        moe_product(G, R, L, rows, T, 0);
+    }
+    if (L->fk) dense_ffn(R, L, rows, c->dim);
+    if (L->ik) moe_combine(G, R, rows, L->fk > 0);
+    all_reduce(G, R, R->y, (size_t)rows * c->dim, R->world);
+}
+
+// ----------------------------------------------------------------------------
+// one forward pass of `rows` tokens on one rank: embedding, the layers (attention, then the FFN unless
+// the bench leaves it out, as the paper does), the final norm, and this rank's slice of the vocabulary
+// for the last logit_rows rows. Decode: row b is sequence b. Prefill: the rows are tokens p0.. of `seq`.
+
+static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0, int max_cached, int logit_rows) {
+    const Config *c = &G->c;
+    embed(R, rows, c->dim);
+    for (int l = 0; l < c->n_layers; l++) {
+        attention_rank(G, R, &R->lw[l], l, rows, prefill, seq, p0, max_cached);
+        if (G->ffn) ffn_rank(G, R, &R->lw[l], l, rows);
+    }
+    add_rmsnorm(R, R->x, R->y, R->norm, R->xb, NULL, rows, c->dim, c->eps);
+    if (logit_rows && R->p.nv)
+        gemm(R, R->xb + (size_t)(rows - logit_rows) * c->dim, R->lm_head, R->logits, CUDA_R_32F, logit_rows, c->dim, R->p.nv);
+}
+
+// ----------------------------------------------------------------------------
+// building: sizes, the memory check, weights (from the host model, or random), buffers
+
+// walks every device allocation of a rank; with R->arena NULL it only counts the bytes
+static void *take(Rank *R, size_t bytes) {
+    size_t at = (R->used + 255) & ~(size_t)255;
+    R->used = at + bytes;
+    return R->arena ? R->arena + at : NULL;
+}
+
+static void layout_rank(GPU *G, Rank *R) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, K = G->K, rows = G->rows, fk = 0, ik = 0;
+    R->used = 0;
+    R->lw = R->lw ? R->lw : (LayerW *)calloc(c->n_layers, sizeof(LayerW));
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        L->attn_norm = (float *)take(R, D * 4); L->ffn_norm = (float *)take(R, D * 4);
+        if (c->q_lora) { L->wq_a = (bf16 *)take(R, (size_t)c->q_lora * D * 2); L->q_norm = (float *)take(R, c->q_lora * 4); }
+        L->wq = (bf16 *)take(R, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D) * 2);
+        L->wkv_a = (bf16 *)take(R, (size_t)(c->dc + c->dr) * D * 2);
+        L->wkv_b = (bf16 *)take(R, (size_t)p->ha * (c->dn + c->dv) * p->dcs * 2);
+        L->wo = (bf16 *)take(R, (size_t)D * p->hq * c->dv * 2);
+        int moe = G->ffn && layer_is_moe(c, l), E = moe ? c->n_experts : 0;
+        L->fk = !G->ffn ? 0 : moe ? c->n_shared * c->moe_inter / K : c->inter / K;
+        L->ik = moe ? c->moe_inter / K : 0;
+        L->gate = moe ? (float *)take(R, (size_t)E * D * 4) : NULL;
+        L->bias = moe ? (float *)take(R, E * 4) : NULL;
+        L->w13 = (bf16 *)take(R, (size_t)2 * L->fk * D * 2);
+        L->w2 = (bf16 *)take(R, (size_t)D * L->fk * 2);
+        L->ew13 = (bf16 *)take(R, (size_t)E * 2 * L->ik * D * 2);
+        L->ew2 = (bf16 *)take(R, (size_t)D * E * L->ik * 2);
+        fk = std::max(fk, L->fk); ik = std::max(ik, L->ik);
+    }
+    R->embed = (bf16 *)take(R, (size_t)c->vocab * D * 2);
+    R->lm_head = (bf16 *)take(R, (size_t)p->nv * D * 2);
+    R->norm = (float *)take(R, D * 4);
+    R->wbytes = R->used;
+    R->inv_freq = (float *)take(R, c->dr / 2 * 4);
+    R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * G->max_len * p->Dk * 2);
+    R->tok = (int *)take(R, rows * 4); R->rpos = (int *)take(R, rows * 4); R->rseq = (int *)take(R, rows * 4);
+    R->lens = (int *)take(R, G->B * 4);
+    int hid = std::max(c->q_lora, 1), E = ik ? c->n_experts : 0, tk = ik ? c->topk : 0;
+    R->x = (float *)take(R, (size_t)rows * D * 4); R->y = (float *)take(R, (size_t)rows * D * 4);
+    R->xn = (float *)take(R, (size_t)rows * D * 4); R->xb = (bf16 *)take(R, (size_t)rows * D * 2);
+    R->qlat = (float *)take(R, (size_t)rows * hid * 4); R->qlatb = (bf16 *)take(R, (size_t)rows * hid * 2);
+    R->q = (bf16 *)take(R, (size_t)rows * p->hq * qd * 2);
+    R->qall = (bf16 *)take(R, (size_t)rows * p->ha * qd * 2);
+    R->kv = (float *)take(R, (size_t)rows * (c->dc + c->dr) * 4);
+    R->Q = (bf16 *)take(R, (size_t)rows * p->ha * p->Dk * 2);
+    R->O = (bf16 *)take(R, (size_t)rows * p->ha * p->dcs * 2);
+    R->v = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
+    R->vown = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
+    // FFN: the dense FFN and shared experts (h13, h), the routed experts
+    R->router = (float *)take(R, (size_t)rows * E * 4);
+    R->h13 = (float *)take(R, (size_t)rows * 2 * fk * 4);
+    R->h = (bf16 *)take(R, (size_t)rows * fk * 2);
+    R->topi = (int *)take(R, (size_t)rows * tk * 4); R->topw = (float *)take(R, (size_t)rows * tk * 4);
+    R->perm = (int *)take(R, (size_t)rows * tk * 4); R->pos = (int *)take(R, (size_t)rows * tk * 4);
+    R->off = (int *)take(R, (size_t)2 * (E + 1) * 4);
+    R->counts = (int *)take(R, (size_t)c->n_layers * E * 4);
+    R->eh = (bf16 *)take(R, (size_t)rows * tk * ik * 2);
+    R->eout = (float *)take(R, (size_t)rows * tk * D * 4);
+    R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
+    // decode attention partials, and the prefill score matrix of one chunk
+    AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
+    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, G->max_len, G->sms);
+    R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
+    R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
+    size_t sc = (size_t)p->ha * G->chunk * G->max_len;
+    R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
+}
+
+// copies a (rows, cols) block of a host f32 matrix (leading dimension ld) to the device as bf16 or f32
+static void put(void *dst, const float *src, size_t rows, size_t cols, size_t ld, int as_f32) {
+    std::vector<uint16_t> hb;
+    std::vector<float> hf;
+    if (as_f32) hf.resize(rows * cols); else hb.resize(rows * cols);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < cols; k++) {
+            float v = src[r * ld + k];
+            if (as_f32) { hf[r * cols + k] = v; continue; }
+            hb[r * cols + k] = f32_to_bf16(v);
+        }
+    CUDA_CHECK(cudaMemcpy(dst, as_f32 ? (void *)hf.data() : (void *)hb.data(), rows * cols * (as_f32 ? 4 : 2), cudaMemcpyHostToDevice));
+}
+
+static void upload_rank(GPU *G, Rank *R, const Model *m) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, dn = c->dn, dv = c->dv, r = R->r;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        const Layer *H = &m->layers[l];
+        put(L->attn_norm, H->attn_norm, 1, D, D, 1);
+        put(L->ffn_norm, H->ffn_norm, 1, D, D, 1);
+        if (c->q_lora) {
+            put(L->wq_a, H->wq_a, c->q_lora, D, D, 0);
+            put(L->q_norm, H->q_norm, 1, c->q_lora, c->q_lora, 1);
+            put(L->wq, H->wq_b + (size_t)p->hq0 * qd * c->q_lora, (size_t)p->hq * qd, c->q_lora, c->q_lora, 0);
+        } else {
+            put(L->wq, H->wq + (size_t)p->hq0 * qd * D, (size_t)p->hq * qd, D, D, 0);
+        }
+        put(L->wkv_a, H->wkv_a, c->dc + c->dr, D, D, 0);
+        for (int h = 0; h < p->ha; h++)   // head h0+h, columns of latent slice S_i
+            put(L->wkv_b + (size_t)h * (dn + dv) * p->dcs, H->wkv_b + (size_t)(p->h0 + h) * (dn + dv) * c->dc + p->shard * p->dcs,
+                dn + dv, p->dcs, c->dc, 0);
+        put(L->wo, H->wo + (size_t)p->hq0 * dv, D, (size_t)p->hq * dv, (size_t)c->n_heads * dv, 0);
+        // np blocks of width I side by side (dense: 1 of inter; shared experts: n_shared of moe_inter), or
+        // E routed experts; of each, this rank's slice [r*w, (r+1)*w): those rows of W1 and W3, columns of W2
+        auto put_ffn = [&](bf16 *w13, bf16 *w2, const float *w1s, const float *w2s, const float *w3s, int np, int I, int w, int experts) {
+            std::vector<float> w2cat((size_t)D * np * w);   // (D, np*w): the slices' columns side by side
+            for (int k = 0; k < np; k++) {
+                size_t row = (size_t)k * I + (size_t)r * w;   // the slice's first row of W1, W3 ((np*I, D) either way)
+                bf16 *dst = w13 + (size_t)k * (experts ? 2 : 1) * w * D;   // experts: (E, 2w, D); else (2*np*w, D)
+                put(dst, w1s + row * D, w, D, D, 0);
+                put(dst + (size_t)(experts ? 1 : np) * w * D, w3s + row * D, w, D, D, 0);
+                for (int d = 0; d < D; d++)   // W2: experts (E, D, I); else (D, np*I)
+                    memcpy(&w2cat[((size_t)d * np + k) * w], experts ? w2s + ((size_t)k * D + d) * I + (size_t)r * w
+                                                                     : w2s + (size_t)d * np * I + row, w * 4);
+            }
+            put(w2, w2cat.data(), D, (size_t)np * w, (size_t)np * w, 0);
+        };
+        if (L->ik) {
+            put(L->gate, H->gate, c->n_experts, D, D, 1);
+            put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1);
+            put_ffn(L->ew13, L->ew2, H->ew1, H->ew2, H->ew3, c->n_experts, c->moe_inter, L->ik, 1);
+            if (L->fk) put_ffn(L->w13, L->w2, H->sw1, H->sw2, H->sw3, c->n_shared, c->moe_inter, L->ik, 0);
+        } else if (L->fk) {
+            put_ffn(L->w13, L->w2, H->w1, H->w2, H->w3, 1, c->inter, L->fk, 0);
+        }
+    }
+    put(R->embed, m->embed, c->vocab, D, D, 0);
+    put(R->lm_head, m->lm_head + (size_t)p->v0 * D, p->nv, D, D, 0);
+    put(R->norm, m->norm, 1, D, D, 1);
+}
+
+// random weights for the bench: matrices uniform in +-1/sqrt(fan in), norms 1
+static void randomize_rank(GPU *G, Rank *R) {
+    const Config *c = &G->c;
+    uint64_t seed = 1000 + R->r;
+    auto rnd = [&](bf16 *w, size_t n, int fan_in) { fill_random(w, n, 1.0f / sqrtf((float)fan_in), seed++, R->st); };
+    auto one = [&](float *w, size_t n, float v) { fill(w, n, v, R->st); };
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr;
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerW *L = &R->lw[l];
+        one(L->attn_norm, D, 1); one(L->ffn_norm, D, 1);
+        if (c->q_lora) { rnd(L->wq_a, (size_t)c->q_lora * D, D); one(L->q_norm, c->q_lora, 1); }
+        rnd(L->wq, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D), c->q_lora ? c->q_lora : D);
+        rnd(L->wkv_a, (size_t)(c->dc + c->dr) * D, D);
+        rnd(L->wkv_b, (size_t)p->ha * (c->dn + c->dv) * p->dcs, c->dc);
+        rnd(L->wo, (size_t)D * p->hq * c->dv, c->n_heads * c->dv);
+        rnd(L->w13, (size_t)2 * L->fk * D, D);
+        rnd(L->w2, (size_t)D * L->fk, L->fk * G->K);
+        if (!L->ik) continue;
+        rnd(L->ew13, (size_t)c->n_experts * 2 * L->ik * D, D);
+        rnd(L->ew2, (size_t)D * c->n_experts * L->ik, L->ik * G->K);
+        // the router: the same on every rank (as replicated weights are), so that the ranks route alike
+        fill_random(L->gate, (size_t)c->n_experts * D, 1.0f / sqrtf((float)D), 77 + l, R->st);
+        one(L->bias, c->n_experts, 0);
+    }
+    rnd(R->embed, (size_t)c->vocab * D, 1);
+    rnd(R->lm_head, (size_t)p->nv * D, D);
+    one(R->norm, D, 1);
+}
+
+// ----------------------------------------------------------------------------
+// threads: every call runs fn on all ranks at once, one host thread per GPU
+
+typedef void (*RankFn)(GPU *G, Rank *R, void *arg);
+typedef struct { GPU *G; Rank *R; RankFn fn; void *arg; } Job;
+static void *job_main(void *p) {
+    Job *j = (Job *)p;
+    CUDA_CHECK(cudaSetDevice(j->R->dev));
+    j->fn(j->G, j->R, j->arg);
+    return NULL;
+}
+static void on_ranks(GPU *G, RankFn fn, void *arg) {
+    std::vector<pthread_t> t(G->nrank);
+    std::vector<Job> jobs(G->nrank);
+    for (int r = 0; r < G->nrank; r++) {
+        jobs[r] = Job{G, &G->rk[r], fn, arg};
+        if (pthread_create(&t[r], NULL, job_main, &jobs[r])) die("pthread_create failed");
+    }
+    for (int r = 0; r < G->nrank; r++) pthread_join(t[r], NULL);
+}
+
+// The GPUs tpla can use: the first ones that are Hopper (sm_90; the decode kernel is built for sm_90a).
+int gpu_count(void) {
+    int n = 0, k = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+    for (cudaDeviceProp pr; k < n && cudaGetDeviceProperties(&pr, k) == cudaSuccess && pr.major == 9;) k++;
+    return k;
+}
+
+// One world communicator per GPU count, made once per process (NCCL's start-up is slow).
+static ncclComm_t *g_world[65];
+
+static void init_rank(GPU *G, Rank *R, void *model) {
+    const Config *c = &G->c;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&R->st, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&R->blas));
+    CUBLAS_CHECK(cublasSetStream(R->blas, R->st));
+    R->world = G->nrank > 1 ? g_world[G->K][R->r] : NULL;
+    R->peer = NULL;
+    if (R->p.g > 1 && G->nrank > 1)   // the g ranks of the same group slot j, ordered by shard
+        NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
+    CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
+    layout_rank(G, R);
+    void *ws;   // cuBLAS gets a fixed workspace, so that a decode step can be captured in a graph
+    CUDA_CHECK(cudaMalloc(&ws, 32 << 20));
+    CUBLAS_CHECK(cublasSetWorkspace(R->blas, ws, 32 << 20));
+    if (model) upload_rank(G, R, (const Model *)model); else randomize_rank(G, R);
+    std::vector<float> inv(c->dr / 2);
+    rope_freqs(c, inv.data());
+    CUDA_CHECK(cudaMemcpy(R->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+    for (int i = 0; G->ffn && i < MOE_NTILES; i++)   // the expert products' shared memory (over the default 48 KB), blocks per SM
+        for (int up = 0; up < 2; up++) {
+            MoeKernel k = up ? moe_tiles[i].up : moe_tiles[i].down;
+            int smem = (int)moe_smem(moe_tiles[i].bm, moe_tiles[i].bn);
+            CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&R->moe_blocks[i][up], k, 128, smem));
+            R->moe_blocks[i][up] = std::max(1, R->moe_blocks[i][up]);
+        }
+    AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
+    CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
+    R->cmap = cache_map(R->cache, (size_t)c->n_layers * G->B * G->max_len, R->p.Dk);
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+}
+
+// Prefill chunk: up to 2048 tokens (a long prompt's expert products need many rows per expert to run at
+// the tensor cores' rate), fewer while the score matrix of one chunk (heads x chunk x max_len, f32 and
+// bf16) would pass 1 GiB.
+static int prefill_chunk(const Config *c, int max_len) {
+    int chunk = std::min(2048, max_len);
+    while (chunk > 1 && (size_t)c->n_heads * chunk * max_len * 6 > (1u << 30)) chunk /= 2;
+    return chunk;
+}
+
+// K GPUs in the layout; nrank of them run here (K, or 1 for the rank bench: rank 0 on GPU 0); chunk: the
+// most tokens a forward pass takes (prefill chunks; 1: decode only)
+static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int nrank, int batch, int max_len, int ffn, int chunk) {
+    int have = gpu_count(), g = s->g;
+    if (K < 1 || nrank > have) die("%d GPUs asked for, %d present", nrank, have);
+    if (K > 64) die("at most 64 GPUs");
+    if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
+    if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
+    if (c->dr % 16) die("qk_rope_head_dim %d: the GPU engine needs a multiple of 16", c->dr);
+    int m_ = K / g;
+    if (c->n_heads % m_ || (s->split && c->n_heads % K))
+        die("%d heads do not split over %d GPUs (%d per group of shard)", c->n_heads, s->split ? K : m_, m_);
+    if (ffn && ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K)))
+        die("the FFN intermediate sizes (%d, %d) must divide by the GPU count %d", c->inter, c->moe_inter, K);
+    const char *moe = ffn ? gpu_moe_error(c, K) : NULL;
+    if (moe) die("%s (this model: %d experts of %d, top-%d, hidden %d, on %d GPUs)", moe, c->n_experts, c->moe_inter, c->topk, c->dim, K);
+    GPU *G = (GPU *)calloc(1, sizeof(GPU));
+    G->c = *c; G->s = *s; G->K = K; G->nrank = nrank; G->B = batch; G->max_len = max_len; G->ffn = ffn;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    G->sms = prop.multiProcessorCount;
+    G->chunk = chunk;
+    G->rows = std::max(batch, G->chunk);
+    if (s->rms_fix) {
+        G->rms_fix = (float *)malloc((size_t)c->n_layers * g * sizeof(float));
+        memcpy(G->rms_fix, s->rms_fix, (size_t)c->n_layers * g * sizeof(float));
+    }
+    G->lens = (int *)calloc(batch, sizeof(int));
+    G->rk = (Rank *)calloc(nrank, sizeof(Rank));
+    for (int r = 0; r < nrank; r++) {   // count each rank's bytes and check they fit before allocating
+        Rank *R = &G->rk[r];
+        R->r = r; R->dev = r; R->p = make_part(c, g, K, r, s->split);
+        layout_rank(G, R);
+        R->cap = R->used + (1 << 20);
+        size_t free_b, total_b;
+        CUDA_CHECK(cudaSetDevice(r));
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        size_t need = R->cap + LIB_RESERVE;
+        if (need > free_b)
+            die("GPU %d: this model, batch %d and %d positions need %.2f GiB (weights and cache %.2f GiB), but only %.2f GiB of %.2f GiB are free",
+                r, batch, max_len, need / 1073741824.0, R->cap / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
+    }
+    if (nrank > 1 && !g_world[K]) {
+        int devs[64];
+        for (int r = 0; r < K; r++) devs[r] = r;
+        g_world[K] = (ncclComm_t *)calloc(K, sizeof(ncclComm_t));
+        NCCL_CHECK(ncclCommInitAll(g_world[K], K, devs));
+    }
+    on_ranks(G, init_rank, (void *)m);
+    return G;
+}
+
+GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int ffn) {
+    return build(m, c, s, K, K, batch, max_len, ffn, m ? prefill_chunk(c, max_len) : 1);
+}
+
+static void free_rank(GPU *G, Rank *R, void *arg) {
+    (void)G; (void)arg;
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    if (R->peer) ncclCommDestroy(R->peer);
+    CUBLAS_CHECK(cublasDestroy(R->blas));
+    CUDA_CHECK(cudaFree(R->arena));
+    CUDA_CHECK(cudaStreamDestroy(R->st));
+    free(R->lw);
+}
+
+void gpu_free(GPU *G) {
+    on_ranks(G, free_rank, NULL);
+    free(G->rk); free(G->lens); free(G->rms_fix); free(G);
+}
+
+void gpu_reset(GPU *G) { memset(G->lens, 0, G->B * sizeof(int)); }
+
+// ----------------------------------------------------------------------------
+// prefill and decode: the host fills the row tables, every rank runs the same forward
+
+typedef struct {
+    const int *tok, *rpos, *rseq, *lens;
+    int rows, prefill, seq, p0, max_cached, logit_rows, nlens;
+    float *logits;      // host (logit_rows, vocab), or NULL
+} Step;
+
+static void step_rank(GPU *G, Rank *R, void *arg) {
+    Step *s = (Step *)arg;
+    cudaStream_t st = R->st;
+    CUDA_CHECK(cudaMemcpyAsync(R->tok, s->tok, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->rpos, s->rpos, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->rseq, s->rseq, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->lens, s->lens, s->nlens * 4, cudaMemcpyHostToDevice, st));
+    forward_rank(G, R, s->rows, s->prefill, s->seq, s->p0, s->max_cached, s->logit_rows);
+    if (s->logits && s->logit_rows && R->p.nv)
+        CUDA_CHECK(cudaMemcpy2DAsync(s->logits + R->p.v0, (size_t)G->c.vocab * 4, R->logits, (size_t)R->p.nv * 4,
+                                     (size_t)R->p.nv * 4, s->logit_rows, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all) {
+    if (b < 0 || b >= G->B) die("gpu_prefill: sequence %d of %d", b, G->B);
+    if (G->lens[b] + n > G->max_len) die("sequence %d: %d tokens, more than the %d positions allocated", b, G->lens[b] + n, G->max_len);
+    std::vector<int> pos(G->chunk), seq(G->chunk, b);
+    for (int done = 0; done < n;) {
+        int rows = std::min(G->chunk, n - done), last = done + rows == n;
+        for (int i = 0; i < rows; i++) pos[i] = G->lens[b] + i;
+        Step s = {tokens + done, pos.data(), seq.data(), G->lens, rows, 1, b, G->lens[b], G->lens[b] + rows,
+                  all ? rows : last, G->B, all ? logits + (size_t)done * G->c.vocab : (last ? logits : NULL)};
+        on_ranks(G, step_rank, &s);
+        G->lens[b] += rows;
+        done += rows;
+    }
+}
+
+void gpu_decode(GPU *G, const int *tokens, float *logits) {
+    std::vector<int> pos(G->B), seq(G->B), lens(G->B);
+    int mx = 0;
+    for (int b = 0; b < G->B; b++) {
+        if (G->lens[b] >= G->max_len) die("sequence %d is full (%d positions)", b, G->max_len);
+        pos[b] = G->lens[b]; seq[b] = b; lens[b] = G->lens[b] + 1; mx = std::max(mx, lens[b]);
+    }
+    Step s = {tokens, pos.data(), seq.data(), lens.data(), G->B, 0, 0, 0, mx, G->B, G->B, logits};
+    on_ranks(G, step_rank, &s);
+    for (int b = 0; b < G->B; b++) G->lens[b]++;
+}
+
+// ----------------------------------------------------------------------------
+// -m bench: decode steps at a fixed context on random weights and a random cache (README "Measured")
+
+typedef struct {
+    int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
+    double step_s, attn_s, idle;    // idle: see bench_rank
+    char moe[2048];
+} BenchRun;
+
+// bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
+static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
+static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
+
+// body() captured once in a CUDA graph and replayed `reps` times: seconds per replay
+template <class F> static double graph_time(Rank *R, F body, int reps = 3) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
+    body();
+    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, R->st));   // warm-up
+    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
+    CUDA_CHECK(cudaEventRecord(e0, R->st));
+    for (int i = 0; i < reps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    CUDA_CHECK(cudaEventRecord(e1, R->st));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
+    return ms / 1e3 / reps;
+}
+
+// Where a MoE layer's time goes, for `rows` tokens on one GPU (x holds the last step's residual): the FFN
+// and each of its launches alone, per layer (each timed over all MoE layers, so that no layer's weights
+// are still in L2 when its turn comes), then the two expert products in both tile shapes, with the
+// experts' weight bytes per second and the products' flop rate. Text into out.
+static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
+    const Config *c = &G->c;
+    int E = c->n_experts, D = c->dim, tk = c->topk, l0 = c->first_dense, nl = c->n_layers - l0, def = moe_tile(c, rows);
+    size_t len = 0;
+    auto each = [&](auto body) { return graph_time(R, [&] { for (int l = l0; l < c->n_layers; l++) body(&R->lw[l], l); }) / nl * 1e6; };
+    double ffn = each([&](const LayerW *L, int l) { ffn_rank(G, R, L, l, rows); });
+    double norm = each([&](const LayerW *L, int) { add_rmsnorm(R, R->x, NULL, L->ffn_norm, R->xb, R->xn, rows, D, c->eps); });
+    double router = each([&](const LayerW *L, int) { moe_router(G, R, L, rows); });
+    double route = each([&](const LayerW *L, int) { moe_route(G, R, L, rows); });
+    double planned = each([&](const LayerW *, int l) { moe_plan(G, R, l, rows, moe_tiles[def].bn); });
+    double shared = each([&](const LayerW *L, int) { if (L->fk) dense_ffn(R, L, rows, D); });
+    double combine = each([&](const LayerW *L, int) { moe_combine(G, R, rows, L->fk > 0); });
+    std::vector<int> cnt(E);
+    CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts + (size_t)(c->n_layers - 1) * E, E * 4, cudaMemcpyDeviceToHost));
+    int used = 0;
+    for (int e = 0; e < E; e++) used += cnt[e] > 0;
+    double wb = used * expert_bytes(c, G->K), fl = 2.0 * rows * tk * 3 * (c->moe_inter / G->K) * D;
+    len += snprintf(out + len, cap - len, "    MoE layer alone, %d rows (us per layer): FFN %.1f = norm %.1f + router %.1f + route %.1f + plan %.1f"
+                    " + experts + shared %.1f + combine %.1f; %d of %d experts used\n", rows, ffn, norm, router, route, planned, shared,
+                    combine, used, E);
+    for (int i = 0; i < MOE_NTILES; i++) {
+        const MoeTile *T = &moe_tiles[i];
+        moe_plan(G, R, c->n_layers - 1, rows, T->bn);   // the routing of the last layer, planned for this shape
+        double up = each([&](const LayerW *L, int) { moe_product(G, R, L, rows, T, 1); });
+        double down = each([&](const LayerW *L, int) { moe_product(G, R, L, rows, T, 0); });
+        len += snprintf(out + len, cap - std::min(cap, len), "    experts in %3dx%-3d tiles: up %7.1f us, down %7.1f us: %5.0f GB/s, %5.1f TFLOP/s%s\n",
+                        T->bm, T->bn, up, down, wb / (up + down) / 1e3, fl / (up + down) / 1e6, i == def ? "; the one used" : "");
+    }
+}
+
+// one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
+static void bench_rank(GPU *G, Rank *R, void *arg) {
+    BenchRun *b = (BenchRun *)arg;
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
+    fill_random(R->cache, cache_n, 1.0f, 7 + R->r, R->st);
+    if (G->nrank < G->K) {   // rank bench: what the left-out collectives would bring, as random values
+        size_t nq = (size_t)G->rows * p->ha * (c->dn + c->dr), nv = (size_t)G->rows * p->ha * c->dv;
+        fill_random(R->qall, nq, 1.0f, 11, R->st);
+        fill_random(R->vown, nv, 1.0f, 12, R->st);
+    }
+    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
+    for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
+    CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(R->rpos, pos.data(), G->B * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(R->rseq, seq.data(), G->B * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(R->lens, lens.data(), G->B * 4, cudaMemcpyHostToDevice));
+    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);   // warm-up, outside the graph
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
+    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);
+    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    double t0 = now_s();
+    for (int i = 0; i < b->steps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    CUDA_CHECK(cudaStreamSynchronize(R->st));
+    double t = (now_s() - t0) / b->steps;
+    // the attention kernels of every layer, timed alone (Q holds the last step's queries)
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
+    CUDA_CHECK(cudaEventRecord(e0, R->st));
+    int reps = 3;
+    for (int i = 0; i < reps; i++)
+        for (int l = 0; l < c->n_layers; l++)
+            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
+                             p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
+    CUDA_CHECK(cudaEventRecord(e1, R->st));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
+    if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / reps; }
+    if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
+        std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
+        CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
+        int idle = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            for (int e = 0; e < c->n_experts && layer_is_moe(c, l); e++) idle += cnt[(size_t)l * c->n_experts + e] == 0;
+        b->idle = idle * expert_bytes(c, G->K);
+        if (b->breakdown && G->nrank == 1) moe_breakdown(G, R, G->B, b->moe, sizeof(b->moe));
+    }
+}
+
+// bytes a rank must hold: weights + cache for batch B at `len` positions (and the buffers)
+static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, int len, int dense, size_t *wbytes = NULL) {
+    GPU G;
+    memset(&G, 0, sizeof(G));
+    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.ffn = dense; G.chunk = 1; G.rows = B;
+    CUDA_CHECK(cudaDeviceGetAttribute(&G.sms, cudaDevAttrMultiProcessorCount, 0));
+    Rank R;
+    memset(&R, 0, sizeof(R));
+    R.r = r; R.p = make_part(c, s->g, K, r, s->split);
+    layout_rank(&G, &R);
+    free(R.lw);
+    if (wbytes) *wbytes = R.wbytes;
+    return R.used;
+}
+
+static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int len, int dense) {
+    size_t free_min = (size_t)-1;
+    for (int r = 0; r < nrank; r++) {
+        size_t f, t;
+        CUDA_CHECK(cudaSetDevice(r));
+        CUDA_CHECK(cudaMemGetInfo(&f, &t));
+        free_min = std::min(free_min, f);
+    }
+    size_t avail = free_min - std::min(free_min, LIB_RESERVE);
+    int lo = 0, hi = MAX_BATCH;
+    while (lo < hi) {   // the largest B whose every rank fits
+        int mid = (lo + hi + 1) / 2, ok = 1;
+        for (int r = 0; r < K && ok; r++) ok = rank_bytes(c, s, K, r, mid, len, dense) <= avail;
+        if (ok) lo = mid; else hi = mid - 1;
+    }
+    if (!lo) die("bench: not even one sequence of %d tokens fits next to the weights (%.1f GiB free per GPU)", len, free_min / 1073741824.0);
+    return lo;
+}
+
+static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown) {
+    GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
+    BenchRun b;
+    memset(&b, 0, sizeof(b));
+    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown;
+    on_ranks(G, bench_rank, &b);
+    gpu_free(G);
+    return b;
+}
+
+// the card's ceilings: device-to-device copy (bytes read + written) and a large bf16 matrix product
+static void measure_roofs(double *copy_bps, double *mm_flops) {
+    CUDA_CHECK(cudaSetDevice(0));
+    size_t n = 1ull << 30;
+    bf16 *a, *b;
+    CUDA_CHECK(cudaMalloc(&a, n)); CUDA_CHECK(cudaMalloc(&b, n));
+    fill_random(a, n / 2, 1.0f, 1, 0);
+    std::vector<double> t;
+    for (int i = 0; i < 12; i++) {
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double t0 = now_s();
+        CUDA_CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (i >= 2) t.push_back(now_s() - t0);
+    }
+    std::sort(t.begin(), t.end());
+    *copy_bps = 2.0 * n / t[t.size() / 2];
+    int N = 8192;
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    float *cc;
+    CUDA_CHECK(cudaMalloc(&cc, (size_t)N * N * 4));
+    fill_random(b, (size_t)N * N, 1.0f, 2, 0);
+    float al = 1, be = 0;
+    t.clear();
+    for (int i = 0; i < 8; i++) {
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double t0 = now_s();
+        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &al, a, CUDA_R_16BF, N, b, CUDA_R_16BF, N, &be, cc,
+                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (i >= 2) t.push_back(now_s() - t0);
+    }
+    std::sort(t.begin(), t.end());
+    *mm_flops = 2.0 * N * N * N / t[t.size() / 2];
+    CUBLAS_CHECK(cublasDestroy(h));
+    CUDA_CHECK(cudaFree(a)); CUDA_CHECK(cudaFree(b)); CUDA_CHECK(cudaFree(cc));
+}
+
+// The step's floor on one GPU: the larger of its memory time (weights read + cache read, at the copy
+// bandwidth) and its tensor time (projection and attention flops, at the matrix rate). MoE: the weights
+// read leave out the `idle` bytes of experts that no token of the step chose (from its routing), and
+// each token's flops count only its topk routed experts.
+// *rest gets the floor of the step without its attention kernel (weights only, projection flops only).
+static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
+                         double *cache_bytes, double *rest) {
+    Part p = make_part(c, s->g, K, 0, s->split);
+    size_t w;
+    rank_bytes(c, s, K, 0, 1, 1, dense, &w);
+    double wbytes = (double)w - (double)c->vocab * c->dim * 2;   // a step reads B rows of the embedding, not all
+    double ex = dense ? moe_layers(c) * expert_bytes(c, K) : 0;   // one routed expert of every MoE layer
+    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * p.Dk * 2;
+    double proj = 2.0 * B * ((wbytes - (c->n_experts - c->topk) * ex) / 2);
+    double flops = proj + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
+    *rest = std::max((wbytes - idle) / bw, proj / fl);
+    return std::max((wbytes - idle + *cache_bytes) / bw, flops / fl);
+}
+
+static const char *ffn_name(const Config *c, int ffn) {
+    return !ffn ? "no" : !moe_layers(c) ? "dense" : "MoE (routed experts)";
+}
+
+// The paper's TPLA/MLA decode throughput (2 x H800, TP = 2, g = 2, MoE removed, largest batch), 0 elsewhere.
+static double paper_ratio(const char *name, int K, int g, int ctx) {
+    static const double v3[6] = {1.33, 1.38, 1.45, 1.57, 1.65, 1.79}, k2[6] = {1.28, 1.35, 1.51, 1.55, 1.76, 1.93};
+    const double *r = !strcmp(name, "dsv3") ? v3 : !strcmp(name, "kimik2") ? k2 : NULL;
+    for (int j = 0; r && K == 2 && g == 2 && j < 6; j++) if (ctx == 1024 << j) return r[j];
+    return 0;
+}
+
+void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
+               const char *name, const char *csv) {
+    int nrank = one_rank ? 1 : K;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    double bw, fl;
+    measure_roofs(&bw, &fl);
+    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, nrank, prop.name,
+           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, ffn_name(c, dense), tpla->g, tpla->split ? "split" : "replicated");
+    if (one_rank)
+        printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out\n", K);
+    printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
+           bw / 1e9, fl / 1e12);
+    FILE *f = fopen(csv, "w");
+    if (!f) die("%s: cannot write", csv);
+    fprintf(f, "shape,gpus,gpus_run,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
+    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
+           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
+    for (int i = 0; i < nctx; i++) {
+        Scheme mla = {1, RMS_GLOBAL, NULL, 0};
+        int bm = batch ? batch : largest_batch(c, &mla, K, nrank, ctx[i] + 1, dense);
+        int bt = batch ? batch : largest_batch(c, tpla, K, nrank, ctx[i] + 1, dense);
+        BenchRun r[3];
+        const Scheme *sc[3] = {&mla, tpla, tpla};
+        int bs[3] = {bm, bt, bm};
+        double tps[3];
+        double pr = paper_ratio(name, K, tpla->g, ctx[i]);
+        for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
+            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
+            Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
+            double cb, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &rest);
+            double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
+            double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;
+            tps[k] = bs[k] / r[k].step_s;
+            const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
+            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
+                   tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
+                   r[k].step_s / floor, rest_x, cb / 1e9);
+            if (k == 0) printf("%s", r[0].moe);   // the MoE layer's breakdown (empty without MoE)
+            fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, nrank, prop.name,
+                    ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
+                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x, k ? tps[1] / tps[0] : 1.0,
+                    k == 2 ? tps[2] / tps[0] : 0.0, pr);
+        }
+        if (bt == bm) tps[2] = tps[1];
+        printf("%6d TPLA/MLA throughput %.2fx (largest batch each), %.2fx at equal batch%s", ctx[i], tps[1] / tps[0], tps[2] / tps[0],
+               pr ? "" : "\n");
+        if (pr) printf("; paper %.2fx\n", pr);
+        fflush(stdout);
+    }
+    fclose(f);
+    printf("wrote %s\n", csv);
+}
+
+// -m bench -k N: the prefill of one N-token prompt (random ids, random weights), timed after one untimed
+// run, in the prefill chunks of the real path. Its floor on one GPU: every matrix product's flops at the
+// card's matmul rate (each token's projections and its topk routed experts, the causal half of the
+// attention scores and outputs, lm_head for the last token), or the weights read once at the copy
+// bandwidth, whichever is larger.
+void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, const char *name) {
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    double bw, fl;
+    measure_roofs(&bw, &fl);
+    GPU *G = build(NULL, c, s, K, K, 1, n, ffn, prefill_chunk(c, n));
+    std::vector<int> tok(n);
+    for (int i = 0; i < n; i++) tok[i] = (int)(((long long)i * 7919 + 13) % c->vocab);
+    std::vector<float> logits(c->vocab);
+    gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);   // warm-up
+    double t = 1e30;
+    for (int rep = 0; rep < 2; rep++) {
+        gpu_reset(G);
+        double t0 = now_s();
+        gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);
+        t = std::min(t, now_s() - t0);
+    }
+    int chunk = G->chunk;
+    char moe[2048] = "";
+    if (ffn && moe_layers(c) && G->nrank == 1) {
+        on_ranks(G, [](GPU *G2, Rank *R, void *out) { moe_breakdown(G2, R, G2->chunk, (char *)out, 2048); }, moe);
+    }
+    gpu_free(G);
+    Part p = make_part(c, s->g, K, 0, s->split);
+    size_t w;
+    rank_bytes(c, s, K, 0, 1, 1, ffn, &w);
+    double wbytes = (double)w - (double)c->vocab * c->dim * 2, lm = (double)p.nv * c->dim * 2;
+    double ex = ffn ? moe_layers(c) * expert_bytes(c, K) : 0;
+    double flops = n * (wbytes - lm - (c->n_experts - c->topk) * ex) + lm             // 2 flops per bf16 weight (2 bytes) per token
+                 + (double)n * (n + 1) * p.ha * (p.Dk + p.dcs) * c->n_layers;   // sum over t of 2 (t+1) (Dk + dcs) per head
+    double floor = std::max(flops / fl, wbytes / bw);
+    printf("bench %s prefill on %d x %s: %d tokens in chunks of %d, %s FFN; card: copy %.0f GB/s, bf16 matmul %.0f TFLOP/s\n", name,
+           K, prop.name, n, chunk, ffn_name(c, ffn), bw / 1e9, fl / 1e12);
+    printf("prefill %d tokens: %.2f ms, %.0f tok/s, %.1f TFLOP/s; floor %.2f ms (%.0f tok/s, %.1f TFLOP of products): %.2f x floor\n%s", n,
+           t * 1e3, n / t, flops / t / 1e12, floor * 1e3, n / floor, flops / 1e12, t / floor, moe);
+}
+
+void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
+                   float scale, float *O) {
+    CUDA_CHECK(cudaSetDevice(0));
+    int Dk = dcs + dr, chunk, mx = 0, sms;
+    for (int b = 0; b < B; b++) mx = std::max(mx, lens[b]);
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    AttnShape a = attention_shape(ha, dcs, Dk);
+    CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
+    int ns = nsplit_for(B, a.head_tiles, ha, dcs, Dk, mx, sms, &chunk);
+    bf16 *dQ, *dC, *dO;
+    float *op, *lse;
+    int *dl;
+    CUDA_CHECK(cudaMalloc(&dQ, (size_t)B * ha * Dk * 2)); CUDA_CHECK(cudaMalloc(&dC, (size_t)B * max_len * Dk * 2));
+    CUDA_CHECK(cudaMalloc(&dO, (size_t)B * ha * dcs * 2)); CUDA_CHECK(cudaMalloc(&dl, B * 4));
+    CUDA_CHECK(cudaMalloc(&op, (size_t)B * ns * ha * dcs * 4)); CUDA_CHECK(cudaMalloc(&lse, (size_t)B * ns * ha * 4));
+    CUDA_CHECK(cudaMemcpy(dQ, Q, (size_t)B * ha * Dk * 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dC, cache, (size_t)B * max_len * Dk * 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dl, lens, B * 4, cudaMemcpyHostToDevice));
+    CUtensorMap map = cache_map(dC, (size_t)B * max_len, Dk);
+    decode_attention(dQ, &map, 0, dl, op, lse, dO, B, ha, dcs, Dk, max_len, mx, scale, sms, 0);
+    std::vector<uint16_t> o((size_t)B * ha * dcs);
+    CUDA_CHECK(cudaMemcpy(o.data(), dO, o.size() * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < o.size(); i++) { uint32_t u = (uint32_t)o[i] << 16; memcpy(&O[i], &u, 4); }
+    CUDA_CHECK(cudaFree(dQ)); CUDA_CHECK(cudaFree(dC)); CUDA_CHECK(cudaFree(dO)); CUDA_CHECK(cudaFree(dl));
+    CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse));
+}
+
+// ----------------------------------------------------------------------------
+// the decode attention kernel: PTX helpers, the softmax pieces, the kernel, the merge, its shape
+// (its description is above, with its launcher decode_attention)
 
 // ---- PTX helpers: shared-memory addresses, mbarriers, the TMA, wgmma
 
@@ -699,7 +1786,6 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
 
 // Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M). A block
 // takes 8 heads of a sequence, a warp one head; the splits' weights are computed once, in shared memory.
-#define MERGE_HEADS 8
 __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, int ha, int dcs, int nsplit) {
     extern __shared__ float wsplit[];                   // [MERGE_HEADS][nsplit]
     int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y * MERGE_HEADS + warp;
@@ -747,12 +1833,6 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
     return a;
 }
 
-// Splits of the sequence. Blocks run one per SM, in waves; a split has at least MIN_TILES tiles (a block's
-// start, its Q and its partial output cost about as much as that many). The count chosen (at most enough
-// to fill the card WAVES times) makes the least of: waves x (the tiles of a split + two tiles of start and
-// end), in bytes of cache read per SM, plus the partial outputs written and read again by the merge.
-#define MIN_TILES 4
-#define WAVES 8
 static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
     int tiles = (max_len + TC - 1) / TC;
     return std::max(1, std::min((tiles + MIN_TILES - 1) / MIN_TILES, (WAVES * sms + rows * head_tiles - 1) / (rows * head_tiles)));
@@ -790,73 +1870,8 @@ static CUtensorMap cache_map(const bf16 *base, size_t rows, int Dk) {
     return m;
 }
 
-// rows sequences, one new token each, already cached (the kernel's shared memory limit was raised
-// once per GPU by init_rank); lens (device) = tokens cached per sequence.
-static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, const int *lens, float *opart, float *lse, bf16 *O,
-                             int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
-    int chunk;
-    AttnShape a = attention_shape(ha, dcs, Dk);
-    int ns = nsplit_for(rows, a.head_tiles, ha, dcs, Dk, max_cached, sms, &chunk);
-    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
-                                                            chunk, scale * LOG2E);
-    LAUNCH_CHECK();
-    attn_merge_kernel<<<dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), 32 * MERGE_HEADS, MERGE_HEADS * ns * sizeof(float), st>>>(
-        opart, lse, O, ha, dcs, ns);
-    LAUNCH_CHECK();
-}
-
 // ----------------------------------------------------------------------------
-// cuBLAS: Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate
-
-static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out) {
-    float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
-                              &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-// column-major batched product C_i = op(A_i) B_i, bf16 in, f32 accumulate
-static void gemm_batched(Rank *R, cublasOperation_t ta, int m, int n, int k, const void *A, int lda, long long sa,
-                         const void *B, int ldb, long long sb, void *C, cudaDataType ct, int ldc, long long sc, int batch) {
-    float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, ta, CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B, CUDA_R_16BF,
-                                            ldb, sb, &beta, C, ct, ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 8192); }
-
-// ----------------------------------------------------------------------------
-// the collectives (NCCL, on the rank's stream); the rank bench leaves them out
-
-static void all_reduce(GPU *G, Rank *R, float *x, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm, R->st));
-}
-static void all_gather(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, ncclBfloat16, comm, R->st));
-}
-static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclReduceScatter(x, out, n, ncclBfloat16, ncclSum, comm, R->st));
-}
-
-// ----------------------------------------------------------------------------
-// MoE: only the routed experts
-//
-// A MoE layer on `rows` tokens: y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x)) + shared(x). The
-// rows*topk entries (row, k) are sorted by expert into "slots"; each routed expert multiplies only its
-// own slots' rows, so a step reads only the experts that some token chose (at decode batch 1 on
-// DeepSeek-V2-Lite, 6 of 64) and does only their flops (a prefill: topk/E of the every-expert product).
-// Five launches, no host synchronisation and no allocation (buffers are sized for rows*topk slots at
-// build time), so a decode step stays one CUDA graph:
-//   moe_route_kernel        row r: its experts topi[r][k] and weights topw[r][k] (route() in tpla.h)
-//   moe_plan_kernel         one block: tokens per expert n_e, first slot off_e = sum_{e'<e} n_e' (a scan),
-//                           token tiles per expert, the permutation perm[slot] = row, pos[r*topk+k] = slot
-//   moe_gemm_kernel<UP>     eh[slot] = silu(W1_e x) * (W3_e x), x = xb[perm[slot]] gathered on the fly
-//   moe_gemm_kernel<DOWN>   eout[slot] = W2_e eh[slot]
-//   moe_combine_kernel      y[r] += sum_k topw[r][k] eout[pos[r*topk+k]]: the weighted scatter-add back to
-//                           the rows, as a gather in a fixed order (deterministic, no atomics)
-// The expert products are hand-written rather than cuBLAS: cublasGemmGroupedBatchedEx takes every
-// expert's row count from host arrays, which a captured decode step cannot read without a host
-// synchronisation; this kernel reads the counts on the device and skips empty experts by never
-// numbering their tiles. One kernel serves decode and prefill, in tiles shaped for each (moe_tile).
+// the grouped expert product (MoE): mma.sync on ldmatrix fragments (described with the MoE section)
 
 // ldmatrix: four (two) 8x8 bf16 matrices from shared memory; lane l gives the row address of matrix l / 8
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
@@ -872,66 +1887,6 @@ __device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, const uint
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
-
-// Row r: its topk experts and their weights.
-__global__ void moe_route_kernel(Config c, const float *logits, const float *bias, int *topi, float *topw) {
-    extern __shared__ float scratch[];   // 2E + n_group floats
-    int row = blockIdx.x, idx[GPU_MAX_TOPK];
-    float w[GPU_MAX_TOPK];
-    route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
-    for (int k = 0; k < c.topk; k++) { topi[row * c.topk + k] = idx[k]; topw[row * c.topk + k] = w[k]; }
-}
-
-// One block: n entries topi (rows*topk) -> off[0..E] first slot of each expert (off[E] = n), toff[0..E]
-// = off + E + 1 first token tile of each expert (tiles of bn slots), perm (n): slot -> row, pos (n):
-// entry -> slot, counts (E): tokens per expert. Within an expert the slots' order is the atomics' order;
-// it does not matter, since each slot's result depends on its own row only.
-__global__ void __launch_bounds__(1024) moe_plan_kernel(const int *topi, int n, int E, int topk, int bn, int *off, int *perm, int *pos,
-                                                        int *counts) {
-    __shared__ int cnt[GPU_MAX_EXPERTS], next[GPU_MAX_EXPERTS];
-    const int tid = threadIdx.x, lane = tid & 31;
-    for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
-    __syncthreads();
-    for (int i = tid; i < n; i += blockDim.x) atomicAdd(&cnt[topi[i]], 1);
-    __syncthreads();
-    if (tid < 32) {   // exclusive scans of the counts and of the tiles: lane l takes experts [e0, e1)
-        int per = (E + 31) / 32, e0 = min(E, lane * per), e1 = min(E, e0 + per), a = 0, b = 0;
-        for (int e = e0; e < e1; e++) { a += cnt[e]; b += (cnt[e] + bn - 1) / bn; }
-        int sa = a, sb = b;   // inclusive scan over the lanes
-        for (int o = 1; o < 32; o <<= 1) {
-            int x = __shfl_up_sync(0xffffffff, sa, o), y = __shfl_up_sync(0xffffffff, sb, o);
-            if (lane >= o) { sa += x; sb += y; }
-        }
-        sa -= a; sb -= b;     // exclusive: where this lane's experts start
-        for (int e = e0; e < e1; e++) {
-            off[e] = next[e] = sa; off[E + 1 + e] = sb; counts[e] = cnt[e];
-            sa += cnt[e]; sb += (cnt[e] + bn - 1) / bn;
-        }
-        if (lane == 31) { off[E] = sa; off[E + 1 + E] = sb; }   // lane 31's range ends at E (or is empty)
-    }
-    __syncthreads();
-    for (int i = tid; i < n; i += blockDim.x) {
-        int s = atomicAdd(&next[topi[i]], 1);
-        perm[s] = i / topk; pos[i] = s;
-    }
-}
-
-// Grouped expert product on tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), A = weights,
-// B = the expert's tokens, for the slots of each expert:
-//   UP:   eh[s][f] = silu(W1_e[f] . x) * (W3_e[f] . x), x = X[perm[s]] (D), f < ik: W = ew13, Y = eh (bf16)
-//   DOWN: eout[s][f] = W2_e[f] . eh[s] (ik), f < D: W = ew2 (row f of expert e at f*E*ik + e*ik), Y = eout (f32)
-// A block tile is BM weight rows x BN slots, in k steps of 64 through a 4-stage cp.async pipeline; warp w
-// of 4 computes rows BM/4 w.. against all BN slots, in m16 tiles. UP: an m16 tile holds the W1 rows of 8
-// features, then their W3 rows, so SwiGLU pairs meet in one thread (a tile row block covers BM/2
-// features). Shared tiles are rows of 128 bytes whose 16-byte chunk c sits at c ^ (row % 8)
-// (conflict-free ldmatrix). Rows past the features, slots past the expert's count and k past the width
-// are zero-filled and not stored.
-// Work items (expert e, feature tile m, token tile t) are numbered over the non-empty experts only
-// (item = mt * toff[e] + m * tiles_e + t: token tiles fastest, so blocks that share a weight tile run
-// together and read it once from DRAM); a fixed grid strides over them, and reads the count on the device.
-#define MOE_BK 64
-#define MOE_ST 4
-static size_t moe_smem(int bm, int bn) { return (size_t)MOE_ST * (bm + bn) * MOE_BK * 2; }
 
 template <int BM, int BN, bool UP>
 __global__ void __launch_bounds__(128)
@@ -1040,922 +1995,4 @@ moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const in
                     }
                 }
     }
-}
-
-// y[r] = (add ? y[r] : 0) + sum_k topw[r][k] eout[pos[r][k]]: the weighted routed outputs back in row order.
-__global__ void moe_combine_kernel(float *y, const float *eout, const float *topw, const int *pos, int topk, int D, int add) {
-    int r = blockIdx.x;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float s = add ? y[(size_t)r * D + d] : 0.0f;
-        for (int k = 0; k < topk; k++) s += topw[r * topk + k] * eout[(size_t)pos[r * topk + k] * D + d];
-        y[(size_t)r * D + d] = s;
-    }
-}
-
-// Tile shapes of the expert products (weight rows x slots). moe_tile picks one for a step of `rows`
-// tokens: 16 slots while experts get few tokens (decode: the product stays a read of the weights), 64
-// once they average 32 or more (prefill, large batches). The others are candidates that -m bench times
-// against them (moe_breakdown), to be kept only where they win.
-typedef void (*MoeKernel)(const bf16 *, const bf16 *, const int *, const int *, void *, int, int, int);
-typedef struct { int bm, bn; MoeKernel up, down; } MoeTile;
-#define MOE_T(bm, bn) {bm, bn, moe_gemm_kernel<bm, bn, true>, moe_gemm_kernel<bm, bn, false>}
-static const MoeTile moe_tiles[] = {MOE_T(128, 16), MOE_T(128, 64), MOE_T(64, 8), MOE_T(64, 16), MOE_T(128, 128)};
-#undef MOE_T
-#define MOE_NTILES (int)(sizeof(moe_tiles) / sizeof(moe_tiles[0]))
-static_assert(MOE_NTILES <= 8, "Rank.moe_blocks holds 8 tile shapes");
-static int moe_tile(const Config *c, int rows) { return rows * c->topk >= 32 * c->n_experts ? 1 : 0; }
-
-// One expert product (up: W1/W3 and SwiGLU, else W2) of `rows` tokens planned in R->off for tile shape
-// T, on a grid of at most the blocks that fit the card at once, each striding over the items.
-static void moe_product(GPU *G, Rank *R, const LayerW *L, int rows, const MoeTile *T, int up) {
-    const Config *c = &G->c;
-    int E = c->n_experts, D = c->dim, n = rows * c->topk, per_sm = R->moe_blocks[T - moe_tiles][up];
-    int tiles = (n + T->bn - 1) / T->bn + std::min(E, n), fb = up ? T->bm / 2 : T->bm;   // tiles: at most
-    int items = ((up ? L->ik : D) + fb - 1) / fb * tiles;
-    (up ? T->up : T->down)<<<std::max(1, std::min(items, G->sms * per_sm)), 128, moe_smem(T->bm, T->bn), R->st>>>(
-        up ? L->ew13 : L->ew2, up ? R->xb : R->eh, R->perm, R->off, up ? (void *)R->eh : (void *)R->eout, E, D, L->ik);
-    LAUNCH_CHECK();
-}
-
-// --- FFN of layer l on one rank: x += y; y = FFN(rmsnorm(x)), with one all-reduce. Every matrix is split
-// by its intermediate dimension, so each rank's y is a partial sum and the all-reduce completes it:
-//   dense:  y = W2 (silu(W1 x) * (W3 x))                                      (cuBLAS)
-//   MoE:    y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x))        (routed: the kernels above)
-//             + W2_s (silu(W1_s x) * (W3_s x))                                 (shared experts as one FFN: cuBLAS)
-static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
-    const Config *c = &G->c;
-    int D = c->dim, E = c->n_experts, tk = c->topk;
-    cudaStream_t st = R->st;
-    add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, L->ffn_norm, R->xb, R->xn, D, c->eps);
-    LAUNCH_CHECK();
-    if (L->ik) {   // routing (float32 router on the float32 normalised x), then the routed experts
-        float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E));
-        size_t scratch = (2 * E + c->n_group + 1) * sizeof(float);
-        moe_route_kernel<<<rows, 1, scratch, st>>>(*c, R->router, L->bias, R->topi, R->topw);
-        LAUNCH_CHECK();
-        const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
-        moe_plan_kernel<<<1, 1024, 0, st>>>(R->topi, rows * tk, E, tk, T->bn, R->off, R->perm, R->pos, R->counts + (size_t)l * E);
-        LAUNCH_CHECK();
-        moe_product(G, R, L, rows, T, 1);
-        moe_product(G, R, L, rows, T, 0);
-    }
-    if (L->fk) {   // the dense FFN, or the shared experts
-        gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
-        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, st>>>(R->h13, R->h, rows, L->fk);
-        LAUNCH_CHECK();
-        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
-    }
-    if (L->ik) {
-        moe_combine_kernel<<<rows, 256, 0, st>>>(R->y, R->eout, R->topw, R->pos, tk, D, L->fk > 0);
-        LAUNCH_CHECK();
-    }
-    all_reduce(G, R, R->y, (size_t)rows * D, R->world);
-}
-
-// ----------------------------------------------------------------------------
-// one forward pass of `rows` tokens on one rank. Decode: row b is sequence b. Prefill: the rows are
-// tokens p0.. of sequence `seq`, attending exactly (full latent, one softmax: partial scores of the
-// latent slices are summed over the peers). Inputs tok, rpos, rseq, lens are on the device.
-
-static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0, int max_cached, int logit_rows) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, dc = c->dc, dr = c->dr, dn = c->dn, dv = c->dv, dcs = p->dcs, Dk = p->Dk;
-    cudaStream_t st = R->st;
-    size_t layer_cache = (size_t)G->B * G->max_len * Dk;
-    embed_kernel<<<rows, 256, 0, st>>>(R->tok, R->embed, R->x, D);
-    LAUNCH_CHECK();
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerW *L = &R->lw[l];
-        bf16 *cache = R->cache + l * layer_cache;
-        // --- attention
-        add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, D, c->eps);
-        LAUNCH_CHECK();
-        bf16 *q = p->peers > 1 ? R->q : R->qall;
-        if (c->q_lora) {
-            gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
-            add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->qlat, NULL, L->q_norm, R->qlatb, NULL, c->q_lora, c->eps);
-            LAUNCH_CHECK();
-            gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
-        } else {
-            gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
-        }
-        if (p->peers > 1)   // split placement: gather the q of every head of the group from the peers
-            all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
-        gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, dc + dr);
-        int local = !prefill && G->s.rms == RMS_LOCAL;
-        kv_append_kernel<<<rows, 256, 0, st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, dc, dr, p->shard, dcs, local,
-                                               G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
-                                               c->rope_attn, c->rope_interleave);
-        LAUNCH_CHECK();
-        // Q = [W_UK^h[:, S_i]^T q_nope | rope(q_pe)] for the ha attended heads, chunk by chunk of hq heads
-        q_rope_kernel<<<dim3(rows, p->ha), 64, 0, st>>>(R->qall, R->Q, R->rpos, rows, p->ha, p->hq, dn, dr, dcs, R->inv_freq,
-                                                       c->rope_attn, c->rope_interleave);
-        LAUNCH_CHECK();
-        for (int k = 0; k < p->peers; k++)
-            gemm_batched(R, CUBLAS_OP_N, dcs, rows, dn, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs, dcs, (long long)(dn + dv) * dcs,
-                         R->qall + (size_t)k * rows * p->hq * qd, p->hq * qd, qd, R->Q + (size_t)k * p->hq * Dk, CUDA_R_16BF,
-                         p->ha * Dk, Dk, p->hq);
-        if (!prefill) {
-            // TPLA (or MLA for g = 1): every head on this rank's slice, with its own softmax
-            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, dcs, Dk, G->max_len, max_cached,
-                             c->softmax_scale, G->sms, st);
-        } else {
-            // exact prefill: S = Q K^T per head over [0, p0 + rows); the rope part counted on shard 0 only
-            int T = p0 + rows;
-            const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
-            gemm_batched(R, CUBLAS_OP_T, T, rows, p->shard == 0 ? Dk : dcs, kb, Dk, 0, R->Q, p->ha * Dk, Dk,
-                         R->S, CUDA_R_32F, T, (long long)rows * T, p->ha);
-            if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
-            prefill_softmax_kernel<<<p->ha * rows, 256, 0, st>>>(R->S, R->P, rows, T, p0, c->softmax_scale);
-            LAUNCH_CHECK();
-            gemm_batched(R, CUBLAS_OP_N, dcs, rows, T, kb, Dk, 0, R->P, T, (long long)rows * T, R->O, CUDA_R_16BF,
-                         p->ha * dcs, dcs, p->ha);
-        }
-        // v_h = W_UV^h[:, S_i] o_h, chunk k of hq heads to v + k*rows*hq*dv; split: reduce-scatter by head
-        bf16 *vdst = p->peers > 1 ? R->v : R->vown;
-        for (int k = 0; k < p->peers; k++)
-            gemm_batched(R, CUBLAS_OP_T, dv, rows, dcs, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs + (size_t)dn * dcs, dcs,
-                         (long long)(dn + dv) * dcs, R->O + (size_t)k * p->hq * dcs, p->ha * dcs, dcs,
-                         vdst + (size_t)k * rows * p->hq * dv, CUDA_R_16BF, p->hq * dv, dv, p->hq);
-        if (p->peers > 1)
-            reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
-        // y = W_O v over this rank's heads; the one all-reduce sums heads and latent shards
-        gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
-        all_reduce(G, R, R->y, (size_t)rows * D, R->world);
-
-        // --- FFN (without it: the bench's setup as in the paper)
-        if (G->ffn) ffn_rank(G, R, L, l, rows);
-    }
-    // final norm and this rank's slice of the vocabulary, for the last logit_rows rows
-    add_rmsnorm_kernel<<<rows, 256, 0, st>>>(R->x, R->y, R->norm, R->xb, NULL, D, c->eps);
-    LAUNCH_CHECK();
-    if (logit_rows && p->nv)
-        gemm(R, R->xb + (size_t)(rows - logit_rows) * D, R->lm_head, R->logits, CUDA_R_32F, logit_rows, D, p->nv);
-}
-
-// ----------------------------------------------------------------------------
-// building: sizes, the memory check, weights (from the host model, or random), buffers
-
-// walks every device allocation of a rank; with R->arena NULL it only counts the bytes
-static void *take(Rank *R, size_t bytes) {
-    size_t at = (R->used + 255) & ~(size_t)255;
-    R->used = at + bytes;
-    return R->arena ? R->arena + at : NULL;
-}
-
-static void layout_rank(GPU *G, Rank *R) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, K = G->K, rows = G->rows, fk = 0, ik = 0;
-    R->used = 0;
-    R->lw = R->lw ? R->lw : (LayerW *)calloc(c->n_layers, sizeof(LayerW));
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerW *L = &R->lw[l];
-        L->attn_norm = (float *)take(R, D * 4); L->ffn_norm = (float *)take(R, D * 4);
-        if (c->q_lora) { L->wq_a = (bf16 *)take(R, (size_t)c->q_lora * D * 2); L->q_norm = (float *)take(R, c->q_lora * 4); }
-        L->wq = (bf16 *)take(R, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D) * 2);
-        L->wkv_a = (bf16 *)take(R, (size_t)(c->dc + c->dr) * D * 2);
-        L->wkv_b = (bf16 *)take(R, (size_t)p->ha * (c->dn + c->dv) * p->dcs * 2);
-        L->wo = (bf16 *)take(R, (size_t)D * p->hq * c->dv * 2);
-        int moe = G->ffn && layer_is_moe(c, l), E = moe ? c->n_experts : 0;
-        L->fk = !G->ffn ? 0 : moe ? c->n_shared * c->moe_inter / K : c->inter / K;
-        L->ik = moe ? c->moe_inter / K : 0;
-        L->gate = moe ? (float *)take(R, (size_t)E * D * 4) : NULL;
-        L->bias = moe ? (float *)take(R, E * 4) : NULL;
-        L->w13 = (bf16 *)take(R, (size_t)2 * L->fk * D * 2);
-        L->w2 = (bf16 *)take(R, (size_t)D * L->fk * 2);
-        L->ew13 = (bf16 *)take(R, (size_t)E * 2 * L->ik * D * 2);
-        L->ew2 = (bf16 *)take(R, (size_t)D * E * L->ik * 2);
-        fk = std::max(fk, L->fk); ik = std::max(ik, L->ik);
-    }
-    R->embed = (bf16 *)take(R, (size_t)c->vocab * D * 2);
-    R->lm_head = (bf16 *)take(R, (size_t)p->nv * D * 2);
-    R->norm = (float *)take(R, D * 4);
-    R->wbytes = R->used;
-    R->inv_freq = (float *)take(R, c->dr / 2 * 4);
-    R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * G->max_len * p->Dk * 2);
-    R->tok = (int *)take(R, rows * 4); R->rpos = (int *)take(R, rows * 4); R->rseq = (int *)take(R, rows * 4);
-    R->lens = (int *)take(R, G->B * 4);
-    int hid = std::max(c->q_lora, 1), E = ik ? c->n_experts : 0, tk = ik ? c->topk : 0;
-    R->x = (float *)take(R, (size_t)rows * D * 4); R->y = (float *)take(R, (size_t)rows * D * 4);
-    R->xn = (float *)take(R, (size_t)rows * D * 4); R->xb = (bf16 *)take(R, (size_t)rows * D * 2);
-    R->qlat = (float *)take(R, (size_t)rows * hid * 4); R->qlatb = (bf16 *)take(R, (size_t)rows * hid * 2);
-    R->q = (bf16 *)take(R, (size_t)rows * p->hq * qd * 2);
-    R->qall = (bf16 *)take(R, (size_t)rows * p->ha * qd * 2);
-    R->kv = (float *)take(R, (size_t)rows * (c->dc + c->dr) * 4);
-    R->Q = (bf16 *)take(R, (size_t)rows * p->ha * p->Dk * 2);
-    R->O = (bf16 *)take(R, (size_t)rows * p->ha * p->dcs * 2);
-    R->v = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
-    R->vown = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
-    // FFN: the dense FFN and shared experts (h13, h), the routed experts
-    R->router = (float *)take(R, (size_t)rows * E * 4);
-    R->h13 = (float *)take(R, (size_t)rows * 2 * fk * 4);
-    R->h = (bf16 *)take(R, (size_t)rows * fk * 2);
-    R->topi = (int *)take(R, (size_t)rows * tk * 4); R->topw = (float *)take(R, (size_t)rows * tk * 4);
-    R->perm = (int *)take(R, (size_t)rows * tk * 4); R->pos = (int *)take(R, (size_t)rows * tk * 4);
-    R->off = (int *)take(R, (size_t)2 * (E + 1) * 4);
-    R->counts = (int *)take(R, (size_t)c->n_layers * E * 4);
-    R->eh = (bf16 *)take(R, (size_t)rows * tk * ik * 2);
-    R->eout = (float *)take(R, (size_t)rows * tk * D * 4);
-    R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
-    // decode attention partials, and the prefill score matrix of one chunk
-    AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
-    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, G->max_len, G->sms);
-    R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
-    R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
-    size_t sc = (size_t)p->ha * G->chunk * G->max_len;
-    R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
-}
-
-// copies a (rows, cols) block of a host f32 matrix (leading dimension ld) to the device as bf16 or f32
-static void put(void *dst, const float *src, size_t rows, size_t cols, size_t ld, int as_f32) {
-    std::vector<uint16_t> hb;
-    std::vector<float> hf;
-    if (as_f32) hf.resize(rows * cols); else hb.resize(rows * cols);
-    for (size_t r = 0; r < rows; r++)
-        for (size_t k = 0; k < cols; k++) {
-            float v = src[r * ld + k];
-            if (as_f32) { hf[r * cols + k] = v; continue; }
-            uint32_t u; memcpy(&u, &v, 4);
-            hb[r * cols + k] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);   // round to nearest even
-        }
-    CUDA_CHECK(cudaMemcpy(dst, as_f32 ? (void *)hf.data() : (void *)hb.data(), rows * cols * (as_f32 ? 4 : 2), cudaMemcpyHostToDevice));
-}
-
-static void upload_rank(GPU *G, Rank *R, const Model *m) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, dn = c->dn, dv = c->dv, r = R->r;
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerW *L = &R->lw[l];
-        const Layer *H = &m->layers[l];
-        put(L->attn_norm, H->attn_norm, 1, D, D, 1);
-        put(L->ffn_norm, H->ffn_norm, 1, D, D, 1);
-        if (c->q_lora) {
-            put(L->wq_a, H->wq_a, c->q_lora, D, D, 0);
-            put(L->q_norm, H->q_norm, 1, c->q_lora, c->q_lora, 1);
-            put(L->wq, H->wq_b + (size_t)p->hq0 * qd * c->q_lora, (size_t)p->hq * qd, c->q_lora, c->q_lora, 0);
-        } else {
-            put(L->wq, H->wq + (size_t)p->hq0 * qd * D, (size_t)p->hq * qd, D, D, 0);
-        }
-        put(L->wkv_a, H->wkv_a, c->dc + c->dr, D, D, 0);
-        for (int h = 0; h < p->ha; h++)   // head h0+h, columns of latent slice S_i
-            put(L->wkv_b + (size_t)h * (dn + dv) * p->dcs, H->wkv_b + (size_t)(p->h0 + h) * (dn + dv) * c->dc + p->shard * p->dcs,
-                dn + dv, p->dcs, c->dc, 0);
-        put(L->wo, H->wo + (size_t)p->hq0 * dv, D, (size_t)p->hq * dv, (size_t)c->n_heads * dv, 0);
-        // np blocks of width I side by side (dense: 1 of inter; shared experts: n_shared of moe_inter), or
-        // E routed experts; of each, this rank's slice [r*w, (r+1)*w): those rows of W1 and W3, columns of W2
-        auto put_ffn = [&](bf16 *w13, bf16 *w2, const float *w1s, const float *w2s, const float *w3s, int np, int I, int w, int experts) {
-            std::vector<float> w2cat((size_t)D * np * w);   // (D, np*w): the slices' columns side by side
-            for (int k = 0; k < np; k++) {
-                size_t row = (size_t)k * I + (size_t)r * w;   // the slice's first row of W1, W3 ((np*I, D) either way)
-                bf16 *dst = w13 + (size_t)k * (experts ? 2 : 1) * w * D;   // experts: (E, 2w, D); else (2*np*w, D)
-                put(dst, w1s + row * D, w, D, D, 0);
-                put(dst + (size_t)(experts ? 1 : np) * w * D, w3s + row * D, w, D, D, 0);
-                for (int d = 0; d < D; d++)   // W2: experts (E, D, I); else (D, np*I)
-                    memcpy(&w2cat[((size_t)d * np + k) * w], experts ? w2s + ((size_t)k * D + d) * I + (size_t)r * w
-                                                                     : w2s + (size_t)d * np * I + row, w * 4);
-            }
-            put(w2, w2cat.data(), D, (size_t)np * w, (size_t)np * w, 0);
-        };
-        if (L->ik) {
-            put(L->gate, H->gate, c->n_experts, D, D, 1);
-            put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1);
-            put_ffn(L->ew13, L->ew2, H->ew1, H->ew2, H->ew3, c->n_experts, c->moe_inter, L->ik, 1);
-            if (L->fk) put_ffn(L->w13, L->w2, H->sw1, H->sw2, H->sw3, c->n_shared, c->moe_inter, L->ik, 0);
-        } else if (L->fk) {
-            put_ffn(L->w13, L->w2, H->w1, H->w2, H->w3, 1, c->inter, L->fk, 0);
-        }
-    }
-    put(R->embed, m->embed, c->vocab, D, D, 0);
-    put(R->lm_head, m->lm_head + (size_t)p->v0 * D, p->nv, D, D, 0);
-    put(R->norm, m->norm, 1, D, D, 1);
-}
-
-// random weights for the bench: matrices uniform in +-1/sqrt(fan in), norms 1
-static void randomize_rank(GPU *G, Rank *R) {
-    const Config *c = &G->c;
-    uint64_t seed = 1000 + R->r;
-    auto rnd = [&](bf16 *w, size_t n, int fan_in) {
-        if (n) fill_random_kernel<<<grid_for(n), 256, 0, R->st>>>(w, n, 1.0f / sqrtf((float)fan_in), seed++);
-        LAUNCH_CHECK();
-    };
-    auto one = [&](float *w, size_t n, float v) { if (n) fill_kernel<<<grid_for(n), 256, 0, R->st>>>(w, n, v); LAUNCH_CHECK(); };
-    const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr;
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerW *L = &R->lw[l];
-        one(L->attn_norm, D, 1); one(L->ffn_norm, D, 1);
-        if (c->q_lora) { rnd(L->wq_a, (size_t)c->q_lora * D, D); one(L->q_norm, c->q_lora, 1); }
-        rnd(L->wq, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D), c->q_lora ? c->q_lora : D);
-        rnd(L->wkv_a, (size_t)(c->dc + c->dr) * D, D);
-        rnd(L->wkv_b, (size_t)p->ha * (c->dn + c->dv) * p->dcs, c->dc);
-        rnd(L->wo, (size_t)D * p->hq * c->dv, c->n_heads * c->dv);
-        rnd(L->w13, (size_t)2 * L->fk * D, D);
-        rnd(L->w2, (size_t)D * L->fk, L->fk * G->K);
-        if (!L->ik) continue;
-        rnd(L->ew13, (size_t)c->n_experts * 2 * L->ik * D, D);
-        rnd(L->ew2, (size_t)D * c->n_experts * L->ik, L->ik * G->K);
-        // the router: the same on every rank (as replicated weights are), so that the ranks route alike
-        fill_random_kernel<<<grid_for((size_t)c->n_experts * D), 256, 0, R->st>>>(L->gate, (size_t)c->n_experts * D, 1.0f / sqrtf((float)D), 77 + l);
-        LAUNCH_CHECK();
-        one(L->bias, c->n_experts, 0);
-    }
-    rnd(R->embed, (size_t)c->vocab * D, 1);
-    rnd(R->lm_head, (size_t)p->nv * D, D);
-    one(R->norm, D, 1);
-}
-
-// ----------------------------------------------------------------------------
-// threads: every call runs fn on all ranks at once, one host thread per GPU
-
-typedef void (*RankFn)(GPU *G, Rank *R, void *arg);
-typedef struct { GPU *G; Rank *R; RankFn fn; void *arg; } Job;
-static void *job_main(void *p) {
-    Job *j = (Job *)p;
-    CUDA_CHECK(cudaSetDevice(j->R->dev));
-    j->fn(j->G, j->R, j->arg);
-    return NULL;
-}
-static void on_ranks(GPU *G, RankFn fn, void *arg) {
-    std::vector<pthread_t> t(G->nrank);
-    std::vector<Job> jobs(G->nrank);
-    for (int r = 0; r < G->nrank; r++) {
-        jobs[r] = Job{G, &G->rk[r], fn, arg};
-        if (pthread_create(&t[r], NULL, job_main, &jobs[r])) die("pthread_create failed");
-    }
-    for (int r = 0; r < G->nrank; r++) pthread_join(t[r], NULL);
-}
-
-// The GPUs tpla can use: the first ones that are Hopper (sm_90; the decode kernel is built for sm_90a).
-int gpu_count(void) {
-    int n = 0, k = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
-    for (cudaDeviceProp pr; k < n && cudaGetDeviceProperties(&pr, k) == cudaSuccess && pr.major == 9;) k++;
-    return k;
-}
-
-// One world communicator per GPU count, made once per process (NCCL's start-up is slow).
-static ncclComm_t *g_world[65];
-
-static void init_rank(GPU *G, Rank *R, void *model) {
-    const Config *c = &G->c;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&R->st, cudaStreamNonBlocking));
-    CUBLAS_CHECK(cublasCreate(&R->blas));
-    CUBLAS_CHECK(cublasSetStream(R->blas, R->st));
-    R->world = G->nrank > 1 ? g_world[G->K][R->r] : NULL;
-    R->peer = NULL;
-    if (R->p.g > 1 && G->nrank > 1)   // the g ranks of the same group slot j, ordered by shard
-        NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
-    CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
-    layout_rank(G, R);
-    void *ws;   // cuBLAS gets a fixed workspace, so that a decode step can be captured in a graph
-    CUDA_CHECK(cudaMalloc(&ws, 32 << 20));
-    CUBLAS_CHECK(cublasSetWorkspace(R->blas, ws, 32 << 20));
-    if (model) upload_rank(G, R, (const Model *)model); else randomize_rank(G, R);
-    std::vector<float> inv(c->dr / 2);
-    rope_freqs(c, inv.data());
-    CUDA_CHECK(cudaMemcpy(R->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
-    for (int i = 0; G->ffn && i < MOE_NTILES; i++)   // the expert products' shared memory (over the default 48 KB), blocks per SM
-        for (int up = 0; up < 2; up++) {
-            MoeKernel k = up ? moe_tiles[i].up : moe_tiles[i].down;
-            int smem = (int)moe_smem(moe_tiles[i].bm, moe_tiles[i].bn);
-            CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&R->moe_blocks[i][up], k, 128, smem));
-            R->moe_blocks[i][up] = std::max(1, R->moe_blocks[i][up]);
-        }
-    AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
-    CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    R->cmap = cache_map(R->cache, (size_t)c->n_layers * G->B * G->max_len, R->p.Dk);
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-}
-
-// Prefill chunk: up to 2048 tokens (a long prompt's expert products need many rows per expert to run at
-// the tensor cores' rate), fewer while the score matrix of one chunk (heads x chunk x max_len, f32 and
-// bf16) would pass 1 GiB.
-static int prefill_chunk(const Config *c, int max_len) {
-    int chunk = std::min(2048, max_len);
-    while (chunk > 1 && (size_t)c->n_heads * chunk * max_len * 6 > (1u << 30)) chunk /= 2;
-    return chunk;
-}
-
-// K GPUs in the layout; nrank of them run here (K, or 1 for the rank bench: rank 0 on GPU 0); chunk: the
-// most tokens a forward pass takes (prefill chunks; 1: decode only)
-static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int nrank, int batch, int max_len, int ffn, int chunk) {
-    int have = gpu_count(), g = s->g;
-    if (K < 1 || nrank > have) die("%d GPUs asked for, %d present", nrank, have);
-    if (K > 64) die("at most 64 GPUs");
-    if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
-    if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
-    if (c->dr % 16) die("qk_rope_head_dim %d: the GPU engine needs a multiple of 16", c->dr);
-    int m_ = K / g;
-    if (c->n_heads % m_ || (s->split && c->n_heads % K))
-        die("%d heads do not split over %d GPUs (%d per group of shard)", c->n_heads, s->split ? K : m_, m_);
-    if (ffn && ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K)))
-        die("the FFN intermediate sizes (%d, %d) must divide by the GPU count %d", c->inter, c->moe_inter, K);
-    const char *moe = ffn ? gpu_moe_error(c, K) : NULL;
-    if (moe) die("%s (this model: %d experts of %d, top-%d, hidden %d, on %d GPUs)", moe, c->n_experts, c->moe_inter, c->topk, c->dim, K);
-    GPU *G = (GPU *)calloc(1, sizeof(GPU));
-    G->c = *c; G->s = *s; G->K = K; G->nrank = nrank; G->B = batch; G->max_len = max_len; G->ffn = ffn;
-    cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    G->sms = prop.multiProcessorCount;
-    G->chunk = chunk;
-    G->rows = std::max(batch, G->chunk);
-    if (s->rms_fix) {
-        G->rms_fix = (float *)malloc((size_t)c->n_layers * g * sizeof(float));
-        memcpy(G->rms_fix, s->rms_fix, (size_t)c->n_layers * g * sizeof(float));
-    }
-    G->lens = (int *)calloc(batch, sizeof(int));
-    G->rk = (Rank *)calloc(nrank, sizeof(Rank));
-    for (int r = 0; r < nrank; r++) {   // count each rank's bytes and check they fit before allocating
-        Rank *R = &G->rk[r];
-        R->r = r; R->dev = r; R->p = make_part(c, g, K, r, s->split);
-        layout_rank(G, R);
-        R->cap = R->used + (1 << 20);
-        size_t free_b, total_b;
-        CUDA_CHECK(cudaSetDevice(r));
-        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-        size_t need = R->cap + (64u << 20);   // + cuBLAS workspace and NCCL buffers
-        if (need > free_b)
-            die("GPU %d: this model, batch %d and %d positions need %.2f GiB (weights and cache %.2f GiB), but only %.2f GiB of %.2f GiB are free",
-                r, batch, max_len, need / 1073741824.0, R->cap / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
-    }
-    if (nrank > 1 && !g_world[K]) {
-        int devs[64];
-        for (int r = 0; r < K; r++) devs[r] = r;
-        g_world[K] = (ncclComm_t *)calloc(K, sizeof(ncclComm_t));
-        NCCL_CHECK(ncclCommInitAll(g_world[K], K, devs));
-    }
-    on_ranks(G, init_rank, (void *)m);
-    return G;
-}
-
-GPU *gpu_build(const Model *m, const Config *c, const Scheme *s, int K, int batch, int max_len, int ffn) {
-    return build(m, c, s, K, K, batch, max_len, ffn, m ? prefill_chunk(c, max_len) : 1);
-}
-
-static void free_rank(GPU *G, Rank *R, void *arg) {
-    (void)G; (void)arg;
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    if (R->peer) ncclCommDestroy(R->peer);
-    CUBLAS_CHECK(cublasDestroy(R->blas));
-    CUDA_CHECK(cudaFree(R->arena));
-    CUDA_CHECK(cudaStreamDestroy(R->st));
-    free(R->lw);
-}
-
-void gpu_free(GPU *G) {
-    on_ranks(G, free_rank, NULL);
-    free(G->rk); free(G->lens); free(G->rms_fix); free(G);
-}
-
-void gpu_reset(GPU *G) { memset(G->lens, 0, G->B * sizeof(int)); }
-
-// ----------------------------------------------------------------------------
-// prefill and decode: the host fills the row tables, every rank runs the same forward
-
-typedef struct {
-    const int *tok, *rpos, *rseq, *lens;
-    int rows, prefill, seq, p0, max_cached, logit_rows, nlens;
-    float *logits;      // host (logit_rows, vocab), or NULL
-} Step;
-
-static void step_rank(GPU *G, Rank *R, void *arg) {
-    Step *s = (Step *)arg;
-    cudaStream_t st = R->st;
-    CUDA_CHECK(cudaMemcpyAsync(R->tok, s->tok, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->rpos, s->rpos, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->rseq, s->rseq, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->lens, s->lens, s->nlens * 4, cudaMemcpyHostToDevice, st));
-    forward_rank(G, R, s->rows, s->prefill, s->seq, s->p0, s->max_cached, s->logit_rows);
-    if (s->logits && s->logit_rows && R->p.nv)
-        CUDA_CHECK(cudaMemcpy2DAsync(s->logits + R->p.v0, (size_t)G->c.vocab * 4, R->logits, (size_t)R->p.nv * 4,
-                                     (size_t)R->p.nv * 4, s->logit_rows, cudaMemcpyDeviceToHost, st));
-    CUDA_CHECK(cudaStreamSynchronize(st));
-}
-
-void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all) {
-    if (b < 0 || b >= G->B) die("gpu_prefill: sequence %d of %d", b, G->B);
-    if (G->lens[b] + n > G->max_len) die("sequence %d: %d tokens, more than the %d positions allocated", b, G->lens[b] + n, G->max_len);
-    std::vector<int> pos(G->chunk), seq(G->chunk, b);
-    for (int done = 0; done < n;) {
-        int rows = std::min(G->chunk, n - done), last = done + rows == n;
-        for (int i = 0; i < rows; i++) pos[i] = G->lens[b] + i;
-        Step s = {tokens + done, pos.data(), seq.data(), G->lens, rows, 1, b, G->lens[b], G->lens[b] + rows,
-                  all ? rows : last, G->B, all ? logits + (size_t)done * G->c.vocab : (last ? logits : NULL)};
-        on_ranks(G, step_rank, &s);
-        G->lens[b] += rows;
-        done += rows;
-    }
-}
-
-void gpu_decode(GPU *G, const int *tokens, float *logits) {
-    std::vector<int> pos(G->B), seq(G->B), lens(G->B);
-    int mx = 0;
-    for (int b = 0; b < G->B; b++) {
-        if (G->lens[b] >= G->max_len) die("sequence %d is full (%d positions)", b, G->max_len);
-        pos[b] = G->lens[b]; seq[b] = b; lens[b] = G->lens[b] + 1; mx = std::max(mx, lens[b]);
-    }
-    Step s = {tokens, pos.data(), seq.data(), lens.data(), G->B, 0, 0, 0, mx, G->B, G->B, logits};
-    on_ranks(G, step_rank, &s);
-    for (int b = 0; b < G->B; b++) G->lens[b]++;
-}
-
-// ----------------------------------------------------------------------------
-// -m bench: decode steps at a fixed context on random weights and a random cache (DESIGN.md 5, 6)
-
-typedef struct {
-    int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
-    double step_s, attn_s, idle;    // idle: see bench_rank
-    char moe[2048];
-} BenchRun;
-
-// bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
-static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
-static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
-
-// body() captured once in a CUDA graph and replayed `reps` times: seconds per replay
-template <class F> static double graph_time(Rank *R, F body, int reps = 3) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
-    body();
-    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_CHECK(cudaGraphLaunch(exec, R->st));   // warm-up
-    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
-    CUDA_CHECK(cudaEventRecord(e0, R->st));
-    for (int i = 0; i < reps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
-    CUDA_CHECK(cudaEventRecord(e1, R->st));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
-    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    return ms / 1e3 / reps;
-}
-
-// Where a MoE layer's time goes, for `rows` tokens on one GPU (x holds the last step's residual): the FFN
-// and each of its launches alone, per layer (each timed over all MoE layers, so that no layer's weights
-// are still in L2 when its turn comes), then the two expert products in every tile shape, with the
-// experts' weight bytes per second and the products' flop rate; a shape must give the default shape's
-// y (its maximum difference, relative to max |y|, is shown). Text into out.
-static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
-    const Config *c = &G->c;
-    int E = c->n_experts, D = c->dim, tk = c->topk, l0 = c->first_dense, nl = c->n_layers - l0, def = moe_tile(c, rows);
-    size_t scratch = (2 * E + c->n_group + 1) * sizeof(float), len = 0;
-    float one = 1.0f, zero = 0.0f;
-    auto each = [&](auto body) { return graph_time(R, [&] { for (int l = l0; l < c->n_layers; l++) body(&R->lw[l], l); }) / nl * 1e6; };
-    double ffn = each([&](const LayerW *L, int l) { ffn_rank(G, R, L, l, rows); });
-    double norm = each([&](const LayerW *L, int) {
-        add_rmsnorm_kernel<<<rows, 256, 0, R->st>>>(R->x, NULL, L->ffn_norm, R->xb, R->xn, D, c->eps); LAUNCH_CHECK(); });
-    double router = each([&](const LayerW *L, int) {
-        CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E)); });
-    double route = each([&](const LayerW *L, int) {
-        moe_route_kernel<<<rows, 1, scratch, R->st>>>(*c, R->router, L->bias, R->topi, R->topw); LAUNCH_CHECK(); });
-    auto plan = [&](int bn, int l) {
-        moe_plan_kernel<<<1, 1024, 0, R->st>>>(R->topi, rows * tk, E, tk, bn, R->off, R->perm, R->pos, R->counts + (size_t)l * E);
-        LAUNCH_CHECK();
-    };
-    double planned = each([&](const LayerW *, int l) { plan(moe_tiles[def].bn, l); });
-    double shared = each([&](const LayerW *L, int) {
-        if (!L->fk) return;
-        gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
-        swiglu_kernel<<<grid_for((size_t)rows * L->fk), 256, 0, R->st>>>(R->h13, R->h, rows, L->fk);
-        LAUNCH_CHECK();
-        gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
-    });
-    double combine = each([&](const LayerW *L, int) {
-        moe_combine_kernel<<<rows, 256, 0, R->st>>>(R->y, R->eout, R->topw, R->pos, tk, D, L->fk > 0); LAUNCH_CHECK(); });
-    std::vector<int> cnt(E);
-    CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts + (size_t)(c->n_layers - 1) * E, E * 4, cudaMemcpyDeviceToHost));
-    int used = 0;
-    for (int e = 0; e < E; e++) used += cnt[e] > 0;
-    double wb = used * expert_bytes(c, G->K), fl = 2.0 * rows * tk * 3 * (c->moe_inter / G->K) * D;
-    len += snprintf(out + len, cap - len, "    MoE layer alone, %d rows (us per layer): FFN %.1f = norm %.1f + router %.1f + route %.1f + plan %.1f"
-                    " + experts + shared %.1f + combine %.1f; %d of %d experts used\n", rows, ffn, norm, router, route, planned, shared,
-                    combine, used, E);
-    std::vector<float> y0((size_t)rows * D), y((size_t)rows * D);
-    for (int pass = 0; pass < 2; pass++)   // the default shape first, for the reference y
-        for (int i = 0; i < MOE_NTILES; i++) {
-            if ((i == def) != (pass == 0)) continue;
-            const MoeTile *T = &moe_tiles[i];
-            const LayerW *L = &R->lw[c->n_layers - 1];   // its routing is the one planned (route ran last for it)
-            plan(T->bn, c->n_layers - 1);
-            moe_product(G, R, L, rows, T, 1);
-            moe_product(G, R, L, rows, T, 0);
-            moe_combine_kernel<<<rows, 256, 0, R->st>>>(R->y, R->eout, R->topw, R->pos, tk, D, 0);
-            LAUNCH_CHECK();
-            CUDA_CHECK(cudaMemcpy((pass ? y : y0).data(), R->y, y.size() * 4, cudaMemcpyDeviceToHost));
-            double d = 0, m = 0;
-            for (size_t k = 0; k < y.size(); k++) { d = std::max(d, (double)fabsf(y[k] - y0[k])); m = std::max(m, (double)fabsf(y0[k])); }
-            double up = each([&](const LayerW *L2, int) { moe_product(G, R, L2, rows, T, 1); });
-            double down = each([&](const LayerW *L2, int) { moe_product(G, R, L2, rows, T, 0); });
-            char diff[64] = "the default";
-            if (pass) snprintf(diff, sizeof(diff), "y differs from the default's by %.2g of max |y|", m > 0 ? d / m : d);
-            len += snprintf(out + len, cap - std::min(cap, len), "    experts in %3dx%-3d tiles: up %7.1f us, down %7.1f us: %5.0f GB/s, %5.1f TFLOP/s; %s\n",
-                            T->bm, T->bn, up, down, wb / (up + down) / 1e3, fl / (up + down) / 1e6, diff);
-        }
-}
-
-// one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
-static void bench_rank(GPU *G, Rank *R, void *arg) {
-    BenchRun *b = (BenchRun *)arg;
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
-    fill_random_kernel<<<grid_for(cache_n), 256, 0, R->st>>>(R->cache, cache_n, 1.0f, 7 + R->r);
-    LAUNCH_CHECK();
-    if (G->nrank < G->K) {   // rank bench: what the left-out collectives would bring, as random values
-        size_t nq = (size_t)G->rows * p->ha * (c->dn + c->dr), nv = (size_t)G->rows * p->ha * c->dv;
-        fill_random_kernel<<<grid_for(nq), 256, 0, R->st>>>(R->qall, nq, 1.0f, 11);
-        fill_random_kernel<<<grid_for(nv), 256, 0, R->st>>>(R->vown, nv, 1.0f, 12);
-        LAUNCH_CHECK();
-    }
-    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
-    for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
-    CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(R->rpos, pos.data(), G->B * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(R->rseq, seq.data(), G->B * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(R->lens, lens.data(), G->B * 4, cudaMemcpyHostToDevice));
-    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);   // warm-up, outside the graph
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
-    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);
-    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_CHECK(cudaGraphLaunch(exec, R->st));
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    double t0 = now_s();
-    for (int i = 0; i < b->steps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    double t = (now_s() - t0) / b->steps;
-    // the attention kernels of every layer, timed alone (Q holds the last step's queries)
-    cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
-    CUDA_CHECK(cudaEventRecord(e0, R->st));
-    int reps = 3;
-    for (int i = 0; i < reps; i++)
-        for (int l = 0; l < c->n_layers; l++)
-            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
-                             p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
-    CUDA_CHECK(cudaEventRecord(e1, R->st));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
-    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / reps; }
-    if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
-        std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
-        CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
-        int idle = 0;
-        for (int l = 0; l < c->n_layers; l++)
-            for (int e = 0; e < c->n_experts && layer_is_moe(c, l); e++) idle += cnt[(size_t)l * c->n_experts + e] == 0;
-        b->idle = idle * expert_bytes(c, G->K);
-        if (b->breakdown && G->nrank == 1) moe_breakdown(G, R, G->B, b->moe, sizeof(b->moe));
-    }
-}
-
-// bytes a rank must hold: weights + cache for batch B at `len` positions (and the buffers)
-static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, int len, int dense, size_t *wbytes = NULL) {
-    GPU G;
-    memset(&G, 0, sizeof(G));
-    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.ffn = dense; G.chunk = 1; G.rows = B; G.sms = 132;
-    Rank R;
-    memset(&R, 0, sizeof(R));
-    R.r = r; R.p = make_part(c, s->g, K, r, s->split);
-    layout_rank(&G, &R);
-    free(R.lw);
-    if (wbytes) *wbytes = R.wbytes;
-    return R.used;
-}
-
-static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int len, int dense) {
-    size_t free_min = (size_t)-1;
-    for (int r = 0; r < nrank; r++) {
-        size_t f, t;
-        CUDA_CHECK(cudaSetDevice(r));
-        CUDA_CHECK(cudaMemGetInfo(&f, &t));
-        free_min = std::min(free_min, f);
-    }
-    size_t avail = free_min - std::min(free_min, (size_t)2 << 30);   // NCCL's and cuBLAS's buffers
-    int lo = 0, hi = 4096;
-    while (lo < hi) {   // the largest B whose every rank fits
-        int mid = (lo + hi + 1) / 2, ok = 1;
-        for (int r = 0; r < K && ok; r++) ok = rank_bytes(c, s, K, r, mid, len, dense) <= avail;
-        if (ok) lo = mid; else hi = mid - 1;
-    }
-    if (!lo) die("bench: not even one sequence of %d tokens fits next to the weights (%.1f GiB free per GPU)", len, free_min / 1073741824.0);
-    return lo;
-}
-
-static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown) {
-    GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
-    BenchRun b;
-    memset(&b, 0, sizeof(b));
-    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown;
-    on_ranks(G, bench_rank, &b);
-    gpu_free(G);
-    return b;
-}
-
-// the card's ceilings: device-to-device copy (bytes read + written) and a large bf16 matrix product
-static void measure_roofs(double *copy_bps, double *mm_flops) {
-    CUDA_CHECK(cudaSetDevice(0));
-    size_t n = 1ull << 30;
-    bf16 *a, *b;
-    CUDA_CHECK(cudaMalloc(&a, n)); CUDA_CHECK(cudaMalloc(&b, n));
-    fill_random_kernel<<<grid_for(n / 2), 256>>>(a, n / 2, 1.0f, 1);
-    LAUNCH_CHECK();
-    std::vector<double> t;
-    for (int i = 0; i < 12; i++) {
-        CUDA_CHECK(cudaDeviceSynchronize());
-        double t0 = now_s();
-        CUDA_CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-        CUDA_CHECK(cudaDeviceSynchronize());
-        if (i >= 2) t.push_back(now_s() - t0);
-    }
-    std::sort(t.begin(), t.end());
-    *copy_bps = 2.0 * n / t[t.size() / 2];
-    int N = 8192;
-    cublasHandle_t h;
-    CUBLAS_CHECK(cublasCreate(&h));
-    float *cc;
-    CUDA_CHECK(cudaMalloc(&cc, (size_t)N * N * 4));
-    fill_random_kernel<<<grid_for((size_t)N * N), 256>>>(b, (size_t)N * N, 1.0f, 2);
-    LAUNCH_CHECK();
-    float al = 1, be = 0;
-    t.clear();
-    for (int i = 0; i < 8; i++) {
-        CUDA_CHECK(cudaDeviceSynchronize());
-        double t0 = now_s();
-        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &al, a, CUDA_R_16BF, N, b, CUDA_R_16BF, N, &be, cc,
-                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        CUDA_CHECK(cudaDeviceSynchronize());
-        if (i >= 2) t.push_back(now_s() - t0);
-    }
-    std::sort(t.begin(), t.end());
-    *mm_flops = 2.0 * N * N * N / t[t.size() / 2];
-    CUBLAS_CHECK(cublasDestroy(h));
-    CUDA_CHECK(cudaFree(a)); CUDA_CHECK(cudaFree(b)); CUDA_CHECK(cudaFree(cc));
-}
-
-// The step's floor on one GPU: the larger of its memory time (weights read + cache read, at the copy
-// bandwidth) and its tensor time (projection and attention flops, at the matrix rate). MoE: the weights
-// read leave out the `idle` bytes of experts that no token of the step chose (from its routing), and
-// each token's flops count only its topk routed experts.
-// *rest gets the floor of the step without its attention kernel (weights only, projection flops only).
-static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
-                         double *cache_bytes, double *rest) {
-    Part p = make_part(c, s->g, K, 0, s->split);
-    size_t w;
-    rank_bytes(c, s, K, 0, 1, 1, dense, &w);
-    double wbytes = (double)w - (double)c->vocab * c->dim * 2;   // a step reads B rows of the embedding, not all
-    double ex = dense ? moe_layers(c) * expert_bytes(c, K) : 0;   // one routed expert of every MoE layer
-    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * p.Dk * 2;
-    double proj = 2.0 * B * ((wbytes - (c->n_experts - c->topk) * ex) / 2);
-    double flops = proj + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
-    *rest = std::max((wbytes - idle) / bw, proj / fl);
-    return std::max((wbytes - idle + *cache_bytes) / bw, flops / fl);
-}
-
-static const char *ffn_name(const Config *c, int ffn) {
-    return !ffn ? "no" : !moe_layers(c) ? "dense" : "MoE (routed experts)";
-}
-
-void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
-               const char *name, const char *csv) {
-    int nrank = one_rank ? 1 : K;
-    static const int pctx[6] = {1024, 2048, 4096, 8192, 16384, 32768};
-    static const double paper_v3[6] = {1.33, 1.38, 1.45, 1.57, 1.65, 1.79}, paper_k2[6] = {1.28, 1.35, 1.51, 1.55, 1.76, 1.93};
-    const double *paper = !strcmp(name, "dsv3") ? paper_v3 : !strcmp(name, "kimik2") ? paper_k2 : NULL;
-    if (K != 2 || tpla->g != 2) paper = NULL;   // the paper measured TP = 2
-    cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    double bw, fl;
-    measure_roofs(&bw, &fl);
-    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, nrank, prop.name,
-           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, ffn_name(c, dense), tpla->g, tpla->split ? "split" : "replicated");
-    if (one_rank)
-        printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out\n", K);
-    printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
-           bw / 1e9, fl / 1e12);
-    FILE *f = fopen(csv, "w");
-    if (!f) die("%s: cannot write", csv);
-    fprintf(f, "shape,gpus,gpus_run,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
-    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
-           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
-    for (int i = 0; i < nctx; i++) {
-        Scheme mla = {1, RMS_GLOBAL, NULL, 0};
-        int bm = batch ? batch : largest_batch(c, &mla, K, nrank, ctx[i] + 1, dense);
-        int bt = batch ? batch : largest_batch(c, tpla, K, nrank, ctx[i] + 1, dense);
-        BenchRun r[3];
-        const Scheme *sc[3] = {&mla, tpla, tpla};
-        int bs[3] = {bm, bt, bm};
-        double tps[3];
-        for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
-            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
-            Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
-            double cb, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &rest);
-            double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
-            double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;
-            tps[k] = bs[k] / r[k].step_s;
-            const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
-            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
-                   tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
-                   r[k].step_s / floor, rest_x, cb / 1e9);
-            if (k == 0) printf("%s", r[0].moe);   // the MoE layer's breakdown (empty without MoE)
-            double pr = 0;
-            for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
-            fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, nrank, prop.name,
-                    ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
-                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x, k ? tps[1] / tps[0] : 1.0,
-                    k == 2 ? tps[2] / tps[0] : 0.0, pr);
-        }
-        if (bt == bm) tps[2] = tps[1];
-        double pr = 0;
-        for (int j = 0; j < 6; j++) if (paper && pctx[j] == ctx[i]) pr = paper[j];
-        printf("%6d TPLA/MLA throughput %.2fx (largest batch each), %.2fx at equal batch%s", ctx[i], tps[1] / tps[0], tps[2] / tps[0],
-               pr ? "" : "\n");
-        if (pr) printf("; paper %.2fx\n", pr);
-        fflush(stdout);
-    }
-    fclose(f);
-    printf("wrote %s\n", csv);
-}
-
-// -m bench -k N: the prefill of one N-token prompt (random ids, random weights), timed after one untimed
-// run, in the prefill chunks of the real path. Its floor on one GPU: every matrix product's flops at the
-// card's matmul rate (each token's projections and its topk routed experts, the causal half of the
-// attention scores and outputs, lm_head for the last token), or the weights read once at the copy
-// bandwidth, whichever is larger.
-void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, const char *name) {
-    cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    double bw, fl;
-    measure_roofs(&bw, &fl);
-    GPU *G = build(NULL, c, s, K, K, 1, n, ffn, prefill_chunk(c, n));
-    std::vector<int> tok(n);
-    for (int i = 0; i < n; i++) tok[i] = (int)(((long long)i * 7919 + 13) % c->vocab);
-    std::vector<float> logits(c->vocab);
-    gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);   // warm-up
-    double t = 1e30;
-    for (int rep = 0; rep < 2; rep++) {
-        gpu_reset(G);
-        double t0 = now_s();
-        gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);
-        t = std::min(t, now_s() - t0);
-    }
-    int chunk = G->chunk;
-    char moe[2048] = "";
-    if (ffn && moe_layers(c) && G->nrank == 1) {
-        on_ranks(G, [](GPU *G2, Rank *R, void *out) { moe_breakdown(G2, R, G2->chunk, (char *)out, 2048); }, moe);
-    }
-    gpu_free(G);
-    Part p = make_part(c, s->g, K, 0, s->split);
-    size_t w;
-    rank_bytes(c, s, K, 0, 1, 1, ffn, &w);
-    double wbytes = (double)w - (double)c->vocab * c->dim * 2, lm = (double)p.nv * c->dim * 2;
-    double ex = ffn ? moe_layers(c) * expert_bytes(c, K) : 0;
-    double flops = n * (wbytes - lm - (c->n_experts - c->topk) * ex) + lm             // 2 flops per bf16 weight (2 bytes) per token
-                 + (double)n * (n + 1) * p.ha * (p.Dk + p.dcs) * c->n_layers;   // sum over t of 2 (t+1) (Dk + dcs) per head
-    double floor = std::max(flops / fl, wbytes / bw);
-    printf("bench %s prefill on %d x %s: %d tokens in chunks of %d, %s FFN; card: copy %.0f GB/s, bf16 matmul %.0f TFLOP/s\n", name,
-           K, prop.name, n, chunk, ffn_name(c, ffn), bw / 1e9, fl / 1e12);
-    printf("prefill %d tokens: %.2f ms, %.0f tok/s, %.1f TFLOP/s; floor %.2f ms (%.0f tok/s, %.1f TFLOP of products): %.2f x floor\n%s", n,
-           t * 1e3, n / t, flops / t / 1e12, floor * 1e3, n / floor, flops / 1e12, t / floor, moe);
-}
-
-void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
-                   float scale, float *O) {
-    CUDA_CHECK(cudaSetDevice(0));
-    int Dk = dcs + dr, chunk, mx = 0, sms;
-    for (int b = 0; b < B; b++) mx = std::max(mx, lens[b]);
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    AttnShape a = attention_shape(ha, dcs, Dk);
-    CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    int ns = nsplit_for(B, a.head_tiles, ha, dcs, Dk, mx, sms, &chunk);
-    bf16 *dQ, *dC, *dO;
-    float *op, *lse;
-    int *dl;
-    CUDA_CHECK(cudaMalloc(&dQ, (size_t)B * ha * Dk * 2)); CUDA_CHECK(cudaMalloc(&dC, (size_t)B * max_len * Dk * 2));
-    CUDA_CHECK(cudaMalloc(&dO, (size_t)B * ha * dcs * 2)); CUDA_CHECK(cudaMalloc(&dl, B * 4));
-    CUDA_CHECK(cudaMalloc(&op, (size_t)B * ns * ha * dcs * 4)); CUDA_CHECK(cudaMalloc(&lse, (size_t)B * ns * ha * 4));
-    CUDA_CHECK(cudaMemcpy(dQ, Q, (size_t)B * ha * Dk * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(dC, cache, (size_t)B * max_len * Dk * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(dl, lens, B * 4, cudaMemcpyHostToDevice));
-    CUtensorMap map = cache_map(dC, (size_t)B * max_len, Dk);
-    decode_attention(dQ, &map, 0, dl, op, lse, dO, B, ha, dcs, Dk, max_len, mx, scale, sms, 0);
-    std::vector<uint16_t> o((size_t)B * ha * dcs);
-    CUDA_CHECK(cudaMemcpy(o.data(), dO, o.size() * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < o.size(); i++) { uint32_t u = (uint32_t)o[i] << 16; memcpy(&O[i], &u, 4); }
-    CUDA_CHECK(cudaFree(dQ)); CUDA_CHECK(cudaFree(dC)); CUDA_CHECK(cudaFree(dO)); CUDA_CHECK(cudaFree(dl));
-    CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse));
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 // ----------------------------------------------------------------------------
 // checkpoint file:
@@ -187,7 +188,21 @@ HD static inline void rope_pair(float *x, int i, int dr, int pos, float inv, flo
     x[i1] = x1 * co + x0 * si;
 }
 
-// MoE routing (DESIGN.md section 1) of one token: logits (E) -> topk expert ids and weights.
+// The rms a new token's latent (or its slice of n values, sum of squares ss) is divided by before it is
+// cached (README "The rms of a decode token's latent"): sqrt(ss / n + eps) times fix, where fix =
+// sqrt(1 / (g e_i)) for shard i's slice under -r local (since mean(slice^2) ~ g e_i mean(c^2)), else 1.
+HD static inline float latent_rms(float ss, int n, float fix, float eps) { return sqrtf(ss / n + eps) * fix; }
+
+// bf16 as the top half of a float32: rounded to nearest even (NaN stays NaN), and back
+HD static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+HD static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+// MoE routing (README "The model and its MoE routing") of one token: logits (E) -> topk expert ids and weights.
 // V2: s = softmax; greedy, or keep the topk_group groups with the largest max first.
 // V3: s = sigmoid; choose by s + bias, groups ranked by the sum of their top 2; weights are s.
 // scratch: 2E + n_group floats.
@@ -263,7 +278,7 @@ typedef struct {
 } Model;
 
 // ----------------------------------------------------------------------------
-// how to decode: MLA or TPLA with g latent shards (DESIGN.md section 3)
+// how to decode: MLA or TPLA with g latent shards (README "The TPLA step")
 
 enum { T_NONE = 0, T_HADAMARD = 1, T_PCA = 2 };
 enum { RMS_LOCAL = 0, RMS_GLOBAL = 1 };
@@ -274,6 +289,11 @@ typedef struct {
     const float *rms_fix; // (n_layers, g): local rms correction sqrt(1/(g e_i)); NULL = all 1
     int split;      // GPU only: TPLA keeps W_UQ and W_O split by head (all-gather q, reduce-scatter v)
 } Scheme;
+
+static const Scheme MLA = {1, RMS_GLOBAL, NULL, 0};   // plain MLA (g = 1): the reference of every scheme
+
+#include <time.h>
+static inline double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
 // ----------------------------------------------------------------------------
 // GPU engine (tpla.cu). One process drives every GPU: one thread and one stream per GPU, one NCCL
