@@ -222,7 +222,7 @@ static void normalise_latent(float *c, int dc, int g, const float *fix, float ep
         float *sl = c + i * w;
         float ss = 0;
         for (int j = 0; j < w; j++) ss += sl[j] * sl[j];
-        float r = sqrtf(ss / w + eps) * (fix ? fix[i] : 1.0f);
+        float r = latent_rms(ss, w, fix ? fix[i] : 1.0f, eps);
         for (int j = 0; j < w; j++) sl[j] /= r;
     }
 }
