@@ -1,6 +1,8 @@
-# tpla: `make` builds ./run, ./convert and ./test; `make run` runs the default model; `make test` tests.
+# tpla: `make` builds ./run, ./convert and ./test; `make run` runs the default model; `make test` tests;
+# `make asan` runs the tests on a sanitizer build (below).
 CC = gcc
-CFLAGS = -O3 -Wall -Wextra -std=gnu11 -fopenmp
+CFLAGS = -O3 -Wall -Wextra -std=gnu11
+OMP = -fopenmp
 NVCC = nvcc
 NVCCFLAGS = -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a
 MODEL = models/tiny.bin
@@ -10,29 +12,29 @@ NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
 ifneq ($(NVCC_PATH),)
 CUDA_HOME ?= $(abspath $(dir $(NVCC_PATH))/..)
 GPU_OBJ = tpla.o
-CFLAGS += -DTPLA_CUDA
+ENGINE = -DTPLA_CUDA
 LDLIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lnccl -lcudart -lstdc++ -lpthread
 else
 $(info nvcc not found: building the CPU-only engine; -d gpu and -m bench are unavailable)
 endif
 LDLIBS += -lm
 
-.PHONY: all bin test run clean
+.PHONY: all bin test run asan clean
 all: bin convert test-bin
 
 # ./run and ./test are relinked by `make` (cheap); the phony targets run and test then execute them.
 bin: run.o $(GPU_OBJ)
-	$(CC) $(CFLAGS) run.o $(GPU_OBJ) -o run $(LDLIBS)
+	$(CC) $(CFLAGS) $(OMP) run.o $(GPU_OBJ) -o run $(LDLIBS)
 test-bin: test.o $(GPU_OBJ)
-	$(CC) $(CFLAGS) test.o $(GPU_OBJ) -o test $(LDLIBS)
+	$(CC) $(CFLAGS) $(OMP) test.o $(GPU_OBJ) -o test $(LDLIBS)
 run.o: run.c tpla.h unicode/classes.h
-	$(CC) $(CFLAGS) -c run.c -o run.o
+	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -c run.c -o run.o
 test.o: test.c run.c tpla.h unicode/classes.h
-	$(CC) $(CFLAGS) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
+	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
 tpla.o: tpla.cu tpla.h
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wall -c tpla.cu -o tpla.o
 convert: convert.c tpla.h
-	$(CC) -O2 -Wall -Wextra -std=gnu11 convert.c -o convert -lm
+	$(CC) $(CFLAGS) convert.c -o convert -lm
 
 test: all
 	./test
@@ -42,5 +44,26 @@ test: all
 run: bin
 	./run $(MODEL) -P tpla -T pca -i "def parse_args(argv):" -n 48 -t 0
 
+# The sanitizer build: the CPU engine (no nvcc needed), convert and the tests with AddressSanitizer
+# (leaks included) and UBSan, in asan/, where the test finds its run and convert. Every report goes
+# to asan/report.PID, from the test and from every run and convert it starts; any report fails.
+# tools/fuzz.sh uses the same build.
+SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_ENV = ASAN_OPTIONS=exitcode=66:log_path=$(CURDIR)/asan/report UBSAN_OPTIONS=exitcode=66:print_stacktrace=1:log_path=$(CURDIR)/asan/report
+asan/run: run.c tpla.h unicode/classes.h
+	@mkdir -p asan
+	$(CC) $(CFLAGS) $(OMP) $(SAN) run.c -o asan/run -lm
+asan/test: test.c run.c tpla.h unicode/classes.h
+	@mkdir -p asan
+	$(CC) $(CFLAGS) $(OMP) $(SAN) -DBIN='"asan/"' -Wno-unused-function -Wno-format-truncation test.c -o asan/test -lm
+asan/convert: convert.c tpla.h
+	@mkdir -p asan
+	$(CC) $(CFLAGS) $(SAN) convert.c -o asan/convert -lm
+asan: asan/run asan/test asan/convert
+	@rm -f asan/report.*
+	$(SAN_ENV) asan/test
+	@if ls asan/report.* >/dev/null 2>&1; then cat asan/report.*; echo "asan: sanitizer reports above"; exit 1; fi
+	@echo "asan: no sanitizer report"
+
 clean:
-	rm -f run test convert *.o
+	rm -rf run test convert *.o asan

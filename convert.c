@@ -22,9 +22,6 @@
 // ----------------------------------------------------------------------------
 // small helpers
 
-static char *tmp_path;  // the partial output; removed at exit unless the run got as far as the rename
-static void remove_tmp(void) { if (tmp_path) remove(tmp_path); }
-
 static void *xmalloc(size_t n) { void *p = malloc(n ? n : 1); if (!p) die("out of memory (%zu bytes)", n); return p; }
 static void *xrealloc(void *p, size_t n) { p = realloc(p, n ? n : 1); if (!p) die("out of memory (%zu bytes)", n); return p; }
 
@@ -43,7 +40,7 @@ static void note(const char *fmt, ...) {
 }
 
 // ----------------------------------------------------------------------------
-// JSON: a tree of values; strings are decoded to UTF-8. Nothing is freed: convert runs once and exits.
+// JSON: a tree of values; strings are decoded to UTF-8.
 
 enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
 
@@ -167,6 +164,14 @@ static Json *json_parse(const char *text, size_t len, const char *file) {
     return v;
 }
 
+static void json_clear(Json *v) {  // frees what v holds
+    if (v->type == J_ARR || v->type == J_OBJ)
+        for (int i = 0; i < v->n; i++) json_clear(&v->kid[i]), free(v->kid[i].key);
+    free(v->kid);
+    free(v->str);
+}
+static void json_free(const Json *v) { if (v) json_clear((Json *)v), free((void *)v); }
+
 static const Json *read_json(const char *path) {  // NULL if the file cannot be opened
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -175,7 +180,9 @@ static const Json *read_json(const char *path) {  // NULL if the file cannot be 
     while ((k = fread(s + n, 1, cap - n, f)) > 0) if ((n += k) == cap) s = xrealloc(s, cap *= 2);
     if (ferror(f)) die("%s: read failed (%s)", path, strerror(errno));
     fclose(f);
-    return json_parse(s, n, path);
+    const Json *v = json_parse(s, n, path);
+    free(s);
+    return v;
 }
 
 static const Json *jget(const Json *o, const char *key) {  // NULL if o is not an object or has no such member
@@ -241,12 +248,16 @@ typedef struct {
 static STensor *tens;   // every tensor of every file
 static int ntens;
 static Map tmap;        // name -> index in tens
+typedef struct { char *path; const uint8_t *map; size_t size; const Json *header; } SFile;
+static SFile *files;    // every file opened: the tensors point into their paths, mappings and headers
+static int nfiles;
 
-static void open_safetensors(const char *path) {
+static void open_safetensors(char *path) {  // path: a fresh string, freed with the file at the end
     int fd = open(path, O_RDONLY);
     if (fd < 0) die("%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) die("%s: not a regular file", path);
     size_t size = st.st_size;
     if (size < 8) die("%s: truncated (%zu bytes); re-download or re-save it", path, size);
     const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -256,6 +267,8 @@ static void open_safetensors(const char *path) {
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | map[i];
     if (hlen > size - 8) die("%s: truncated: the header says %llu bytes of JSON, the file has %zu; re-download it", path, (unsigned long long)hlen, size);
     const Json *h = json_parse((const char *)map + 8, hlen, path);
+    files = xrealloc(files, (nfiles + 1) * sizeof *files);
+    files[nfiles++] = (SFile){ path, map, size, h };
     if (h->type != J_OBJ) die("%s: not a safetensors file (the header is not a JSON object)", path);
     uint64_t dsize = size - 8 - hlen;
     for (int i = 0; i < h->n; i++) {
@@ -289,7 +302,8 @@ static void open_safetensors(const char *path) {
 // model.safetensors, or every shard named in model.safetensors.index.json
 static void open_weights(const char *dir) {
     char *single = cat("%s/model.safetensors", dir), *index = cat("%s/model.safetensors.index.json", dir);
-    if (access(single, F_OK) == 0) { open_safetensors(single); return; }
+    if (access(single, F_OK) == 0) { open_safetensors(single); free(index); return; }
+    free(single);
     const Json *idx = read_json(index), *wm = jget(idx, "weight_map");
     if (!idx) die("%s: no model.safetensors and no model.safetensors.index.json; convert reads safetensors "
                   "(re-save a pytorch_model.bin with save_pretrained)", dir);
@@ -302,6 +316,9 @@ static void open_weights(const char *dir) {
         map_put(&seen, file, 1);
         open_safetensors(cat("%s/%s", dir, file));
     }
+    free(seen.slot);
+    json_free(idx);
+    free(index);
 }
 
 // ----------------------------------------------------------------------------
@@ -357,10 +374,14 @@ static const STensor *find(const char *name) {
     return i < 0 ? NULL : &tens[i];
 }
 
-static char *shape_str(int n, const int64_t *d) {
-    char *s = cat("(");
-    for (int i = 0; i < n; i++) s = cat("%s%s%lld", s, i ? ", " : "", (long long)d[i]);
-    return cat("%s)", s);
+static const char *shape_str(int n, const int64_t *d) {  // "(a, b)"; three buffers in turn, for one message
+    static char buf[3][160];
+    static int k;
+    char *s = buf[k++ % 3];
+    int at = snprintf(s, 160, "(");
+    for (int i = 0; i < n; i++) at += snprintf(s + at, 160 - at, "%s%lld", i ? ", " : "", (long long)d[i]);
+    snprintf(s + at, 160 - at, ")");
+    return s;
 }
 
 // The tensor `name`, which must have the shape (a), (a, b) or (a, b, c): the first ndim of them.
@@ -382,6 +403,7 @@ static Src src(const char *name, int ndim, int64_t a, int64_t b, int64_t c) {
         if (sc->ndim != 2 || sc->shape[0] != nb[0] || sc->shape[1] != nb[1] || sc->dtype == DT_OTHER || sc->dtype == DT_F8)
             die("%s: %s is %s %s; for %s %s in %dx%d blocks it should be float %s", sc->file, sn, sc->dtname,
                 shape_str(sc->ndim, sc->shape), name, shape_str(2, t->shape), blk_r, blk_c, shape_str(2, nb));
+        free(sn);
     }
     return s;
 }
@@ -389,7 +411,7 @@ static Src src(const char *name, int ndim, int64_t a, int64_t b, int64_t c) {
 static uint64_t written;  // bytes written to the output so far
 
 static void put(FILE *f, const void *p, size_t n) {
-    if (n && fwrite(p, 1, n, f) != n) die("%s: write failed (%s); is the disk full?", tmp_path, strerror(errno));
+    out_write(f, p, n);
     written += n;
 }
 
@@ -534,6 +556,8 @@ static const char *parse_config(Config *c) {  // returns the architecture
     if (!jget(cfg, "n_routed_experts")) die("config.json: n_routed_experts is missing (null or 0 means all layers dense)");
     c->n_experts = inum(cfg, "n_routed_experts", 0);
     c->first_dense = c->n_experts ? inum(cfg, "first_k_dense_replace", is_v3 ? 3 : 0) : c->n_layers;
+    if (c->first_dense > c->n_layers) c->first_dense = c->n_layers;  // every layer dense, as in HF
+    if (num(cfg, "moe_layer_freq", 1) != 1) die("config.json: moe_layer_freq %g is not supported (only 1)", num(cfg, "moe_layer_freq", 1));
     if (c->first_dense > 0) c->inter = inum(cfg, "intermediate_size", NAN);
     if (c->n_experts && c->first_dense < c->n_layers) {  // defaults: the HF config classes'
         c->moe_inter = inum(cfg, "moe_intermediate_size", NAN);
@@ -771,10 +795,11 @@ static Buf build_tokenizer(const char *dir, const Config *c, char **summary) {
     int n_merges = 0;
     for (int i = 0; i < mj->n; i++) {  // "a b" or ["a", "b"]
         const Json *m = &mj->kid[i];
-        char *l = NULL, *r = NULL;
-        if (m->type == J_STR && strchr(m->str, ' ')) l = cat("%s", m->str), r = strchr(l, ' '), *r++ = 0;
+        char *l = NULL, *r = NULL, *own = NULL, *lr = NULL;
+        if (m->type == J_STR && strchr(m->str, ' ')) l = own = cat("%s", m->str), r = strchr(l, ' '), *r++ = 0;
         else if (m->type == J_ARR && m->n == 2 && m->kid[0].type == J_STR && m->kid[1].type == J_STR) l = m->kid[0].str, r = m->kid[1].str;
-        int64_t li = l ? map_get(&ids, l) : -1, ri = l ? map_get(&ids, r) : -1, mi = l ? map_get(&ids, cat("%s%s", l, r)) : -1;
+        int64_t li = l ? map_get(&ids, l) : -1, ri = l ? map_get(&ids, r) : -1, mi = l ? map_get(&ids, lr = cat("%s%s", l, r)) : -1;
+        free(own), free(lr);
         if (li < 0 || ri < 0 || mi < 0 || tlen[mi] != tlen[li] + tlen[ri] || memcmp(tok[mi], tok[li], tlen[li])
             || memcmp(tok[mi] + tlen[li], tok[ri], tlen[ri])) { bad++; continue; }
         buf_i32(&mb, li), buf_i32(&mb, ri), buf_i32(&mb, mi);
@@ -831,13 +856,15 @@ int main(int argc, char **argv) {
     char *cpath = cat("%s/config.json", dir);
     if (!(cfg = read_json(cpath))) die("%s: cannot open (%s); is %s a Hugging Face checkpoint?", cpath, strerror(errno), dir);
 
+    // the whole config is checked first, by the rules run applies, before any large work
     Config c;
-    const char *arch = parse_config(&c);
-    char *tok_summary = "none";
+    const char *arch = parse_config(&c), *err = config_error(&c);
+    if (err) die("%s: %s", cpath, err);
+    FILE *f = out_open(out);   // OUT.tmp: a path that cannot be written fails now
+    char *tok_summary = NULL;
     Buf tok = build_tokenizer(dir, &c, &tok_summary);
     c.tok_bytes = (int)tok.n;
-    const char *err = config_error(&c);
-    if (err) die("config.json: %s", err);
+    if ((err = config_error(&c))) die("%s: %s", tok_path, err);
     open_weights(dir);
 
     uint64_t bytes;
@@ -846,10 +873,6 @@ int main(int argc, char **argv) {
     tensor_layout(&c, T, &bytes);
     for (int i = 0; i < nt; i++) write_tensor(NULL, &c, &T[i]);  // a dry run: every tensor present, every shape right
 
-    tmp_path = cat("%s.tmp", out);
-    atexit(remove_tmp);
-    FILE *f = fopen(tmp_path, "wb");
-    if (!f) die("%s: cannot create (%s)", tmp_path, strerror(errno));
     uint8_t header[TPLA_HEADER] = {0};
     uint32_t magic = TPLA_MAGIC;
     int32_t version = TPLA_VERSION;
@@ -866,24 +889,29 @@ int main(int argc, char **argv) {
     }
     pad_to(f, w0 + bytes);
     if (isatty(2)) fputc('\n', stderr);
-    if (fclose(f) != 0) die("%s: write failed (%s); is the disk full?", tmp_path, strerror(errno));
-    if (rename(tmp_path, out) != 0) die("cannot rename %s to %s (%s)", tmp_path, out, strerror(errno));
-    tmp_path = NULL;
+    out_close(f, out);
 
     static const char *routes[] = { "softmax, greedy", "softmax, group-limited greedy", "sigmoid + bias, groups by top-2 sum" };
     int moe = c.first_dense < c.n_layers;
     printf("%s (%s) from %s\n", arch, jstr(cfg, "model_type") ? jstr(cfg, "model_type") : "?", dir);
     printf("  dim %d, layers %d (%d dense), heads %d, vocab %d, q_lora %d, kv_lora %d, dn %d dr %d dv %d, eps %g\n", c.dim,
            c.n_layers, moe ? c.first_dense : c.n_layers, c.n_heads, c.vocab, c.q_lora, c.dc, c.dn, c.dr, c.dv, c.eps);
-    if (moe) printf("  ffn %d; moe: %d experts of %d, %d shared, top-%d, %s%s, norm_topk %d, scale %g\n", c.inter, c.n_experts,
-                    c.moe_inter, c.n_shared, c.topk, routes[c.routing], c.routing == ROUTE_SOFTMAX_GREEDY ? "" :
-                    cat(" (top-%d of %d groups)", c.topk_group, c.n_group), c.norm_topk, c.routed_scale);
+    if (moe) {
+        printf("  ffn %d; moe: %d experts of %d, %d shared, top-%d, %s", c.inter, c.n_experts, c.moe_inter, c.n_shared,
+               c.topk, routes[c.routing]);
+        if (c.routing != ROUTE_SOFTMAX_GREEDY) printf(" (top-%d of %d groups)", c.topk_group, c.n_group);
+        printf(", norm_topk %d, scale %g\n", c.norm_topk, c.routed_scale);
+    }
     printf("  rope %s, theta %g", c.rope_type == ROPE_YARN ? "yarn" : "default", c.rope_theta);
     if (c.rope_type == ROPE_YARN) printf(", factor %g, orig max %d, beta %g/%g, truncate %d, attn factor %.6f", c.yarn_factor,
                                          c.yarn_orig_max, c.yarn_beta_fast, c.yarn_beta_slow, c.yarn_truncate, c.rope_attn);
     printf("\n  interleave %d, softmax scale %.6f, max_seq %d, bos %d, eos %d%s\n", c.rope_interleave, c.softmax_scale,
            c.max_seq, c.bos, c.eos, tie_embed ? ", lm_head tied to the embedding" : "");
-    printf("  tokenizer: %s\n", tok_summary);
+    printf("  tokenizer: %s\n", tok_summary ? tok_summary : "none");
     printf("wrote %s: %d tensors, %llu bytes\n", out, nt, (unsigned long long)(w0 + bytes));
+
+    for (int i = 0; i < nfiles; i++) munmap((void *)files[i].map, files[i].size), json_free(files[i].header), free(files[i].path);
+    free(files), free(tens), free(tmap.slot), free(T), free(tok.p), free(cpath), free(tok_summary);
+    json_free(cfg);
     return 0;
 }

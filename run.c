@@ -20,6 +20,11 @@ static void *xmalloc(size_t n) {
     if (!p) die("out of host memory: %.2f GB needed", n / 1e9);
     return p;
 }
+static void *xrealloc(void *p, size_t n) {
+    p = realloc(p, n ? n : 1);
+    if (!p) die("out of host memory: %.2f GB needed", n / 1e9);
+    return p;
+}
 
 // ----------------------------------------------------------------------------
 // checkpoint: mmap the file, check it, expand the weights to float32
@@ -60,22 +65,23 @@ static void fold_latent(Model *m, const float *U);
 static void build_model(Model *m, const char *path) {
     memset(m, 0, sizeof(*m));
     int fd = open(path, O_RDONLY);
-    if (fd < 0) die("%s: cannot open (does it exist? make one with ./convert HF_DIR %s)", path, path);
+    if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
     struct stat st;
-    fstat(fd, &st);
+    if (fstat(fd, &st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) die("%s: %s; give a .bin from ./convert", path, S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     size_t size = st.st_size;
     if (size < TPLA_HEADER) die("%s: truncated: %zu bytes, smaller than the %d-byte header", path, size, TPLA_HEADER);
     const uint8_t *f = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (f == MAP_FAILED) die("%s: mmap failed", path);
+    if (f == MAP_FAILED) die("%s: mmap failed (%s)", path, strerror(errno));
     uint32_t magic; int32_t version;
     memcpy(&magic, f, 4); memcpy(&version, f + 4, 4);
     if (magic != TPLA_MAGIC) die("%s: not a tpla checkpoint (magic 0x%08x); re-run ./convert", path, magic);
     if (version != TPLA_VERSION) die("%s: checkpoint version %d, this program reads %d; re-run ./convert", path, version, TPLA_VERSION);
     memcpy(&m->c, f + 8, sizeof(Config));
     const char *err = config_error(&m->c);
-    if (err) die("%s: bad config: %s", path, err);
-    uint64_t wbytes;
+    if (err) die("%s: bad config: %s; re-run ./convert", path, err);
+    uint64_t wbytes;   // below 2^60 for any config that passed config_error: the sum below cannot wrap
     int nt = tensor_layout(&m->c, NULL, &wbytes);
     if (size != weights_offset(&m->c) + wbytes)
         die("%s: truncated or damaged: %zu bytes, the config needs %llu; re-run ./convert", path, size,
@@ -850,9 +856,9 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int k, int n, int f, co
 // command line
 
 typedef struct {
-    const char *model, *mode, *prompt, *in, *out, *calib, *ctx;
+    const char *model, *mode, *prompt, *in, *out, *calib;
     int gpu, ngpu, tpla, k, steps, batch, dense, seed, rank_of;
-    int g[8], ng, T[3], nT, r[2], nr, split;
+    int g[8], ng, T[3], nT, r[2], nr, split, ctx[16], nctx;
     float temp, topp;
 } Args;
 
@@ -879,30 +885,61 @@ static void usage(void) {
     exit(1);
 }
 
-static int parse_list(const char *s, const char *const *names, int nnames, int *out, int max, const char *flag) {
-    int n = 0;
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", s);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        if (n == max) die("%s: too many values", flag);
-        if (!names) { out[n] = atoi(tok); if (out[n] <= 0) die("%s: '%s' is not a positive number", flag, tok); n++; continue; }
-        int k = 0;
-        while (k < nnames && strcmp(tok, names[k])) k++;
-        if (k == nnames) die("%s: unknown value '%s'", flag, tok);
-        out[n++] = k;
-    }
-    if (!n) die("%s: empty list", flag);
-    return n;
+// A flag's value: all of it a number within [lo, hi], or an error naming the flag and the range.
+static long parse_int(const char *v, const char *flag, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno == ERANGE || x < lo || x > hi) die("%s: '%s' is not an integer from %ld to %ld", flag, v, lo, hi);
+    return x;
+}
+static float parse_float(const char *v, const char *flag, double lo, double hi) {
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !(x >= lo && x <= hi)) die("%s: '%s' is not a number from %g to %g", flag, v, lo, hi);
+    return x;
 }
 
+// A comma-separated list: integers in [1, hi] (names NULL), or names (their indices).
+static int parse_list(const char *s, const char *const *names, int nnames, int *out, int max, const char *flag, long hi) {
+    int n = 0;
+    for (const char *p = s;; p++) {
+        const char *e = strchr(p, ',');
+        char tok[32];
+        int len = e ? (int)(e - p) : (int)strlen(p);
+        if (n == max) die("%s: more than %d values", flag, max);
+        if (len == 0 || len >= (int)sizeof(tok)) die("%s: '%s' is not a list like 2,4", flag, s);
+        memcpy(tok, p, len); tok[len] = 0;
+        if (!names) out[n++] = parse_int(tok, flag, 1, hi);
+        else {
+            int k = 0;
+            while (k < nnames && strcmp(tok, names[k])) k++;
+            if (k == nnames) {
+                char all[128] = "";
+                for (int j = 0; j < nnames; j++) snprintf(all + strlen(all), sizeof(all) - strlen(all), "%s%s", j ? " | " : "", names[j]);
+                die("%s: unknown value '%s' (%s)", flag, tok, all);
+            }
+            out[n++] = k;
+        }
+        if (!e) return n;
+        p = e;
+    }
+}
+
+// Reads a whole file (also a pipe or /dev/stdin: it is read to its end) and NUL-terminates it.
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f) die("%s: cannot open", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = xmalloc(n + 1);
-    if (fread(buf, 1, n, f) != (size_t)n) die("%s: read failed", path);
+    if (!f) die("%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) die("%s: is a directory; give a file", path);
+    size_t n = 0, cap = 1 << 16, k;
+    char *buf = xmalloc(cap);
+    while ((k = fread(buf + n, 1, cap - 1 - n, f)) > 0)
+        if ((n += k) == cap - 1) {
+            if (cap > (size_t)1 << 30) die("%s: larger than 1 GiB; give a smaller file", path);
+            buf = xrealloc(buf, cap *= 2);
+        }
+    if (ferror(f)) die("%s: read failed (%s)", path, strerror(errno));
     fclose(f);
     buf[n] = 0;
     if (len) *len = n;
@@ -917,7 +954,7 @@ static int *read_ids(const char *path, int vocab, int *n) {
         long v = strtol(p, &end, 10);
         if (end == p) break;
         if (v < 0 || v >= vocab) die("%s: token id %ld outside the vocabulary [0, %d)", path, v, vocab);
-        if (*n == cap) { cap *= 2; ids = realloc(ids, cap * sizeof(int)); }
+        if (*n == cap) ids = xrealloc(ids, (cap *= 2) * sizeof(int));
         ids[(*n)++] = v; p = end;
     }
     while (*p && isspace((unsigned char)*p)) p++;
@@ -949,6 +986,7 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
         int *ids = xmalloc((len + 1) * sizeof(int));
         int n = encode(tok, text, len, ids, calib), cap = 8192, window = c->max_seq < 512 ? c->max_seq : 512;
         if (n > cap) n = cap;
+        if (n < c->dc) die("%s: %d calibration tokens, fewer than the %d latent dimensions PCA estimates; give a longer text with -c", calib, n, c->dc);
         if (n < 2 * c->dc) fprintf(stderr, "note: only %d calibration tokens for a %d-wide latent\n", n, c->dc);
         fprintf(stderr, "pca: calibrating on %d tokens of %s (MLA on the CPU)...\n", n, calib);
         *ev = xmalloc((size_t)c->n_layers * c->dc * sizeof(double));
@@ -1024,6 +1062,7 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
 // logits: the first k ids prefilled exactly, the rest as decode steps; writes (T, vocab) float32
 static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (!a->in || !a->out) die("-m logits needs -f IDS and -o OUT.f32");
+    FILE *f = out_open(a->out);   // before the work: an output that cannot be written fails now
     const Config *c = &m->c;
     int n, *ids = read_ids(a->in, c->vocab, &n);
     if (n == 0 || n > c->max_seq) die("%s: %d ids; need 1 to %d", a->in, n, c->max_seq);
@@ -1036,9 +1075,8 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     float *out = xmalloc((size_t)n * c->vocab * sizeof(float));
     if (k) engine_feed(&e, ids, k, 1, out);
     if (k < n) engine_feed(&e, ids + k, n - k, 0, out + (size_t)k * c->vocab);
-    FILE *f = fopen(a->out, "wb");
-    if (!f || fwrite(out, sizeof(float), (size_t)n * c->vocab, f) != (size_t)n * c->vocab) die("%s: cannot write", a->out);
-    fclose(f);
+    out_write(f, out, (size_t)n * c->vocab * sizeof(float));
+    out_close(f, a->out);
     printf("wrote %s: %d positions x %d logits (%d prefilled exactly, %d decoded as %s)\n", a->out, n, c->vocab, k, n - k,
            a->tpla ? "TPLA" : "MLA");
     free_engine(&e); free(out); free(ids); free(U); free(ev); free((void *)s.rms_fix);
@@ -1084,6 +1122,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
            a->in, n, nwin, W, k, W - k - 1, use_gpu ? "gpu" : "cpu");
     printf("%-34s %9s %11s %11s %11s %11s %11s\n", "scheme", "ppl", "KL(MLA||.)", "KL d<16", "KL d<64", "KL d<256", "KL d>=256");
     float *ref = xmalloc((size_t)W * V * sizeof(float)), *out = xmalloc((size_t)W * V * sizeof(float)), *U = NULL;
+    float *pc = xmalloc((size_t)V * sizeof(float));
     double *ev = NULL, nll_mla = 0, cnt_mla = 0;
     int nrow = a->ng * a->nr;
     PplRow *rows = xmalloc(nrow * sizeof(PplRow));
@@ -1116,7 +1155,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
                 engine_feed(&r->e, x, k, 1, out);
                 engine_feed(&r->e, x + k, W - k, 0, out + (size_t)k * V);
                 for (int t = k; t + 1 < W; t++) {
-                    float *p = ref + (size_t)t * V, *q = out + (size_t)t * V, pc[V];
+                    float *p = ref + (size_t)t * V, *q = out + (size_t)t * V;
                     memcpy(pc, p, V * sizeof(float));
                     double d = kl_div(pc, q, V);
                     int b = 0;
@@ -1137,9 +1176,9 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
             free_engine(&r->e); free((void *)r->s.rms_fix);
         }
         fflush(stdout);
-        free_engine(&em);
+        free_engine(&em); free((void *)mla.rms_fix);
     }
-    free(rows); free(ref); free(out); free(ids); free(text); free(U); free(ev);
+    free(rows); free(ref); free(out); free(pc); free(ids); free(text); free(U); free(ev);
 }
 
 static const Config *bench_shape(const char *name) {
@@ -1170,36 +1209,40 @@ static const Config *bench_shape(const char *name) {
 int main(int argc, char **argv) {
     Args a = {0};
     a.mode = "generate"; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
-    a.temp = 0.8f; a.topp = 0.9f; a.split = 1; a.ctx = "1024,2048,4096,8192,16384,32768";
+    a.temp = 0.8f; a.topp = 0.9f; a.split = 1;
     a.ng = 0; a.T[0] = T_NONE; a.nT = 1; a.r[0] = RMS_LOCAL; a.nr = 1;
+    a.nctx = parse_list("1024,2048,4096,8192,16384,32768", NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ);
     if (argc < 2 || argv[1][0] == '-') usage();
     a.model = argv[1];
+    static const char *MODES[] = {"generate", "logits", "ppl", "tokenize", "bench"};
+    int mode;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "-F")) { a.dense = 1; continue; }
-        if (argv[i][0] != '-' || strlen(argv[i]) != 2 || i + 1 >= argc) usage();
+        if (argv[i][0] != '-' || strlen(argv[i]) != 2) die("'%s': expected a flag such as -n; ./run alone lists them", argv[i]);
+        if (i + 1 >= argc) die("%s: needs a value", argv[i]);
         const char *v = argv[++i];
         switch (argv[i - 1][1]) {
-        case 'm': a.mode = v; break;
+        case 'm': parse_list(v, MODES, 5, &mode, 1, "-m", 0); a.mode = MODES[mode]; break;
         case 'd': if (strcmp(v, "cpu") && strcmp(v, "gpu")) die("-d: cpu or gpu, not '%s'", v); a.gpu = !strcmp(v, "gpu"); break;
-        case 'K': a.ngpu = atoi(v); if (a.ngpu <= 0) die("-K: a positive GPU count, not '%s'", v); break;
+        case 'K': a.ngpu = parse_int(v, "-K", 1, 1024); break;
         case 'P': if (strcmp(v, "mla") && strcmp(v, "tpla")) die("-P: mla or tpla, not '%s'", v); a.tpla = !strcmp(v, "tpla"); break;
-        case 'g': a.ng = parse_list(v, NULL, 0, a.g, 8, "-g"); break;
-        case 'T': a.nT = parse_list(v, T_NAMES, 3, a.T, 3, "-T"); break;
-        case 'r': a.nr = parse_list(v, R_NAMES, 2, a.r, 2, "-r"); break;
-        case 'k': a.k = atoi(v); if (a.k < 0) die("-k: a token count >= 0"); break;
+        case 'g': a.ng = parse_list(v, NULL, 0, a.g, 8, "-g", TPLA_MAX_LATENT); break;
+        case 'T': a.nT = parse_list(v, T_NAMES, 3, a.T, 3, "-T", 0); break;
+        case 'r': a.nr = parse_list(v, R_NAMES, 2, a.r, 2, "-r", 0); break;
+        case 'k': a.k = parse_int(v, "-k", 0, TPLA_MAX_SEQ); break;
         case 'c': a.calib = v; break;
         case 'w': if (strcmp(v, "rep") && strcmp(v, "split")) die("-w: rep or split, not '%s'", v); a.split = !strcmp(v, "split"); break;
         case 'i': a.prompt = v; break;
-        case 'n': a.steps = atoi(v); break;
-        case 't': a.temp = atof(v); if (a.temp < 0) die("-t: temperature >= 0"); break;
-        case 'p': a.topp = atof(v); break;
-        case 's': a.seed = atoi(v); break;
+        case 'n': a.steps = parse_int(v, "-n", 1, TPLA_MAX_SEQ); break;
+        case 't': a.temp = parse_float(v, "-t", 0, 100); break;
+        case 'p': a.topp = parse_float(v, "-p", 0, 1); break;
+        case 's': a.seed = parse_int(v, "-s", 0, 2147483647); break;
         case 'f': a.in = v; break;
         case 'o': a.out = v; break;
-        case 'b': a.batch = atoi(v); if (a.batch < 0) die("-b: batch >= 0"); break;
-        case 'l': a.ctx = v; break;
-        case 'R': a.rank_of = atoi(v); if (a.rank_of <= 0) die("-R: a positive GPU count, not '%s'", v); break;
-        default: usage();
+        case 'b': a.batch = parse_int(v, "-b", 0, 1 << 20); break;
+        case 'l': a.nctx = parse_list(v, NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ); break;
+        case 'R': a.rank_of = parse_int(v, "-R", 1, 1024); break;
+        default: die("%s: unknown flag; ./run alone lists them", argv[i - 1]);
         }
     }
     int have = gpu_count();
@@ -1217,25 +1260,26 @@ int main(int argc, char **argv) {
         const Config *shape = bench_shape(a.model);
         Model m;
         if (!shape) { build_model(&m, a.model); shape = &m.c; }
-        int ctx[16], nctx = parse_list(a.ctx, NULL, 0, ctx, 16, "-l"), ffn = a.dense || !strcmp(a.model, "v2lite");
+        int ffn = a.dense || !strcmp(a.model, "v2lite");
         Scheme s = {a.g[0], a.r[0], NULL, a.split};
         int K = a.rank_of ? a.rank_of : a.ngpu;
         char csv[256];
         snprintf(csv, sizeof(csv), "bench_%s_%s%d_g%d.csv", shape == &m.c ? "model" : a.model, a.rank_of ? "R" : "K", K, s.g);
         if (a.k > 0) gpu_bench_prefill(shape, &s, a.ngpu, a.k, ffn, a.model);   // on all K GPUs (-R does not apply)
-        else gpu_bench(shape, &s, K, a.rank_of > 0, a.batch, ctx, nctx, ffn, a.steps > 0 ? a.steps : 20, a.model, csv);
+        else gpu_bench(shape, &s, K, a.rank_of > 0, a.batch, a.ctx, a.nctx, ffn, a.steps > 0 ? a.steps : 20, a.model, csv);
         return 0;
     }
     Model m;
     build_model(&m, a.model);
-    for (int i = 0; i < a.ng; i++)
+    for (int i = 0; i < a.ng && a.tpla; i++)
         if (m.c.dc % a.g[i]) die("-g %d: the shard count must divide kv_lora_rank %d", a.g[i], m.c.dc);
     Tokenizer tok;
     build_tokenizer(&tok, &m);
     char calib[1024];
     if (!a.calib) {   // default calibration text: calib.txt beside the model
         const char *sl = strrchr(a.model, '/');
-        snprintf(calib, sizeof(calib), "%.*scalib.txt", sl ? (int)(sl - a.model + 1) : 0, a.model);
+        if (snprintf(calib, sizeof(calib), "%.*scalib.txt", sl ? (int)(sl - a.model + 1) : 0, a.model) >= (int)sizeof(calib))
+            die("%s: path too long to find calib.txt beside it; give -c", a.model);
         a.calib = calib;
     }
     if (!strcmp(a.mode, "tokenize")) {
@@ -1254,8 +1298,6 @@ int main(int argc, char **argv) {
         mode_logits(&m, &a, &tok, a.gpu);
     } else if (!strcmp(a.mode, "ppl")) {
         mode_ppl(&m, &a, &tok, a.gpu);
-    } else {
-        die("-m: unknown mode '%s'", a.mode);
     }
     if (tok.n) free_tokenizer(&tok);
     free_model(&m);

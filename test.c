@@ -5,6 +5,9 @@
 #include "run.c"
 #include <sys/wait.h>
 #include <limits.h>
+#ifndef BIN
+#define BIN "./"   // where the run and convert under test are (make asan: asan/)
+#endif
 
 static int n_pass, n_fail, n_skip;
 static char tmp[256];   // a scratch directory for converted fixtures and bad inputs
@@ -149,7 +152,7 @@ typedef struct { const char *name; Model m; int *ids; int n; float *hf; } Fixtur
 static void load_fixture(Fixture *f, const char *name) {
     char cmd[512], path[512];
     f->name = name;
-    snprintf(cmd, sizeof(cmd), "./convert tests/data/%s %s/%s.bin", name, tmp, name);
+    snprintf(cmd, sizeof(cmd), BIN "convert tests/data/%s %s/%s.bin", name, tmp, name);
     if (sh(cmd)) die("%s failed", cmd);
     snprintf(path, sizeof(path), "%s/%s.bin", tmp, name);
     build_model(&f->m, path);
@@ -270,6 +273,7 @@ static void test_transforms(Fixture *f) {
     }
     check("eigensolver (40x40): max |A v - lambda v|", res <= 1e-10, res, 1e-10);
     check("eigensolver: eigenvalues in decreasing order", sorted, !sorted, 0);
+    free(A); free(A0); free(V); free(ev);
     // PCA on the fixture: orthogonal, energy in the first shard
     Tokenizer tok;
     build_tokenizer(&tok, &f->m);
@@ -576,7 +580,7 @@ static void test_errors(void) {
         if (i == 4) snprintf(cmd, sizeof(cmd), cases[i].make, bin, bin, bad);
         else snprintf(cmd, sizeof(cmd), cases[i].make, bin, bad);
         sh(cmd);
-        snprintf(cmd, sizeof(cmd), "./run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
         int rc = sh(cmd);
         char name[128];
         snprintf(name, sizeof(name), "load error exits non-zero: %s (exit code)", cases[i].name);
@@ -590,7 +594,7 @@ static void test_errors(void) {
         {"unknown mode", "-m nonsense"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
-        snprintf(cmd, sizeof(cmd), "./run %s -d cpu %s", bin, flags[i].args);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", bin, flags[i].args);
         int rc = sh(cmd);
         char name[128];
         snprintf(name, sizeof(name), "bad flag exits non-zero: %s", flags[i].name);
@@ -619,7 +623,7 @@ static void test_convert(void) {
             snprintf(cmd, sizeof(cmd), bad[i].edit, dir);
             ok = ok && sh(cmd) == 0;
         }
-        snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, out);
+        snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, out);
         int rc = sh(cmd);
         snprintf(cmd, sizeof(cmd), "ls %s*", out);   // neither OUT nor OUT.tmp may exist
         char name[128];
@@ -955,6 +959,7 @@ int main(void) {
         for (int i = 0; i < 3; i++) test_gpu_model(&fx[i], k);
         if (k < 4) skip("GPU checks on 4 GPUs", "fewer than 4 GPUs present");
     }
+    for (int i = 0; i < 3; i++) { free_model(&fx[i].m); free(fx[i].ids); free(fx[i].hf); }
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
     sh(cmd);

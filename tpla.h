@@ -124,23 +124,83 @@ static inline uint64_t weights_offset(const Config *c) {
     return ((uint64_t)TPLA_HEADER + (uint64_t)c->tok_bytes + 63) & ~(uint64_t)63;
 }
 
-// A config every engine can run, or an error message (NULL when fine).
+// Limits on every field that sizes something, checked by config_error for run and convert alike.
+// Generous for real models (DeepSeek-V3: dim 7168, 61 layers, 128 heads, vocab 129280, kv_lora 512,
+// 256 experts of 2048) and small enough that every size is exact: each tensor is below 2^48 bytes,
+// all the weights below 2^60, so the 64-bit sums in tensor_layout cannot wrap, and every count the
+// engines compute in int (H * (dn + dr), vocab * 4, n_shared * moe_inter * 4, dc * dc) fits.
+#define TPLA_MAX_DIM     (1 << 16)   // hidden_size, q_lora_rank
+#define TPLA_MAX_LAYERS  1024
+#define TPLA_MAX_HEADS   1024
+#define TPLA_MAX_VOCAB   (1 << 22)
+#define TPLA_MAX_LATENT  (1 << 13)   // kv_lora_rank
+#define TPLA_MAX_HEAD    1024        // qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+#define TPLA_MAX_INTER   (1 << 18)   // intermediate_size, moe_intermediate_size
+#define TPLA_MAX_EXPERTS 1024        // n_routed_experts (also bounds n_group, num_experts_per_tok)
+#define TPLA_MAX_SHARED  64          // n_shared_experts
+#define TPLA_MAX_SEQ     (1 << 24)   // max_position_embeddings, original_max_position_embeddings
+#define TPLA_MAX_TOK     (1 << 30)   // bytes of the tokenizer block
+
+// A config every engine can run, or a message naming the field, its value and what is allowed (NULL
+// when fine). Fields are checked in order, so a bound may use a field checked before it.
 static inline const char *config_error(const Config *c) {
-    if (c->dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->vocab <= 0) return "dim, n_layers, n_heads and vocab must be positive";
-    if (c->dc <= 0 || c->dn <= 0 || c->dr <= 0 || c->dv <= 0) return "kv_lora_rank and the head dims must be positive";
-    if (c->dr % 2) return "qk_rope_head_dim must be even";
-    if (c->q_lora < 0 || c->inter < 0 || c->moe_inter < 0 || c->n_shared < 0 || c->first_dense < 0) return "negative size";
-    if (c->first_dense < c->n_layers && c->n_experts > 0) {
-        if (c->topk <= 0 || c->topk > c->n_experts) return "num_experts_per_tok must be in [1, n_routed_experts]";
-        if (c->moe_inter <= 0) return "moe_intermediate_size must be positive";
-        if (c->routing != ROUTE_SOFTMAX_GREEDY) {
-            if (c->n_group <= 0 || c->n_experts % c->n_group) return "n_group must divide n_routed_experts";
-            if (c->topk_group <= 0 || c->topk_group > c->n_group) return "topk_group must be in [1, n_group]";
-            if (c->routing == ROUTE_SIGMOID_GROUP && c->n_experts / c->n_group < 2) return "noaux_tc routing needs 2+ experts per group";
+    static char msg[200];
+    int moe = c->n_experts > 0 && c->first_dense < c->n_layers, dense = c->first_dense > 0 || c->n_experts == 0;
+    int group = c->routing != ROUTE_SOFTMAX_GREEDY;
+    const struct { const char *name; int v; long lo, hi; } ints[] = {
+        {"hidden_size", c->dim, 1, TPLA_MAX_DIM},
+        {"num_hidden_layers", c->n_layers, 1, TPLA_MAX_LAYERS},
+        {"num_attention_heads", c->n_heads, 1, TPLA_MAX_HEADS},
+        {"vocab_size", c->vocab, 1, TPLA_MAX_VOCAB},
+        {"q_lora_rank", c->q_lora, 0, TPLA_MAX_DIM},
+        {"kv_lora_rank", c->dc, 1, TPLA_MAX_LATENT},
+        {"qk_nope_head_dim", c->dn, 1, TPLA_MAX_HEAD},
+        {"qk_rope_head_dim", c->dr, 2, TPLA_MAX_HEAD},
+        {"v_head_dim", c->dv, 1, TPLA_MAX_HEAD},
+        {"n_routed_experts", c->n_experts, 0, TPLA_MAX_EXPERTS},
+        {"first_k_dense_replace", c->first_dense, 0, c->n_layers},
+        {"intermediate_size", c->inter, dense, TPLA_MAX_INTER},
+        {"moe_intermediate_size", c->moe_inter, moe, TPLA_MAX_INTER},
+        {"n_shared_experts", c->n_shared, 0, TPLA_MAX_SHARED},
+        {"num_experts_per_tok", c->topk, moe, c->n_experts},
+        {"n_group", c->n_group, moe && group, c->n_experts},
+        {"topk_group", c->topk_group, moe && group, c->n_group},
+        {"routing (topk_method)", c->routing, 0, 2},
+        {"norm_topk_prob", c->norm_topk, 0, 1},
+        {"rope type", c->rope_type, 0, 1},
+        {"rope_interleave", c->rope_interleave, 0, 1},
+        {"rope truncate", c->yarn_truncate, 0, 1},
+        {"max_position_embeddings", c->max_seq, 1, TPLA_MAX_SEQ},
+        {"original_max_position_embeddings", c->yarn_orig_max, 1, TPLA_MAX_SEQ},
+        {"bos_token_id", c->bos, -1, c->vocab - 1},
+        {"eos_token_id", c->eos, -1, c->vocab - 1},
+        {"tokenizer block size", c->tok_bytes, 0, TPLA_MAX_TOK},
+    };
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi) {
+            snprintf(msg, sizeof(msg), "%s = %d; allowed: %ld to %ld%s", ints[i].name, ints[i].v, ints[i].lo, ints[i].hi,
+                     ints[i].lo < 0 ? " (-1: none)" : "");
+            return msg;
         }
-    }
-    if ((c->first_dense > 0 || c->n_experts == 0) && c->inter <= 0) return "intermediate_size must be positive";
-    if (c->tok_bytes < 0) return "negative tokenizer size";
+    if (c->dr % 2) return "qk_rope_head_dim must be even";
+    if (moe && group && c->n_experts % c->n_group) return "n_group must divide n_routed_experts";
+    if (moe && c->routing == ROUTE_SIGMOID_GROUP && c->n_experts / c->n_group < 2) return "noaux_tc routing needs 2+ experts per group";
+    // floats: finite and in a range where the math stays finite (!(x >= lo && x <= hi) also catches NaN)
+    const struct { const char *name; float v; double lo, hi; } fl[] = {
+        {"rms_norm_eps", c->eps, 0, 1},
+        {"routed_scaling_factor", c->routed_scale, 0, 1e3},
+        {"rope_theta", c->rope_theta, 2, 1e12},
+        {"rope factor", c->yarn_factor, 1e-3, 1e6},
+        {"beta_fast", c->yarn_beta_fast, 1e-3, 1e6},
+        {"beta_slow", c->yarn_beta_slow, 1e-3, 1e6},
+        {"rope attention factor", c->rope_attn, 1e-3, 1e3},
+        {"softmax scale", c->softmax_scale, 1e-6, 1e3},
+    };
+    for (size_t i = 0; i < sizeof(fl) / sizeof(fl[0]); i++)
+        if (!(fl[i].v >= fl[i].lo && fl[i].v <= fl[i].hi)) {
+            snprintf(msg, sizeof(msg), "%s = %g; allowed: %g to %g", fl[i].name, fl[i].v, fl[i].lo, fl[i].hi);
+            return msg;
+        }
     return NULL;
 }
 
@@ -342,6 +402,55 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int ngpu, int n, int ff
 // errors: every check prints where and why, then exits non-zero
 
 #define die(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(1); } while (0)
+
+#ifndef __CUDACC__
+// Output files (run -o, convert OUT) are written to OUT.tmp and renamed to OUT at the end. The
+// temporary is removed at exit and on SIGINT, SIGTERM and SIGHUP unless the rename happened, so a run
+// that fails leaves no file behind. SIGXFSZ is ignored: a file size limit fails the write, as a full
+// disk does.
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+static char out_tmp[4096];   // the temporary being written; empty when there is none
+static inline void out_cleanup(void) { if (out_tmp[0]) unlink(out_tmp); }
+static inline void out_on_signal(int sig) { out_cleanup(); signal(sig, SIG_DFL); raise(sig); }
+
+// Refuses an OUT that exists and is not a regular file, and creates OUT.tmp (so call it before the
+// long work: a path that cannot be written fails at once).
+static inline FILE *out_open(const char *out) {
+    struct stat st;
+    if (stat(out, &st) == 0 && !S_ISREG(st.st_mode)) die("%s: exists and is not a regular file; give the path of a file", out);
+    if (snprintf(out_tmp, sizeof(out_tmp), "%s.tmp", out) >= (int)sizeof(out_tmp)) die("%s: path too long", out);
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++)
+        if (signal(sigs[i], out_on_signal) == SIG_IGN) signal(sigs[i], SIG_IGN);   // under nohup, stay immune
+    signal(SIGXFSZ, SIG_IGN);
+    atexit(out_cleanup);
+    unlink(out_tmp);   // a temporary left by a killed run
+    int fd = open(out_tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (!f) { int e = errno; out_tmp[0] = 0; die("%s.tmp: cannot create (%s)", out, strerror(e)); }
+    return f;
+}
+
+static inline void out_write(FILE *f, const void *p, size_t n) {
+    if (n && fwrite(p, 1, n, f) != n) die("%s: write failed (%s); is the disk full?", out_tmp, strerror(errno));
+}
+
+// Flushes and closes OUT.tmp (a write that fails only here fails the run too), then renames it to OUT.
+static inline void out_close(FILE *f, const char *out) {
+    errno = 0;
+    int e = fflush(f) != 0 || ferror(f) ? (errno ? errno : EIO) : 0;
+    if (fclose(f) != 0 && !e) e = errno;
+    if (e) die("%s: write failed (%s); is the disk full?", out_tmp, strerror(e));
+    if (rename(out_tmp, out) != 0) die("cannot rename %s to %s (%s)", out_tmp, out, strerror(errno));
+    out_tmp[0] = 0;
+}
+#endif
 
 #ifdef __CUDACC__
 #define CUDA_CHECK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) \
