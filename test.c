@@ -3,6 +3,7 @@
 //   make test
 #define TESTING
 #include "run.c"
+#include <stddef.h>
 #include <sys/wait.h>
 #include <limits.h>
 #ifndef BIN
@@ -49,7 +50,7 @@ static double close_logits(const float *a, const float *ref, int T, int V, doubl
 
 static int sh(const char *cmd) {   // runs a command quietly, returns its exit status
     char buf[1024];
-    snprintf(buf, sizeof(buf), "%s >/dev/null 2>&1", cmd);
+    snprintf(buf, sizeof(buf), "( %s ) >/dev/null 2>&1", cmd);
     int s = system(buf);
     return WIFEXITED(s) ? WEXITSTATUS(s) : -1;
 }
@@ -563,72 +564,278 @@ static void test_tokenizer(const Fixture *fx) {
     free(tx); free(buf);
 }
 
-// every bad input ends with a message and a non-zero exit, never a crash
-static void test_errors(void) {
+// Bad and hostile inputs: a damaged checkpoint or config, bad flags, odd files, a failed write, an
+// interrupted run. Each must exit with code 1 (a crash exits otherwise; a sanitizer report, with
+// make asan, exits 66), say what is wrong (its stderr is searched for the words), and leave no file.
+
+static char err_path[300];   // the stderr of the last command
+
+// cmd fails with exit code 1, its stderr holds msg, and neither out nor out.tmp exists (out may be NULL)
+static void expect_error(const char *name, const char *cmd, const char *msg, const char *out) {
+    char full[1500], tmpout[400], nm[200];
+    snprintf(full, sizeof(full), "( %s ) >/dev/null 2>%s", cmd, err_path);
+    int st = system(full), rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1, left = 0;
+    char *err = read_file(err_path, NULL);
+    if (out) {
+        snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
+        left = access(out, F_OK) == 0 || access(tmpout, F_OK) == 0;
+    }
+    int ok = rc == 1 && strstr(err, msg) && !left;
+    snprintf(nm, sizeof(nm), "%s: exit 1, says '%s'%s", name, msg, out ? ", no file left" : "");
+    check(nm, ok, rc, 1);
+    if (!ok) printf("    %s\n    stderr: %s", cmd, err);
+    free(err);
+}
+
+static void expect_ok(const char *name, const char *cmd) {
+    char full[1500], nm[200];
+    snprintf(full, sizeof(full), "( %s ) >/dev/null 2>%s", cmd, err_path);
+    int st = system(full), rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(nm, sizeof(nm), "%s: exit 0", name);
+    check(nm, rc == 0, rc, 0);
+    if (rc) { char *err = read_file(err_path, NULL); printf("    %s\n    stderr: %s", cmd, err); free(err); }
+}
+
+// a copy of the checkpoint src with one config field (at offset off in Config) set to v
+static void craft(const char *src, const char *dst, size_t off, int is_float, double v) {
+    size_t len;
+    char *buf = read_file(src, &len);
+    if (is_float) { float x = v; memcpy(buf + 8 + off, &x, 4); } else { int x = (int)v; memcpy(buf + 8 + off, &x, 4); }
+    FILE *f = fopen(dst, "wb");
+    if (!f || fwrite(buf, 1, len, f) != len || fclose(f)) die("%s: cannot write", dst);
+    free(buf);
+}
+
+// a damaged checkpoint: every load fails at once, before any work
+static void test_load_errors(void) {
     char cmd[1024], bin[300], bad[300];
     snprintf(bin, sizeof(bin), "%s/v3.bin", tmp);
-    struct { const char *name, *make; } cases[] = {
-        {"missing model file", "true"},
-        {"truncated model.bin", "head -c 5000 %s > %s"},
-        {"model.bin cut by one byte", "head -c -1 %s > %s"},
-        {"wrong magic", "(printf 'XXXX'; tail -c +5 %s) > %s"},
-        {"wrong version", "(head -c 4 %s; printf '\\143\\0\\0\\0'; tail -c +9 %s) > %s"},
-        {"a file that is not a checkpoint", ": %s; head -c 600 tests/data/tok.txt > %s"},
+    struct { const char *name, *make, *msg; } cases[] = {
+        {"missing model file", "true", "No such file"},
+        {"truncated model.bin", "head -c 5000 %s > %s", "truncated"},
+        {"model.bin cut by one byte", "head -c -1 %s > %s", "truncated or damaged"},
+        {"wrong magic", "(printf 'XXXX'; tail -c +5 %s) > %s", "not a tpla checkpoint"},
+        {"wrong version", "(head -c 4 %s; printf '\\143\\0\\0\\0'; tail -c +9 %s) > %s", "version 99"},
+        {"a file that is not a checkpoint", ": %s; head -c 600 tests/data/tok.txt > %s", "not a tpla checkpoint"},
+        {"a directory as the model", "rm -rf %s; mkdir %s", "is a directory"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(bad, sizeof(bad), "%s/bad%zu.bin", tmp, i);
         if (i == 4) snprintf(cmd, sizeof(cmd), cases[i].make, bin, bin, bad);
+        else if (i == 6) snprintf(cmd, sizeof(cmd), cases[i].make, bad, bad);
         else snprintf(cmd, sizeof(cmd), cases[i].make, bin, bad);
         sh(cmd);
         snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
-        int rc = sh(cmd);
-        char name[128];
-        snprintf(name, sizeof(name), "load error exits non-zero: %s (exit code)", cases[i].name);
-        check(name, rc > 0 && rc < 128, rc, 1);
+        expect_error(cases[i].name, cmd, cases[i].msg, NULL);
     }
-    struct { const char *name, *args; } flags[] = {
-        {"-P tpla -g 3 (does not divide the latent)", "-P tpla -g 3 -n 2"},
-        {"-T pca with a missing calibration file", "-P tpla -T pca -g 2 -n 2 -c /nonexistent/calib.txt"},
-        {"-m logits without -f", "-m logits"},
-        {"a token id outside the vocabulary", "-m logits -f tests/data/tok_ids.txt -o /dev/null"},
-        {"unknown mode", "-m nonsense"},
+    // a header with one field out of its range (config_error), or in range but not matching the file;
+    // bos/eos/n_group/dims used to read past arrays or size a stack array; a wrapped size passed the check
+    char v2[300];
+    snprintf(v2, sizeof(v2), "%s/v2.bin", tmp);
+    struct { const char *name; int v2; size_t off; int is_float; double v; const char *msg; } hdr[] = {
+        {"bos_token_id past the vocabulary", 0, offsetof(Config, bos), 0, 4364, "bos_token_id = 4364"},
+        {"eos_token_id below -1", 0, offsetof(Config, eos), 0, -7, "eos_token_id = -7"},
+        {"n_group negative, greedy routing (v2)", 1, offsetof(Config, n_group), 0, -3, "n_group = -3"},
+        {"n_group 2^30, greedy routing (v2)", 1, offsetof(Config, n_group), 0, 1 << 30, "n_group"},
+        {"topk_group above n_group", 0, offsetof(Config, topk_group), 0, 9, "topk_group"},
+        {"kv_lora_rank 2^30", 0, offsetof(Config, dc), 0, 1 << 30, "kv_lora_rank"},
+        {"num_hidden_layers 2^31 - 1", 0, offsetof(Config, n_layers), 0, 2147483647, "num_hidden_layers"},
+        {"hidden_size negative", 0, offsetof(Config, dim), 0, -64, "hidden_size"},
+        {"vocab_size 2e8", 0, offsetof(Config, vocab), 0, 2e8, "vocab_size"},
+        {"first_k_dense_replace negative", 0, offsetof(Config, first_dense), 0, -1, "first_k_dense_replace"},
+        {"routing 7", 0, offsetof(Config, routing), 0, 7, "routing"},
+        {"tokenizer size negative", 0, offsetof(Config, tok_bytes), 0, -5, "tokenizer block size"},
+        {"rms_norm_eps NaN", 0, offsetof(Config, eps), 1, NAN, "rms_norm_eps"},
+        {"softmax scale infinite", 0, offsetof(Config, softmax_scale), 1, INFINITY, "softmax scale"},
+        {"rope_theta 0", 0, offsetof(Config, rope_theta), 1, 0, "rope_theta"},
+        {"rope factor negative", 0, offsetof(Config, yarn_factor), 1, -1, "rope factor"},
+        {"hidden_size in range but not the file's", 0, offsetof(Config, dim), 0, 128, "truncated or damaged"},
+    };
+    for (size_t i = 0; i < sizeof(hdr) / sizeof(hdr[0]); i++) {
+        snprintf(bad, sizeof(bad), "%s/hdr%zu.bin", tmp, i);
+        craft(hdr[i].v2 ? v2 : bin, bad, hdr[i].off, hdr[i].is_float, hdr[i].v);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i x -n 2", bad);
+        char nm[128];
+        snprintf(nm, sizeof(nm), "header: %s", hdr[i].name);
+        expect_error(nm, cmd, hdr[i].msg, NULL);
+    }
+    // at every limit at once the weights' size is still exact in 64 bits (a double sum agrees)
+    Config c;
+    memset(&c, 0, sizeof(c));
+    c.dim = TPLA_MAX_DIM; c.n_layers = TPLA_MAX_LAYERS; c.n_heads = TPLA_MAX_HEADS; c.vocab = TPLA_MAX_VOCAB;
+    c.q_lora = TPLA_MAX_DIM; c.dc = TPLA_MAX_LATENT; c.dn = c.dr = c.dv = TPLA_MAX_HEAD; c.inter = c.moe_inter = TPLA_MAX_INTER;
+    c.n_experts = TPLA_MAX_EXPERTS; c.n_shared = TPLA_MAX_SHARED; c.topk = 8; c.first_dense = 0;
+    c.max_seq = c.yarn_orig_max = TPLA_MAX_SEQ; c.bos = c.eos = -1; c.tok_bytes = TPLA_MAX_TOK; c.yarn_truncate = 1;
+    c.eps = 1e-6f; c.routed_scale = 1; c.rope_theta = 1e4f; c.yarn_factor = c.yarn_beta_fast = c.yarn_beta_slow = 1;
+    c.rope_attn = 1; c.softmax_scale = 0.1f;
+    uint64_t bytes;
+    int nt = tensor_layout(&c, NULL, &bytes);
+    Tensor *t = xmalloc(nt * sizeof(Tensor));
+    tensor_layout(&c, t, NULL);
+    double sum = 0;
+    for (int i = 0; i < nt; i++) sum += (double)t[i].n0 * t[i].n1 * t[i].n2 * (t[i].f32 ? 4 : 2);
+    free(t);
+    double rel = fabs((double)bytes - sum) / sum;
+    check("every dimension at its limit: a valid config; weights' bytes vs a double sum", !config_error(&c) && rel < 1e-9 && bytes < (1ull << 60), rel, 1e-9);
+}
+
+// bad flags, odd files, failed writes, too little calibration text; the normal uses still exit 0
+static void test_run_errors(void) {
+    char cmd[1024], bin[300], out[300], nob[300];
+    snprintf(bin, sizeof(bin), "%s/v3.bin", tmp);
+    const char *ids = "tests/data/v3/ids.txt";
+    struct { const char *args, *msg; } flags[] = {
+        {"-n -5", "-n: '-5' is not an integer from 1"}, {"-n abc", "-n: 'abc'"}, {"-n 2147483647", "-n: '2147483647'"},
+        {"-g 2abc", "-g: '2abc'"}, {"-g 4294967298", "-g: '4294967298'"}, {"-g 2,,4", "-g: '2,,4' is not a list"},
+        {"-t abc", "-t: 'abc' is not a number"}, {"-t -1", "-t: '-1'"}, {"-p 2", "-p: '2'"}, {"-p nan", "-p: 'nan'"},
+        {"-k -1", "-k: '-1'"}, {"-K 0", "-K: '0'"}, {"-s 1e3", "-s: '1e3'"}, {"-b -1", "-b: '-1'"},
+        {"-l 0,5", "-l: '0'"}, {"-R 0", "-R: '0'"}, {"-m nonsense", "-m: unknown value 'nonsense'"},
+        {"-T pca,foo", "-T: unknown value 'foo'"}, {"-r lokal", "-r: unknown value"}, {"-d tpu", "-d: cpu or gpu"},
+        {"-x 1", "-x: unknown flag"}, {"-n", "-n: needs a value"},
+        {"-P tpla -g 3", "-g 3: the shard count must divide"},
+        {"-P tpla -T pca -c /nonexistent/calib.txt", "/nonexistent/calib.txt: cannot open (No such file"},
+        {"-P tpla -T pca -c tests/data", "tests/data: is a directory"},
+        {"-m ppl -f tests/data", "tests/data: is a directory"},
+        {"-m logits -o x.f32", "-m logits needs -f IDS and -o OUT.f32"},
+        {"-m logits -f tests/data/tok_ids.txt -o ids.f32", "2319 ids; need 1 to 256"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", bin, flags[i].args);
-        int rc = sh(cmd);
-        char name[128];
-        snprintf(name, sizeof(name), "bad flag exits non-zero: %s", flags[i].name);
-        check(name, rc > 0 && rc < 128, rc, 1);
+        char nm[128];
+        snprintf(nm, sizeof(nm), "flags %s", flags[i].args);
+        expect_error(nm, cmd, flags[i].msg, NULL);
     }
+    snprintf(cmd, sizeof(cmd), "echo '1 2 600' > %s/ids600.txt; " BIN "run %s -d cpu -m logits -f %s/ids600.txt -o %s/o600.f32", tmp, bin, tmp, tmp);
+    snprintf(out, sizeof(out), "%s/o600.f32", tmp);
+    expect_error("a token id outside the vocabulary", cmd, "token id 600 outside the vocabulary [0, 512)", out);
+    // an empty sequence: an empty prompt on a model without BOS
+    snprintf(nob, sizeof(nob), "%s/nobos.bin", tmp);
+    craft(bin, nob, offsetof(Config, bos), 0, -1);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i '' -n 2", nob);
+    expect_error("an empty prompt, no BOS", cmd, "the prompt is empty", NULL);
+    // -o: not a regular file, an unwritable path (found before the work), a write that fails midway
+    snprintf(out, sizeof(out), "%s/out.f32", tmp);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -o /dev/full", bin, ids);
+    expect_error("-o /dev/full", cmd, "/dev/full: exists and is not a regular file", NULL);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -o %s", bin, ids, tmp);
+    expect_error("-o a directory", cmd, "exists and is not a regular file", NULL);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P tpla -T pca -c tests/data/tok.txt -o %s/no/dir.f32", bin, ids, tmp);
+    expect_error("-o in a missing directory, before PCA calibrates", cmd, "dir.f32.tmp: cannot create (No such file", NULL);
+    char *err = read_file(err_path, NULL);
+    check("-o in a missing directory: fails before the work (no 'calibrating' on stderr)", !strstr(err, "calibrating"), 0, 0);
+    free(err);
+    snprintf(cmd, sizeof(cmd), "ulimit -f 8; " BIN "run %s -d cpu -m logits -f %s -o %s", bin, ids, out);
+    expect_error("-o past a file size limit (a full disk)", cmd, "write failed (File too large)", out);
+    // read_file: a pipe through /dev/stdin, and -o replacing an existing file
+    snprintf(cmd, sizeof(cmd), "echo stale > %s; printf '1 2 3' | " BIN "run %s -d cpu -m logits -f /dev/stdin -o %s", out, bin, out);
+    expect_ok("-f /dev/stdin from a pipe, -o replacing a file", cmd);
+    struct stat st;
+    char tmpout[320];
+    snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
+    int size_ok = stat(out, &st) == 0 && st.st_size == 3 * 512 * 4 && access(tmpout, F_OK) != 0;
+    check("-o: the output holds 3 x 512 logits, no .tmp left (bytes)", size_ok, size_ok ? 0 : 1, 0);
+    // calibration text too short for PCA
+    snprintf(cmd, sizeof(cmd), ": > %s/empty.txt; " BIN "run %s -d cpu -P tpla -T pca -c %s/empty.txt -n 2", tmp, bin, tmp);
+    expect_error("-c an empty calibration file", cmd, "0 calibration tokens, fewer than the 64", NULL);
+    snprintf(cmd, sizeof(cmd), "echo 'hello world' > %s/short.txt; " BIN "run %s -d cpu -P tpla -T pca -c %s/short.txt -n 2", tmp, bin, tmp);
+    expect_error("-c a calibration text of a few tokens", cmd, "calibration tokens, fewer than the 64", NULL);
+    // the normal uses
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i '' -n 4 -t 0", bin);
+    expect_ok("generate: an empty prompt after BOS", cmd);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 8 -P tpla -T hadamard -g 4", bin);
+    expect_ok("generate: TPLA g=4 hadamard, sampled", cmd);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bin);
+    expect_ok("tokenize", cmd);
+    snprintf(cmd, sizeof(cmd), "head -c 1200 tests/data/tok.txt > %s/c.txt; " BIN "run %s -d cpu -m ppl -f %s/c.txt -n 64 -P tpla -g 2,4 -T none,pca -c %s/c.txt",
+             tmp, bin, tmp, tmp);
+    expect_ok("ppl: TPLA g=2,4 none,pca", cmd);
 }
 
-// convert: the fixtures convert (load_fixture); broken copies fail, say why and leave no file behind
+// Starts argv with its output discarded and default signal handling; returns the pid.
+static pid_t spawn(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 1); dup2(fd, 2);
+        signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL); signal(SIGHUP, SIG_DFL);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+// argv blocks reading a FIFO after it has created out.tmp; signal sig must end it and remove out.tmp
+static void expect_signal_cleanup(const char *name, char *const argv[], const char *out, int sig) {
+    char tmpout[400], nm[160];
+    snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
+    pid_t pid = spawn(argv);
+    int tries = 0, st;
+    while (access(tmpout, F_OK) != 0 && ++tries < 3000) usleep(10000);   // up to 30 s
+    kill(pid, tries < 3000 ? sig : SIGKILL);
+    waitpid(pid, &st, 0);
+    int got = WIFSIGNALED(st) ? WTERMSIG(st) : -1;
+    int ok = got == sig && access(tmpout, F_OK) != 0 && access(out, F_OK) != 0;
+    snprintf(nm, sizeof(nm), "%s: killed by %s, no file left (signal)", name, strsignal(sig));
+    check(nm, ok, got, sig);
+}
+
+// convert: broken copies of a fixture fail, say why and leave no file; interrupted runs leave none
 static void test_convert(void) {
-    struct { const char *name, *edit; } bad[] = {
-        {"missing directory", NULL},
-        {"truncated model.safetensors", "truncate -s 200000 %s/model.safetensors"},
-        {"unknown architecture", "sed -i 's/DeepseekV3ForCausalLM/LlamaForCausalLM/' %s/config.json"},
-        {"rope type dynamic", "sed -i 's/\"rope_type\": \"yarn\"/\"rope_type\": \"dynamic\"/' %s/config.json"},
-        {"hidden_size not matching the tensors", "sed -i 's/\"hidden_size\": 64/\"hidden_size\": 48/' %s/config.json"},
-        {"attention_bias true", "sed -i 's/\"attention_bias\": false/\"attention_bias\": true/' %s/config.json"},
+    struct { const char *name, *base, *edit, *msg; } bad[] = {
+        {"missing directory", NULL, NULL, "no such directory"},
+        {"truncated model.safetensors", "v3", "truncate -s 200000 %s/model.safetensors", "truncated"},
+        {"unknown architecture", "v3", "sed -i 's/DeepseekV3ForCausalLM/LlamaForCausalLM/' %s/config.json", "LlamaForCausalLM is not supported"},
+        {"rope type dynamic", "v3", "sed -i 's/\"rope_type\": \"yarn\"/\"rope_type\": \"dynamic\"/' %s/config.json", "rope type \"dynamic\""},
+        {"hidden_size not matching the tensors", "v3", "sed -i 's/\"hidden_size\": 64/\"hidden_size\": 48/' %s/config.json", "has shape"},
+        {"attention_bias true", "v3", "sed -i 's/\"attention_bias\": false/\"attention_bias\": true/' %s/config.json", "attention_bias"},
+        {"bos_token_id past the vocabulary", "v3", "sed -i 's/\"bos_token_id\": 0/\"bos_token_id\": 4364/' %s/config.json", "bos_token_id = 4364"},
+        {"eos_token_id -5", "v3", "sed -i 's/\"eos_token_id\": 0/\"eos_token_id\": -5/' %s/config.json", "eos_token_id = -5"},
+        {"n_group negative, greedy routing", "v2", "sed -i 's/\"n_group\": null/\"n_group\": -3/' %s/config.json", "n_group = -3"},
+        {"topk_group above n_group", "v3", "sed -i 's/\"topk_group\": 2/\"topk_group\": 9/' %s/config.json", "topk_group = 9"},
+        {"max_position_embeddings 0", "v3", "sed -i 's/\"max_position_embeddings\": 256/\"max_position_embeddings\": 0/' %s/config.json", "max_position_embeddings = 0"},
+        {"rope factor -1", "v3", "sed -i 's/\"factor\": 4.0/\"factor\": -1/' %s/config.json", "rope factor = -1"},
+        {"beta_fast -2", "v3", "sed -i 's/\"beta_fast\": 32/\"beta_fast\": -2/' %s/config.json", "beta_fast = -2"},
+        {"rms_norm_eps -1", "v3", "sed -i 's/\"rms_norm_eps\": 1e-06/\"rms_norm_eps\": -1/' %s/config.json", "rms_norm_eps = -1"},
+        {"vocab_size 2e8 (refused before the tokenizer)", "v3", "sed -i 's/\"vocab_size\": 512/\"vocab_size\": 200000000/' %s/config.json", "config.json: vocab_size = 200000000"},
+        {"kv_lora_rank 2^20", "v3", "sed -i 's/\"kv_lora_rank\": 64/\"kv_lora_rank\": 1048576/' %s/config.json", "kv_lora_rank = 1048576"},
+        {"OUT a directory", "v3", "mkdir %s.bin", "exists and is not a regular file"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char dir[300], out[300], cmd[1024];
         snprintf(dir, sizeof(dir), "%s/conv%zu", tmp, i);
         snprintf(out, sizeof(out), "%s/conv%zu.bin", tmp, i);
-        int ok = 1;
         if (bad[i].edit) {
-            snprintf(cmd, sizeof(cmd), "cp -r tests/data/v3 %s", dir);
-            ok = sh(cmd) == 0;
+            snprintf(cmd, sizeof(cmd), "cp -r tests/data/%s %s", bad[i].base, dir);
+            sh(cmd);
             snprintf(cmd, sizeof(cmd), bad[i].edit, dir);
-            ok = ok && sh(cmd) == 0;
+            sh(cmd);
         }
         snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, out);
-        int rc = sh(cmd);
-        snprintf(cmd, sizeof(cmd), "ls %s*", out);   // neither OUT nor OUT.tmp may exist
-        char name[128];
-        snprintf(name, sizeof(name), "convert fails and leaves no file: %s (exit code)", bad[i].name);
-        check(name, ok && rc > 0 && rc < 128 && sh(cmd) != 0, rc, 1);
+        expect_error(bad[i].name, cmd, bad[i].msg, strstr(bad[i].name, "OUT") ? NULL : out);
+    }
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), BIN "convert tests/data/v3 /dev/null");
+    expect_error("convert to /dev/null", cmd, "/dev/null: exists and is not a regular file", NULL);
+    // interrupted: convert waits on a FIFO for model.safetensors, run on a FIFO for -f, each with OUT.tmp open
+    char dir[300], fifo[300], out[300], bin[300], a3[320];
+    snprintf(dir, sizeof(dir), "%s/fifo_hf", tmp);
+    snprintf(cmd, sizeof(cmd), "cp -r tests/data/v3 %s && rm %s/model.safetensors && mkfifo %s/model.safetensors && mkfifo %s/ids.fifo",
+             dir, dir, dir, tmp);
+    if (sh(cmd)) die("%s failed", cmd);
+    snprintf(fifo, sizeof(fifo), "%s/ids.fifo", tmp);
+    snprintf(out, sizeof(out), "%s/sig.out", tmp);
+    snprintf(bin, sizeof(bin), "%s/v3.bin", tmp);
+    snprintf(a3, sizeof(a3), "%s", BIN "convert");
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        char *conv[] = {a3, dir, out, NULL};
+        expect_signal_cleanup("convert interrupted", conv, out, sigs[i]);
+    }
+    snprintf(a3, sizeof(a3), "%s", BIN "run");
+    for (int i = 0; i < 3; i++) {
+        char d[] = "-d", cpu[] = "cpu", m[] = "-m", lg[] = "logits", f[] = "-f", o[] = "-o";
+        char *run[] = {a3, bin, d, cpu, m, lg, f, fifo, o, out, NULL};
+        expect_signal_cleanup("run -m logits -o, interrupted", run, out, sigs[i]);
     }
 }
 
@@ -944,7 +1151,9 @@ int main(void) {
     test_tokenizer(&fx[0]);
     for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
     printf("--- bad inputs\n");
-    test_errors();
+    snprintf(err_path, sizeof(err_path), "%s/stderr.txt", tmp);
+    test_load_errors();
+    test_run_errors();
     test_convert();
     test_moe_limits(fx, 3, ng);
     printf("--- MoE: the edges of the GPU's routed-expert path (GPU parts skipped without a GPU)\n");
