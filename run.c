@@ -1245,6 +1245,8 @@ int main(int argc, char **argv) {
         default: die("%s: unknown flag; ./run alone lists them", argv[i - 1]);
         }
     }
+    if (a.out && strcmp(a.mode, "logits")) die("-o: only -m logits writes a file");
+    if (a.in && (!strcmp(a.mode, "generate") || !strcmp(a.mode, "bench"))) die("-f: -m %s reads no file (the prompt is -i)", a.mode);
     int have = gpu_count();
     if (a.gpu < 0) a.gpu = have > 0;
 #ifdef TPLA_CUDA

@@ -697,6 +697,8 @@ static void test_run_errors(void) {
         {"-P tpla -T pca -c tests/data", "tests/data: is a directory"},
         {"-m ppl -f tests/data", "tests/data: is a directory"},
         {"-m logits -o x.f32", "-m logits needs -f IDS and -o OUT.f32"},
+        {"-m ppl -f tests/data/tok.txt -o x.f32", "-o: only -m logits writes a file"},
+        {"-f tests/data/tok.txt", "-f: -m generate reads no file"},
         {"-m logits -f tests/data/tok_ids.txt -o ids.f32", "2319 ids; need 1 to 256"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
