@@ -926,12 +926,18 @@ static int parse_list(const char *s, const char *const *names, int nnames, int *
     }
 }
 
+// Fails, naming the problem, unless path can be read as a file (reads nothing: a pipe stays whole).
+static void check_input(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0 || access(path, R_OK) != 0) die("%s: cannot open (%s)", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) die("%s: is a directory; give a file", path);
+}
+
 // Reads a whole file (also a pipe or /dev/stdin: it is read to its end) and NUL-terminates it.
 static char *read_file(const char *path, size_t *len) {
+    check_input(path);
     FILE *f = fopen(path, "rb");
     if (!f) die("%s: cannot open (%s)", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) die("%s: is a directory; give a file", path);
     size_t n = 0, cap = 1 << 16, k;
     char *buf = xmalloc(cap);
     while ((k = fread(buf + n, 1, cap - 1 - n, f)) > 0)
@@ -972,9 +978,9 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
     float *U;
     if (T == T_HADAMARD) {
         unsigned long long rng = 0x7f4a7c15ull;
+        if (c->dc & (c->dc - 1)) die("-T hadamard needs kv_lora_rank a power of 2, not %d", c->dc);
         U = xmalloc((size_t)c->n_layers * c->dc * c->dc * sizeof(float));
-        for (int l = 0; l < c->n_layers; l++)
-            if (!hadamard(U + (size_t)l * c->dc * c->dc, c->dc, &rng)) die("-T hadamard needs kv_lora_rank a power of 2, not %d", c->dc);
+        for (int l = 0; l < c->n_layers; l++) hadamard(U + (size_t)l * c->dc * c->dc, c->dc, &rng);
         fold_latent(m, U);
         free(U);
         return;
@@ -1283,6 +1289,10 @@ int main(int argc, char **argv) {
         if (snprintf(calib, sizeof(calib), "%.*scalib.txt", sl ? (int)(sl - a.model + 1) : 0, a.model) >= (int)sizeof(calib))
             die("%s: path too long to find calib.txt beside it; give -c", a.model);
         a.calib = calib;
+    }
+    for (int i = 0; i < a.nT && a.tpla; i++) {   // what the transforms need, checked before any work
+        if (a.T[i] == T_HADAMARD && (m.c.dc & (m.c.dc - 1))) die("-T hadamard needs kv_lora_rank a power of 2, not %d", m.c.dc);
+        if (a.T[i] == T_PCA) check_input(a.calib);
     }
     if (!strcmp(a.mode, "tokenize")) {
         if (!a.in) die("-m tokenize needs -f TEXT");

@@ -1,6 +1,7 @@
 // test.c: tpla's checks. Includes run.c and calls it directly; each check prints its measured error
 // and bound. CPU checks always run; GPU checks run when a GPU is present and are skipped otherwise.
 //   make test
+#define _GNU_SOURCE   // memmem
 #define TESTING
 #include "run.c"
 #include <stddef.h>
@@ -568,41 +569,50 @@ static void test_tokenizer(const Fixture *fx) {
 // interrupted run. Each must exit with code 1 (a crash exits otherwise; a sanitizer report, with
 // make asan, exits 66), say what is wrong (its stderr is searched for the words), and leave no file.
 
-static char err_path[300];   // the stderr of the last command
+static char err_path[300];   // the output (stdout and stderr) of the last command
 
-// cmd fails with exit code 1, its stderr holds msg, and neither out nor out.tmp exists (out may be NULL)
+// cmd fails with exit code 1, its output holds msg, and neither out nor out.tmp exists (out may be NULL)
 static void expect_error(const char *name, const char *cmd, const char *msg, const char *out) {
     char full[1500], tmpout[400], nm[200];
-    snprintf(full, sizeof(full), "( %s ) >/dev/null 2>%s", cmd, err_path);
+    snprintf(full, sizeof(full), "( %s ) >%s 2>&1", cmd, err_path);
     int st = system(full), rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1, left = 0;
-    char *err = read_file(err_path, NULL);
+    size_t len;
+    char *err = read_file(err_path, &len);   // generated text may hold NUL bytes: memmem, not strstr
     if (out) {
         snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
         left = access(out, F_OK) == 0 || access(tmpout, F_OK) == 0;
     }
-    int ok = rc == 1 && strstr(err, msg) && !left;
+    int ok = rc == 1 && memmem(err, len, msg, strlen(msg)) && !left;
     snprintf(nm, sizeof(nm), "%s: exit 1, says '%s'%s", name, msg, out ? ", no file left" : "");
     check(nm, ok, rc, 1);
-    if (!ok) printf("    %s\n    stderr: %s", cmd, err);
+    if (!ok) printf("    %s\n    output: %s", cmd, err);
     free(err);
 }
 
 static void expect_ok(const char *name, const char *cmd) {
     char full[1500], nm[200];
-    snprintf(full, sizeof(full), "( %s ) >/dev/null 2>%s", cmd, err_path);
+    snprintf(full, sizeof(full), "( %s ) >%s 2>&1", cmd, err_path);
     int st = system(full), rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     snprintf(nm, sizeof(nm), "%s: exit 0", name);
     check(nm, rc == 0, rc, 0);
-    if (rc) { char *err = read_file(err_path, NULL); printf("    %s\n    stderr: %s", cmd, err); free(err); }
+    if (rc) { char *err = read_file(err_path, NULL); printf("    %s\n    output: %s", cmd, err); free(err); }
 }
 
-// a copy of the checkpoint src with one config field (at offset off in Config) set to v
-static void craft(const char *src, const char *dst, size_t off, int is_float, double v) {
+// a copy of the checkpoint src with one config field (at offset off in Config) set to v; resize:
+// cut or zero-padded to the size the new config needs, so that it loads
+static void craft(const char *src, const char *dst, size_t off, int is_float, double v, int resize) {
     size_t len;
     char *buf = read_file(src, &len);
     if (is_float) { float x = v; memcpy(buf + 8 + off, &x, 4); } else { int x = (int)v; memcpy(buf + 8 + off, &x, 4); }
     FILE *f = fopen(dst, "wb");
     if (!f || fwrite(buf, 1, len, f) != len || fclose(f)) die("%s: cannot write", dst);
+    if (resize) {
+        Config c;
+        uint64_t bytes;
+        memcpy(&c, buf + 8, sizeof(c));
+        tensor_layout(&c, NULL, &bytes);
+        if (truncate(dst, weights_offset(&c) + bytes)) die("%s: cannot resize", dst);
+    }
     free(buf);
 }
 
@@ -653,7 +663,7 @@ static void test_load_errors(void) {
     };
     for (size_t i = 0; i < sizeof(hdr) / sizeof(hdr[0]); i++) {
         snprintf(bad, sizeof(bad), "%s/hdr%zu.bin", tmp, i);
-        craft(hdr[i].v2 ? v2 : bin, bad, hdr[i].off, hdr[i].is_float, hdr[i].v);
+        craft(hdr[i].v2 ? v2 : bin, bad, hdr[i].off, hdr[i].is_float, hdr[i].v, 0);
         snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i x -n 2", bad);
         char nm[128];
         snprintf(nm, sizeof(nm), "header: %s", hdr[i].name);
@@ -710,9 +720,23 @@ static void test_run_errors(void) {
     snprintf(cmd, sizeof(cmd), "echo '1 2 600' > %s/ids600.txt; " BIN "run %s -d cpu -m logits -f %s/ids600.txt -o %s/o600.f32", tmp, bin, tmp, tmp);
     snprintf(out, sizeof(out), "%s/o600.f32", tmp);
     expect_error("a token id outside the vocabulary", cmd, "token id 600 outside the vocabulary [0, 512)", out);
+    size_t len;
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -P tpla -T pca -c /nonexistent/calib.txt", bin);
+    expect_error("a missing calibration file", cmd, "cannot open", NULL);
+    char *e = read_file(err_path, &len);
+    check("... refused before the work: nothing generated (MLA's 'tok/s' absent)", !memmem(e, len, "tok/s", 5), 0, 0);
+    free(e);
+    // a flag that does not fit the model fails before any work (here: before MLA generates)
+    snprintf(nob, sizeof(nob), "%s/dc96.bin", tmp);
+    craft(bin, nob, offsetof(Config, dc), 0, 96, 1);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i x -n 2 -P tpla -T hadamard -g 2", nob);
+    expect_error("kv_lora_rank 96 (a valid model) with -T hadamard", cmd, "-T hadamard needs kv_lora_rank a power of 2, not 96", NULL);
+    e = read_file(err_path, &len);
+    check("... refused before the work: nothing generated (MLA's 'tok/s' absent)", !memmem(e, len, "tok/s", 5), 0, 0);
+    free(e);
     // an empty sequence: an empty prompt on a model without BOS
     snprintf(nob, sizeof(nob), "%s/nobos.bin", tmp);
-    craft(bin, nob, offsetof(Config, bos), 0, -1);
+    craft(bin, nob, offsetof(Config, bos), 0, -1, 0);
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i '' -n 2", nob);
     expect_error("an empty prompt, no BOS", cmd, "the prompt is empty", NULL);
     // -o: not a regular file, an unwritable path (found before the work), a write that fails midway
@@ -723,9 +747,9 @@ static void test_run_errors(void) {
     expect_error("-o a directory", cmd, "exists and is not a regular file", NULL);
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P tpla -T pca -c tests/data/tok.txt -o %s/no/dir.f32", bin, ids, tmp);
     expect_error("-o in a missing directory, before PCA calibrates", cmd, "dir.f32.tmp: cannot create (No such file", NULL);
-    char *err = read_file(err_path, NULL);
-    check("-o in a missing directory: fails before the work (no 'calibrating' on stderr)", !strstr(err, "calibrating"), 0, 0);
-    free(err);
+    e = read_file(err_path, &len);
+    check("-o in a missing directory: fails before the work (no 'calibrating' in the output)", !memmem(e, len, "calibrating", 11), 0, 0);
+    free(e);
     snprintf(cmd, sizeof(cmd), "ulimit -f 8; " BIN "run %s -d cpu -m logits -f %s -o %s", bin, ids, out);
     expect_error("-o past a file size limit (a full disk)", cmd, "write failed (File too large)", out);
     // read_file: a pipe through /dev/stdin, and -o replacing an existing file
