@@ -4,9 +4,9 @@
 //
 // Reads BF16, F16, F32 and F8_E4M3 with 128x128 block scales (the DeepSeek-V3 and Kimi-K2 releases);
 // writes the header, the tokenizer block and the weights in tensor_layout() order (tpla.h): matrices
-// bf16, vectors float32. The output goes to OUT.bin.tmp and is renamed at the end, so a run that fails
-// leaves no file behind. Assumes a little-endian host, as safetensors files are little-endian.
-// Build: gcc -O2 -Wall -Wextra -std=gnu99 convert.c -o convert -lm
+// bf16, vectors float32. The config is checked first (config_error, the rules run applies). The output
+// goes to OUT.bin.tmp and is renamed at the end, so a run that fails or is interrupted leaves no file.
+// Assumes a little-endian host, as safetensors files are little-endian. Build: make convert
 
 #include <ctype.h>
 #include <errno.h>

@@ -567,9 +567,9 @@ static void test_tokenizer(const Fixture *fx) {
 
 // Bad and hostile inputs: a damaged checkpoint or config, bad flags, odd files, a failed write, an
 // interrupted run. Each must exit with code 1 (a crash exits otherwise; a sanitizer report, with
-// make asan, exits 66), say what is wrong (its stderr is searched for the words), and leave no file.
+// make asan, exits 66), say what is wrong (its output is searched for the words), and leave no file.
 
-static char err_path[300];   // the output (stdout and stderr) of the last command
+static char err_path[300];   // the output (stdout and stderr) of the last command run
 
 // cmd fails with exit code 1, its output holds msg, and neither out nor out.tmp exists (out may be NULL)
 static void expect_error(const char *name, const char *cmd, const char *msg, const char *out) {

@@ -432,8 +432,9 @@ static inline FILE *out_open(const char *out) {
     atexit(out_cleanup);
     unlink(out_tmp);   // a temporary left by a killed run
     int fd = open(out_tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
-    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    if (!f) { int e = errno; out_tmp[0] = 0; die("%s.tmp: cannot create (%s)", out, strerror(e)); }
+    if (fd < 0) { int e = errno; out_tmp[0] = 0; die("%s.tmp: cannot create (%s)", out, strerror(e)); }
+    FILE *f = fdopen(fd, "wb");
+    if (!f) die("%s: cannot open (%s)", out_tmp, strerror(errno));   // removed at exit
     return f;
 }
 
