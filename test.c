@@ -652,6 +652,7 @@ static void test_load_errors(void) {
         {"num_hidden_layers 2^31 - 1", 0, offsetof(Config, n_layers), 0, 2147483647, "num_hidden_layers"},
         {"hidden_size negative", 0, offsetof(Config, dim), 0, -64, "hidden_size"},
         {"vocab_size 2e8", 0, offsetof(Config, vocab), 0, 2e8, "vocab_size"},
+        {"vocab_size -2^31 (no bound computed from it may overflow)", 0, offsetof(Config, vocab), 0, -2147483648.0, "vocab_size = -2147483648"},
         {"first_k_dense_replace negative", 0, offsetof(Config, first_dense), 0, -1, "first_k_dense_replace"},
         {"routing 7", 0, offsetof(Config, routing), 0, 7, "routing"},
         {"tokenizer size negative", 0, offsetof(Config, tok_bytes), 0, -5, "tokenizer block size"},

@@ -172,8 +172,8 @@ static inline const char *config_error(const Config *c) {
         {"rope truncate", c->yarn_truncate, 0, 1},
         {"max_position_embeddings", c->max_seq, 1, TPLA_MAX_SEQ},
         {"original_max_position_embeddings", c->yarn_orig_max, 1, TPLA_MAX_SEQ},
-        {"bos_token_id", c->bos, -1, c->vocab - 1},
-        {"eos_token_id", c->eos, -1, c->vocab - 1},
+        {"bos_token_id", c->bos, -1, (long)c->vocab - 1},   // (long): the table is built before vocab is checked
+        {"eos_token_id", c->eos, -1, (long)c->vocab - 1},
         {"tokenizer block size", c->tok_bytes, 0, TPLA_MAX_TOK},
     };
     for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
