@@ -1,6 +1,6 @@
 #!/bin/bash
 # tools/fuzz.sh: damages a checkpoint at random and runs every mode on it under the sanitizer build.
-#   make asan && tools/fuzz.sh [TRIES [SEED]]       (default 1000 tries, seed 1; about 0.6 s a try)
+#   make asan && tools/fuzz.sh [TRIES [SEED]]       (default 1000 tries, seed 1; about 0.8 s a try)
 # Each try takes one of the two test fixtures (V3 and V2 style) and does one of: sets a config field
 # of the header to an edge value (0, -1, 2^31-1, a power of two, a float NaN, ...), flips random bytes
 # of the header or of the tokenizer block, or cuts the file short. When the damaged config is one run
