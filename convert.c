@@ -697,7 +697,7 @@ static int pre_tokenizer(const Json *pre) {  // PRETOK_*, or refuses naming what
     }
     if (strcmp(t, "Sequence") || !l || l->type != J_ARR) refuse("pre_tokenizer %s is not supported", t);
     char *names = cat("");
-    for (int i = 0; i < l->n; i++) names = cat("%s%s%s", names, i ? ", " : "", type_of(&l->kid[i]));
+    for (int i = 0; i < l->n; i++) { char *t = cat("%s%s%s", names, i ? ", " : "", type_of(&l->kid[i])); free(names), names = t; }
     if (l->n != 4) refuse("pre_tokenizer Sequence [%s] is not supported", names);
     for (int i = 0; i < 3; i++) {
         const Json *s = &l->kid[i];
@@ -709,6 +709,7 @@ static int pre_tokenizer(const Json *pre) {  // PRETOK_*, or refuses naming what
     const Json *bl = &l->kid[3];
     if (strcmp(type_of(bl), "ByteLevel") || jbool(bl, "add_prefix_space", 1) || jbool(bl, "use_regex", 1))
         refuse("pre_tokenizer Sequence [%s]: the last element is not ByteLevel without add_prefix_space and use_regex", names);
+    free(names);
     return PRETOK_DEEPSEEK_V3;
 }
 
@@ -837,6 +838,9 @@ static Buf build_tokenizer(const char *dir, const Config *c, char **summary) {
     if (b.n > (size_t)1 << 30) die("%s: the tokenizer block would be %zu bytes; too large", tok_path, b.n);
     *summary = cat("%d tokens, %d merges, %s split, %d added tokens (%d special); BOS %s (%s)", vocab, n_merges,
                    pretok == PRETOK_GPT2 ? "GPT-2" : "DeepSeek-V3", n_added, n_special, add_bos ? "added" : "not added", why);
+    for (int id = 0; id < vocab; id++) if (!(flags[id] & (TOK_ADDED | TOK_ADDED_NORMALIZED))) free(tok[id]);  // added: the tree's
+    free(tok), free(tlen), free(flags), free(ids.slot), free(mb.p), free(cpath);
+    json_free(tc), json_free(root);
     return b;
 }
 
