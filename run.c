@@ -418,7 +418,8 @@ static float *rms_fix_from_pca(const Config *c, const double *ev, int g) {
         double tot = 0, part[g];
         for (int i = 0; i < g; i++) part[i] = 0;
         for (int j = 0; j < c->dc; j++) { tot += ev[(size_t)l * c->dc + j]; part[j / (c->dc / g)] += ev[(size_t)l * c->dc + j]; }
-        for (int i = 0; i < g; i++) fix[l * g + i] = (float)sqrt(tot / (g * (part[i] > 1e-30 * tot ? part[i] : 1e-30 * tot)));
+        for (int i = 0; i < g; i++)   // a layer whose latents carry no energy (zero weights) keeps the plain rms
+            fix[l * g + i] = tot > 0 ? (float)sqrt(tot / (g * (part[i] > 1e-30 * tot ? part[i] : 1e-30 * tot))) : 1.0f;
     }
     return fix;
 }

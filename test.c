@@ -616,6 +616,46 @@ static void craft(const char *src, const char *dst, size_t off, int is_float, do
     free(buf);
 }
 
+// Damaged weights load (only the header and the tokenizer block are checked), so the math must not
+// read out of bounds on them: the router on NaN scores, and PCA on latents with no energy.
+static void test_damaged_weights(Fixture *fx, int nfx) {
+    int bad = 0;
+    for (int f = 0; f < nfx; f++) {
+        const Config *c = &fx[f].m.c;
+        float lg[c->n_experts], bias[c->n_experts], scratch[2 * c->n_experts + c->n_group + 1], w[c->topk];
+        int idx[c->topk];
+        for (int e = 0; e < c->n_experts; e++) lg[e] = NAN, bias[e] = 0;
+        route(c, lg, bias, scratch, idx, w);
+        for (int k = 0; k < c->topk; k++) {
+            bad += idx[k] < 0 || idx[k] >= c->n_experts;
+            for (int j = 0; j < k; j++) bad += idx[j] == idx[k];
+        }
+    }
+    check("route on NaN router scores (3 fixtures): experts out of range or twice", bad == 0, bad, 0);
+    // every weight zero: the latents carry no energy, PCA's shard shares are 0/0; the logits must be 0
+    char path[300];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/v3.bin", tmp);
+    char *buf = read_file(path, &len);
+    memset(buf + weights_offset(&fx[0].m.c), 0, len - weights_offset(&fx[0].m.c));
+    snprintf(path, sizeof(path), "%s/zero.bin", tmp);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(buf, 1, len, f) != len || fclose(f)) die("%s: cannot write", path);
+    free(buf);
+    Model m;
+    build_model(&m, path);
+    Tokenizer tok;
+    build_tokenizer(&tok, &m);
+    Scheme sc = {2, RMS_LOCAL, NULL, 0};
+    float *U = NULL;
+    double *ev = NULL, mx = 0;
+    setup_transform(&m, &sc, T_PCA, 2, &tok, CALIB, &U, &ev);
+    float *lg = run_logits(&m, &sc, fx[0].ids, 16, 4, 0, 0);
+    for (size_t i = 0; i < (size_t)16 * m.c.vocab; i++) mx = isfinite(lg[i]) && mx < INFINITY ? fmax(mx, fabs(lg[i])) : INFINITY;
+    check("all-zero weights, TPLA g=2 with PCA: max |logit| (finite, 0)", mx == 0, mx, 0);
+    free(lg); free(U); free(ev); free((void *)sc.rms_fix); free_tokenizer(&tok); free_model(&m);
+}
+
 // a damaged checkpoint: every load fails at once, before any work
 static void test_load_errors(void) {
     char cmd[1024], bin[300], bad[300];
@@ -1177,6 +1217,7 @@ int main(void) {
     for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
     printf("--- bad inputs\n");
     snprintf(err_path, sizeof(err_path), "%s/stderr.txt", tmp);
+    test_damaged_weights(fx, 3);
     test_load_errors();
     test_run_errors();
     test_convert();

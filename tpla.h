@@ -294,6 +294,7 @@ HD static inline void route(const Config *c, const float *logits, const float *b
             if (gscore[e / per] != INFINITY) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
     }
     // the topk largest choices, largest first (of equal ones the lowest index); a chosen one becomes NaN
+    for (int e = 0; e < E; e++) if (choice[e] != choice[e]) choice[e] = -INFINITY;   // NaN scores (damaged weights)
     float sum = 0;
     for (int k = 0; k < c->topk; k++) {
         int best = -1;
