@@ -314,9 +314,9 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 // with Dk = dcs + dr:  S = Q K^T over Dk,  P = online softmax of S,  O += P V  with V = the first dcs
 // columns of the same cached tile. A block takes the heads of one head tile of one sequence over one
 // split of its cached tokens, in tiles of TC = 64 tokens. Both products are Hopper warpgroup MMAs
-// (wgmma, bf16 in, f32 accumulators, m64n64k16): S reads Q and the tile from shared memory; P V takes
-// P from registers (the accumulator layout of S is the A layout) and reads V from the same tile,
-// transposed. Tiles arrive by the tensor-memory accelerator (TMA: one thread issues a 64 x 64 box per
+// (wgmma, bf16 in, f32 accumulators): S (m64n64k16 steps) reads Q and the tile from shared memory; P V
+// (one m64n(64 NJ)k16 per 16 tokens) takes P from registers (the accumulator layout of S is the A
+// layout) and reads V from the same tile, transposed. Tiles arrive by the tensor-memory accelerator (TMA: one thread issues a 64 x 64 box per
 // 64 columns; an mbarrier per stage counts the bytes) into a ring of `stages` buffers; the warpgroup
 // that frees a stage last refills it, so the two warpgroups of a block never wait for each other
 // except where the mode below makes them.
