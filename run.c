@@ -1,11 +1,10 @@
 // run.c: tpla's command line, the CPU reference engine (MLA and simulated TPLA in float32), the
-// Hadamard and PCA transforms, the tokenizer and the sampler. The math is DESIGN.md sections 1-3.
+// Hadamard and PCA transforms, the tokenizer and the sampler. The math is the README's "The math".
 //   ./run model.bin -i "def fib(n):" -P tpla -g 2 -T hadamard
 // The GPU engine lives in tpla.cu behind the API at the end of tpla.h.
 #include <math.h>
 #include <string.h>
 #include <ctype.h>
-#include <time.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/mman.h>
@@ -25,6 +24,13 @@ static void *xrealloc(void *p, size_t n) {
     if (!p) die("out of host memory: %.2f GB needed", n / 1e9);
     return p;
 }
+
+// xorshift64*: the next 64 random bits of the state s (the sampler, Hadamard's signs, the tests)
+static unsigned long long xorshift(unsigned long long *s) {
+    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1Dull;
+}
+static float rand_f32(unsigned long long *s) { return (xorshift(s) >> 40) / 16777216.0f; }   // uniform in [0, 1)
 
 // ----------------------------------------------------------------------------
 // checkpoint: mmap the file, check it, expand the weights to float32
@@ -219,9 +225,10 @@ static void ffn_block(const Model *m, State *s, int l) {
     for (int i = 0; i < D; i++) s->x[i] += s->ffn[i];
 }
 
-// Normalises a new token's latent c (dc) in place and caches it. Exact (prefill, MLA, -r global):
-// by the rms of the whole latent. TPLA -r local: shard i divides its slice S_i by the slice's own rms,
-// corrected by fix[i] = sqrt(1 / (g e_i)) where PCA measured the shard's energy share e_i.
+// Normalises a new token's latent c (dc) in place (README "The rms of a decode token's latent").
+// Exact (prefill, MLA, -r global): by the rms of the whole latent. TPLA -r local: shard i divides its
+// slice S_i by the slice's own rms, corrected by fix[i] = sqrt(1 / (g e_i)) where PCA measured the
+// shard's energy share e_i.
 static void normalise_latent(float *c, int dc, int g, const float *fix, float eps) {
     int w = dc / g;
     for (int i = 0; i < g; i++) {
@@ -258,7 +265,7 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
         rope(c, s->inv_freq, s->kv + dc, pos);
         memcpy(lat + (size_t)pos * dc, s->kv, dc * sizeof(float));
         memcpy(kpe + (size_t)pos * dr, s->kv + dc, dr * sizeof(float));
-        // --- absorbed attention, per head h and latent shard i (g = 1 is MLA):
+        // --- absorbed attention, per head h and latent shard i (g = 1 is MLA; README "The TPLA step"):
         //   qa = W_UK^h^T q_nope;  score(t) = scale (qa[S_i] . c_t[S_i] + q_pe . kpe_t)
         //   o[S_i] = softmax_t(score) . c_t[S_i]   (shard i's own softmax)
         //   v_h = W_UV^h o = sum_i W_UV^h[:, S_i] o[S_i]   (the sum is TPLA's all-reduce)
@@ -294,7 +301,7 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
 }
 
 // ----------------------------------------------------------------------------
-// orthogonal transforms of the latent (DESIGN.md section 2), folded into the weights at load
+// orthogonal transforms of the latent (README "Orthogonal transforms of the latent"), folded into the weights at load
 
 // Symmetric eigensolver (cyclic Jacobi): A (n, n) is destroyed; V gets the eigenvectors as columns,
 // sorted by decreasing eigenvalue in ev.
@@ -343,8 +350,7 @@ static void eigen_sym(double *A, int n, double *V, double *ev) {
 static int hadamard(float *U, int n, unsigned long long *rng) {
     if (n & (n - 1)) return 0;
     for (int j = 0; j < n; j++) {
-        *rng ^= *rng >> 12; *rng ^= *rng << 25; *rng ^= *rng >> 27;
-        float sign = ((*rng * 0x2545F4914F6CDD1Dull) >> 63) ? -1.0f : 1.0f;
+        float sign = xorshift(rng) >> 63 ? -1.0f : 1.0f;
         for (int i = 0; i < n; i++) U[i * n + j] = (__builtin_popcount(i & j) & 1 ? -1.0f : 1.0f) * sign / sqrtf(n);
     }
     return 1;
@@ -394,9 +400,8 @@ static float *pca_calibrate(const Model *m, const int *tok, int n, int window, d
     float *U = xmalloc((size_t)c->n_layers * dc * dc * sizeof(float));
     State s;
     build_state(&s, c, window);
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
     for (int t = 0; t < n; t++) {
-        forward(m, &s, &mla, tok[t], t % window, 1);
+        forward(m, &s, &MLA, tok[t], t % window, 1);
         for (int l = 0; l < c->n_layers; l++) {
             const float *x = s.lat + ((size_t)l * window + t % window) * dc;
             double *Ml = M + (size_t)l * dc * dc;
@@ -752,11 +757,6 @@ static int encode(const Tokenizer *t, const char *text, size_t n, int *out, cons
 
 typedef struct { float temp, topp; unsigned long long rng; } Sampler;
 
-static float rand_f32(unsigned long long *s) {
-    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
-    return ((*s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
-}
-
 static int argmax(const float *x, int n) { int b = 0; for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i; return b; }
 
 typedef struct { float p; int i; } ProbIndex;
@@ -856,9 +856,12 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int k, int n, int f, co
 // ----------------------------------------------------------------------------
 // command line
 
+enum { M_GENERATE, M_LOGITS, M_PPL, M_TOKENIZE, M_BENCH };
+static const char *MODES[] = {"generate", "logits", "ppl", "tokenize", "bench"};
+
 typedef struct {
-    const char *model, *mode, *prompt, *in, *out, *calib;
-    int gpu, ngpu, tpla, k, steps, batch, dense, seed, rank_of;
+    const char *model, *prompt, *in, *out, *calib;
+    int mode, gpu, ngpu, tpla, k, steps, batch, dense, seed, rank_of;
     int g[8], ng, T[3], nT, r[2], nr, split, ctx[16], nctx;
     float temp, topp;
 } Args;
@@ -884,7 +887,8 @@ static void usage(void) {
         "  -b B      bench batch (default 0: the largest that fits)\n"
         "  -l L,L..  bench contexts (default 1024,2048,4096,8192,16384,32768)\n"
         "  -R N      bench: one GPU runs rank 0 of an N-GPU layout, collectives left out (the rank bench)\n"
-        "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it; v2lite: always)\n");
+        "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it; v2lite: always)\n"
+        "A flag that would do nothing (not read by the mode, a TPLA flag under MLA, a GPU flag on the CPU) is an error.\n");
     exit(1);
 }
 
@@ -972,8 +976,22 @@ static int *read_ids(const char *path, int vocab, int *n) {
     return ids;
 }
 
-// Sets up the latent transform T for g shards: folds it into m, fills s->rms_fix for PCA.
-static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *tok, const char *calib, float **U_pca, double **ev) {
+// The text of a file as token ids, after bos if bos >= 0; *n gets their count.
+static int *read_tokens(const Tokenizer *t, const char *path, int bos, int *n) {
+    if (!t->n) die("%s: this checkpoint has no tokenizer to read a text with (./convert found no tokenizer.json)", path);
+    size_t len;
+    char *text = read_file(path, &len);
+    int *ids = xmalloc((len + 2) * sizeof(int));
+    *n = 0;
+    if (bos >= 0) ids[(*n)++] = bos;
+    *n += encode(t, text, len, ids + *n, path);
+    free(text);
+    return ids;
+}
+
+// Sets up the latent transform T for the s->g shards of s: folds it into m, fills s->rms_fix for PCA
+// (calibrated once: *U_pca and *ev are kept for the next call).
+static void setup_transform(Model *m, Scheme *s, int T, const Tokenizer *tok, const char *calib, float **U_pca, double **ev) {
     const Config *c = &m->c;
     fold_latent(m, NULL);
     s->rms_fix = NULL;
@@ -989,21 +1007,17 @@ static void setup_transform(Model *m, Scheme *s, int T, int g, const Tokenizer *
         return;
     }
     if (!*U_pca) {   // PCA: calibrate once, on MLA with gamma folded
-        if (!tok->n) die("-T pca needs a tokenizer in the checkpoint to read the calibration text");
-        size_t len;
-        char *text = read_file(calib, &len);
-        int *ids = xmalloc((len + 1) * sizeof(int));
-        int n = encode(tok, text, len, ids, calib), cap = 8192, window = c->max_seq < 512 ? c->max_seq : 512;
-        if (n > cap) n = cap;
+        int n, *ids = read_tokens(tok, calib, -1, &n), window = c->max_seq < 512 ? c->max_seq : 512;
+        if (n > 8192) n = 8192;
         if (n < c->dc) die("%s: %d calibration tokens, fewer than the %d latent dimensions PCA estimates; give a longer text with -c", calib, n, c->dc);
         if (n < 2 * c->dc) fprintf(stderr, "note: only %d calibration tokens for a %d-wide latent\n", n, c->dc);
         fprintf(stderr, "pca: calibrating on %d tokens of %s (MLA on the CPU)...\n", n, calib);
         *ev = xmalloc((size_t)c->n_layers * c->dc * sizeof(double));
         *U_pca = pca_calibrate(m, ids, n, window, *ev);
-        free(text); free(ids);
+        free(ids);
     }
     fold_latent(m, *U_pca);
-    s->rms_fix = rms_fix_from_pca(c, *ev, g);
+    s->rms_fix = rms_fix_from_pca(c, *ev, s->g);
 }
 
 static const char *T_NAMES[] = {"none", "hadamard", "pca"}, *R_NAMES[] = {"local", "global"};
@@ -1028,8 +1042,8 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int nrun = a->tpla ? 2 : 1, *gen[2];
     float *U = NULL; double *ev = NULL;
     for (int run = 0; run < nrun; run++) {
-        Scheme s = {run ? a->g[0] : 1, a->r[0], NULL, a->split};
-        setup_transform(m, &s, run ? a->T[0] : T_NONE, s.g, tok, a->calib, &U, &ev);
+        Scheme s = run ? (Scheme){a->g[0], a->r[0], NULL, a->split} : MLA;
+        setup_transform(m, &s, run ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
         Engine e;
         build_engine(&e, m, &s, use_gpu, a->ngpu, len);
         Sampler sm = {a->temp, a->topp, (unsigned long long)a->seed * 2654435761ull + 1};
@@ -1076,9 +1090,9 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int n, *ids = read_ids(a->in, c->vocab, &n);
     if (n == 0 || n > c->max_seq) die("%s: %d ids; need 1 to %d", a->in, n, c->max_seq);
     int k = a->k < 0 || a->k > n ? n : a->k;
-    Scheme s = {a->tpla ? a->g[0] : 1, a->r[0], NULL, a->split};
+    Scheme s = a->tpla ? (Scheme){a->g[0], a->r[0], NULL, a->split} : MLA;
     float *U = NULL; double *ev = NULL;
-    setup_transform(m, &s, a->tpla ? a->T[0] : T_NONE, s.g, tok, a->calib, &U, &ev);
+    setup_transform(m, &s, a->tpla ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
     Engine e;
     build_engine(&e, m, &s, use_gpu, a->ngpu, n);
     float *out = xmalloc((size_t)n * c->vocab * sizeof(float));
@@ -1091,12 +1105,12 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     free_engine(&e); free(out); free(ids); free(U); free(ev); free((void *)s.rms_fix);
 }
 
-static void log_softmax(float *x, int n) {
+static float logsumexp(const float *x, int n) {   // log sum_i exp(x_i), taken from the largest term
     float mx = x[argmax(x, n)], s = 0;
     for (int i = 0; i < n; i++) s += expf(x[i] - mx);
-    float lse = mx + logf(s);
-    for (int i = 0; i < n; i++) x[i] -= lse;
+    return mx + logf(s);
 }
+static void log_softmax(float *x, int n) { float lse = logsumexp(x, n); for (int i = 0; i < n; i++) x[i] -= lse; }
 
 // ppl: decode-mode perplexity. The text is cut into windows of n tokens; in each, the first k are
 // prefilled exactly and the rest are teacher-forced decode steps. One row per scheme, next to MLA,
@@ -1113,13 +1127,8 @@ static double kl_div(float *p, float *q, int V) {   // KL(p || q) of two logit r
 
 static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (!a->in) die("-m ppl needs -f TEXT");
-    if (!tok->n) die("this checkpoint has no tokenizer");
     const Config *c = &m->c;
-    size_t len;
-    char *text = read_file(a->in, &len);
-    int *ids = xmalloc((len + 1) * sizeof(int)), n = 0, V = c->vocab;
-    if (tok->add_bos) ids[n++] = c->bos;   // one BOS before the whole text, as HF's tokenizer would
-    n += encode(tok, text, len, ids + n, a->in);
+    int n, V = c->vocab, *ids = read_tokens(tok, a->in, tok->add_bos ? c->bos : -1, &n);   // one BOS before the whole text, as HF's tokenizer would
     int W = a->steps > 0 ? a->steps : (c->max_seq < 512 ? c->max_seq : 512);
     if (W > c->max_seq) W = c->max_seq;
     int k = a->k >= 0 ? a->k : W / 4, nwin = n / W;
@@ -1137,8 +1146,8 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     PplRow *rows = xmalloc(nrow * sizeof(PplRow));
     for (int ti = 0; ti < a->nT; ti++) {
         // the transform is folded once; MLA is the reference for every (g, r) of it
-        Scheme mla = {1, RMS_GLOBAL, NULL, a->split};
-        setup_transform(m, &mla, a->T[ti], 1, tok, a->calib, &U, &ev);
+        Scheme mla = MLA;
+        setup_transform(m, &mla, a->T[ti], tok, a->calib, &U, &ev);
         Engine em;
         build_engine(&em, m, &mla, use_gpu, a->ngpu, W);
         for (int i = 0; i < nrow; i++) {
@@ -1153,11 +1162,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
             engine_reset(&em);
             engine_feed(&em, x, W, 1, ref);
             if (ti == 0)
-                for (int t = k; t + 1 < W; t++) {
-                    float *p = ref + (size_t)t * V, mx = p[argmax(p, V)], s = 0;
-                    for (int i = 0; i < V; i++) s += expf(p[i] - mx);
-                    nll_mla += mx + logf(s) - p[x[t + 1]]; cnt_mla++;
-                }
+                for (int t = k; t + 1 < W; t++) { nll_mla += logsumexp(ref + (size_t)t * V, V) - ref[(size_t)t * V + x[t + 1]]; cnt_mla++; }
             for (int i = 0; i < nrow; i++) {
                 PplRow *r = &rows[i];
                 engine_reset(&r->e);
@@ -1187,11 +1192,12 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
         fflush(stdout);
         free_engine(&em); free((void *)mla.rms_fix);
     }
-    free(rows); free(ref); free(out); free(pc); free(ids); free(text); free(U); free(ev);
+    free(rows); free(ref); free(out); free(pc); free(ids); free(U); free(ev);
 }
 
 static const Config *bench_shape(const char *name) {
-    // DeepSeek-V3's attention shape (DESIGN.md section 6); Kimi-K2 is the same with 64 heads.
+    // DeepSeek-V3's attention shape, as the paper measures it (README "Measured"); Kimi-K2 is the
+    // same with 64 heads.
     static Config c;
     memset(&c, 0, sizeof(c));
     c.dim = 7168; c.n_layers = 61; c.n_heads = 128; c.vocab = 129280; c.q_lora = 1536; c.dc = 512;
@@ -1214,24 +1220,51 @@ static const Config *bench_shape(const char *name) {
     return NULL;
 }
 
+// A flag that would do nothing is refused, saying why: a flag the mode does not read, a list outside
+// ppl mode, a TPLA flag under MLA, -c without -T pca, a GPU flag on the CPU. given[f]: flag -f was given.
+static void check_flags(const Args *a, const char *given) {
+    static const char *READS[] = {"KPgTrkcwintps", "KPgTrkcwfo", "KPgTrkcwnf", "f", "KgwblnFRk"};   // -m, -d: every mode
+    for (const char *f = "KPgTrkcwintpsfoblnFR"; *f; f++) {
+        if (!given[(int)*f] || strchr(READS[a->mode], *f)) continue;
+        char users[80] = "";
+        for (int m = 0; m < 5; m++)
+            if (strchr(READS[m], *f)) snprintf(users + strlen(users), sizeof(users) - strlen(users), "%s-m %s", *users ? ", " : "", MODES[m]);
+        die("-%c: -m %s does not use it (only %s)", *f, MODES[a->mode], users);
+    }
+    if (a->mode == M_BENCH && given['k'] && a->k < 1) die("-k 0: -m bench -k P times the prefill of a P-token prompt; give P >= 1");
+    for (const char *f = "blnR"; a->mode == M_BENCH && given['k'] && *f; f++)
+        if (given[(int)*f]) die("-%c: -m bench -k times one prefill, and does not use it (it is for the decode bench)", *f);
+    if (a->mode == M_BENCH && a->rank_of && given['K']) die("-K: -R %d runs rank 0 of a %d-GPU layout on one GPU; leave -K out", a->rank_of, a->rank_of);
+    const char *list = a->ng > 1 ? "-g" : a->nT > 1 ? "-T" : a->nr > 1 ? "-r" : NULL;
+    if (list && a->mode != M_PPL) die("%s: a list is for -m ppl; -m %s takes one value", list, MODES[a->mode]);
+    if (a->mode == M_BENCH || a->mode == M_TOKENIZE) return;
+    for (const char *f = "gTrwc"; !a->tpla && *f; f++)
+        if (given[(int)*f]) die("-%c: a TPLA flag, and the scheme is MLA; add -P tpla", *f);
+    int pca = 0;
+    for (int i = 0; i < a->nT; i++) pca |= a->T[i] == T_PCA;
+    if (given['c'] && !pca) die("-c: the calibration text is read for -T pca only");
+    for (const char *f = "Kw"; !a->gpu && *f; f++)
+        if (given[(int)*f]) die("-%c: a GPU flag, and the engine is the CPU's; add -d gpu", *f);
+}
+
 #ifndef TESTING
 int main(int argc, char **argv) {
     Args a = {0};
-    a.mode = "generate"; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
+    a.mode = M_GENERATE; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
     a.temp = 0.8f; a.topp = 0.9f; a.split = 1;
-    a.ng = 0; a.T[0] = T_NONE; a.nT = 1; a.r[0] = RMS_LOCAL; a.nr = 1;
+    a.T[0] = T_NONE; a.nT = 1; a.r[0] = RMS_LOCAL; a.nr = 1;
     a.nctx = parse_list("1024,2048,4096,8192,16384,32768", NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ);
     if (argc < 2 || argv[1][0] == '-') usage();
     a.model = argv[1];
-    static const char *MODES[] = {"generate", "logits", "ppl", "tokenize", "bench"};
-    int mode;
+    char given[256] = {0};
     for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "-F")) { a.dense = 1; continue; }
+        if (!strcmp(argv[i], "-F")) { a.dense = given['F'] = 1; continue; }
         if (argv[i][0] != '-' || strlen(argv[i]) != 2) die("'%s': expected a flag such as -n; ./run alone lists them", argv[i]);
         if (i + 1 >= argc) die("%s: needs a value", argv[i]);
         const char *v = argv[++i];
+        given[(unsigned char)argv[i - 1][1]] = 1;
         switch (argv[i - 1][1]) {
-        case 'm': parse_list(v, MODES, 5, &mode, 1, "-m", 0); a.mode = MODES[mode]; break;
+        case 'm': parse_list(v, MODES, 5, &a.mode, 1, "-m", 0); break;
         case 'd': if (strcmp(v, "cpu") && strcmp(v, "gpu")) die("-d: cpu or gpu, not '%s'", v); a.gpu = !strcmp(v, "gpu"); break;
         case 'K': a.ngpu = parse_int(v, "-K", 1, 1024); break;
         case 'P': if (strcmp(v, "mla") && strcmp(v, "tpla")) die("-P: mla or tpla, not '%s'", v); a.tpla = !strcmp(v, "tpla"); break;
@@ -1254,8 +1287,6 @@ int main(int argc, char **argv) {
         default: die("%s: unknown flag; ./run alone lists them", argv[i - 1]);
         }
     }
-    if (a.out && strcmp(a.mode, "logits")) die("-o: only -m logits writes a file");
-    if (a.in && (!strcmp(a.mode, "generate") || !strcmp(a.mode, "bench"))) die("-f: -m %s reads no file (the prompt is -i)", a.mode);
     int have = gpu_count();
     if (a.gpu < 0) a.gpu = have > 0;
 #ifdef TPLA_CUDA
@@ -1263,10 +1294,17 @@ int main(int argc, char **argv) {
 #else
     if (a.gpu) die("-d gpu: this build has no GPU engine (nvcc was not found when it was built)");
 #endif
+    check_flags(&a, given);
+#ifdef TPLA_NO_NCCL   // built without NCCL (see the Makefile): the GPU engine runs on one GPU
+    if (a.gpu && a.ngpu > 1)
+        die("-K %d: this build has no NCCL, so its GPU engine runs on one GPU (or -R, the rank bench); install NCCL "
+            "(or set NCCL_HOME) and run make again", a.ngpu);
+    if (a.gpu) a.ngpu = 1;
+#endif
     if (a.gpu && !a.ngpu) a.ngpu = have;
     if (a.gpu && a.ngpu > have) die("-K %d: only %d GPUs present", a.ngpu, have);
     if (!a.ng) { a.g[0] = a.rank_of ? a.rank_of : a.gpu ? a.ngpu : 2; a.ng = 1; }
-    if (!strcmp(a.mode, "bench")) {
+    if (a.mode == M_BENCH) {
         if (!a.gpu) die("-m bench needs a GPU");
         const Config *shape = bench_shape(a.model);
         Model m;
@@ -1276,7 +1314,7 @@ int main(int argc, char **argv) {
         int K = a.rank_of ? a.rank_of : a.ngpu;
         char csv[256];
         snprintf(csv, sizeof(csv), "bench_%s_%s%d_g%d.csv", shape == &m.c ? "model" : a.model, a.rank_of ? "R" : "K", K, s.g);
-        if (a.k > 0) gpu_bench_prefill(shape, &s, a.ngpu, a.k, ffn, a.model);   // on all K GPUs (-R does not apply)
+        if (given['k']) gpu_bench_prefill(shape, &s, a.ngpu, a.k, ffn, a.model);   // on all K GPUs
         else gpu_bench(shape, &s, K, a.rank_of > 0, a.batch, a.ctx, a.nctx, ffn, a.steps > 0 ? a.steps : 20, a.model, csv);
         return 0;
     }
@@ -1297,21 +1335,18 @@ int main(int argc, char **argv) {
         if (a.T[i] == T_HADAMARD && (m.c.dc & (m.c.dc - 1))) die("-T hadamard needs kv_lora_rank a power of 2, not %d", m.c.dc);
         if (a.T[i] == T_PCA) check_input(a.calib);
     }
-    if (!strcmp(a.mode, "tokenize")) {
+    if (a.mode == M_TOKENIZE) {
         if (!a.in) die("-m tokenize needs -f TEXT");
-        if (!tok.n) die("this checkpoint has no tokenizer");
-        size_t len;
-        char *text = read_file(a.in, &len);
-        int *ids = xmalloc((len + 1) * sizeof(int)), n = encode(&tok, text, len, ids, a.in);
+        int n, *ids = read_tokens(&tok, a.in, -1, &n);
         for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
-        free(ids); free(text);
-    } else if (!strcmp(a.mode, "generate")) {
+        free(ids);
+    } else if (a.mode == M_GENERATE) {
         if (a.steps < 0) a.steps = 64;
         mode_generate(&m, &a, &tok, a.gpu);
-    } else if (!strcmp(a.mode, "logits")) {
+    } else if (a.mode == M_LOGITS) {
         mode_logits(&m, &a, &tok, a.gpu);
-    } else if (!strcmp(a.mode, "ppl")) {
+    } else if (a.mode == M_PPL) {
         mode_ppl(&m, &a, &tok, a.gpu);
     }
     if (tok.n) free_tokenizer(&tok);

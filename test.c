@@ -14,8 +14,9 @@
 static int n_pass, n_fail, n_skip;
 static char tmp[256];   // a scratch directory for converted fixtures and bad inputs
 
-static void check(const char *name, int ok, double err, double bound) {
-    printf("%-64s %10.3g <= %-9.3g %s\n", name, err, bound, ok ? "ok" : "FAIL");
+// One check: its name, the measured value, the relation tested against the bound (<=, >=, ==, ...), ok or FAIL.
+static void check(const char *name, int ok, double got, const char *rel, double bound) {
+    printf("%-64s %10.3g %-2s %-9.3g %s\n", name, got, rel, bound, ok ? "ok" : "FAIL");
     if (ok) n_pass++; else n_fail++;
 }
 static void skip(const char *name, const char *why) { printf("%-64s skipped: %s\n", name, why); n_skip++; }
@@ -75,7 +76,7 @@ static float *run_logits(const Model *m, const Scheme *s, const int *ids, int n,
 }
 
 // ----------------------------------------------------------------------------
-// an independent TPLA decode, written as the definition reads (DESIGN.md section 3), not absorbed:
+// an independent TPLA decode, written as the definition reads (README "The TPLA step"), not absorbed:
 // per head h and shard i, keys W_UK^h[:, S_i] c_t[S_i] and values W_UV^h[:, S_i] c_t[S_i] are
 // formed explicitly, with shard i's own softmax; the shards' outputs are summed.
 
@@ -165,12 +166,11 @@ static void load_fixture(Fixture *f, const char *name) {
 }
 
 static void test_hf(Fixture *f) {
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
-    float *lg = run_logits(&f->m, &mla, f->ids, f->n, f->n, 0, 0);
+    float *lg = run_logits(&f->m, &MLA, f->ids, f->n, f->n, 0, 0);
     char name[128];
     snprintf(name, sizeof(name), "%s: CPU MLA logits vs HF transformers (float64)", f->name);
     double e = rel_err(lg, f->hf, (size_t)f->n * f->m.c.vocab);
-    check(name, e <= 1e-4, e, 1e-4);
+    check(name, e <= 1e-4, e, "<=", 1e-4);
     free(lg);
 }
 
@@ -180,18 +180,17 @@ static const char *CALIB = "tests/data/tok.txt";
 static void test_g1(Fixture *f) {
     Tokenizer tok;
     build_tokenizer(&tok, &f->m);
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
     fold_latent(&f->m, NULL);
-    float *ref = run_logits(&f->m, &mla, f->ids, f->n, f->n, 0, 0), *U = NULL;
+    float *ref = run_logits(&f->m, &MLA, f->ids, f->n, f->n, 0, 0), *U = NULL;
     double *ev = NULL;
     for (int T = 0; T < 3; T++) {
         Scheme s = {1, RMS_LOCAL, NULL, 0};
-        setup_transform(&f->m, &s, T, 1, &tok, CALIB, &U, &ev);
+        setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
         float *lg = run_logits(&f->m, &s, f->ids, f->n, 8, 0, 0);
         char name[128];
         snprintf(name, sizeof(name), "%s: TPLA g=1 T=%s equals MLA", f->name, T_NAMES[T]);
         double e = rel_err(lg, ref, (size_t)f->n * f->m.c.vocab);
-        check(name, e <= 1e-5, e, 1e-5);
+        check(name, e <= 1e-5, e, "<=", 1e-5);
         free(lg); free((void *)s.rms_fix);
     }
     fold_latent(&f->m, NULL);
@@ -210,7 +209,7 @@ static void test_tpla_ref(Fixture *f) {
         for (int g = 2; g <= 4; g += 2)
             for (int r = 0; r < 2; r++) {
                 Scheme s = {g, r, NULL, 0};
-                setup_transform(&f->m, &s, T, g, &tok, CALIB, &U, &ev);
+                setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
                 float *lg = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
                 State st;
                 build_state(&st, c, n);
@@ -221,14 +220,13 @@ static void test_tpla_ref(Fixture *f) {
                 char name[128];
                 snprintf(name, sizeof(name), "%s: TPLA g=%d T=%s r=%s vs the per-shard definition", f->name, g, T_NAMES[T], R_NAMES[r]);
                 double e = rel_err(lg, ref, (size_t)n * c->vocab);
-                check(name, e <= 1e-5, e, 1e-5);
+                check(name, e <= 1e-5, e, "<=", 1e-5);
                 // and the scheme really differs from MLA (else the test above proves little)
                 if (T == 0 && r == 0) {
-                    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
-                    float *ml = run_logits(&f->m, &mla, f->ids, n, n, 0, 0);
+                    float *ml = run_logits(&f->m, &MLA, f->ids, n, n, 0, 0);
                     double d = rel_err(lg, ml, (size_t)n * c->vocab);
                     snprintf(name, sizeof(name), "%s: TPLA g=%d differs from MLA after the prefill", f->name, g);
-                    check(name, d >= 1e-3, d, 1e-3);
+                    check(name, d >= 1e-3, d, ">=", 1e-3);
                     free(ml);
                 }
                 free(lg); free(ref); free(craw); free(cn); free_state(&st); free((void *)s.rms_fix);
@@ -254,7 +252,7 @@ static void test_transforms(Fixture *f) {
     unsigned long long rng = 5;
     hadamard(U, n, &rng);
     double e = max_orth_err(U, n);
-    check("Hadamard (64) is orthogonal: max |U^T U - I|", e <= 1e-6, e, 1e-6);
+    check("Hadamard (64) is orthogonal: max |U^T U - I|", e <= 1e-6, e, "<=", 1e-6);
     free(U);
     // the eigensolver: A v = lambda v, eigenvalues decreasing
     int m = 40;
@@ -273,8 +271,8 @@ static void test_transforms(Fixture *f) {
         }
         if (k && ev[k] > ev[k - 1]) sorted = 0;
     }
-    check("eigensolver (40x40): max |A v - lambda v|", res <= 1e-10, res, 1e-10);
-    check("eigensolver: eigenvalues in decreasing order", sorted, !sorted, 0);
+    check("eigensolver (40x40): max |A v - lambda v|", res <= 1e-10, res, "<=", 1e-10);
+    check("eigensolver: eigenvalues in decreasing order", sorted, !sorted, "==", 0);
     free(A); free(A0); free(V); free(ev);
     // PCA on the fixture: orthogonal, energy in the first shard
     Tokenizer tok;
@@ -282,13 +280,13 @@ static void test_transforms(Fixture *f) {
     Scheme sc = {2, RMS_LOCAL, NULL, 0};
     float *Up = NULL;
     double *evp = NULL;
-    setup_transform(&f->m, &sc, T_PCA, 2, &tok, CALIB, &Up, &evp);
+    setup_transform(&f->m, &sc, T_PCA, &tok, CALIB, &Up, &evp);
     e = 0;
     for (int l = 0; l < f->m.c.n_layers; l++) e = fmax(e, max_orth_err(Up + (size_t)l * f->m.c.dc * f->m.c.dc, f->m.c.dc));
-    check("PCA bases of every layer are orthogonal", e <= 1e-5, e, 1e-5);
+    check("PCA bases of every layer are orthogonal", e <= 1e-5, e, "<=", 1e-5);
     double e0 = 0, tot = 0;
     for (int j = 0; j < f->m.c.dc; j++) { tot += evp[j]; if (j < f->m.c.dc / 2) e0 += evp[j]; }
-    check("PCA: the first shard holds more than half the latent energy", e0 / tot > 0.5, e0 / tot, 0.5);
+    check("PCA: the first shard holds more than half the latent energy", e0 / tot > 0.5, e0 / tot, ">", 0.5);
     fold_latent(&f->m, NULL);
     free(Up); free(evp); free((void *)sc.rms_fix); free_tokenizer(&tok);
 }
@@ -415,11 +413,11 @@ static void test_tokenizer_hf(const char *label, const char *json, int vocab, co
     }
     char name[200];
     snprintf(name, sizeof(name), "tokenizer %s: ids equal HF's, %d texts, %zu KB, %d ids (texts differing)", label, n_texts, bytes / 1024, n_ids);
-    check(name, bad == 0, bad, 0);
+    check(name, bad == 0, bad, "==", 0);
     snprintf(name, sizeof(name), "tokenizer %s: decode(encode(text)) == text, %d texts (failures)", label, n_texts);
-    check(name, bad_trip == 0, bad_trip, 0);
+    check(name, bad_trip == 0, bad_trip, "==", 0);
     snprintf(name, sizeof(name), "tokenizer %s: invalid UTF-8 refused at Python's first bad byte (misses)", label);
-    check(name, wrong_err == 0, wrong_err, 0);
+    check(name, wrong_err == 0, wrong_err, "==", 0);
     free(ref); free_tokenizer(&tok); free_model(&m);
 }
 
@@ -464,7 +462,7 @@ static void test_tokenizer_convert(void) {
         }
         char name[160];
         snprintf(name, sizeof(name), "convert: %s (add_bos, -1: refused)", cases[i].name);
-        check(name, got == cases[i].want && (got >= 0 || strstr(msg, "bos_token_id")), got, cases[i].want);
+        check(name, got == cases[i].want && (got >= 0 || strstr(msg, "bos_token_id")), got, "==", cases[i].want);
     }
     struct { const char *name, *from, *to, *says; } refused[] = {
         {"pre_tokenizer ByteLevel without use_regex", "\"use_regex\": true", "\"use_regex\": false", "without use_regex"},
@@ -487,7 +485,7 @@ static void test_tokenizer_convert(void) {
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "convert refuses %s, naming it (exit code)", refused[i].name);
-        check(name, rc == 1 && strstr(msg, refused[i].says) && !strstr(msg, "wrote"), rc, 1);
+        check(name, rc == 1 && strstr(msg, refused[i].says) && !strstr(msg, "wrote"), rc, "==", 1);
     }
     free(json);
 }
@@ -536,7 +534,7 @@ static void test_tokenizer_damaged(const Fixture *fx) {
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
-        check(name, rc == 1 && strstr(msg, "tokenizer block") && strstr(msg, cases[i].says), rc, 1);
+        check(name, rc == 1 && strstr(msg, "tokenizer block") && strstr(msg, cases[i].says), rc, "==", 1);
     }
     free(file);
 }
@@ -554,12 +552,12 @@ static void test_tokenizer(const Fixture *fx) {
     write_text(path, "caf\xc3\xa9 ok, \xe9 not");
     snprintf(cmd, sizeof(cmd), "./run %s/gpt2.bin -m tokenize -f %s", tmp, path);
     int rc = sh_msg(cmd, msg, sizeof(msg));
-    check("run -m tokenize: invalid UTF-8 is an error naming byte 10 (exit code)", rc == 1 && strstr(msg, "invalid UTF-8 at byte 10"), rc, 1);
+    check("run -m tokenize: invalid UTF-8 is an error naming byte 10 (exit code)", rc == 1 && strstr(msg, "invalid UTF-8 at byte 10"), rc, "==", 1);
     snprintf(path, sizeof(path), "%s/chat.txt", tmp);
     write_text(path, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi");
     snprintf(cmd, sizeof(cmd), "./run %s/deepseek_v3.bin -m tokenize -f %s", tmp, path);
     rc = sh_msg(cmd, msg, sizeof(msg));
-    check("run -m tokenize: a typed <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi is 0 6366 (exit code)", rc == 0 && !strcmp(msg, "0 6366\n"), rc, 0);
+    check("run -m tokenize: a typed <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi is 0 6366 (exit code)", rc == 0 && !strcmp(msg, "0 6366\n"), rc, "==", 0);
     test_tokenizer_convert();
     test_tokenizer_damaged(fx);
     free(tx); free(buf);
@@ -584,7 +582,7 @@ static void expect_error(const char *name, const char *cmd, const char *msg, con
     }
     int ok = rc == 1 && memmem(err, len, msg, strlen(msg)) && !left;
     snprintf(nm, sizeof(nm), "%s: exit 1, says '%s'%s", name, msg, out ? ", no file left" : "");
-    check(nm, ok, rc, 1);
+    check(nm, ok, rc, "==", 1);
     if (!ok) printf("    %s\n    output: %s", cmd, err);
     free(err);
 }
@@ -594,7 +592,7 @@ static void expect_ok(const char *name, const char *cmd) {
     snprintf(full, sizeof(full), "( %s ) >%s 2>&1", cmd, err_path);
     int st = system(full), rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     snprintf(nm, sizeof(nm), "%s: exit 0", name);
-    check(nm, rc == 0, rc, 0);
+    check(nm, rc == 0, rc, "==", 0);
     if (rc) { char *err = read_file(err_path, NULL); printf("    %s\n    output: %s", cmd, err); free(err); }
 }
 
@@ -631,7 +629,7 @@ static void test_damaged_weights(Fixture *fx, int nfx) {
             for (int j = 0; j < k; j++) bad += idx[j] == idx[k];
         }
     }
-    check("route on NaN router scores (3 fixtures): experts out of range or twice", bad == 0, bad, 0);
+    check("route on NaN router scores (3 fixtures): experts out of range or twice", bad == 0, bad, "==", 0);
     // every weight zero: the latents carry no energy, PCA's shard shares are 0/0; the logits must be 0
     char path[300];
     size_t len;
@@ -649,10 +647,10 @@ static void test_damaged_weights(Fixture *fx, int nfx) {
     Scheme sc = {2, RMS_LOCAL, NULL, 0};
     float *U = NULL;
     double *ev = NULL, mx = 0;
-    setup_transform(&m, &sc, T_PCA, 2, &tok, CALIB, &U, &ev);
+    setup_transform(&m, &sc, T_PCA, &tok, CALIB, &U, &ev);
     float *lg = run_logits(&m, &sc, fx[0].ids, 16, 4, 0, 0);
     for (size_t i = 0; i < (size_t)16 * m.c.vocab; i++) mx = isfinite(lg[i]) && mx < INFINITY ? fmax(mx, fabs(lg[i])) : INFINITY;
-    check("all-zero weights, TPLA g=2 with PCA: max |logit| (finite, 0)", mx == 0, mx, 0);
+    check("all-zero weights, TPLA g=2 with PCA: max |logit| (finite, 0)", mx == 0, mx, "==", 0);
     free(lg); free(U); free(ev); free((void *)sc.rms_fix); free_tokenizer(&tok); free_model(&m);
 }
 
@@ -727,7 +725,7 @@ static void test_load_errors(void) {
     for (int i = 0; i < nt; i++) sum += (double)t[i].n0 * t[i].n1 * t[i].n2 * (t[i].f32 ? 4 : 2);
     free(t);
     double rel = fabs((double)bytes - sum) / sum;
-    check("every dimension at its limit: a valid config; weights' bytes vs a double sum", !config_error(&c) && rel < 1e-9 && bytes < (1ull << 60), rel, 1e-9);
+    check("every dimension at its limit: a valid config; weights' bytes vs a double sum", !config_error(&c) && rel < 1e-9 && bytes < (1ull << 60), rel, "<", 1e-9);
 }
 
 // bad flags, odd files, failed writes, too little calibration text; the normal uses still exit 0
@@ -748,8 +746,21 @@ static void test_run_errors(void) {
         {"-P tpla -T pca -c tests/data", "tests/data: is a directory"},
         {"-m ppl -f tests/data", "tests/data: is a directory"},
         {"-m logits -o x.f32", "-m logits needs -f IDS and -o OUT.f32"},
-        {"-m ppl -f tests/data/tok.txt -o x.f32", "-o: only -m logits writes a file"},
-        {"-f tests/data/tok.txt", "-f: -m generate reads no file"},
+        // a flag that would do nothing: not read by the mode, a list outside ppl, a TPLA flag under MLA, a GPU flag on the CPU
+        {"-m ppl -f tests/data/tok.txt -o x.f32", "-o: -m ppl does not use it (only -m logits)"},
+        {"-f tests/data/tok.txt", "-f: -m generate does not use it (only -m logits, -m ppl, -m tokenize)"},
+        {"-m ppl -f tests/data/tok.txt -t 0", "-t: -m ppl does not use it (only -m generate)"},
+        {"-b 4", "-b: -m generate does not use it (only -m bench)"}, {"-F", "-F: -m generate does not use it"},
+        {"-m tokenize -f tests/data/tok.txt -k 3", "-k: -m tokenize does not use it"},
+        {"-P tpla -g 2,4", "-g: a list is for -m ppl; -m generate takes one value"},
+        {"-P tpla -T none,hadamard", "-T: a list is for -m ppl"}, {"-m logits -P tpla -r local,global", "-r: a list is for -m ppl"},
+        {"-g 2", "-g: a TPLA flag, and the scheme is MLA; add -P tpla"}, {"-P mla -T pca", "-T: a TPLA flag"},
+        {"-P tpla -T hadamard -c tests/data/tok.txt", "-c: the calibration text is read for -T pca only"},
+        {"-P tpla -w rep", "-w: a GPU flag, and the engine is the CPU's; add -d gpu"}, {"-K 1", "-K: a GPU flag"},
+        {"-m bench -P tpla", "-P: -m bench does not use it"}, {"-m bench -T pca", "-T: -m bench does not use it"},
+        {"-m bench -r global", "-r: -m bench does not use it"}, {"-m bench -g 2,4", "-g: a list is for -m ppl; -m bench"},
+        {"-m bench -k 64 -l 1024", "-l: -m bench -k times one prefill"}, {"-m bench -k 64 -R 2", "-R: -m bench -k times one prefill"},
+        {"-m bench -k 0", "-k 0: -m bench -k P times the prefill"}, {"-m bench -R 2 -K 2", "-K: -R 2 runs rank 0 of a 2-GPU layout"},
         {"-m logits -f tests/data/tok_ids.txt -o ids.f32", "2319 ids; need 1 to 256"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
@@ -765,7 +776,8 @@ static void test_run_errors(void) {
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -P tpla -T pca -c /nonexistent/calib.txt", bin);
     expect_error("a missing calibration file", cmd, "cannot open", NULL);
     char *e = read_file(err_path, &len);
-    check("... refused before the work: nothing generated (MLA's 'tok/s' absent)", !memmem(e, len, "tok/s", 5), 0, 0);
+    int found = memmem(e, len, "tok/s", 5) != NULL;
+    check("... refused before the work: nothing generated (MLA's 'tok/s' found)", !found, found, "==", 0);
     free(e);
     // a flag that does not fit the model fails before any work (here: before MLA generates)
     snprintf(nob, sizeof(nob), "%s/dc96.bin", tmp);
@@ -773,7 +785,8 @@ static void test_run_errors(void) {
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i x -n 2 -P tpla -T hadamard -g 2", nob);
     expect_error("kv_lora_rank 96 (a valid model) with -T hadamard", cmd, "-T hadamard needs kv_lora_rank a power of 2, not 96", NULL);
     e = read_file(err_path, &len);
-    check("... refused before the work: nothing generated (MLA's 'tok/s' absent)", !memmem(e, len, "tok/s", 5), 0, 0);
+    found = memmem(e, len, "tok/s", 5) != NULL;
+    check("... refused before the work: nothing generated (MLA's 'tok/s' found)", !found, found, "==", 0);
     free(e);
     // an empty sequence: an empty prompt on a checkpoint that adds no BOS (the fixtures add none)
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i '' -n 2", bin);
@@ -787,7 +800,8 @@ static void test_run_errors(void) {
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P tpla -T pca -c tests/data/tok.txt -o %s/no/dir.f32", bin, ids, tmp);
     expect_error("-o in a missing directory, before PCA calibrates", cmd, "dir.f32.tmp: cannot create (No such file", NULL);
     e = read_file(err_path, &len);
-    check("-o in a missing directory: fails before the work (no 'calibrating' in the output)", !memmem(e, len, "calibrating", 11), 0, 0);
+    found = memmem(e, len, "calibrating", 11) != NULL;
+    check("-o in a missing directory: fails before the work ('calibrating' found)", !found, found, "==", 0);
     free(e);
     snprintf(cmd, sizeof(cmd), "ulimit -f 8; " BIN "run %s -d cpu -m logits -f %s -o %s", bin, ids, out);
     expect_error("-o past a file size limit (a full disk)", cmd, "write failed (File too large)", out);
@@ -798,7 +812,7 @@ static void test_run_errors(void) {
     char tmpout[320];
     snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
     int size_ok = stat(out, &st) == 0 && st.st_size == 3 * 512 * 4 && access(tmpout, F_OK) != 0;
-    check("-o: the output holds 3 x 512 logits, no .tmp left (bytes)", size_ok, size_ok ? 0 : 1, 0);
+    check("-o: the output holds 3 x 512 logits, no .tmp left (bytes)", size_ok, size_ok ? 0 : 1, "==", 0);
     // calibration text too short for PCA
     snprintf(cmd, sizeof(cmd), ": > %s/empty.txt; " BIN "run %s -d cpu -P tpla -T pca -c %s/empty.txt -n 2", tmp, bin, tmp);
     expect_error("-c an empty calibration file", cmd, "0 calibration tokens, fewer than the 64", NULL);
@@ -841,7 +855,7 @@ static void expect_signal_cleanup(const char *name, char *const argv[], const ch
     int got = WIFSIGNALED(st) ? WTERMSIG(st) : -1;
     int ok = got == sig && access(tmpout, F_OK) != 0 && access(out, F_OK) != 0;
     snprintf(nm, sizeof(nm), "%s: killed by %s, no file left (signal)", name, strsignal(sig));
-    check(nm, ok, got, sig);
+    check(nm, ok, got, "==", sig);
 }
 
 // convert: broken copies of a fixture fail, say why and leave no file; interrupted runs leave none
@@ -954,7 +968,7 @@ static void test_gpu_attention(void) {
         char name[128];
         snprintf(name, sizeof(name), "GPU decode attention B=%d heads=%d latent=%d+%d len=%d vs float64", B, ha, dcs, dr, cases[ci].len);
         double e = rel_err(O, R, (size_t)B * ha * dcs);
-        check(name, e <= 1e-2, e, 1e-2);   // bf16 P and bf16 output: about 4e-3
+        check(name, e <= 1e-2, e, "<=", 1e-2);   // bf16 P and bf16 output: about 4e-3
         free(Q); free(C); free(O); free(R);
     }
 }
@@ -966,7 +980,7 @@ static void gpu_vs(const char *name, const float *gl, const float *ref, int T, i
     double med = close_logits(gl, ref, T, V, 3e-2, 0.05f, &out, &miss);
     char full[200];
     snprintf(full, sizeof(full), "%s: median, %d outliers, %d argmax misses", name, out, miss);
-    check(full, med <= 3e-2 && out <= T / 16 && miss == 0, med, 3e-2);
+    check(full, med <= 3e-2 && out <= T / 16 && miss == 0, med, "<=", 3e-2);
 }
 
 // The GPU criterion on the CPU. A stand-in for the GPU's bf16 rounding: every matrix the GPU holds in bf16
@@ -1001,10 +1015,10 @@ static void test_gpu_criterion(Fixture *f) {
     }
     char name[160];
     snprintf(name, sizeof(name), "%s: GPU criterion passes bf16-sized noise: median, %d outliers, %d misses", f->name, worst_out, worst_miss);
-    check(name, worst_med <= 3e-2 && worst_out <= n / 16 && worst_miss == 0, worst_med, 3e-2);
+    check(name, worst_med <= 3e-2 && worst_out <= n / 16 && worst_miss == 0, worst_med, "<=", 3e-2);
     close_logits(wrong, a, n, V, 3e-2, 0.05f, &out, &miss);
     snprintf(name, sizeof(name), "%s: GPU criterion fails g=4 for g=2: %d outliers > %d", f->name, out, n / 16);
-    check(name, out > n / 16, out, n / 16);
+    check(name, out > n / 16, out, ">", n / 16);
     free(a); free(wrong); free(t);
 }
 
@@ -1015,19 +1029,18 @@ static void test_gpu_model(Fixture *f, int ngpu) {
     int n = f->n, k = 16, V = c->vocab;
     float *U = NULL;
     double *ev = NULL;
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
     float *gpu1 = NULL;
     for (int K = 1; K <= ngpu; K *= 2) {
         char name[160];
         // MLA: GPU (K GPUs, heads split) against the CPU, and against one GPU
-        float *cpu = run_logits(&f->m, &mla, f->ids, n, k, 0, 0), *gl = run_logits(&f->m, &mla, f->ids, n, k, 1, K);
+        float *cpu = run_logits(&f->m, &MLA, f->ids, n, k, 0, 0), *gl = run_logits(&f->m, &MLA, f->ids, n, k, 1, K);
         snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPU(s) vs CPU", f->name, K);
         gpu_vs(name, gl, cpu, n, V);
         if (K == 1) gpu1 = gl;
         else {
             double e = rel_err(gl, gpu1, (size_t)n * V);
             snprintf(name, sizeof(name), "%s: GPU MLA-TP on %d GPUs vs MLA on one GPU", f->name, K);
-            check(name, e <= 1e-2, e, 1e-2);
+            check(name, e <= 1e-2, e, "<=", 1e-2);
             free(gl);
         }
         free(cpu);
@@ -1036,7 +1049,7 @@ static void test_gpu_model(Fixture *f, int ngpu) {
             for (int split = 0; split < (g > 1 ? 2 : 1); split++)
                 for (int T = 0; T < 3; T += 2) {
                     Scheme s = {g, RMS_LOCAL, NULL, split};
-                    setup_transform(&f->m, &s, T, g, &tok, CALIB, &U, &ev);
+                    setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
                     float *cl = run_logits(&f->m, &s, f->ids, n, k, 0, 0), *tl = run_logits(&f->m, &s, f->ids, n, k, 1, K);
                     snprintf(name, sizeof(name), "%s: GPU TPLA g=%d T=%s on %d GPU(s)%s vs CPU", f->name, g, T_NAMES[T], K,
                              split ? " split" : "");
@@ -1058,9 +1071,8 @@ static void test_gpu_model(Fixture *f, int ngpu) {
 
 // tokens per (layer, expert) while the CPU engine feeds ids: the first p prefilled, then the rest decoded
 static int *cpu_routes(const Model *m, const int *ids, int p, int n, int *into) {
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
     Engine e;
-    build_engine(&e, m, &mla, 0, 0, n);
+    build_engine(&e, m, &MLA, 0, 0, n);
     if (p) engine_feed(&e, ids, p, 1, NULL);
     route_log = into;
     if (n > p) engine_feed(&e, ids + p, n - p, 0, NULL);
@@ -1085,10 +1097,9 @@ static void route_stats(const Config *c, const int *cnt, int *lo, int *hi, int *
 static void gpu_batch(Fixture *f, int B, int ngpu, int *cnt) {
     const Config *c = &f->m.c;
     int p = 8, steps = 8, len = p + steps, V = c->vocab, tok[64];
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
     for (int b = 0; b < B; b++) cpu_routes(&f->m, f->ids + 2 * b % (f->n - len), p, p + 1, cnt);
     if (!ngpu) return;
-    GPU *G = gpu_build(&f->m, c, &mla, ngpu, B, len, 1);
+    GPU *G = gpu_build(&f->m, c, &MLA, ngpu, B, len, 1);
     float *gl = xmalloc((size_t)B * steps * V * 4), *cl = xmalloc((size_t)B * steps * V * 4), *step = xmalloc((size_t)B * V * 4);
     for (int b = 0; b < B; b++) gpu_prefill(G, b, f->ids + 2 * b % (f->n - len), p, step, 0);
     for (int t = 0; t < steps; t++) {
@@ -1098,7 +1109,7 @@ static void gpu_batch(Fixture *f, int B, int ngpu, int *cnt) {
     }
     gpu_free(G);
     for (int b = 0; b < B; b++) {
-        float *r = run_logits(&f->m, &mla, f->ids + 2 * b % (f->n - len), len, p, 0, 0);
+        float *r = run_logits(&f->m, &MLA, f->ids + 2 * b % (f->n - len), len, p, 0, 0);
         memcpy(cl + (size_t)b * steps * V, r + (size_t)p * V, (size_t)steps * V * 4);
         free(r);
     }
@@ -1109,7 +1120,6 @@ static void gpu_batch(Fixture *f, int B, int ngpu, int *cnt) {
 }
 
 static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
-    Scheme mla = {1, RMS_GLOBAL, NULL, 0};
     char name[200];
     int lo, hi, empty, E = moe->m.c.n_experts, *cnt = xmalloc((size_t)moe->m.c.n_layers * E * sizeof(int));
     // moe fixture, 16 tokens prefilled then decoded (as test_gpu_model does): experts without a token
@@ -1117,13 +1127,13 @@ static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
     cpu_routes(&moe->m, moe->ids, 0, 16, cnt);
     route_stats(&moe->m.c, cnt, &lo, &hi, &empty);
     snprintf(name, sizeof(name), "moe: a 16-token prompt leaves experts without a token (of %d x %d)", moe->m.c.n_layers - moe->m.c.first_dense, E);
-    check(name, empty >= 1, empty, 1);
+    check(name, empty >= 1, empty, ">=", 1);
     // moe fixture, one decode step of 16 sequences: empty experts and experts with several rows
     memset(cnt, 0, (size_t)moe->m.c.n_layers * E * sizeof(int));
     gpu_batch(moe, 16, ngpu, cnt);
     route_stats(&moe->m.c, cnt, &lo, &hi, &empty);
     snprintf(name, sizeof(name), "moe: a decode step of 16 sequences: %d empty experts, an expert with (tokens)", empty);
-    check(name, empty >= 1 && hi >= 2, hi, 2);
+    check(name, empty >= 1 && hi >= 2, hi, ">=", 2);
     free(cnt);
 
     // v2 fixture: a prompt of 160 ids spread over the vocabulary routes to every expert (and its 320
@@ -1136,9 +1146,9 @@ static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
     memset(cnt, 0, (size_t)c->n_layers * E * sizeof(int));
     cpu_routes(&v2->m, spread, 0, n, cnt);
     route_stats(c, cnt, &lo, &hi, &empty);
-    check("v2: 160 spread ids route to every expert of every MoE layer (fewest tokens)", lo >= 1, lo, 1);
+    check("v2: 160 spread ids route to every expert of every MoE layer (fewest tokens)", lo >= 1, lo, ">=", 1);
     if (ngpu) {
-        float *cl = run_logits(&v2->m, &mla, spread, n, n, 0, 0), *gl = run_logits(&v2->m, &mla, spread, n, n, 1, ngpu);
+        float *cl = run_logits(&v2->m, &MLA, spread, n, n, 0, 0), *gl = run_logits(&v2->m, &MLA, spread, n, n, 1, ngpu);
         snprintf(name, sizeof(name), "v2: GPU prefill of 160 spread ids (every expert used) on %d GPU(s) vs CPU", ngpu);
         gpu_vs(name, gl, cl, n, V);
         free(cl); free(gl);
@@ -1146,7 +1156,7 @@ static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
     memset(cnt, 0, (size_t)c->n_layers * E * sizeof(int));
     gpu_batch(v2, 32, ngpu, cnt);
     route_stats(c, cnt, &lo, &hi, &empty);
-    check("v2: a decode step of 32 sequences routes to every expert (fewest tokens)", lo >= 1, lo, 1);
+    check("v2: a decode step of 32 sequences routes to every expert (fewest tokens)", lo >= 1, lo, ">=", 1);
     free(cnt);
     c = &v3->m.c;
     E = c->n_experts; n = v3->n; V = c->vocab;
@@ -1158,9 +1168,9 @@ static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
     cpu_routes(&v3->m, v3->ids, 0, n, cnt);
     int all5 = 1;
     for (int l = c->first_dense; l < c->n_layers; l++) all5 &= cnt[(size_t)l * E + 5] == n;
-    check("v3 with a crafted router bias: every token routes to expert 5", all5, !all5, 0);
+    check("v3 with a crafted router bias: every token routes to expert 5", all5, !all5, "==", 0);
     if (ngpu) {
-        float *cl = run_logits(&v3->m, &mla, v3->ids, n, 24, 0, 0), *gl = run_logits(&v3->m, &mla, v3->ids, n, 24, 1, ngpu);
+        float *cl = run_logits(&v3->m, &MLA, v3->ids, n, 24, 0, 0), *gl = run_logits(&v3->m, &MLA, v3->ids, n, 24, 1, ngpu);
         snprintf(name, sizeof(name), "v3, every token to expert 5: GPU on %d GPU(s) vs CPU", ngpu);
         gpu_vs(name, gl, cl, n, V);
         free(cl); free(gl);
@@ -1173,12 +1183,13 @@ static void test_moe(Fixture *v3, Fixture *v2, Fixture *moe, int ngpu) {
 static void test_moe_limits(Fixture *fx, int nfx, int ngpu) {
     int ok = 1;
     for (int i = 0; i < nfx; i++) for (int K = 1; K <= 4; K *= 2) ok &= gpu_moe_error(&fx[i].m.c, K) == NULL;
-    check("the fixtures are within the GPU MoE limits on 1, 2 and 4 GPUs", ok, !ok, 0);
+    check("the fixtures are within the GPU MoE limits on 1, 2 and 4 GPUs", ok, !ok, "==", 0);
     Fixture *moe = &fx[nfx - 1];
     Config c = moe->m.c;
     c.topk = GPU_MAX_TOPK + 1;
     const char *e = gpu_moe_error(&c, 1);
-    check("top-17 of 64 experts: the GPU limit check refuses it, naming the limit", e && strstr(e, "at most 16"), !e, 0);
+    int named = e && strstr(e, "at most 16");
+    check("top-17 of 64 experts: the GPU limit check refuses it, naming the limit", named, named, "==", 1);
     // the same as a checkpoint: ./run -d gpu stops with the message (and a CPU run of it is fine)
     char path[300], cmd[600];
     snprintf(path, sizeof(path), "%s/moe.bin", tmp);
@@ -1192,11 +1203,11 @@ static void test_moe_limits(Fixture *fx, int nfx, int ngpu) {
     free(buf);
     snprintf(cmd, sizeof(cmd), "./run %s -d cpu -i x -n 1", path);
     int rc = sh(cmd);
-    check("top-17 checkpoint runs on the CPU (exit code)", rc == 0, rc, 0);
+    check("top-17 checkpoint runs on the CPU (exit code)", rc == 0, rc, "==", 0);
     if (!ngpu) { skip("top-17 checkpoint: ./run -d gpu stops with the limit's message", "no Hopper GPU"); return; }
     snprintf(cmd, sizeof(cmd), "./run %s -d gpu -i x -n 1 2>&1 | grep -q 'at most 16 experts per token'", path);
     rc = sh(cmd);
-    check("top-17 checkpoint: ./run -d gpu stops with the limit's message (grep status)", rc == 0, rc, 0);
+    check("top-17 checkpoint: ./run -d gpu stops with the limit's message (grep status)", rc == 0, rc, "==", 0);
 }
 
 int main(void) {
