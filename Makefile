@@ -13,7 +13,26 @@ ifneq ($(NVCC_PATH),)
 CUDA_HOME ?= $(abspath $(dir $(NVCC_PATH))/..)
 GPU_OBJ = tpla.o
 ENGINE = -DTPLA_CUDA
-LDLIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lnccl -lcudart -lstdc++ -lpthread
+LDLIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -lpthread
+# NCCL (the collectives between GPUs) is not part of the CUDA Toolkit. NCCL_HOME is the folder with its
+# include/nccl.h and lib/libnccl.so (or lib64/, lib/<arch>/); unset, it is the first of CUDA_HOME, /usr
+# and /usr/local that holds both. Without NCCL (none found, or NCCL_HOME= empty) the GPU engine is built
+# for one GPU, against the stand-in header nonccl/nccl.h, and says so.
+nccl_lib = $(firstword $(wildcard $(1)/lib/libnccl.so $(1)/lib64/libnccl.so $(1)/lib/*/libnccl.so))
+NCCL_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) /usr /usr/local,$(if $(wildcard $(d)/include/nccl.h),$(if $(call nccl_lib,$(d)),$(d)))))
+ifneq ($(NCCL_HOME),)
+NCCL_LIB := $(call nccl_lib,$(NCCL_HOME))
+ifeq ($(and $(wildcard $(NCCL_HOME)/include/nccl.h),$(NCCL_LIB)),)
+$(error NCCL_HOME=$(NCCL_HOME) has no include/nccl.h with lib/libnccl.so (or lib64/, lib/<arch>/); give the folder NCCL is in, or NCCL_HOME= to build for one GPU)
+endif
+NVCCFLAGS += $(if $(filter /usr,$(NCCL_HOME)),,-I$(NCCL_HOME)/include)
+NCCL_LIBDIR := $(patsubst %/,%,$(dir $(NCCL_LIB)))
+LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) -lnccl
+else
+$(info nvcc found but no NCCL (it is not part of the CUDA Toolkit): building the GPU engine for one GPU; for -K 2 and up install NCCL or set NCCL_HOME)
+NVCCFLAGS += -Inonccl
+ENGINE += -DTPLA_NO_NCCL
+endif
 else
 $(info nvcc not found: building the CPU-only engine; -d gpu and -m bench are unavailable)
 endif
@@ -31,7 +50,7 @@ run.o: run.c tpla.h unicode/classes.h
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -c run.c -o run.o
 test.o: test.c run.c tpla.h unicode/classes.h
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
-tpla.o: tpla.cu tpla.h
+tpla.o: tpla.cu tpla.h nonccl/nccl.h
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wall -c tpla.cu -o tpla.o
 convert: convert.c tpla.h
 	$(CC) $(CFLAGS) convert.c -o convert -lm

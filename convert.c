@@ -19,6 +19,8 @@
 #include <unistd.h>
 #include "tpla.h"
 
+_Static_assert(8 + sizeof(Config) <= TPLA_HEADER, "Config does not fit the header");
+
 // ----------------------------------------------------------------------------
 // small helpers
 
@@ -628,8 +630,6 @@ static const char *parse_config(Config *c) {  // returns the architecture
 // Only what run reproduces exactly is converted: a byte-level BPE with no normalizer, the pre-tokenizer ByteLevel
 // (use_regex: the GPT-2 split) or DeepSeek-V3's Sequence of three Splits and a ByteLevel; anything else is refused.
 
-enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1 };  // as run.c
-enum { TOK_SPECIAL = 1, TOK_ADDED = 2, TOK_ADDED_NORMALIZED = 4 };
 
 typedef struct { uint8_t *p; size_t n, cap; } Buf;
 
@@ -880,19 +880,20 @@ int main(int argc, char **argv) {
     uint8_t header[TPLA_HEADER] = {0};
     uint32_t magic = TPLA_MAGIC;
     int32_t version = TPLA_VERSION;
-    if (8 + sizeof c > TPLA_HEADER) die("Config does not fit the header");
     memcpy(header, &magic, 4), memcpy(header + 4, &version, 4), memcpy(header + 8, &c, sizeof c);
     put(f, header, sizeof header);
     put(f, tok.p, tok.n);
     uint64_t w0 = weights_offset(&c);
+    double t0 = now_s();
+    char what[64];
     for (int i = 0; i < nt; i++) {
-        if (isatty(2) && T[i].layer >= 0 && (i == 0 || T[i].layer != T[i - 1].layer))
-            fprintf(stderr, "\rlayer %d/%d", T[i].layer + 1, c.n_layers);
+        snprintf(what, sizeof what, "convert: tensor %d of %d", i + 1, nt);
+        progress(what, (long)(written >> 20), (long)((w0 + bytes) >> 20), "MB", t0);
         pad_to(f, w0 + T[i].off);
         write_tensor(f, &c, &T[i]);
     }
     pad_to(f, w0 + bytes);
-    if (isatty(2)) fputc('\n', stderr);
+    progress(what, (long)((w0 + bytes) >> 20), (long)((w0 + bytes) >> 20), "MB", t0);
     out_close(f, out);
 
     static const char *routes[] = { "softmax, greedy", "softmax, group-limited greedy", "sigmoid + bias, groups by top-2 sum" };

@@ -126,7 +126,7 @@ static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) 
 
 // y (d) = W (d, n) x (n)
 static void matmul(float *y, const float *x, const float *W, int n, int d) {
-    #pragma omp parallel for if ((long)n * d >= 1 << 16)
+    #pragma omp parallel for if ((long)n * d >= 1 << 18)   // smaller products: a thread team costs more than it saves
     for (int i = 0; i < d; i++) {
         const float *w = W + (size_t)i * n;
         float s = 0;
@@ -400,8 +400,10 @@ static float *pca_calibrate(const Model *m, const int *tok, int n, int window, d
     float *U = xmalloc((size_t)c->n_layers * dc * dc * sizeof(float));
     State s;
     build_state(&s, c, window);
+    double t0 = now_s();
     for (int t = 0; t < n; t++) {
         forward(m, &s, &MLA, tok[t], t % window, 1);
+        progress("pca", t + 1, n, "tokens", t0);
         for (int l = 0; l < c->n_layers; l++) {
             const float *x = s.lat + ((size_t)l * window + t % window) * dc;
             double *Ml = M + (size_t)l * dc * dc;
@@ -445,9 +447,6 @@ static float *rms_fix_from_pca(const Config *c, const double *ev, int g) {
 // The Unicode classes are Unicode 16.0's, as in the regex library HF tokenizers uses (unicode/classes.h).
 
 #include "unicode/classes.h"
-
-enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1 };
-enum { TOK_SPECIAL = 1, TOK_ADDED = 2, TOK_ADDED_NORMALIZED = 4 };   // Tokenizer.flags
 
 typedef struct {
     int n, n_merges, pretok, add_bos;  // add_bos: generate and ppl start with the config's bos
@@ -1157,7 +1156,11 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
             if (a->T[ti] == T_PCA) r->s.rms_fix = rms_fix_from_pca(c, ev, r->s.g);
             build_engine(&r->e, m, &r->s, use_gpu, a->ngpu, W);
         }
+        char what[64];
+        snprintf(what, sizeof(what), "ppl, T=%s", T_NAMES[a->T[ti]]);
+        double t0 = now_s();
         for (int w = 0; w < nwin; w++) {
+            progress(what, w, nwin, "windows", t0);
             const int *x = ids + (size_t)w * W;
             engine_reset(&em);
             engine_feed(&em, x, W, 1, ref);
@@ -1178,6 +1181,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
                 }
             }
         }
+        progress(what, nwin, nwin, "windows", t0);
         if (ti == 0) printf("%-34s %9.4f %11s\n", "MLA", exp(nll_mla / cnt_mla), "0");
         for (int i = 0; i < nrow; i++) {
             PplRow *r = &rows[i];
@@ -1249,6 +1253,15 @@ static void check_flags(const Args *a, const char *given) {
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+#ifdef _OPENMP
+    // A thread waiting for work sleeps (OMP_WAIT_POLICY=passive) instead of spinning. On a busy machine
+    // (make run next to a build) a spinning thread holds a core that the thread it waits for needs: on 2
+    // cores next to 2 busy loops, generation fell from 240 to 10-25 tokens/s and make run took over 7
+    // minutes instead of 67 s (passive, with matmul's threshold: 105 tokens/s, 102 s). libgomp reads the
+    // policy once, when it is loaded, before main: so the program sets it and starts itself again. The
+    // user's own setting wins.
+    if (!getenv("OMP_WAIT_POLICY") && !setenv("OMP_WAIT_POLICY", "passive", 1)) execv("/proc/self/exe", argv);
+#endif
     Args a = {0};
     a.mode = M_GENERATE; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
     a.temp = 0.8f; a.topp = 0.9f; a.split = 1;
@@ -1333,6 +1346,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < a.nT && a.tpla; i++) {   // what the transforms need, checked before any work
         if (a.T[i] == T_HADAMARD && (m.c.dc & (m.c.dc - 1))) die("-T hadamard needs kv_lora_rank a power of 2, not %d", m.c.dc);
+        if (a.T[i] == T_PCA && !tok.n) die("-T pca: this checkpoint has no tokenizer to read the calibration text with");
         if (a.T[i] == T_PCA) check_input(a.calib);
     }
     if (a.mode == M_TOKENIZE) {

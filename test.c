@@ -918,6 +918,62 @@ static void test_convert(void) {
     }
 }
 
+// Long runs show their progress on a terminal, one line rewritten in place (\r), and nothing when stderr
+// is not one: ppl's windows, PCA's calibration tokens, convert's tensors (script(1) gives the terminal).
+static void test_progress(void) {
+    char cmd[1200], tty[1300], msg[16384];
+    const char *what[] = {"ppl, T=pca: ", "windows/s", "\rpca: ", "tokens/s", "\rconvert: tensor ", "MB/s"};
+    snprintf(cmd, sizeof(cmd), "head -c 1200 tests/data/tok.txt > %1$s/p.txt && " BIN "run %1$s/v3.bin -d cpu -m ppl -f %1$s/p.txt "
+             "-n 64 -P tpla -T pca -c %1$s/p.txt && " BIN "convert tests/data/v3 %1$s/p.bin", tmp);
+    int rc = sh_msg(cmd, msg, sizeof(msg)), shown = 0;
+    for (int i = 0; i < 6; i++) shown += strstr(msg, what[i]) != NULL;
+    check("progress: none when stderr is not a terminal (ppl, PCA, convert; lines shown)", rc == 0 && shown == 0, shown, "==", 0);
+    if (sh("command -v script")) { skip("progress on a terminal", "no script(1) to make one"); return; }
+    snprintf(tty, sizeof(tty), "script -qec '%s' /dev/null", cmd);
+    rc = sh_msg(tty, msg, sizeof(msg));
+    shown = 0;
+    for (int i = 0; i < 6; i++) shown += strstr(msg, what[i]) != NULL;
+    check("progress: on a terminal, ppl's windows, PCA's tokens, convert's tensors (lines shown)", rc == 0 && shown == 6, shown, "==", 6);
+    if (rc || shown != 6) printf("    %s\n    output: %.3000s\n", tty, msg);
+}
+
+// The Makefile's choice of engine, seen through make -n (nothing is built) with a fake nvcc and fake
+// NCCL folders: no nvcc, nvcc without NCCL, NCCL beside CUDA, NCCL_HOME with lib/<arch>/, and an
+// NCCL_HOME without the library. Each must say the right thing and pass the right flags.
+static void test_makefile(void) {
+    char d[300], cmd[2000], msg[16384];
+    snprintf(d, sizeof(d), "%s/mk", tmp);
+    snprintf(cmd, sizeof(cmd), "mkdir -p %1$s && cd %1$s && mkdir -p cuda/bin cudan/bin cudan/include cudan/lib64 half/include deb/include "
+             "deb/lib/x86_64-linux-gnu && printf '#!/bin/sh\\nexit 1\\n' > cuda/bin/nvcc && chmod +x cuda/bin/nvcc && "
+             "cp cuda/bin/nvcc cudan/bin/ && touch cudan/include/nccl.h cudan/lib64/libnccl.so half/include/nccl.h "
+             "deb/include/nccl.h deb/lib/x86_64-linux-gnu/libnccl.so", d);
+    if (sh(cmd)) die("%s failed", cmd);
+    struct { const char *name, *vars, *want[3], *absent; int rc; } cases[] = {   // %1$s: the fake folders
+        {"no nvcc: the CPU engine", "NVCC=%1$s/none/nvcc", {"nvcc not found: building the CPU-only engine", "-o run -lm"}, "-lcublas", 0},
+        {"nvcc, NCCL_HOME= (none): the GPU engine for one GPU", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=",
+         {"no NCCL", "-Inonccl -Xcompiler", "-DTPLA_CUDA -DTPLA_NO_NCCL"}, "-lnccl", 0},
+        {"nvcc with NCCL in CUDA_HOME: found, linked", "NVCC=%1$s/cudan/bin/nvcc",
+         {"-L%1$s/cudan/lib64 -Wl,-rpath,%1$s/cudan/lib64 -lnccl"}, "NCCL", 0},
+        {"NCCL_HOME with lib/<arch>/: found, linked", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=%1$s/deb",
+         {"-I%1$s/deb/include", "-L%1$s/deb/lib/x86_64-linux-gnu -Wl,-rpath,%1$s/deb/lib/x86_64-linux-gnu -lnccl"}, "NCCL", 0},
+        {"NCCL_HOME without libnccl.so: an error naming it", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=%1$s/half",
+         {"NCCL_HOME=%1$s/half has no include/nccl.h with lib/libnccl.so"}, "gcc", 2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char vars[600], want[600], name[200];
+        snprintf(vars, sizeof(vars), cases[i].vars, d);
+        snprintf(cmd, sizeof(cmd), "env -u CUDA_HOME -u NCCL_HOME -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -n -B %s all", vars);
+        int rc = sh_msg(cmd, msg, sizeof(msg)), ok = rc == cases[i].rc && !strstr(msg, cases[i].absent);
+        for (int k = 0; k < 3 && cases[i].want[k]; k++) {
+            snprintf(want, sizeof(want), cases[i].want[k], d);
+            if (!strstr(msg, want)) { ok = 0; printf("    '%s' not in make's output\n", want); }
+        }
+        snprintf(name, sizeof(name), "make: %s (exit code)", cases[i].name);
+        check(name, ok, rc, "==", cases[i].rc);
+        if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // GPU
 
@@ -1219,6 +1275,9 @@ int main(void) {
     load_fixture(&fx[1], "v2");
     load_fixture(&fx[2], "moe");   // 64 experts, top-6 of 4 of 8 groups, 2 shared
     int ng = gpu_count(), k = ng >= 4 ? 4 : ng >= 2 ? 2 : 1;
+#ifdef TPLA_NO_NCCL
+    k = 1;   // a build without NCCL runs the GPU engine on one GPU
+#endif
     printf("--- CPU reference engine\n");
     for (int i = 0; i < 3; i++) test_hf(&fx[i]);
     for (int i = 0; i < 2; i++) test_g1(&fx[i]);
@@ -1233,6 +1292,9 @@ int main(void) {
     test_run_errors();
     test_convert();
     test_moe_limits(fx, 3, ng);
+    test_progress();
+    printf("--- the build\n");
+    test_makefile();
     printf("--- MoE: the edges of the GPU's routed-expert path (GPU parts skipped without a GPU)\n");
     test_moe(&fx[0], &fx[1], &fx[2], ng ? k : 0);
     if (!ng) skip("GPU MoE edges vs the CPU (batched decode, every expert, one expert)", "no Hopper GPU");
@@ -1243,6 +1305,9 @@ int main(void) {
     } else {
         test_gpu_attention();
         for (int i = 0; i < 3; i++) test_gpu_model(&fx[i], k);
+#ifdef TPLA_NO_NCCL
+        if (ng > 1) skip("GPU checks on 2 and 4 GPUs", "this build has no NCCL");
+#endif
         if (k < 4) skip("GPU checks on 4 GPUs", "fewer than 4 GPUs present");
     }
     for (int i = 0; i < 3; i++) { free_model(&fx[i].m); free(fx[i].ids); free(fx[i].hf); }

@@ -19,6 +19,8 @@
 #define TPLA_MAGIC 0x414C5054u  // "TPLA" little-endian
 #define TPLA_VERSION 2
 #define TPLA_HEADER 512
+enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1 };                  // tokenizer block: the pre-tokenizer
+enum { TOK_SPECIAL = 1, TOK_ADDED = 2, TOK_ADDED_NORMALIZED = 4 };  // tokenizer block: a token's flags
 
 enum { ROPE_DEFAULT = 0, ROPE_YARN = 1 };
 enum { ROUTE_SOFTMAX_GREEDY = 0, ROUTE_SOFTMAX_GROUP = 1, ROUTE_SIGMOID_GROUP = 2 };
@@ -451,6 +453,18 @@ static inline void out_close(FILE *f, const char *out) {
     if (e) die("%s: write failed (%s); is the disk full?", out_tmp, strerror(e));
     if (rename(out_tmp, out) != 0) die("cannot rename %s to %s (%s)", out_tmp, out, strerror(errno));
     out_tmp[0] = 0;
+}
+
+// A long run's progress (ppl windows, calibration tokens, convert's bytes): one line on stderr, rewritten
+// in place at most 5 times a second, when stderr is a terminal; nothing otherwise. done of total units
+// since t0 (now_s() at the start), the rate and the time left; the line ends when done reaches total.
+static inline void progress(const char *what, long done, long total, const char *unit, double t0) {
+    static double last;
+    double now = now_s(), rate = done / (now - t0 > 1e-9 ? now - t0 : 1e-9);
+    if (!isatty(2) || (done < total && (done == 0 || now - last < 0.2))) return;
+    last = now;
+    fprintf(stderr, "\r%s: %ld/%ld %s, %.4g %s/s, %.0f s left\033[K%s", what, done, total, unit, rate, unit,
+            done < total && rate > 0 ? (total - done) / rate : 0.0, done < total ? "" : "\n");
 }
 #endif
 

@@ -29,7 +29,8 @@ ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$LOG"
 nvidia-smi topo -m >> "$LOG" 2>&1
 make -j16 >> "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
-summary=""
+short=$(grep -E '^nvcc (not found|found but no NCCL)' "$LOG")   # a build short of the multi-GPU engine says so first
+summary=${short:+$short$'\n'}
 bench() {   # bench NAME ARGS..: one ./run -m bench, its table into the log, its CSV into bench.csv
     local name=$1; shift
     echo "=== ./run $name -m bench $*" >> "$LOG"
