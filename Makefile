@@ -59,7 +59,7 @@ test: all
 	./test
 
 # The default model continues a prompt under MLA and under TPLA (g = the GPU count, 2 on the CPU),
-# with the PCA transform (calibrated first, on models/calib.txt: half a minute on a CPU).
+# with the PCA transform (calibrated first, on models/calib.txt): about a minute in all on 2 CPU cores.
 run: bin
 	./run $(MODEL) -P tpla -T pca -i "def parse_args(argv):" -n 48 -t 0
 
