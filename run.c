@@ -870,7 +870,7 @@ static void usage(void) {
         "usage: ./run MODEL [options]   MODEL: a .bin from ./convert, or dsv3 / kimik2 / dsv3-h16 / v2lite for -m bench\n"
         "  -m MODE   generate (default) | logits | ppl | tokenize | bench\n"
         "  -d DEV    cpu | gpu (default: gpu if one is present)\n"
-        "  -K N      GPUs to use (default: all)\n"
+        "  -K N      GPUs to use (default: all; 1 in a build without NCCL)\n"
         "  -P S      mla (default) | tpla\n"
         "  -g N      TPLA latent shards; a list like 2,4 in ppl mode (default: the GPU count, 2 on the CPU; bench -R N: N)\n"
         "  -T X      orthogonal transform none (default) | hadamard | pca; a list in ppl mode\n"
