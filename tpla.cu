@@ -77,7 +77,7 @@ typedef struct {
     ncclComm_t world, peer;
     char *arena; size_t used, cap, wbytes;   // wbytes: the weights at the start of the arena
     LayerW *lw;
-    bf16 *embed, *lm_head; float *norm, *inv_freq, *rms_fix;
+    bf16 *embed, *lm_head; float *norm, *inv_freq;
     bf16 *cache;             // (L, B, max_len, Dk)
     CUtensorMap cmap;        // the cache, for the decode kernel's TMA
     // activations for up to `rows` tokens
@@ -1009,8 +1009,9 @@ typedef struct {
 static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
 static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
 
-// body() captured once in a CUDA graph and replayed `reps` times: seconds per replay
-template <class F> static double graph_time(Rank *R, F body, int reps = 3) {
+// body() captured once in a CUDA graph and replayed GRAPH_REPS times: seconds per replay
+#define GRAPH_REPS 3
+template <class F> static double graph_time(Rank *R, F body) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     cudaEvent_t e0, e1;
@@ -1021,14 +1022,14 @@ template <class F> static double graph_time(Rank *R, F body, int reps = 3) {
     CUDA_CHECK(cudaGraphLaunch(exec, R->st));   // warm-up
     CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
     CUDA_CHECK(cudaEventRecord(e0, R->st));
-    for (int i = 0; i < reps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    for (int i = 0; i < GRAPH_REPS; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
     CUDA_CHECK(cudaEventRecord(e1, R->st));
     CUDA_CHECK(cudaEventSynchronize(e1));
     float ms;
     CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
     CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
     CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    return ms / 1e3 / reps;
+    return ms / 1e3 / GRAPH_REPS;
 }
 
 // Where a MoE layer's time goes, for `rows` tokens on one GPU (x holds the last step's residual): the FFN
@@ -1101,8 +1102,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
     CUDA_CHECK(cudaEventRecord(e0, R->st));
-    int reps = 3;
-    for (int i = 0; i < reps; i++)
+    for (int i = 0; i < GRAPH_REPS; i++)
         for (int l = 0; l < c->n_layers; l++)
             decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
                              p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
@@ -1112,7 +1112,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
     CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
     CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / reps; }
+    if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / GRAPH_REPS; }
     if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
         std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
         CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
@@ -1257,11 +1257,10 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
     printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
            "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
     for (int i = 0; i < nctx; i++) {
-        Scheme mla = {1, RMS_GLOBAL, NULL, 0};
-        int bm = batch ? batch : largest_batch(c, &mla, K, nrank, ctx[i] + 1, dense);
+        int bm = batch ? batch : largest_batch(c, &MLA, K, nrank, ctx[i] + 1, dense);
         int bt = batch ? batch : largest_batch(c, tpla, K, nrank, ctx[i] + 1, dense);
         BenchRun r[3];
-        const Scheme *sc[3] = {&mla, tpla, tpla};
+        const Scheme *sc[3] = {&MLA, tpla, tpla};
         int bs[3] = {bm, bt, bm};
         double tps[3];
         double pr = paper_ratio(name, K, tpla->g, ctx[i]);
