@@ -1403,8 +1403,9 @@ __device__ __forceinline__ uint64_t wg_desc(const void *p, uint32_t lbo) {
 }
 #define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 #define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
-#define WG_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "        \
-               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_REGS32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+                  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define WG_R32 "{" WG_REGS32 "}"
 // d (64 x 64, f32) = (acc ? d : 0) + A (64 x 16) B (16 x 64): A and B^T row-major in shared memory
 __device__ __forceinline__ void wgmma_ss(float *d, uint64_t a, uint64_t b, int acc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1424,10 +1425,8 @@ __device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b
 // O (64 x 64 NJ, f32) += P (64 x 16, registers) V (16 x 64 NJ): V row-major in shared memory, read
 // transposed; one instruction for all of a warpgroup's output columns (the accumulator layout is that of
 // NJ 64 x 64 tiles side by side, so o[NJ][32] is one operand)
-#define WG_REGS64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
-                  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, " \
-                  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, " \
-                  "%56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_REGS64 WG_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+                  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 #define WG_REGS128 WG_REGS64 ", " \
                    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
                    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
@@ -1436,27 +1435,21 @@ __device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b
 #define WG_OUT64 WG_D32, WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
 #define WG_OUT128 WG_OUT64, WG_D8(64), WG_D8(72), WG_D8(80), WG_D8(88), WG_D8(96), WG_D8(104), WG_D8(112), WG_D8(120)
 template <int NJ> __device__ __forceinline__ void wgmma_pv(float *d, const uint32_t *a, uint64_t b);
-template <> __device__ __forceinline__ void wgmma_pv<1>(float *d, const uint32_t *a, uint64_t b) {
+#define WG_PV(NJ, N, REGS, OUTS, A0, A1, A2, A3, B)                                                              \
+    template <> __device__ __forceinline__ void wgmma_pv<NJ>(float *d, const uint32_t *a, uint64_t b) {          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                               \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" REGS "}, "                     \
+                     "{%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B ", p, 1, 1, 1;\n}\n"                      \
+                     : OUTS : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                              \
+    }
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+WG_PV(1, 64, WG_REGS32, WG_D32, 32, 33, 34, 35, 36)
+WG_PV(2, 128, WG_REGS64, WG_OUT64, 64, 65, 66, 67, 68)
+WG_PV(4, 256, WG_REGS128, WG_OUT128, 128, 129, 130, 131, 132)
+#else
+template <int NJ> __device__ __forceinline__ void wgmma_pv(float *, const uint32_t *, uint64_t) {}
 #endif
-}
-template <> __device__ __forceinline__ void wgmma_pv<2>(float *d, const uint32_t *a, uint64_t b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " "{" WG_REGS64 "}" ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : WG_OUT64 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
-#endif
-}
-template <> __device__ __forceinline__ void wgmma_pv<4>(float *d, const uint32_t *a, uint64_t b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " "{" WG_REGS128 "}" ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-                 : WG_OUT128 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
-#endif
-}
+#undef WG_PV
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
