@@ -1009,27 +1009,32 @@ typedef struct {
 static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
 static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
 
-// body() captured once in a CUDA graph and replayed GRAPH_REPS times: seconds per replay
+// seconds per call of body(), timed with CUDA events on the rank's stream over reps calls after one
+// untimed call; graph_time: the same for body() captured once in a CUDA graph and replayed
 #define GRAPH_REPS 3
-template <class F> static double graph_time(Rank *R, F body) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
+template <class F> static double event_time(Rank *R, F body, int reps) {
     cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
     body();
-    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_CHECK(cudaGraphLaunch(exec, R->st));   // warm-up
     CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
     CUDA_CHECK(cudaEventRecord(e0, R->st));
-    for (int i = 0; i < GRAPH_REPS; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
+    for (int i = 0; i < reps; i++) body();
     CUDA_CHECK(cudaEventRecord(e1, R->st));
     CUDA_CHECK(cudaEventSynchronize(e1));
     float ms;
     CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
     CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    return ms / 1e3 / GRAPH_REPS;
+    return ms / 1e3 / reps;
+}
+template <class F> static double graph_time(Rank *R, F body, int reps = GRAPH_REPS) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
+    body();
+    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    double t = event_time(R, [&] { CUDA_CHECK(cudaGraphLaunch(exec, R->st)); }, reps);
+    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
+    return t;
 }
 
 // Where a MoE layer's time goes, for `rows` tokens on one GPU (x holds the last step's residual): the FFN
@@ -1085,34 +1090,14 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     CUDA_CHECK(cudaMemcpy(R->rseq, seq.data(), G->B * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(R->lens, lens.data(), G->B * 4, cudaMemcpyHostToDevice));
     forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);   // warm-up, outside the graph
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
-    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);
-    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_CHECK(cudaGraphLaunch(exec, R->st));
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    double t0 = now_s();
-    for (int i = 0; i < b->steps; i++) CUDA_CHECK(cudaGraphLaunch(exec, R->st));
-    CUDA_CHECK(cudaStreamSynchronize(R->st));
-    double t = (now_s() - t0) / b->steps;
+    double t = graph_time(R, [&] { forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B); }, b->steps);
     // the attention kernels of every layer, timed alone (Q holds the last step's queries)
-    cudaEvent_t e0, e1;
-    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
-    CUDA_CHECK(cudaEventRecord(e0, R->st));
-    for (int i = 0; i < GRAPH_REPS; i++)
+    double attn = event_time(R, [&] {
         for (int l = 0; l < c->n_layers; l++)
             decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
                              p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
-    CUDA_CHECK(cudaEventRecord(e1, R->st));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
-    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    if (R->r == 0) { b->step_s = t; b->attn_s = ms / 1e3 / GRAPH_REPS; }
+    }, GRAPH_REPS);
+    if (R->r == 0) { b->step_s = t; b->attn_s = attn; }
     if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
         std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
         CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
