@@ -373,7 +373,7 @@ static void test_tokenizer_hf(const char *label, const char *json, int vocab, co
     snprintf(dir, sizeof(dir), "%s/hf_%s", tmp, label);
     snprintf(bin, sizeof(bin), "%s/%s.bin", tmp, label);
     make_hf_dir(dir, vocab, json);
-    snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, bin);
+    snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
     if (sh(cmd)) die("%s failed", cmd);
     Model m;
     Tokenizer tok;
@@ -450,7 +450,7 @@ static void test_tokenizer_convert(void) {
         if (cases[i].templ) fprintf(f, "%.*s%s%s", (int)(pp - json), json, tmpl, pp + strlen("\"post_processor\": null"));
         else fputs(json, f);
         fclose(f);
-        snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, bin);
+        snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
         int rc = sh_msg(cmd, msg, sizeof(msg)), got = -1;
         if (rc == 0) {
             Model m;
@@ -481,7 +481,7 @@ static void test_tokenizer_convert(void) {
         if (!f) die("%s: cannot write", path);
         fprintf(f, "%.*s%s%s", (int)(at - json), json, refused[i].to, at + strlen(refused[i].from));
         fclose(f);
-        snprintf(cmd, sizeof(cmd), "./convert %s %s", dir, bin);
+        snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "convert refuses %s, naming it (exit code)", refused[i].name);
@@ -550,12 +550,12 @@ static void test_tokenizer(const Fixture *fx) {
     char path[400];
     snprintf(path, sizeof(path), "%s/latin1.txt", tmp);
     write_text(path, "caf\xc3\xa9 ok, \xe9 not");
-    snprintf(cmd, sizeof(cmd), "./run %s/gpt2.bin -m tokenize -f %s", tmp, path);
+    snprintf(cmd, sizeof(cmd), BIN "run %s/gpt2.bin -m tokenize -f %s", tmp, path);
     int rc = sh_msg(cmd, msg, sizeof(msg));
     check("run -m tokenize: invalid UTF-8 is an error naming byte 10 (exit code)", rc == 1 && strstr(msg, "invalid UTF-8 at byte 10"), rc, "==", 1);
     snprintf(path, sizeof(path), "%s/chat.txt", tmp);
     write_text(path, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi");
-    snprintf(cmd, sizeof(cmd), "./run %s/deepseek_v3.bin -m tokenize -f %s", tmp, path);
+    snprintf(cmd, sizeof(cmd), BIN "run %s/deepseek_v3.bin -m tokenize -f %s", tmp, path);
     rc = sh_msg(cmd, msg, sizeof(msg));
     check("run -m tokenize: a typed <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi is 0 6366 (exit code)", rc == 0 && !strcmp(msg, "0 6366\n"), rc, "==", 0);
     test_tokenizer_convert();
