@@ -530,7 +530,7 @@ static void test_tokenizer_damaged(const Fixture *fx) {
         FILE *f = fopen(bad, "wb");
         if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
         memcpy(cases[i].at, &old, 4);
-        snprintf(cmd, sizeof(cmd), "timeout 20 ./run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
@@ -1257,11 +1257,11 @@ static void test_moe_limits(Fixture *fx, int nfx, int ngpu) {
     if (!f || fwrite(buf, 1, len, f) != len) die("%s: cannot write", path);
     fclose(f);
     free(buf);
-    snprintf(cmd, sizeof(cmd), "./run %s -d cpu -i x -n 1", path);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i x -n 1", path);
     int rc = sh(cmd);
     check("top-17 checkpoint runs on the CPU (exit code)", rc == 0, rc, "==", 0);
     if (!ngpu) { skip("top-17 checkpoint: ./run -d gpu stops with the limit's message", "no Hopper GPU"); return; }
-    snprintf(cmd, sizeof(cmd), "./run %s -d gpu -i x -n 1 2>&1 | grep -q 'at most 16 experts per token'", path);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d gpu -i x -n 1 2>&1 | grep -q 'at most 16 experts per token'", path);
     rc = sh(cmd);
     check("top-17 checkpoint: ./run -d gpu stops with the limit's message (grep status)", rc == 0, rc, "==", 0);
 }
