@@ -414,7 +414,6 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int ngpu, int n, int ff
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
 
