@@ -950,10 +950,12 @@ static void test_makefile(void) {
     if (sh(cmd)) die("%s failed", cmd);
     struct { const char *name, *vars, *want[3], *absent; int rc; } cases[] = {   // %1$s: the fake folders
         {"no nvcc: the CPU engine", "NVCC=%1$s/none/nvcc", {"nvcc not found: building the CPU-only engine", "-o run -lm"}, "-lcublas", 0},
+        {"NVCC=none: the CPU engine, said so", "NVCC=none", {"NVCC=none: building the CPU-only engine", "-o run -lm"}, "-lcublas", 0},
         {"nvcc, NCCL_HOME= (none): the GPU engine for one GPU", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=",
          {"no NCCL", "-Inonccl -Xcompiler", "-DTPLA_CUDA -DTPLA_NO_NCCL"}, "-lnccl", 0},
-        {"nvcc with NCCL in CUDA_HOME: found, linked", "NVCC=%1$s/cudan/bin/nvcc",
-         {"-L%1$s/cudan/lib64 -Wl,-rpath,%1$s/cudan/lib64 -lnccl"}, "NCCL", 0},
+        {"nvcc with NCCL in CUDA_HOME: found, said so, linked", "NVCC=%1$s/cudan/bin/nvcc",
+         {"nvcc found (%1$s/cudan/bin/nvcc): building the GPU engine too; `make NVCC=none` builds the CPU engine alone",
+          "-L%1$s/cudan/lib64 -Wl,-rpath,%1$s/cudan/lib64 -lnccl"}, "NCCL", 0},
         {"NCCL_HOME with lib/<arch>/: found, linked", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=%1$s/deb",
          {"-I%1$s/deb/include", "-L%1$s/deb/lib/x86_64-linux-gnu -Wl,-rpath,%1$s/deb/lib/x86_64-linux-gnu -lnccl"}, "NCCL", 0},
         {"NCCL_HOME without libnccl.so: an error naming it", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=%1$s/half",
@@ -970,6 +972,30 @@ static void test_makefile(void) {
         }
         snprintf(name, sizeof(name), "make: %s (exit code)", cases[i].name);
         check(name, ok, rc, "==", cases[i].rc);
+        if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
+    }
+    // Switching between the GPU build and NVCC=none needs no make clean: the objects are rebuilt when the
+    // engine flags they were built with (.engine) change, and only then. Run for real on empty sources,
+    // with a compiler that only touches what it is asked to write.
+    snprintf(cmd, sizeof(cmd), "mkdir -p %1$s/tree/unicode %1$s/tree/nonccl && cp Makefile %1$s/tree/ && cd %1$s/tree && "
+             "printf '#!/bin/sh\\necho cc \"$@\"\\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && touch \"$2\"; shift; done\\n' > cc && chmod +x cc && "
+             "touch run.c test.c tpla.h unicode/classes.h nonccl/nccl.h && echo -DTPLA_CUDA > .engine && sleep 0.01 && touch run.o test.o", d);
+    if (sh(cmd)) die("%s failed", cmd);
+    struct { const char *name, *nvcc; int rebuilt; } steps[] = {
+        {"NVCC=none after the GPU build: run.o and test.o rebuilt", "none", 1},
+        {"NVCC=none again: nothing rebuilt", "none", 0},
+        {"the GPU build after NVCC=none: rebuilt, with -DTPLA_CUDA", "%1$s/cudan/bin/nvcc", 1},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        char nvcc[400], name[200];
+        snprintf(nvcc, sizeof(nvcc), steps[i].nvcc, d);
+        snprintf(cmd, sizeof(cmd), "cd %s/tree && env -u CUDA_HOME -u NCCL_HOME -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make CC=./cc NVCC=%s run.o test.o", d, nvcc);
+        int rc = sh_msg(cmd, msg, sizeof(msg)), n = 0;
+        n += strstr(msg, "-c run.c -o run.o") != NULL;
+        n += strstr(msg, "-c test.c -o test.o") != NULL;
+        int ok = rc == 0 && n == 2 * steps[i].rebuilt && (i < 2 || strstr(msg, "-DTPLA_CUDA -c run.c"));
+        snprintf(name, sizeof(name), "make: %s (objects compiled)", steps[i].name);
+        check(name, ok, n, "==", 2 * steps[i].rebuilt);
         if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
     }
 }
