@@ -1,4 +1,4 @@
-// run.c: tpla's command line, the CPU reference engine (MLA and simulated TPLA in float32), the
+// run.c: tpla's command line, the CPU reference engine (MLA, simulated TPLA and DCP, in float32), the
 // Hadamard and PCA transforms, the tokenizer and the sampler. The math is the README's "The math".
 //   ./run model.bin -i "def fib(n):" -P tpla -g 2 -T hadamard
 // The GPU engine lives in tpla.cu behind the API at the end of tpla.h.
@@ -155,6 +155,7 @@ static void rope(const Config *c, const float *inv, float *x, int pos) {
 
 typedef struct {
     float *x, *xb, *q, *kv, *qa, *o, *v, *y, *h1, *h3, *ffn, *router, *logits, *att;
+    float *o_r, *lse_r; // (max_len, dc), (max_len): DCP rank r's partial o^r and lse^r (a rank with a token: r < max_len)
     float *lat;    // (n_layers, max_len, dc): the cached latent, transformed and normalised
     float *kpe;    // (n_layers, max_len, dr): the cached rope key
     float *inv_freq;
@@ -174,6 +175,7 @@ static void build_state(State *s, const Config *c, int max_len) {
     s->router = xmalloc((c->n_experts + 1) * 4);
     s->logits = xmalloc((size_t)c->vocab * 4);
     s->att = xmalloc((size_t)max_len * 4);
+    s->o_r = xmalloc((size_t)max_len * c->dc * 4); s->lse_r = xmalloc((size_t)max_len * 4);
     s->lat = xmalloc((size_t)c->n_layers * max_len * c->dc * 4);
     s->kpe = xmalloc((size_t)c->n_layers * max_len * c->dr * 4);
     s->inv_freq = xmalloc(c->dr / 2 * 4);
@@ -182,7 +184,7 @@ static void build_state(State *s, const Config *c, int max_len) {
 
 static void free_state(State *s) {
     float *p[] = {s->x, s->xb, s->y, s->ffn, s->q, s->kv, s->qa, s->o, s->v, s->h1, s->h3, s->router,
-                  s->logits, s->att, s->lat, s->kpe, s->inv_freq};
+                  s->logits, s->att, s->o_r, s->lse_r, s->lat, s->kpe, s->inv_freq};
     for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++) free(p[i]);
 }
 
@@ -240,12 +242,31 @@ static void normalise_latent(float *c, int dc, int g, const float *fix, float ep
     }
 }
 
+// One shard's attention over its tokens T_r = {t <= pos : t mod K = r} (K = 1: every token) on the latent
+// dims [j0, j1), from their scores in att (overwritten): o[j0, j1) = sum_{t in T_r} softmax(score)(t) c_t[j0, j1).
+// Returns lse = log sum_{t in T_r} exp(score(t)), what DCP's combine weighs the shard by.
+static float attend(float *o, float *att, const float *lat, int dc, int j0, int j1, int r, int K, int pos) {
+    float mx = att[r], sum = 0;
+    for (int t = r + K; t <= pos; t += K) if (att[t] > mx) mx = att[t];
+    for (int t = r; t <= pos; t += K) { att[t] = expf(att[t] - mx); sum += att[t]; }
+    for (int j = j0; j < j1; j++) o[j] = 0;
+    for (int t = r; t <= pos; t += K)
+        for (int j = j0; j < j1; j++) o[j] += att[t] / sum * lat[(size_t)t * dc + j];
+    return mx + logf(sum);
+}
+
+#ifdef TESTING
+static int dcp_unweighted;   // the tests' deliberately wrong DCP combine (w^r = 1 / ranks), to show their bound can fail
+#endif
+
 // One token at position pos through the whole model; returns the logits. exact: this token is
-// prefilled as exact MLA (full latent, global rms, one softmax); else it is a decode step of scheme sc.
+// prefilled as exact MLA (full latent, global rms, one softmax); else it is a decode step of scheme sc:
+// g latent shards (TPLA) or K token shards (DCP, whose rms is exact).
 static float *forward(const Model *m, State *s, const Scheme *sc, int token, int pos, int exact) {
     const Config *c = &m->c;
     int D = c->dim, H = c->n_heads, dc = c->dc, dr = c->dr, dn = c->dn, dv = c->dv, qd = dn + dr;
-    int g = exact ? 1 : sc->g, local = !exact && sc->rms == RMS_LOCAL;
+    int g = exact || sc->dcp ? 1 : sc->g, K = exact || !sc->dcp ? 1 : sc->g;
+    int local = !exact && !sc->dcp && sc->rms == RMS_LOCAL;
     memcpy(s->x, m->embed + (size_t)token * D, D * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
         const Layer *L = &m->layers[l];
@@ -265,11 +286,13 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
         rope(c, s->inv_freq, s->kv + dc, pos);
         memcpy(lat + (size_t)pos * dc, s->kv, dc * sizeof(float));
         memcpy(kpe + (size_t)pos * dr, s->kv + dc, dr * sizeof(float));
-        // --- absorbed attention, per head h and latent shard i (g = 1 is MLA; README "The TPLA step"):
+        // --- absorbed attention, per head h. The cache is split into g latent slices S_i (TPLA, README "The
+        // TPLA step") or into K token sets T_r, the t with t mod K = r (DCP, README "TPLA beside context
+        // parallelism"); g = K = 1 is MLA. Shard (i, r) computes on its own
         //   qa = W_UK^h^T q_nope;  score(t) = scale (qa[S_i] . c_t[S_i] + q_pe . kpe_t)
-        //   o[S_i] = softmax_t(score) . c_t[S_i]   (shard i's own softmax)
+        //   o^r[S_i] = softmax_{t in T_r}(score) . c_t[S_i]   (its own softmax);  lse^r = log sum_{t in T_r} exp(score(t))
         //   v_h = W_UV^h o = sum_i W_UV^h[:, S_i] o[S_i]   (the sum is TPLA's all-reduce)
-        int w = dc / g;
+        int w = dc / g, nr = K < pos + 1 ? K : pos + 1;   // the ranks r > pos hold no token yet: weight 0, left out
         for (int h = 0; h < H; h++) {
             float *qh = s->q + (size_t)h * qd;
             const float *wuk = L->wkv_b + (size_t)h * (dn + dv) * dc, *wuv = wuk + (size_t)dn * dc;
@@ -284,10 +307,21 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
                     for (int j = 0; j < dr; j++) sc_ += qh[dn + j] * kpe[(size_t)t * dr + j];
                     s->att[t] = sc_ * c->softmax_scale;
                 }
-                softmax(s->att, pos + 1);
+                for (int r = 0; r < nr; r++) s->lse_r[r] = attend(s->o_r + (size_t)r * dc, s->att, lat, dc, i * w, (i + 1) * w, r, K, pos);
+                // DCP's combine, exact (K = 1: o = o^0):  lse = log sum_r exp(lse^r),  w^r = exp(lse^r - lse),
+                //   o = sum_r w^r o^r = sum_r sum_{t in T_r} exp(score(t) - lse) c_t, MLA's softmax over every t
+                float mx = s->lse_r[0], sum = 0;
+                for (int r = 1; r < nr; r++) if (s->lse_r[r] > mx) mx = s->lse_r[r];
+                for (int r = 0; r < nr; r++) sum += expf(s->lse_r[r] - mx);
+                float lse = mx + logf(sum);
                 for (int j = i * w; j < (i + 1) * w; j++) s->o[j] = 0;
-                for (int t = 0; t <= pos; t++)
-                    for (int j = i * w; j < (i + 1) * w; j++) s->o[j] += s->att[t] * lat[(size_t)t * dc + j];
+                for (int r = 0; r < nr; r++) {
+                    float wr = expf(s->lse_r[r] - lse);
+#ifdef TESTING
+                    if (dcp_unweighted) wr = 1.0f / nr;
+#endif
+                    for (int j = i * w; j < (i + 1) * w; j++) s->o[j] += wr * s->o_r[(size_t)r * dc + j];
+                }
             }
             matmul(s->v + (size_t)h * dv, s->o, wuv, dc, dv);
         }
@@ -1041,7 +1075,7 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int nrun = a->tpla ? 2 : 1, *gen[2];
     float *U = NULL; double *ev = NULL;
     for (int run = 0; run < nrun; run++) {
-        Scheme s = run ? (Scheme){a->g[0], a->r[0], NULL, a->split} : MLA;
+        Scheme s = run ? (Scheme){a->g[0], a->r[0], NULL, a->split, 0} : MLA;
         setup_transform(m, &s, run ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
         Engine e;
         build_engine(&e, m, &s, use_gpu, a->ngpu, len);
@@ -1089,7 +1123,7 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int n, *ids = read_ids(a->in, c->vocab, &n);
     if (n == 0 || n > c->max_seq) die("%s: %d ids; need 1 to %d", a->in, n, c->max_seq);
     int k = a->k < 0 || a->k > n ? n : a->k;
-    Scheme s = a->tpla ? (Scheme){a->g[0], a->r[0], NULL, a->split} : MLA;
+    Scheme s = a->tpla ? (Scheme){a->g[0], a->r[0], NULL, a->split, 0} : MLA;
     float *U = NULL; double *ev = NULL;
     setup_transform(m, &s, a->tpla ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
     Engine e;
@@ -1152,7 +1186,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
         for (int i = 0; i < nrow; i++) {
             PplRow *r = &rows[i];
             memset(r, 0, sizeof(*r));
-            r->s = (Scheme){a->g[i / a->nr], a->r[i % a->nr], NULL, a->split};
+            r->s = (Scheme){a->g[i / a->nr], a->r[i % a->nr], NULL, a->split, 0};
             if (a->T[ti] == T_PCA) r->s.rms_fix = rms_fix_from_pca(c, ev, r->s.g);
             build_engine(&r->e, m, &r->s, use_gpu, a->ngpu, W);
         }
@@ -1323,7 +1357,7 @@ int main(int argc, char **argv) {
         Model m;
         if (!shape) { build_model(&m, a.model); shape = &m.c; }
         int ffn = a.dense || !strcmp(a.model, "v2lite");
-        Scheme s = {a.g[0], a.r[0], NULL, a.split};
+        Scheme s = {a.g[0], a.r[0], NULL, a.split, 0};
         int K = a.rank_of ? a.rank_of : a.ngpu;
         char csv[256];
         snprintf(csv, sizeof(csv), "bench_%s_%s%d_g%d.csv", shape == &m.c ? "model" : a.model, a.rank_of ? "R" : "K", K, s.g);

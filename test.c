@@ -184,7 +184,7 @@ static void test_g1(Fixture *f) {
     float *ref = run_logits(&f->m, &MLA, f->ids, f->n, f->n, 0, 0), *U = NULL;
     double *ev = NULL;
     for (int T = 0; T < 3; T++) {
-        Scheme s = {1, RMS_LOCAL, NULL, 0};
+        Scheme s = {1, RMS_LOCAL, NULL, 0, 0};
         setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
         float *lg = run_logits(&f->m, &s, f->ids, f->n, 8, 0, 0);
         char name[128];
@@ -208,7 +208,7 @@ static void test_tpla_ref(Fixture *f) {
     for (int T = 0; T < 3; T += 2)
         for (int g = 2; g <= 4; g += 2)
             for (int r = 0; r < 2; r++) {
-                Scheme s = {g, r, NULL, 0};
+                Scheme s = {g, r, NULL, 0, 0};
                 setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
                 float *lg = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
                 State st;
@@ -233,6 +233,38 @@ static void test_tpla_ref(Fixture *f) {
             }
     fold_latent(&f->m, NULL);
     free(U); free(ev); free_tokenizer(&tok);
+}
+
+// DCP is exact: K token shards (rank r holds the t with t mod K = r), each with its own softmax and lse,
+// combined with the weights exp(lse^r - lse), give MLA's logits to float rounding, for every K, on
+// lengths K does not divide and sequences shorter than K (ranks with no token). The bound is tight enough
+// to mean something: the same combine without its weights (w^r = 1 / ranks) misses it by far.
+static void test_dcp(Fixture *f) {
+    const struct { int n, k; } len[] = {{f->n, 16}, {f->n - 1, 12}, {7, 3}, {5, 0}};   // tokens, prefilled
+    const int Ks[] = {2, 3, 4, 8};
+    char name[160];
+    for (int ki = 0; ki < 4; ki++) {
+        Scheme s = {Ks[ki], RMS_GLOBAL, NULL, 0, 1};
+        double worst = 0;
+        for (int li = 0; li < 4; li++) {
+            int n = len[li].n, k = len[li].k;
+            float *ml = run_logits(&f->m, &MLA, f->ids, n, k, 0, 0), *dl = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
+            worst = fmax(worst, rel_err(dl, ml, (size_t)n * f->m.c.vocab));
+            free(ml); free(dl);
+        }
+        snprintf(name, sizeof(name), "%s: DCP K=%d equals MLA (%d, %d, 7 and 5 tokens; the worst)", f->name, Ks[ki], f->n, f->n - 1);
+        check(name, worst <= 1e-6, worst, "<=", 1e-6);
+    }
+    Scheme s = {2, RMS_GLOBAL, NULL, 0, 1};
+    int n = f->n - 1, k = 12;
+    float *ml = run_logits(&f->m, &MLA, f->ids, n, k, 0, 0);
+    dcp_unweighted = 1;
+    float *dl = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
+    dcp_unweighted = 0;
+    double d = rel_err(dl, ml, (size_t)n * f->m.c.vocab);
+    snprintf(name, sizeof(name), "%s: DCP K=2 with an unweighted combine differs from MLA", f->name);
+    check(name, d >= 1e-3, d, ">=", 1e-3);
+    free(ml); free(dl);
 }
 
 static double max_orth_err(const float *U, int n) {   // max |U^T U - I|
@@ -277,7 +309,7 @@ static void test_transforms(Fixture *f) {
     // PCA on the fixture: orthogonal, energy in the first shard
     Tokenizer tok;
     build_tokenizer(&tok, &f->m);
-    Scheme sc = {2, RMS_LOCAL, NULL, 0};
+    Scheme sc = {2, RMS_LOCAL, NULL, 0, 0};
     float *Up = NULL;
     double *evp = NULL;
     setup_transform(&f->m, &sc, T_PCA, &tok, CALIB, &Up, &evp);
@@ -644,7 +676,7 @@ static void test_damaged_weights(Fixture *fx, int nfx) {
     build_model(&m, path);
     Tokenizer tok;
     build_tokenizer(&tok, &m);
-    Scheme sc = {2, RMS_LOCAL, NULL, 0};
+    Scheme sc = {2, RMS_LOCAL, NULL, 0, 0};
     float *U = NULL;
     double *ev = NULL, mx = 0;
     setup_transform(&m, &sc, T_PCA, &tok, CALIB, &U, &ev);
@@ -1075,7 +1107,7 @@ static void gpu_vs(const char *name, const float *gl, const float *ref, int T, i
 static void test_gpu_criterion(Fixture *f) {
     const Config *c = &f->m.c;
     int n = f->n, V = c->vocab, out, miss, nt = tensor_layout(c, NULL, NULL), worst_out = 0, worst_miss = 0;
-    Scheme s2 = {2, RMS_LOCAL, NULL, 0}, s4 = {4, RMS_LOCAL, NULL, 0};
+    Scheme s2 = {2, RMS_LOCAL, NULL, 0, 0}, s4 = {4, RMS_LOCAL, NULL, 0, 0};
     float *a = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0), *wrong = run_logits(&f->m, &s4, f->ids, n, 16, 0, 0);
     Tensor *t = xmalloc(nt * sizeof(Tensor));
     tensor_layout(c, t, NULL);
@@ -1130,7 +1162,7 @@ static void test_gpu_model(Fixture *f, int ngpu) {
         for (int g = 1; g <= K; g *= 2)
             for (int split = 0; split < (g > 1 ? 2 : 1); split++)
                 for (int T = 0; T < 3; T += 2) {
-                    Scheme s = {g, RMS_LOCAL, NULL, split};
+                    Scheme s = {g, RMS_LOCAL, NULL, split, 0};
                     setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
                     float *cl = run_logits(&f->m, &s, f->ids, n, k, 0, 0), *tl = run_logits(&f->m, &s, f->ids, n, k, 1, K);
                     snprintf(name, sizeof(name), "%s: GPU TPLA g=%d T=%s on %d GPU(s)%s vs CPU", f->name, g, T_NAMES[T], K,
@@ -1308,6 +1340,7 @@ int main(void) {
     for (int i = 0; i < 3; i++) test_hf(&fx[i]);
     for (int i = 0; i < 2; i++) test_g1(&fx[i]);
     for (int i = 0; i < 2; i++) test_tpla_ref(&fx[i]);
+    for (int i = 0; i < 3; i++) test_dcp(&fx[i]);
     test_transforms(&fx[0]);
     test_tokenizer(&fx[0]);
     for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
