@@ -562,7 +562,7 @@ static void test_tokenizer_damaged(const Fixture *fx) {
         FILE *f = fopen(bad, "wb");
         if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
         memcpy(cases[i].at, &old, 4);
-        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
@@ -705,7 +705,7 @@ static void test_load_errors(void) {
         else if (i == 6) snprintf(cmd, sizeof(cmd), cases[i].make, bad, bad);
         else snprintf(cmd, sizeof(cmd), cases[i].make, bin, bad);
         sh(cmd);
-        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
         expect_error(cases[i].name, cmd, cases[i].msg, NULL);
     }
     // a header with one field out of its range (config_error), or in range but not matching the file;
@@ -786,7 +786,7 @@ static void test_run_errors(void) {
         {"-m tokenize -f tests/data/tok.txt -k 3", "-k: -m tokenize does not use it"},
         {"-P tpla -g 2,4", "-g: a list is for -m ppl; -m generate takes one value"},
         {"-P tpla -T none,hadamard", "-T: a list is for -m ppl"}, {"-m logits -P tpla -r local,global", "-r: a list is for -m ppl"},
-        {"-g 2", "-g: a TPLA flag, and the scheme is MLA; add -P tpla"}, {"-P mla -T pca", "-T: a TPLA flag"},
+        {"-g 2", "-g: the shard count of TPLA or DCP, and the scheme is MLA; add -P tpla or -P dcp"}, {"-P mla -T pca", "-T: a TPLA flag"},
         {"-P tpla -T hadamard -c tests/data/tok.txt", "-c: the calibration text is read for -T pca only"},
         {"-P tpla -w rep", "-w: a GPU flag, and the engine is the CPU's; add -d gpu"}, {"-K 1", "-K: a GPU flag"},
         {"-m bench -P tpla", "-P: -m bench does not use it"}, {"-m bench -T pca", "-T: -m bench does not use it"},
@@ -794,6 +794,12 @@ static void test_run_errors(void) {
         {"-m bench -k 64 -l 1024", "-l: -m bench -k times one prefill"}, {"-m bench -k 64 -R 2", "-R: -m bench -k times one prefill"},
         {"-m bench -k 0", "-k 0: -m bench -k P times the prefill"}, {"-m bench -R 2 -K 2", "-K: -R 2 runs rank 0 of a 2-GPU layout"},
         {"-m logits -f tests/data/tok_ids.txt -o ids.f32", "2319 ids; need 1 to 256"},
+        {"-t 0 -p 0.5", "-p: -t 0 is greedy (the most likely token) and does not use it"}, {"-t 0 -s 3", "-s: -t 0 is greedy"},
+        {"-m tokenize -f tests/data/tok.txt", "-d: -m tokenize does not use it (only -m generate, -m logits, -m ppl, -m bench)"},
+        {"-P tpla -i x -n 1", "-n 1: the one new token follows the exact prefill of the whole prompt, so nothing is decoded as TPLA"},
+        {"-P dcp -T pca", "-T: a TPLA flag, and the scheme is DCP; DCP is exact"}, {"-P dcp -r global", "-r: a TPLA flag, and the scheme is DCP"},
+        {"-P dcp -c tests/data/tok.txt", "-c: a TPLA flag, and the scheme is DCP"}, {"-P dcp -w rep", "-w: a GPU flag"},
+        {"-P dcp -g 2,4", "-g: a list is for -m ppl"}, {"-P dct", "-P: unknown value 'dct' (mla | tpla | dcp)"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", bin, flags[i].args);
@@ -801,6 +807,13 @@ static void test_run_errors(void) {
         snprintf(nm, sizeof(nm), "flags %s", flags[i].args);
         expect_error(nm, cmd, flags[i].msg, NULL);
     }
+    // -m logits with a scheme that decodes nothing: every id prefilled, by default or by -k
+    snprintf(out, sizeof(out), "%s/all.f32", tmp);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P tpla -o %s", bin, ids, out);
+    expect_error("-m logits -P tpla, every id prefilled (the default -k)", cmd,
+                 "-P tpla: all 48 ids are prefilled exactly (-k defaults to all), so none is decoded as TPLA; give -k smaller than 48", out);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P dcp -k 48 -o %s", bin, ids, out);
+    expect_error("-m logits -P dcp -k 48, every id prefilled", cmd, "(-k is not smaller), so none is decoded as DCP; give -k smaller than 48", out);
     snprintf(cmd, sizeof(cmd), "echo '1 2 600' > %s/ids600.txt; " BIN "run %s -d cpu -m logits -f %s/ids600.txt -o %s/o600.f32", tmp, bin, tmp, tmp);
     snprintf(out, sizeof(out), "%s/o600.f32", tmp);
     expect_error("a token id outside the vocabulary", cmd, "token id 600 outside the vocabulary [0, 512)", out);
@@ -840,6 +853,8 @@ static void test_run_errors(void) {
     // read_file: a pipe through /dev/stdin, and -o replacing an existing file
     snprintf(cmd, sizeof(cmd), "echo stale > %s; printf '1 2 3' | " BIN "run %s -d cpu -m logits -f /dev/stdin -o %s", out, bin, out);
     expect_ok("-f /dev/stdin from a pipe, -o replacing a file", cmd);
+    snprintf(cmd, sizeof(cmd), "cat tests/data/tok.txt | " BIN "run %s -d cpu -P tpla -T pca -c /dev/stdin -i x -n 2", bin);
+    expect_ok("-c /dev/stdin from a pipe (read once)", cmd);
     struct stat st;
     char tmpout[320];
     snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
@@ -850,16 +865,102 @@ static void test_run_errors(void) {
     expect_error("-c an empty calibration file", cmd, "0 calibration tokens, fewer than the 64", NULL);
     snprintf(cmd, sizeof(cmd), "echo 'hello world' > %s/short.txt; " BIN "run %s -d cpu -P tpla -T pca -c %s/short.txt -n 2", tmp, bin, tmp);
     expect_error("-c a calibration text of a few tokens", cmd, "calibration tokens, fewer than the 64", NULL);
+    e = read_file(err_path, &len);
+    found = memmem(e, len, "tok/s", 5) != NULL;
+    check("... refused before the work: nothing generated (MLA's 'tok/s' found)", !found, found, "==", 0);
+    free(e);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -P tpla -T pca -n 2", bin);   // no calib.txt beside it
+    expect_error("-T pca, no calib.txt beside the model and no -c", cmd, "calib.txt: cannot open (No such file or directory); "
+                 "-T pca calibrates on calib.txt beside the model, or on the text -c FILE names", NULL);
+    e = read_file(err_path, &len);
+    found = memmem(e, len, "tok/s", 5) != NULL;
+    check("... refused before the work: nothing generated (MLA's 'tok/s' found)", !found, found, "==", 0);
+    free(e);
     // the normal uses
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 4 -t 0", bin);
     expect_ok("generate: MLA, greedy", cmd);
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 8 -P tpla -T hadamard -g 4", bin);
     expect_ok("generate: TPLA g=4 hadamard, sampled", cmd);
-    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bin);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -m tokenize -f tests/data/tok.txt", bin);
     expect_ok("tokenize", cmd);
     snprintf(cmd, sizeof(cmd), "head -c 1200 tests/data/tok.txt > %s/c.txt; " BIN "run %s -d cpu -m ppl -f %s/c.txt -n 64 -P tpla -g 2,4 -T none,pca -c %s/c.txt",
              tmp, bin, tmp, tmp);
     expect_ok("ppl: TPLA g=2,4 none,pca", cmd);
+    e = read_file(err_path, &len);
+    int pcas = 0;
+    for (char *p = e; (p = strstr(p, "pca: calibrating")); p++) pcas++;
+    check("ppl -g 2,4 -T none,pca: PCA calibrates once (times)", pcas == 1, pcas, "==", 1);
+    const char *bands[] = {" KL(MLA||.) ", " KL d<16 ", " KL 16<=d<64 ", " KL 64<=d<256 ", " KL d>=256\n"};
+    found = 0;
+    for (int b = 0; b < 5; b++) found += strstr(e, bands[b]) != NULL;
+    check("ppl: the KL columns name their bands: all, d<16, 16<=d<64, 64<=d<256, d>=256 (found)", found == 5, found, "==", 5);
+    free(e);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m ppl -f %s/c.txt -n 64 -P dcp -g 2,3", bin, tmp);
+    expect_ok("ppl: DCP K=2,3", cmd);
+    e = read_file(err_path, &len);
+    char *at;
+    double p_mla = -1, p2 = 0, p3 = 0;
+    if ((at = strstr(e, "\nMLA "))) sscanf(at + 5, "%lf", &p_mla);
+    if ((at = strstr(e, "\nDCP K=2 "))) sscanf(at + 9, "%lf", &p2);
+    if ((at = strstr(e, "\nDCP K=3 "))) sscanf(at + 9, "%lf", &p3);
+    double dp = fmax(fabs(p2 - p_mla), fabs(p3 - p_mla)) / p_mla;
+    check("ppl: DCP K=2 and K=3 rows print MLA's perplexity (relative difference)", dp <= 1e-5, dp, "<=", 1e-5);
+    free(e);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 16 -P dcp -g 3", bin);
+    expect_ok("generate: DCP K=3, sampled", cmd);
+    e = read_file(err_path, &len);
+    found = memmem(e, len, "the first 16 of 16 generated tokens agree", 41) != NULL;
+    check("generate: DCP K=3 and MLA agree token for token (16 of 16 found)", found, found, "==", 1);
+    free(e);
+}
+
+// cmd's exit code; its stdout and stderr go to out and err (each read whole, NUL-terminated; free them)
+static int sh_split(const char *cmd, char **out, char **err) {
+    char full[1500], po[300], pe[300];
+    snprintf(po, sizeof(po), "%s/stdout.txt", tmp);
+    snprintf(pe, sizeof(pe), "%s/stderr.txt", tmp);
+    snprintf(full, sizeof(full), "( %s ) >%s 2>%s", cmd, po, pe);
+    int st = system(full);
+    *out = read_file(po, NULL); *err = read_file(pe, NULL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// The habits of a command-line program: -h and --help wherever a flag may stand print the usage on
+// stdout and exit 0 (a value that reads -h is a value); a call without its arguments prints the usage
+// on stderr and exits 1. The usage lists every flag the parser takes; -m tokenize -i reads a text.
+static void test_help(void) {
+    const struct { const char *cmd; int rc; const char *out, *err; } cases[] = {   // out, err: how each starts
+        {BIN "run -h", 0, "usage: ./run MODEL", ""}, {BIN "run --help", 0, "usage: ./run MODEL", ""},
+        {BIN "run %s/v3.bin -h", 0, "usage: ./run MODEL", ""}, {BIN "run %s/v3.bin -d cpu -n 5 -P tpla --help", 0, "usage: ./run MODEL", ""},
+        {BIN "run", 1, "", "usage: ./run MODEL"}, {BIN "run -n 5", 1, "", "usage: ./run MODEL"},
+        {BIN "run %s/v3.bin -d cpu -i -h -n 1 -t 0", 0, "--- MLA (cpu)", ""},
+        {BIN "convert -h", 0, "usage: ", ""}, {BIN "convert tests/data/v3 --help", 0, "usage: ", ""}, {BIN "convert", 1, "", "usage: "},
+        {BIN "run %s/deepseek_v3.bin -m tokenize -i '<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi'", 0, "0 6366\n", ""},
+        {BIN "run %s/v3.bin -m tokenize", 1, "", "error: -m tokenize needs a text: -f FILE or -i TEXT"},
+        {BIN "run %s/v3.bin -m tokenize -i x -f tests/data/tok.txt", 1, "", "error: -i and -f: -m tokenize takes one text"},
+    };
+    char cmd[600], shown[600], name[700], *out, *err;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(cmd, sizeof(cmd), cases[i].cmd, tmp);
+        snprintf(shown, sizeof(shown), cases[i].cmd + strlen(BIN), "tmp");
+        int rc = sh_split(cmd, &out, &err);
+        int ok = rc == cases[i].rc && !strncmp(out, cases[i].out, strlen(cases[i].out)) && !strncmp(err, cases[i].err, strlen(cases[i].err))
+                 && (*cases[i].out || !*out) && (*cases[i].err || !*err);
+        snprintf(name, sizeof(name), "%s: exit %d, stdout '%.*s', stderr '%.18s'", shown, cases[i].rc,
+                 (int)strcspn(cases[i].out, "\n"), cases[i].out, cases[i].err);
+        check(name, ok, rc, "==", cases[i].rc);
+        if (!ok) printf("    stdout: %.300s\n    stderr: %.300s\n", out, err);
+        free(out); free(err);
+    }
+    sh_split(BIN "run -h", &out, &err);
+    int missing = 0;
+    for (const char *f = "mdKPgTrkcwintpsfoblRFh"; *f; f++) {
+        char flag[8];
+        snprintf(flag, sizeof(flag), " -%c ", *f);
+        if (!strstr(out, flag)) { missing++; printf("    -%c is not in the usage\n", *f); }
+    }
+    check("run -h lists every flag the parser takes (missing)", missing == 0, missing, "==", 0);
+    free(out); free(err);
 }
 
 // Starts argv with its output discarded and default signal handling; returns the pid.
@@ -1349,6 +1450,7 @@ int main(void) {
     test_damaged_weights(fx, 3);
     test_load_errors();
     test_run_errors();
+    test_help();
     test_convert();
     test_moe_limits(fx, 3, ng);
     test_progress();
