@@ -48,15 +48,17 @@ bin: run.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) $(OMP) run.o $(GPU_OBJ) -o run $(LDLIBS)
 test-bin: test.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) $(OMP) test.o $(GPU_OBJ) -o test $(LDLIBS)
-# .engine holds the engine flags the objects were built with; it changes (and they are rebuilt) only when
-# the flags do, so `make NVCC=none` after `make`, or the other way round, needs no `make clean`.
+# .engine and .nvccflags hold the flags the objects were built with; each is rewritten (and what depends
+# on it rebuilt) only when they change, so switching builds (make NVCC=none, NCCL_HOME=) needs no make clean.
 .engine: FORCE
 	@echo '$(ENGINE)' | cmp -s - $@ || echo '$(ENGINE)' > $@
+.nvccflags: FORCE
+	@echo '$(NVCCFLAGS)' | cmp -s - $@ || echo '$(NVCCFLAGS)' > $@
 run.o: run.c tpla.h unicode/classes.h .engine
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -c run.c -o run.o
 test.o: test.c run.c tpla.h unicode/classes.h .engine
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
-tpla.o: tpla.cu tpla.h nonccl/nccl.h
+tpla.o: tpla.cu tpla.h nonccl/nccl.h .nvccflags
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wall -c tpla.cu -o tpla.o
 convert: convert.c tpla.h
 	$(CC) $(CFLAGS) convert.c -o convert -lm
@@ -91,4 +93,4 @@ asan: asan/run asan/test asan/convert
 	@echo "asan: no sanitizer report"
 
 clean:
-	rm -rf run test convert *.o .engine asan
+	rm -rf run test convert *.o .engine .nvccflags asan

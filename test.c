@@ -1107,28 +1107,32 @@ static void test_makefile(void) {
         check(name, ok, rc, "==", cases[i].rc);
         if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
     }
-    // Switching between the GPU build and NVCC=none needs no make clean: the objects are rebuilt when the
-    // engine flags they were built with (.engine) change, and only then. Run for real on empty sources,
-    // with a compiler that only touches what it is asked to write.
+    // Switching builds (the GPU engine or NVCC=none; NCCL or not) needs no make clean: an object is rebuilt
+    // when the flags it was built with (.engine, .nvccflags) change, and only then. Run for real on empty
+    // sources, with a compiler (for gcc and for nvcc) that only touches what it is asked to write.
     snprintf(cmd, sizeof(cmd), "mkdir -p %1$s/tree/unicode %1$s/tree/nonccl && cp Makefile %1$s/tree/ && cd %1$s/tree && "
              "printf '#!/bin/sh\\necho cc \"$@\"\\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && touch \"$2\"; shift; done\\n' > cc && chmod +x cc && "
-             "touch run.c test.c tpla.h unicode/classes.h nonccl/nccl.h && echo -DTPLA_CUDA > .engine && sleep 0.01 && touch run.o test.o", d);
+             "touch run.c test.c tpla.cu tpla.h unicode/classes.h nonccl/nccl.h && echo -DTPLA_CUDA > .engine && sleep 0.01 && touch run.o test.o", d);
     if (sh(cmd)) die("%s failed", cmd);
-    struct { const char *name, *nvcc; int rebuilt; } steps[] = {
-        {"NVCC=none after the GPU build: run.o and test.o rebuilt", "none", 1},
-        {"NVCC=none again: nothing rebuilt", "none", 0},
-        {"the GPU build after NVCC=none: rebuilt, with -DTPLA_CUDA", "%1$s/cudan/bin/nvcc", 1},
+    struct { const char *name, *vars, *targets; int rebuilt; } steps[] = {
+        {"NVCC=none after the GPU build: run.o and test.o rebuilt", "NVCC=none", "run.o test.o", 2},
+        {"NVCC=none again: nothing rebuilt", "NVCC=none", "run.o test.o", 0},
+        {"the GPU build after NVCC=none: run.o and test.o rebuilt, with -DTPLA_CUDA", "NVCC=%1$s/cudan/bin/nvcc", "run.o test.o", 2},
+        {"tpla.o without NCCL", "NVCC=%1$s/tree/cc NCCL_HOME=", "tpla.o", 1},
+        {"tpla.o again: not rebuilt", "NVCC=%1$s/tree/cc NCCL_HOME=", "tpla.o", 0},
+        {"tpla.o with NCCL after without: rebuilt", "NVCC=%1$s/tree/cc NCCL_HOME=%1$s/deb", "tpla.o", 1},
     };
+    const char *compiled[] = {"-c run.c -o run.o", "-c test.c -o test.o", "-c tpla.cu -o tpla.o"};
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-        char nvcc[400], name[200];
-        snprintf(nvcc, sizeof(nvcc), steps[i].nvcc, d);
-        snprintf(cmd, sizeof(cmd), "cd %s/tree && env -u CUDA_HOME -u NCCL_HOME -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make CC=./cc NVCC=%s run.o test.o", d, nvcc);
+        char vars[600], name[200];
+        snprintf(vars, sizeof(vars), steps[i].vars, d);
+        snprintf(cmd, sizeof(cmd), "cd %s/tree && env -u CUDA_HOME -u NCCL_HOME -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make CC=./cc %s %s",
+                 d, vars, steps[i].targets);
         int rc = sh_msg(cmd, msg, sizeof(msg)), n = 0;
-        n += strstr(msg, "-c run.c -o run.o") != NULL;
-        n += strstr(msg, "-c test.c -o test.o") != NULL;
-        int ok = rc == 0 && n == 2 * steps[i].rebuilt && (i < 2 || strstr(msg, "-DTPLA_CUDA -c run.c"));
+        for (int k = 0; k < 3; k++) n += strstr(msg, compiled[k]) != NULL;
+        int ok = rc == 0 && n == steps[i].rebuilt && (i != 2 || strstr(msg, "-DTPLA_CUDA -c run.c"));
         snprintf(name, sizeof(name), "make: %s (objects compiled)", steps[i].name);
-        check(name, ok, n, "==", 2 * steps[i].rebuilt);
+        check(name, ok, n, "==", steps[i].rebuilt);
         if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
     }
 }
