@@ -7,9 +7,11 @@ NVCC = nvcc
 NVCCFLAGS = -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a
 MODEL = models/tiny.bin
 
-# The GPU engine is built when nvcc is found; without it the build is CPU only, and says so.
+# The GPU engine is built when nvcc is found, and says so; without it (or with `make NVCC=none`) the build
+# is CPU only, and says so.
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
 ifneq ($(NVCC_PATH),)
+$(info nvcc found ($(NVCC_PATH)): building the GPU engine too; `make NVCC=none` builds the CPU engine alone)
 CUDA_HOME ?= $(abspath $(dir $(NVCC_PATH))/..)
 GPU_OBJ = tpla.o
 ENGINE = -DTPLA_CUDA
@@ -34,11 +36,11 @@ NVCCFLAGS += -Inonccl
 ENGINE += -DTPLA_NO_NCCL
 endif
 else
-$(info nvcc not found: building the CPU-only engine; -d gpu and -m bench are unavailable)
+$(info $(if $(filter none,$(NVCC)),NVCC=none,nvcc not found): building the CPU-only engine; -d gpu and -m bench are unavailable)
 endif
 LDLIBS += -lm
 
-.PHONY: all bin test run asan clean
+.PHONY: all bin test run asan clean FORCE
 all: bin convert test-bin
 
 # ./run and ./test are relinked by `make` (cheap); the phony targets run and test then execute them.
@@ -46,11 +48,17 @@ bin: run.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) $(OMP) run.o $(GPU_OBJ) -o run $(LDLIBS)
 test-bin: test.o $(GPU_OBJ)
 	$(CC) $(CFLAGS) $(OMP) test.o $(GPU_OBJ) -o test $(LDLIBS)
-run.o: run.c tpla.h unicode/classes.h
+# .engine and .nvccflags hold the flags the objects were built with; each is rewritten (and what depends
+# on it rebuilt) only when they change, so switching builds (make NVCC=none, NCCL_HOME=) needs no make clean.
+.engine: FORCE
+	@echo '$(ENGINE)' | cmp -s - $@ || echo '$(ENGINE)' > $@
+.nvccflags: FORCE
+	@echo '$(NVCCFLAGS)' | cmp -s - $@ || echo '$(NVCCFLAGS)' > $@
+run.o: run.c tpla.h unicode/classes.h .engine
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -c run.c -o run.o
-test.o: test.c run.c tpla.h unicode/classes.h
+test.o: test.c run.c tpla.h unicode/classes.h .engine
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
-tpla.o: tpla.cu tpla.h nonccl/nccl.h
+tpla.o: tpla.cu tpla.h nonccl/nccl.h .nvccflags
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wall -c tpla.cu -o tpla.o
 convert: convert.c tpla.h
 	$(CC) $(CFLAGS) convert.c -o convert -lm
@@ -85,4 +93,4 @@ asan: asan/run asan/test asan/convert
 	@echo "asan: no sanitizer report"
 
 clean:
-	rm -rf run test convert *.o asan
+	rm -rf run test convert *.o .engine .nvccflags asan

@@ -848,10 +848,12 @@ static Buf build_tokenizer(const char *dir, const Config *c, char **summary) {
 // main
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s HF_DIR OUT.bin\n"
-                        "  HF_DIR: a Hugging Face DeepSeek-V2/V3 checkpoint (config.json, *.safetensors, tokenizer.json)\n", argv[0]);
-        return 1;
+    int help = 0;
+    for (int i = 1; i < argc; i++) help |= !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
+    if (help || argc != 3) {   // asked for: on stdout, exit 0; a wrong call: on stderr, exit 1
+        fprintf(help ? stdout : stderr, "usage: %s HF_DIR OUT.bin\n"
+                "  HF_DIR: a Hugging Face DeepSeek-V2/V3 checkpoint (config.json, *.safetensors, tokenizer.json)\n", argv[0]);
+        return help ? 0 : 1;
     }
     const char *dir = hf_dir = argv[1], *out = argv[2];
     struct stat st;

@@ -1,4 +1,4 @@
-// run.c: tpla's command line, the CPU reference engine (MLA and simulated TPLA in float32), the
+// run.c: tpla's command line, the CPU reference engine (MLA, simulated TPLA and DCP, in float32), the
 // Hadamard and PCA transforms, the tokenizer and the sampler. The math is the README's "The math".
 //   ./run model.bin -i "def fib(n):" -P tpla -g 2 -T hadamard
 // The GPU engine lives in tpla.cu behind the API at the end of tpla.h.
@@ -155,6 +155,7 @@ static void rope(const Config *c, const float *inv, float *x, int pos) {
 
 typedef struct {
     float *x, *xb, *q, *kv, *qa, *o, *v, *y, *h1, *h3, *ffn, *router, *logits, *att;
+    float *o_r, *lse_r; // (max_len, dc), (max_len): DCP rank r's partial o^r and lse^r (a rank with a token: r < max_len)
     float *lat;    // (n_layers, max_len, dc): the cached latent, transformed and normalised
     float *kpe;    // (n_layers, max_len, dr): the cached rope key
     float *inv_freq;
@@ -174,6 +175,7 @@ static void build_state(State *s, const Config *c, int max_len) {
     s->router = xmalloc((c->n_experts + 1) * 4);
     s->logits = xmalloc((size_t)c->vocab * 4);
     s->att = xmalloc((size_t)max_len * 4);
+    s->o_r = xmalloc((size_t)max_len * c->dc * 4); s->lse_r = xmalloc((size_t)max_len * 4);
     s->lat = xmalloc((size_t)c->n_layers * max_len * c->dc * 4);
     s->kpe = xmalloc((size_t)c->n_layers * max_len * c->dr * 4);
     s->inv_freq = xmalloc(c->dr / 2 * 4);
@@ -182,7 +184,7 @@ static void build_state(State *s, const Config *c, int max_len) {
 
 static void free_state(State *s) {
     float *p[] = {s->x, s->xb, s->y, s->ffn, s->q, s->kv, s->qa, s->o, s->v, s->h1, s->h3, s->router,
-                  s->logits, s->att, s->lat, s->kpe, s->inv_freq};
+                  s->logits, s->att, s->o_r, s->lse_r, s->lat, s->kpe, s->inv_freq};
     for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++) free(p[i]);
 }
 
@@ -240,12 +242,31 @@ static void normalise_latent(float *c, int dc, int g, const float *fix, float ep
     }
 }
 
+// One shard's attention over its tokens T_r = {t <= pos : t mod K = r} (K = 1: every token) on the latent
+// dims [j0, j1), from their scores in att (overwritten): o[j0, j1) = sum_{t in T_r} softmax(score)(t) c_t[j0, j1).
+// Returns lse = log sum_{t in T_r} exp(score(t)), what DCP's combine weighs the shard by.
+static float attend(float *o, float *att, const float *lat, int dc, int j0, int j1, int r, int K, int pos) {
+    float mx = att[r], sum = 0;
+    for (int t = r + K; t <= pos; t += K) if (att[t] > mx) mx = att[t];
+    for (int t = r; t <= pos; t += K) { att[t] = expf(att[t] - mx); sum += att[t]; }
+    for (int j = j0; j < j1; j++) o[j] = 0;
+    for (int t = r; t <= pos; t += K)
+        for (int j = j0; j < j1; j++) o[j] += att[t] / sum * lat[(size_t)t * dc + j];
+    return mx + logf(sum);
+}
+
+#ifdef TESTING
+static int dcp_unweighted;   // the tests' deliberately wrong DCP combine (w^r = 1 / ranks), to show their bound can fail
+#endif
+
 // One token at position pos through the whole model; returns the logits. exact: this token is
-// prefilled as exact MLA (full latent, global rms, one softmax); else it is a decode step of scheme sc.
+// prefilled as exact MLA (full latent, global rms, one softmax); else it is a decode step of scheme sc:
+// g latent shards (TPLA) or K token shards (DCP, whose rms is exact).
 static float *forward(const Model *m, State *s, const Scheme *sc, int token, int pos, int exact) {
     const Config *c = &m->c;
     int D = c->dim, H = c->n_heads, dc = c->dc, dr = c->dr, dn = c->dn, dv = c->dv, qd = dn + dr;
-    int g = exact ? 1 : sc->g, local = !exact && sc->rms == RMS_LOCAL;
+    int g = exact || sc->dcp ? 1 : sc->g, K = exact || !sc->dcp ? 1 : sc->g;
+    int local = !exact && !sc->dcp && sc->rms == RMS_LOCAL;
     memcpy(s->x, m->embed + (size_t)token * D, D * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
         const Layer *L = &m->layers[l];
@@ -265,11 +286,13 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
         rope(c, s->inv_freq, s->kv + dc, pos);
         memcpy(lat + (size_t)pos * dc, s->kv, dc * sizeof(float));
         memcpy(kpe + (size_t)pos * dr, s->kv + dc, dr * sizeof(float));
-        // --- absorbed attention, per head h and latent shard i (g = 1 is MLA; README "The TPLA step"):
+        // --- absorbed attention, per head h. The cache is split into g latent slices S_i (TPLA, README "The
+        // TPLA step") or into K token sets T_r, the t with t mod K = r (DCP, README "TPLA beside context
+        // parallelism"); g = K = 1 is MLA. Shard (i, r) computes on its own
         //   qa = W_UK^h^T q_nope;  score(t) = scale (qa[S_i] . c_t[S_i] + q_pe . kpe_t)
-        //   o[S_i] = softmax_t(score) . c_t[S_i]   (shard i's own softmax)
+        //   o^r[S_i] = softmax_{t in T_r}(score) . c_t[S_i]   (its own softmax);  lse^r = log sum_{t in T_r} exp(score(t))
         //   v_h = W_UV^h o = sum_i W_UV^h[:, S_i] o[S_i]   (the sum is TPLA's all-reduce)
-        int w = dc / g;
+        int w = dc / g, nr = K < pos + 1 ? K : pos + 1;   // the ranks r > pos hold no token yet: weight 0, left out
         for (int h = 0; h < H; h++) {
             float *qh = s->q + (size_t)h * qd;
             const float *wuk = L->wkv_b + (size_t)h * (dn + dv) * dc, *wuv = wuk + (size_t)dn * dc;
@@ -284,10 +307,21 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
                     for (int j = 0; j < dr; j++) sc_ += qh[dn + j] * kpe[(size_t)t * dr + j];
                     s->att[t] = sc_ * c->softmax_scale;
                 }
-                softmax(s->att, pos + 1);
+                for (int r = 0; r < nr; r++) s->lse_r[r] = attend(s->o_r + (size_t)r * dc, s->att, lat, dc, i * w, (i + 1) * w, r, K, pos);
+                // DCP's combine, exact (K = 1: o = o^0):  lse = log sum_r exp(lse^r),  w^r = exp(lse^r - lse),
+                //   o = sum_r w^r o^r = sum_r sum_{t in T_r} exp(score(t) - lse) c_t, MLA's softmax over every t
+                float mx = s->lse_r[0], sum = 0;
+                for (int r = 1; r < nr; r++) if (s->lse_r[r] > mx) mx = s->lse_r[r];
+                for (int r = 0; r < nr; r++) sum += expf(s->lse_r[r] - mx);
+                float lse = mx + logf(sum);
                 for (int j = i * w; j < (i + 1) * w; j++) s->o[j] = 0;
-                for (int t = 0; t <= pos; t++)
-                    for (int j = i * w; j < (i + 1) * w; j++) s->o[j] += s->att[t] * lat[(size_t)t * dc + j];
+                for (int r = 0; r < nr; r++) {
+                    float wr = expf(s->lse_r[r] - lse);
+#ifdef TESTING
+                    if (dcp_unweighted) wr = 1.0f / nr;
+#endif
+                    for (int j = i * w; j < (i + 1) * w; j++) s->o[j] += wr * s->o_r[(size_t)r * dc + j];
+                }
             }
             matmul(s->v + (size_t)h * dv, s->o, wuv, dc, dv);
         }
@@ -857,38 +891,45 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int k, int n, int f, co
 
 enum { M_GENERATE, M_LOGITS, M_PPL, M_TOKENIZE, M_BENCH };
 static const char *MODES[] = {"generate", "logits", "ppl", "tokenize", "bench"};
+enum { P_MLA, P_TPLA, P_DCP };
+static const char *P_NAMES[] = {"mla", "tpla", "dcp"}, *P_SHOWN[] = {"MLA", "TPLA", "DCP"};
 
 typedef struct {
     const char *model, *prompt, *in, *out, *calib;
-    int mode, gpu, ngpu, tpla, k, steps, batch, dense, seed, rank_of;
+    int mode, gpu, ngpu, P, k, steps, batch, dense, seed, rank_of;   // P: P_MLA, P_TPLA or P_DCP
     int g[8], ng, T[3], nT, r[2], nr, split, ctx[16], nctx;
     float temp, topp;
 } Args;
 
-static void usage(void) {
-    fprintf(stderr,
+// The usage: asked for (-h), on stdout with exit 0; after a wrong call, on stderr with exit 1.
+static void usage(FILE *f, int code) {
+    fprintf(f,
         "usage: ./run MODEL [options]   MODEL: a .bin from ./convert, or dsv3 / kimik2 / dsv3-h16 / v2lite for -m bench\n"
         "  -m MODE   generate (default) | logits | ppl | tokenize | bench\n"
         "  -d DEV    cpu | gpu (default: gpu if one is present)\n"
         "  -K N      GPUs to use (default: all; 1 in a build without NCCL)\n"
-        "  -P S      mla (default) | tpla\n"
-        "  -g N      TPLA latent shards; a list like 2,4 in ppl mode (default: the GPU count, 2 on the CPU; bench -R N: N)\n"
+        "  -P S      mla (default) | tpla (latent shards) | dcp (token shards; CPU engine only for now)\n"
+        "  -g N      shards: TPLA's latent slices g, DCP's token sets K (on a GPU: its ranks); a list like 2,4\n"
+        "            in ppl mode (default: the GPU count, 2 on the CPU; bench -R N: N)\n"
         "  -T X      orthogonal transform none (default) | hadamard | pca; a list in ppl mode\n"
         "  -r X      rms of a decode token's latent: local (default) | global; a list in ppl mode\n"
         "  -k P      the first P tokens are prefilled exactly (default: the whole prompt; ppl: n/4);\n"
         "            bench: time the prefill of one P-token prompt instead of decode steps\n"
         "  -c FILE   calibration text for -T pca (default: the model's calib.txt beside it)\n"
         "  -w W      GPU placement of TPLA's W_UQ/W_O: rep (replicated) | split (by head) (default split)\n"
-        "  -i TEXT   prompt (default \"def \")\n"
+        "  -i TEXT   prompt (default \"def \"); tokenize: the text\n"
         "  -n N      generate: new tokens (default 64); ppl: window (default 512); bench: timed steps (default 20)\n"
-        "  -t T      temperature (default 0.8; 0: greedy);  -p P  top-p (default 0.9);  -s S  seed (default 1)\n"
+        "  -t T      temperature (default 0.8; 0: greedy, which takes no -p or -s)\n"
+        "  -p P      top-p (default 0.9);  -s S  seed (default 1)\n"
         "  -f FILE   input: token ids (logits), text (ppl, tokenize);  -o FILE: logits output (float32)\n"
         "  -b B      bench batch (default 0: the largest that fits)\n"
         "  -l L,L..  bench contexts (default 1024,2048,4096,8192,16384,32768)\n"
         "  -R N      bench: one GPU runs rank 0 of an N-GPU layout, collectives left out (the rank bench)\n"
         "  -F        bench: keep the FFN (dsv3/kimik2: dense, 18432 wide; the paper removes it; v2lite: always)\n"
-        "A flag that would do nothing (not read by the mode, a TPLA flag under MLA, a GPU flag on the CPU) is an error.\n");
-    exit(1);
+        "  -h        this help (also --help)\n"
+        "A flag that would do nothing (not read by the mode, a TPLA flag under MLA or DCP, -p or -s with -t 0, a GPU\n"
+        "flag on the CPU) is an error.\n");
+    exit(code);
 }
 
 // A flag's value: all of it a number within [lo, hi], or an error naming the flag and the range.
@@ -988,6 +1029,16 @@ static int *read_tokens(const Tokenizer *t, const char *path, int bos, int *n) {
     return ids;
 }
 
+// The calibration text of -T pca as token ids, at most 8192 of them (*n gets their count); too few for PCA's
+// estimate of a dc x dc second moment is an error. main reads it before any work, setup_transform to calibrate.
+static int *calib_tokens(const Tokenizer *tok, const char *calib, int dc, int *n) {
+    int *ids = read_tokens(tok, calib, -1, n);
+    if (*n > 8192) *n = 8192;
+    if (*n >= dc) return ids;
+    free(ids);
+    die("%s: %d calibration tokens, fewer than the %d latent dimensions PCA estimates; give a longer text with -c", calib, *n, dc);
+}
+
 // Sets up the latent transform T for the s->g shards of s: folds it into m, fills s->rms_fix for PCA
 // (calibrated once: *U_pca and *ev are kept for the next call).
 static void setup_transform(Model *m, Scheme *s, int T, const Tokenizer *tok, const char *calib, float **U_pca, double **ev) {
@@ -1006,9 +1057,7 @@ static void setup_transform(Model *m, Scheme *s, int T, const Tokenizer *tok, co
         return;
     }
     if (!*U_pca) {   // PCA: calibrate once, on MLA with gamma folded
-        int n, *ids = read_tokens(tok, calib, -1, &n), window = c->max_seq < 512 ? c->max_seq : 512;
-        if (n > 8192) n = 8192;
-        if (n < c->dc) die("%s: %d calibration tokens, fewer than the %d latent dimensions PCA estimates; give a longer text with -c", calib, n, c->dc);
+        int n, *ids = calib_tokens(tok, calib, c->dc, &n), window = c->max_seq < 512 ? c->max_seq : 512;
         if (n < 2 * c->dc) fprintf(stderr, "note: only %d calibration tokens for a %d-wide latent\n", n, c->dc);
         fprintf(stderr, "pca: calibrating on %d tokens of %s (MLA on the CPU)...\n", n, calib);
         *ev = xmalloc((size_t)c->n_layers * c->dc * sizeof(double));
@@ -1026,9 +1075,18 @@ static void print_text(const Tokenizer *t, int id) {   // special tokens (BOS, E
     fflush(stdout);
 }
 
-static double cache_bytes_per_gpu(const Config *c, int g) { return (double)(c->dc / g + c->dr) * 2 * c->n_layers; }
+// The scheme -P asks for, with g shards and rms rule r (DCP's rms is exact, as MLA's).
+static Scheme scheme_of(const Args *a, int g, int r) {
+    if (a->P == P_MLA) return MLA;
+    return (Scheme){g, a->P == P_DCP ? RMS_GLOBAL : r, NULL, a->split, a->P == P_DCP};
+}
 
-// generate: continue the prompt under MLA, and under TPLA too with -P tpla, and compare the two
+// bf16 cache bytes per token per GPU: TPLA holds dc/g + dr values of every token, DCP dc + dr of 1/K of them
+static double cache_bytes_per_gpu(const Config *c, const Scheme *s) {
+    return (s->dcp ? (double)(c->dc + c->dr) / s->g : c->dc / s->g + c->dr) * 2 * c->n_layers;
+}
+
+// generate: continue the prompt under MLA, and under TPLA or DCP too with -P, and compare the two
 static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (!tok->n) die("this checkpoint has no tokenizer; use -m logits with token ids");
     const Config *c = &m->c;
@@ -1038,20 +1096,23 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (n == 0) die("-i: an empty prompt, and this checkpoint adds no BOS (as HF's tokenizer); give some text");
     int k = a->k < 0 || a->k > n ? n : a->k, len = n + a->steps;
     if (len > c->max_seq) die("prompt plus %d steps is %d tokens, more than max_position_embeddings %d", a->steps, len, c->max_seq);
-    int nrun = a->tpla ? 2 : 1, *gen[2];
+    if (a->P != P_MLA && k == n && a->steps == 1)
+        die("-n 1: the one new token follows the exact prefill of the whole prompt, so nothing is decoded as %s; "
+            "give -n 2 or more, or -k smaller than the prompt's %d tokens", P_SHOWN[a->P], n);
+    int nrun = a->P != P_MLA ? 2 : 1, *gen[2];
     float *U = NULL; double *ev = NULL;
     for (int run = 0; run < nrun; run++) {
-        Scheme s = run ? (Scheme){a->g[0], a->r[0], NULL, a->split} : MLA;
+        Scheme s = run ? scheme_of(a, a->g[0], a->r[0]) : MLA;
         setup_transform(m, &s, run ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
         Engine e;
         build_engine(&e, m, &s, use_gpu, a->ngpu, len);
         Sampler sm = {a->temp, a->topp, (unsigned long long)a->seed * 2654435761ull + 1};
         gen[run] = xmalloc(a->steps * sizeof(int));
         if (run) printf("\n");
-        printf("--- %s", run ? "TPLA" : "MLA");
-        if (run) printf(" g=%d T=%s r=%s", s.g, T_NAMES[a->T[0]], R_NAMES[a->r[0]]);
-        printf(" (%s), cache per token per GPU: %.0f bytes\n", use_gpu ? "gpu" : "cpu",
-               cache_bytes_per_gpu(c, run ? s.g : 1));
+        printf("--- %s", P_SHOWN[run ? a->P : P_MLA]);
+        if (run && s.dcp) printf(" K=%d", s.g);
+        else if (run) printf(" g=%d T=%s r=%s", s.g, T_NAMES[a->T[0]], R_NAMES[a->r[0]]);
+        printf(" (%s), cache per token per GPU: %.0f bytes\n", use_gpu ? "gpu" : "cpu", cache_bytes_per_gpu(c, &s));
         for (int i = 0; i < n; i++) print_text(tok, ids[i]);
         double t0 = now_s();
         float *lg = engine_feed(&e, ids, k, 1, NULL);
@@ -1072,10 +1133,11 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     }
     if (nrun == 2) {
         int same = 0;
+        Scheme s = scheme_of(a, a->g[0], a->r[0]);
         while (same < a->steps && gen[0][same] == gen[1][same]) same++;
-        printf("\nthe first %d of %d generated tokens agree; cache per token per GPU: MLA %.0f bytes, TPLA %.0f bytes (%.2fx less)\n",
-               same, a->steps, cache_bytes_per_gpu(c, 1), cache_bytes_per_gpu(c, a->g[0]),
-               cache_bytes_per_gpu(c, 1) / cache_bytes_per_gpu(c, a->g[0]));
+        printf("\nthe first %d of %d generated tokens agree; cache per token per GPU: MLA %.0f bytes, %s %.0f bytes (%.2fx less)\n",
+               same, a->steps, cache_bytes_per_gpu(c, &MLA), P_SHOWN[a->P], cache_bytes_per_gpu(c, &s),
+               cache_bytes_per_gpu(c, &MLA) / cache_bytes_per_gpu(c, &s));
         free(gen[1]);
     }
     free(gen[0]); free(U); free(ev); free(ids);
@@ -1089,9 +1151,12 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int n, *ids = read_ids(a->in, c->vocab, &n);
     if (n == 0 || n > c->max_seq) die("%s: %d ids; need 1 to %d", a->in, n, c->max_seq);
     int k = a->k < 0 || a->k > n ? n : a->k;
-    Scheme s = a->tpla ? (Scheme){a->g[0], a->r[0], NULL, a->split} : MLA;
+    if (a->P != P_MLA && k == n)
+        die("-P %s: all %d ids are prefilled exactly (-k %s), so none is decoded as %s; give -k smaller than %d",
+            P_NAMES[a->P], n, a->k < 0 ? "defaults to all" : "is not smaller", P_SHOWN[a->P], n);
+    Scheme s = scheme_of(a, a->g[0], a->r[0]);
     float *U = NULL; double *ev = NULL;
-    setup_transform(m, &s, a->tpla ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
+    setup_transform(m, &s, a->P == P_TPLA ? a->T[0] : T_NONE, tok, a->calib, &U, &ev);
     Engine e;
     build_engine(&e, m, &s, use_gpu, a->ngpu, n);
     float *out = xmalloc((size_t)n * c->vocab * sizeof(float));
@@ -1100,7 +1165,7 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     out_write(f, out, (size_t)n * c->vocab * sizeof(float));
     out_close(f, a->out);
     printf("wrote %s: %d positions x %d logits (%d prefilled exactly, %d decoded as %s)\n", a->out, n, c->vocab, k, n - k,
-           a->tpla ? "TPLA" : "MLA");
+           P_SHOWN[a->P]);
     free_engine(&e); free(out); free(ids); free(U); free(ev); free((void *)s.rms_fix);
 }
 
@@ -1133,11 +1198,13 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     int k = a->k >= 0 ? a->k : W / 4, nwin = n / W;
     if (k >= W - 1) die("-k %d leaves nothing to score in windows of %d tokens", k, W);
     if (nwin == 0) die("%s: %d tokens, fewer than one window of %d", a->in, n, W);
-    if (!a->tpla) { a->nT = a->ng = a->nr = 1; a->T[0] = T_NONE; a->g[0] = 1; a->r[0] = RMS_GLOBAL; }  // MLA as decode steps
+    if (a->P != P_TPLA) { a->nT = a->nr = 1; a->T[0] = T_NONE; a->r[0] = RMS_GLOBAL; }   // DCP, or MLA as decode steps
+    if (a->P == P_MLA) { a->ng = 1; a->g[0] = 1; }
     const int bound[NB + 1] = {0, 16, 64, 256, 1 << 30};
-    printf("%s: %d tokens, %d windows of %d; the first %d of each prefilled exactly, the next %d scored (%s)\n",
+    printf("%s: %d tokens, %d windows of %d; the first %d of each prefilled exactly, the next %d scored (%s);\n"
+           "KL(MLA||.) per scored token, overall and by its distance d from the prefill\n",
            a->in, n, nwin, W, k, W - k - 1, use_gpu ? "gpu" : "cpu");
-    printf("%-34s %9s %11s %11s %11s %11s %11s\n", "scheme", "ppl", "KL(MLA||.)", "KL d<16", "KL d<64", "KL d<256", "KL d>=256");
+    printf("%-34s %9s %12s %12s %12s %12s %12s\n", "scheme", "ppl", "KL(MLA||.)", "KL d<16", "KL 16<=d<64", "KL 64<=d<256", "KL d>=256");
     float *ref = xmalloc((size_t)W * V * sizeof(float)), *out = xmalloc((size_t)W * V * sizeof(float)), *U = NULL;
     float *pc = xmalloc((size_t)V * sizeof(float));
     double *ev = NULL, nll_mla = 0, cnt_mla = 0;
@@ -1152,7 +1219,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
         for (int i = 0; i < nrow; i++) {
             PplRow *r = &rows[i];
             memset(r, 0, sizeof(*r));
-            r->s = (Scheme){a->g[i / a->nr], a->r[i % a->nr], NULL, a->split};
+            r->s = scheme_of(a, a->g[i / a->nr], a->r[i % a->nr]);
             if (a->T[ti] == T_PCA) r->s.rms_fix = rms_fix_from_pca(c, ev, r->s.g);
             build_engine(&r->e, m, &r->s, use_gpu, a->ngpu, W);
         }
@@ -1182,14 +1249,15 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
             }
         }
         progress(what, nwin, nwin, "windows", t0);
-        if (ti == 0) printf("%-34s %9.4f %11s\n", "MLA", exp(nll_mla / cnt_mla), "0");
+        if (ti == 0) printf("%-34s %9.4f %12s\n", "MLA", exp(nll_mla / cnt_mla), "0");
         for (int i = 0; i < nrow; i++) {
             PplRow *r = &rows[i];
             char name[64];
-            if (a->tpla) snprintf(name, sizeof(name), "TPLA g=%d T=%s r=%s%s", r->s.g, T_NAMES[a->T[ti]], R_NAMES[r->s.rms], k ? "" : " k=0");
+            if (a->P == P_TPLA) snprintf(name, sizeof(name), "TPLA g=%d T=%s r=%s%s", r->s.g, T_NAMES[a->T[ti]], R_NAMES[r->s.rms], k ? "" : " k=0");
+            else if (a->P == P_DCP) snprintf(name, sizeof(name), "DCP K=%d%s", r->s.g, k ? "" : " k=0");
             else snprintf(name, sizeof(name), "MLA as decode steps");
-            printf("%-34s %9.4f %11.5f", name, exp(r->nll / r->cnt), r->kl / r->cnt);
-            for (int b = 0; b < NB; b++) { if (r->cntb[b]) printf(" %11.5f", r->klb[b] / r->cntb[b]); else printf(" %11s", "-"); }
+            printf("%-34s %9.4f %12.5g", name, exp(r->nll / r->cnt), r->kl / r->cnt);
+            for (int b = 0; b < NB; b++) { if (r->cntb[b]) printf(" %12.5g", r->klb[b] / r->cntb[b]); else printf(" %12s", "-"); }
             printf("\n");
             free_engine(&r->e); free((void *)r->s.rms_fix);
         }
@@ -1225,10 +1293,11 @@ static const Config *bench_shape(const char *name) {
 }
 
 // A flag that would do nothing is refused, saying why: a flag the mode does not read, a list outside
-// ppl mode, a TPLA flag under MLA, -c without -T pca, a GPU flag on the CPU. given[f]: flag -f was given.
+// ppl mode, a TPLA flag under MLA or DCP, -c without -T pca, -p or -s when greedy, a GPU flag on the CPU.
+// given[f]: flag -f was given.
 static void check_flags(const Args *a, const char *given) {
-    static const char *READS[] = {"KPgTrkcwintps", "KPgTrkcwfo", "KPgTrkcwnf", "f", "KgwblnFRk"};   // -m, -d: every mode
-    for (const char *f = "KPgTrkcwintpsfoblnFR"; *f; f++) {
+    static const char *READS[] = {"dKPgTrkcwintps", "dKPgTrkcwfo", "dKPgTrkcwnf", "fi", "dKgwblnFRk"};   // -m: every mode
+    for (const char *f = "KPgTrkcwintpsfoblnFRd"; *f; f++) {
         if (!given[(int)*f] || strchr(READS[a->mode], *f)) continue;
         char users[80] = "";
         for (int m = 0; m < 5; m++)
@@ -1241,9 +1310,14 @@ static void check_flags(const Args *a, const char *given) {
     if (a->mode == M_BENCH && a->rank_of && given['K']) die("-K: -R %d runs rank 0 of a %d-GPU layout on one GPU; leave -K out", a->rank_of, a->rank_of);
     const char *list = a->ng > 1 ? "-g" : a->nT > 1 ? "-T" : a->nr > 1 ? "-r" : NULL;
     if (list && a->mode != M_PPL) die("%s: a list is for -m ppl; -m %s takes one value", list, MODES[a->mode]);
+    if (a->mode == M_TOKENIZE && given['i'] && given['f']) die("-i and -f: -m tokenize takes one text; give -i TEXT or -f FILE");
     if (a->mode == M_BENCH || a->mode == M_TOKENIZE) return;
-    for (const char *f = "gTrwc"; !a->tpla && *f; f++)
-        if (given[(int)*f]) die("-%c: a TPLA flag, and the scheme is MLA; add -P tpla", *f);
+    for (const char *f = "ps"; a->temp == 0 && *f; f++)
+        if (given[(int)*f]) die("-%c: -t 0 is greedy (the most likely token) and does not use it", *f);
+    if (a->P == P_MLA && given['g']) die("-g: the shard count of TPLA or DCP, and the scheme is MLA; add -P tpla or -P dcp");
+    for (const char *f = "Trwc"; a->P != P_TPLA && *f; f++)
+        if (given[(int)*f] && (a->P == P_MLA || *f != 'w'))
+            die("-%c: a TPLA flag, and the scheme is %s; %s", *f, P_SHOWN[a->P], a->P == P_MLA ? "add -P tpla" : "DCP is exact: it has no transform, rms rule or calibration");
     int pca = 0;
     for (int i = 0; i < a->nT; i++) pca |= a->T[i] == T_PCA;
     if (given['c'] && !pca) die("-c: the calibration text is read for -T pca only");
@@ -1267,12 +1341,17 @@ int main(int argc, char **argv) {
     a.temp = 0.8f; a.topp = 0.9f; a.split = 1;
     a.T[0] = T_NONE; a.nT = 1; a.r[0] = RMS_LOCAL; a.nr = 1;
     a.nctx = parse_list("1024,2048,4096,8192,16384,32768", NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ);
-    if (argc < 2 || argv[1][0] == '-') usage();
+    // -h or --help wherever a flag may stand (not as a flag's value: -i -h is the prompt "-h") prints the usage
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) usage(stdout, 0);
+        if (i > 1 && argv[i][0] == '-' && strcmp(argv[i], "-F")) i++;   // past the flag's value
+    }
+    if (argc < 2 || argv[1][0] == '-') usage(stderr, 1);
     a.model = argv[1];
     char given[256] = {0};
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "-F")) { a.dense = given['F'] = 1; continue; }
-        if (argv[i][0] != '-' || strlen(argv[i]) != 2) die("'%s': expected a flag such as -n; ./run alone lists them", argv[i]);
+        if (argv[i][0] != '-' || strlen(argv[i]) != 2) die("'%s': expected a flag such as -n; ./run -h lists them", argv[i]);
         if (i + 1 >= argc) die("%s: needs a value", argv[i]);
         const char *v = argv[++i];
         given[(unsigned char)argv[i - 1][1]] = 1;
@@ -1280,7 +1359,7 @@ int main(int argc, char **argv) {
         case 'm': parse_list(v, MODES, 5, &a.mode, 1, "-m", 0); break;
         case 'd': if (strcmp(v, "cpu") && strcmp(v, "gpu")) die("-d: cpu or gpu, not '%s'", v); a.gpu = !strcmp(v, "gpu"); break;
         case 'K': a.ngpu = parse_int(v, "-K", 1, 1024); break;
-        case 'P': if (strcmp(v, "mla") && strcmp(v, "tpla")) die("-P: mla or tpla, not '%s'", v); a.tpla = !strcmp(v, "tpla"); break;
+        case 'P': parse_list(v, P_NAMES, 3, &a.P, 1, "-P", 0); break;
         case 'g': a.ng = parse_list(v, NULL, 0, a.g, 8, "-g", TPLA_MAX_LATENT); break;
         case 'T': a.nT = parse_list(v, T_NAMES, 3, a.T, 3, "-T", 0); break;
         case 'r': a.nr = parse_list(v, R_NAMES, 2, a.r, 2, "-r", 0); break;
@@ -1297,7 +1376,7 @@ int main(int argc, char **argv) {
         case 'b': a.batch = parse_int(v, "-b", 0, 1 << 20); break;
         case 'l': a.nctx = parse_list(v, NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ); break;
         case 'R': a.rank_of = parse_int(v, "-R", 1, 1024); break;
-        default: die("%s: unknown flag; ./run alone lists them", argv[i - 1]);
+        default: die("%s: unknown flag; ./run -h lists them", argv[i - 1]);
         }
     }
     int have = gpu_count();
@@ -1305,9 +1384,10 @@ int main(int argc, char **argv) {
 #ifdef TPLA_CUDA
     if (a.gpu && have == 0) die("-d gpu: no usable GPU found (the GPU engine needs Hopper GPUs, sm_90)");
 #else
-    if (a.gpu) die("-d gpu: this build has no GPU engine (nvcc was not found when it was built)");
+    if (a.gpu) die("-d gpu: this build has no GPU engine (it was built without nvcc, or with make NVCC=none)");
 #endif
     check_flags(&a, given);
+    if (a.gpu && a.P == P_DCP) die("-P dcp: not yet on the GPU engine; the CPU engine has it (-d cpu)");
 #ifdef TPLA_NO_NCCL   // built without NCCL (see the Makefile): the GPU engine runs on one GPU
     if (a.gpu && a.ngpu > 1)
         die("-K %d: this build has no NCCL, so its GPU engine runs on one GPU (or -R, the rank bench); install NCCL "
@@ -1323,7 +1403,7 @@ int main(int argc, char **argv) {
         Model m;
         if (!shape) { build_model(&m, a.model); shape = &m.c; }
         int ffn = a.dense || !strcmp(a.model, "v2lite");
-        Scheme s = {a.g[0], a.r[0], NULL, a.split};
+        Scheme s = {a.g[0], a.r[0], NULL, a.split, 0};
         int K = a.rank_of ? a.rank_of : a.ngpu;
         char csv[256];
         snprintf(csv, sizeof(csv), "bench_%s_%s%d_g%d.csv", shape == &m.c ? "model" : a.model, a.rank_of ? "R" : "K", K, s.g);
@@ -1333,7 +1413,7 @@ int main(int argc, char **argv) {
     }
     Model m;
     build_model(&m, a.model);
-    for (int i = 0; i < a.ng && a.tpla; i++)
+    for (int i = 0; i < a.ng && a.P == P_TPLA; i++)
         if (m.c.dc % a.g[i]) die("-g %d: the shard count must divide kv_lora_rank %d", a.g[i], m.c.dc);
     Tokenizer tok;
     build_tokenizer(&tok, &m);
@@ -1344,14 +1424,29 @@ int main(int argc, char **argv) {
             die("%s: path too long to find calib.txt beside it; give -c", a.model);
         a.calib = calib;
     }
-    for (int i = 0; i < a.nT && a.tpla; i++) {   // what the transforms need, checked before any work
+    int pca = 0;
+    for (int i = 0; i < a.nT && a.P == P_TPLA; i++) {   // what the transforms need, checked before any work
         if (a.T[i] == T_HADAMARD && (m.c.dc & (m.c.dc - 1))) die("-T hadamard needs kv_lora_rank a power of 2, not %d", m.c.dc);
         if (a.T[i] == T_PCA && !tok.n) die("-T pca: this checkpoint has no tokenizer to read the calibration text with");
-        if (a.T[i] == T_PCA) check_input(a.calib);
+        pca |= a.T[i] == T_PCA;
+    }
+    if (pca) {   // the calibration text is there and long enough (a pipe is read once: its length is checked then)
+        struct stat st;
+        if (a.calib == calib && stat(calib, &st) != 0)
+            die("%s: cannot open (%s); -T pca calibrates on calib.txt beside the model, or on the text -c FILE names", calib, strerror(errno));
+        check_input(a.calib);
+        int n;
+        if (stat(a.calib, &st) == 0 && S_ISREG(st.st_mode)) free(calib_tokens(&tok, a.calib, m.c.dc, &n));
     }
     if (a.mode == M_TOKENIZE) {
-        if (!a.in) die("-m tokenize needs -f TEXT");
-        int n, *ids = read_tokens(&tok, a.in, -1, &n);
+        if (!a.in && !given['i']) die("-m tokenize needs a text: -f FILE or -i TEXT");
+        int n, *ids;
+        if (a.in) ids = read_tokens(&tok, a.in, -1, &n);
+        else {
+            if (!tok.n) die("-i: this checkpoint has no tokenizer to read a text with (./convert found no tokenizer.json)");
+            ids = xmalloc((strlen(a.prompt) + 1) * sizeof(int));
+            n = encode(&tok, a.prompt, strlen(a.prompt), ids, "-i");
+        }
         for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
         free(ids);

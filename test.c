@@ -184,7 +184,7 @@ static void test_g1(Fixture *f) {
     float *ref = run_logits(&f->m, &MLA, f->ids, f->n, f->n, 0, 0), *U = NULL;
     double *ev = NULL;
     for (int T = 0; T < 3; T++) {
-        Scheme s = {1, RMS_LOCAL, NULL, 0};
+        Scheme s = {1, RMS_LOCAL, NULL, 0, 0};
         setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
         float *lg = run_logits(&f->m, &s, f->ids, f->n, 8, 0, 0);
         char name[128];
@@ -208,7 +208,7 @@ static void test_tpla_ref(Fixture *f) {
     for (int T = 0; T < 3; T += 2)
         for (int g = 2; g <= 4; g += 2)
             for (int r = 0; r < 2; r++) {
-                Scheme s = {g, r, NULL, 0};
+                Scheme s = {g, r, NULL, 0, 0};
                 setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
                 float *lg = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
                 State st;
@@ -233,6 +233,38 @@ static void test_tpla_ref(Fixture *f) {
             }
     fold_latent(&f->m, NULL);
     free(U); free(ev); free_tokenizer(&tok);
+}
+
+// DCP is exact: K token shards (rank r holds the t with t mod K = r), each with its own softmax and lse,
+// combined with the weights exp(lse^r - lse), give MLA's logits to float rounding, for every K, on
+// lengths K does not divide and sequences shorter than K (ranks with no token). The bound is tight enough
+// to mean something: the same combine without its weights (w^r = 1 / ranks) misses it by far.
+static void test_dcp(Fixture *f) {
+    const struct { int n, k; } len[] = {{f->n, 16}, {f->n - 1, 12}, {7, 3}, {5, 0}};   // tokens, prefilled
+    const int Ks[] = {2, 3, 4, 8};
+    char name[160];
+    for (int ki = 0; ki < 4; ki++) {
+        Scheme s = {Ks[ki], RMS_GLOBAL, NULL, 0, 1};
+        double worst = 0;
+        for (int li = 0; li < 4; li++) {
+            int n = len[li].n, k = len[li].k;
+            float *ml = run_logits(&f->m, &MLA, f->ids, n, k, 0, 0), *dl = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
+            worst = fmax(worst, rel_err(dl, ml, (size_t)n * f->m.c.vocab));
+            free(ml); free(dl);
+        }
+        snprintf(name, sizeof(name), "%s: DCP K=%d equals MLA (%d, %d, 7 and 5 tokens; the worst)", f->name, Ks[ki], f->n, f->n - 1);
+        check(name, worst <= 1e-6, worst, "<=", 1e-6);
+    }
+    Scheme s = {2, RMS_GLOBAL, NULL, 0, 1};
+    int n = f->n - 1, k = 12;
+    float *ml = run_logits(&f->m, &MLA, f->ids, n, k, 0, 0);
+    dcp_unweighted = 1;
+    float *dl = run_logits(&f->m, &s, f->ids, n, k, 0, 0);
+    dcp_unweighted = 0;
+    double d = rel_err(dl, ml, (size_t)n * f->m.c.vocab);
+    snprintf(name, sizeof(name), "%s: DCP K=2 with an unweighted combine differs from MLA", f->name);
+    check(name, d >= 1e-3, d, ">=", 1e-3);
+    free(ml); free(dl);
 }
 
 static double max_orth_err(const float *U, int n) {   // max |U^T U - I|
@@ -277,7 +309,7 @@ static void test_transforms(Fixture *f) {
     // PCA on the fixture: orthogonal, energy in the first shard
     Tokenizer tok;
     build_tokenizer(&tok, &f->m);
-    Scheme sc = {2, RMS_LOCAL, NULL, 0};
+    Scheme sc = {2, RMS_LOCAL, NULL, 0, 0};
     float *Up = NULL;
     double *evp = NULL;
     setup_transform(&f->m, &sc, T_PCA, &tok, CALIB, &Up, &evp);
@@ -530,7 +562,7 @@ static void test_tokenizer_damaged(const Fixture *fx) {
         FILE *f = fopen(bad, "wb");
         if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
         memcpy(cases[i].at, &old, 4);
-        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
@@ -644,7 +676,7 @@ static void test_damaged_weights(Fixture *fx, int nfx) {
     build_model(&m, path);
     Tokenizer tok;
     build_tokenizer(&tok, &m);
-    Scheme sc = {2, RMS_LOCAL, NULL, 0};
+    Scheme sc = {2, RMS_LOCAL, NULL, 0, 0};
     float *U = NULL;
     double *ev = NULL, mx = 0;
     setup_transform(&m, &sc, T_PCA, &tok, CALIB, &U, &ev);
@@ -673,7 +705,7 @@ static void test_load_errors(void) {
         else if (i == 6) snprintf(cmd, sizeof(cmd), cases[i].make, bad, bad);
         else snprintf(cmd, sizeof(cmd), cases[i].make, bin, bad);
         sh(cmd);
-        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bad);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
         expect_error(cases[i].name, cmd, cases[i].msg, NULL);
     }
     // a header with one field out of its range (config_error), or in range but not matching the file;
@@ -754,7 +786,7 @@ static void test_run_errors(void) {
         {"-m tokenize -f tests/data/tok.txt -k 3", "-k: -m tokenize does not use it"},
         {"-P tpla -g 2,4", "-g: a list is for -m ppl; -m generate takes one value"},
         {"-P tpla -T none,hadamard", "-T: a list is for -m ppl"}, {"-m logits -P tpla -r local,global", "-r: a list is for -m ppl"},
-        {"-g 2", "-g: a TPLA flag, and the scheme is MLA; add -P tpla"}, {"-P mla -T pca", "-T: a TPLA flag"},
+        {"-g 2", "-g: the shard count of TPLA or DCP, and the scheme is MLA; add -P tpla or -P dcp"}, {"-P mla -T pca", "-T: a TPLA flag"},
         {"-P tpla -T hadamard -c tests/data/tok.txt", "-c: the calibration text is read for -T pca only"},
         {"-P tpla -w rep", "-w: a GPU flag, and the engine is the CPU's; add -d gpu"}, {"-K 1", "-K: a GPU flag"},
         {"-m bench -P tpla", "-P: -m bench does not use it"}, {"-m bench -T pca", "-T: -m bench does not use it"},
@@ -762,6 +794,12 @@ static void test_run_errors(void) {
         {"-m bench -k 64 -l 1024", "-l: -m bench -k times one prefill"}, {"-m bench -k 64 -R 2", "-R: -m bench -k times one prefill"},
         {"-m bench -k 0", "-k 0: -m bench -k P times the prefill"}, {"-m bench -R 2 -K 2", "-K: -R 2 runs rank 0 of a 2-GPU layout"},
         {"-m logits -f tests/data/tok_ids.txt -o ids.f32", "2319 ids; need 1 to 256"},
+        {"-t 0 -p 0.5", "-p: -t 0 is greedy (the most likely token) and does not use it"}, {"-t 0 -s 3", "-s: -t 0 is greedy"},
+        {"-m tokenize -f tests/data/tok.txt", "-d: -m tokenize does not use it (only -m generate, -m logits, -m ppl, -m bench)"},
+        {"-P tpla -i x -n 1", "-n 1: the one new token follows the exact prefill of the whole prompt, so nothing is decoded as TPLA"},
+        {"-P dcp -T pca", "-T: a TPLA flag, and the scheme is DCP; DCP is exact"}, {"-P dcp -r global", "-r: a TPLA flag, and the scheme is DCP"},
+        {"-P dcp -c tests/data/tok.txt", "-c: a TPLA flag, and the scheme is DCP"}, {"-P dcp -w rep", "-w: a GPU flag"},
+        {"-P dcp -g 2,4", "-g: a list is for -m ppl"}, {"-P dct", "-P: unknown value 'dct' (mla | tpla | dcp)"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", bin, flags[i].args);
@@ -769,6 +807,13 @@ static void test_run_errors(void) {
         snprintf(nm, sizeof(nm), "flags %s", flags[i].args);
         expect_error(nm, cmd, flags[i].msg, NULL);
     }
+    // -m logits with a scheme that decodes nothing: every id prefilled, by default or by -k
+    snprintf(out, sizeof(out), "%s/all.f32", tmp);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P tpla -o %s", bin, ids, out);
+    expect_error("-m logits -P tpla, every id prefilled (the default -k)", cmd,
+                 "-P tpla: all 48 ids are prefilled exactly (-k defaults to all), so none is decoded as TPLA; give -k smaller than 48", out);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P dcp -k 48 -o %s", bin, ids, out);
+    expect_error("-m logits -P dcp -k 48, every id prefilled", cmd, "(-k is not smaller), so none is decoded as DCP; give -k smaller than 48", out);
     snprintf(cmd, sizeof(cmd), "echo '1 2 600' > %s/ids600.txt; " BIN "run %s -d cpu -m logits -f %s/ids600.txt -o %s/o600.f32", tmp, bin, tmp, tmp);
     snprintf(out, sizeof(out), "%s/o600.f32", tmp);
     expect_error("a token id outside the vocabulary", cmd, "token id 600 outside the vocabulary [0, 512)", out);
@@ -808,6 +853,8 @@ static void test_run_errors(void) {
     // read_file: a pipe through /dev/stdin, and -o replacing an existing file
     snprintf(cmd, sizeof(cmd), "echo stale > %s; printf '1 2 3' | " BIN "run %s -d cpu -m logits -f /dev/stdin -o %s", out, bin, out);
     expect_ok("-f /dev/stdin from a pipe, -o replacing a file", cmd);
+    snprintf(cmd, sizeof(cmd), "cat tests/data/tok.txt | " BIN "run %s -d cpu -P tpla -T pca -c /dev/stdin -i x -n 2", bin);
+    expect_ok("-c /dev/stdin from a pipe (read once)", cmd);
     struct stat st;
     char tmpout[320];
     snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
@@ -818,16 +865,102 @@ static void test_run_errors(void) {
     expect_error("-c an empty calibration file", cmd, "0 calibration tokens, fewer than the 64", NULL);
     snprintf(cmd, sizeof(cmd), "echo 'hello world' > %s/short.txt; " BIN "run %s -d cpu -P tpla -T pca -c %s/short.txt -n 2", tmp, bin, tmp);
     expect_error("-c a calibration text of a few tokens", cmd, "calibration tokens, fewer than the 64", NULL);
+    e = read_file(err_path, &len);
+    found = memmem(e, len, "tok/s", 5) != NULL;
+    check("... refused before the work: nothing generated (MLA's 'tok/s' found)", !found, found, "==", 0);
+    free(e);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -P tpla -T pca -n 2", bin);   // no calib.txt beside it
+    expect_error("-T pca, no calib.txt beside the model and no -c", cmd, "calib.txt: cannot open (No such file or directory); "
+                 "-T pca calibrates on calib.txt beside the model, or on the text -c FILE names", NULL);
+    e = read_file(err_path, &len);
+    found = memmem(e, len, "tok/s", 5) != NULL;
+    check("... refused before the work: nothing generated (MLA's 'tok/s' found)", !found, found, "==", 0);
+    free(e);
     // the normal uses
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 4 -t 0", bin);
     expect_ok("generate: MLA, greedy", cmd);
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 8 -P tpla -T hadamard -g 4", bin);
     expect_ok("generate: TPLA g=4 hadamard, sampled", cmd);
-    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m tokenize -f tests/data/tok.txt", bin);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -m tokenize -f tests/data/tok.txt", bin);
     expect_ok("tokenize", cmd);
     snprintf(cmd, sizeof(cmd), "head -c 1200 tests/data/tok.txt > %s/c.txt; " BIN "run %s -d cpu -m ppl -f %s/c.txt -n 64 -P tpla -g 2,4 -T none,pca -c %s/c.txt",
              tmp, bin, tmp, tmp);
     expect_ok("ppl: TPLA g=2,4 none,pca", cmd);
+    e = read_file(err_path, &len);
+    int pcas = 0;
+    for (char *p = e; (p = strstr(p, "pca: calibrating")); p++) pcas++;
+    check("ppl -g 2,4 -T none,pca: PCA calibrates once (times)", pcas == 1, pcas, "==", 1);
+    const char *bands[] = {" KL(MLA||.) ", " KL d<16 ", " KL 16<=d<64 ", " KL 64<=d<256 ", " KL d>=256\n"};
+    found = 0;
+    for (int b = 0; b < 5; b++) found += strstr(e, bands[b]) != NULL;
+    check("ppl: the KL columns name their bands: all, d<16, 16<=d<64, 64<=d<256, d>=256 (found)", found == 5, found, "==", 5);
+    free(e);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m ppl -f %s/c.txt -n 64 -P dcp -g 2,3", bin, tmp);
+    expect_ok("ppl: DCP K=2,3", cmd);
+    e = read_file(err_path, &len);
+    char *at;
+    double p_mla = -1, p2 = 0, p3 = 0;
+    if ((at = strstr(e, "\nMLA "))) sscanf(at + 5, "%lf", &p_mla);
+    if ((at = strstr(e, "\nDCP K=2 "))) sscanf(at + 9, "%lf", &p2);
+    if ((at = strstr(e, "\nDCP K=3 "))) sscanf(at + 9, "%lf", &p3);
+    double dp = fmax(fabs(p2 - p_mla), fabs(p3 - p_mla)) / p_mla;
+    check("ppl: DCP K=2 and K=3 rows print MLA's perplexity (relative difference)", dp <= 1e-5, dp, "<=", 1e-5);
+    free(e);
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i 'def f(x):' -n 16 -P dcp -g 3", bin);
+    expect_ok("generate: DCP K=3, sampled", cmd);
+    e = read_file(err_path, &len);
+    found = memmem(e, len, "the first 16 of 16 generated tokens agree", 41) != NULL;
+    check("generate: DCP K=3 and MLA agree token for token (16 of 16 found)", found, found, "==", 1);
+    free(e);
+}
+
+// cmd's exit code; its stdout and stderr go to out and err (each read whole, NUL-terminated; free them)
+static int sh_split(const char *cmd, char **out, char **err) {
+    char full[1500], po[300], pe[300];
+    snprintf(po, sizeof(po), "%s/stdout.txt", tmp);
+    snprintf(pe, sizeof(pe), "%s/stderr.txt", tmp);
+    snprintf(full, sizeof(full), "( %s ) >%s 2>%s", cmd, po, pe);
+    int st = system(full);
+    *out = read_file(po, NULL); *err = read_file(pe, NULL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// The habits of a command-line program: -h and --help wherever a flag may stand print the usage on
+// stdout and exit 0 (a value that reads -h is a value); a call without its arguments prints the usage
+// on stderr and exits 1. The usage lists every flag the parser takes; -m tokenize -i reads a text.
+static void test_help(void) {
+    const struct { const char *cmd; int rc; const char *out, *err; } cases[] = {   // out, err: how each starts
+        {BIN "run -h", 0, "usage: ./run MODEL", ""}, {BIN "run --help", 0, "usage: ./run MODEL", ""},
+        {BIN "run %s/v3.bin -h", 0, "usage: ./run MODEL", ""}, {BIN "run %s/v3.bin -d cpu -n 5 -P tpla --help", 0, "usage: ./run MODEL", ""},
+        {BIN "run", 1, "", "usage: ./run MODEL"}, {BIN "run -n 5", 1, "", "usage: ./run MODEL"},
+        {BIN "run %s/v3.bin -d cpu -i -h -n 1 -t 0", 0, "--- MLA (cpu)", ""},
+        {BIN "convert -h", 0, "usage: ", ""}, {BIN "convert tests/data/v3 --help", 0, "usage: ", ""}, {BIN "convert", 1, "", "usage: "},
+        {BIN "run %s/deepseek_v3.bin -m tokenize -i '<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi'", 0, "0 6366\n", ""},
+        {BIN "run %s/v3.bin -m tokenize", 1, "", "error: -m tokenize needs a text: -f FILE or -i TEXT"},
+        {BIN "run %s/v3.bin -m tokenize -i x -f tests/data/tok.txt", 1, "", "error: -i and -f: -m tokenize takes one text"},
+    };
+    char cmd[600], shown[600], name[700], *out, *err;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(cmd, sizeof(cmd), cases[i].cmd, tmp);
+        snprintf(shown, sizeof(shown), cases[i].cmd + strlen(BIN), "tmp");
+        int rc = sh_split(cmd, &out, &err);
+        int ok = rc == cases[i].rc && !strncmp(out, cases[i].out, strlen(cases[i].out)) && !strncmp(err, cases[i].err, strlen(cases[i].err))
+                 && (*cases[i].out || !*out) && (*cases[i].err || !*err);
+        snprintf(name, sizeof(name), "%s: exit %d, stdout '%.*s', stderr '%.18s'", shown, cases[i].rc,
+                 (int)strcspn(cases[i].out, "\n"), cases[i].out, cases[i].err);
+        check(name, ok, rc, "==", cases[i].rc);
+        if (!ok) printf("    stdout: %.300s\n    stderr: %.300s\n", out, err);
+        free(out); free(err);
+    }
+    sh_split(BIN "run -h", &out, &err);
+    int missing = 0;
+    for (const char *f = "mdKPgTrkcwintpsfoblRFh"; *f; f++) {
+        char flag[8];
+        snprintf(flag, sizeof(flag), " -%c ", *f);
+        if (!strstr(out, flag)) { missing++; printf("    -%c is not in the usage\n", *f); }
+    }
+    check("run -h lists every flag the parser takes (missing)", missing == 0, missing, "==", 0);
+    free(out); free(err);
 }
 
 // Starts argv with its output discarded and default signal handling; returns the pid.
@@ -950,10 +1083,12 @@ static void test_makefile(void) {
     if (sh(cmd)) die("%s failed", cmd);
     struct { const char *name, *vars, *want[3], *absent; int rc; } cases[] = {   // %1$s: the fake folders
         {"no nvcc: the CPU engine", "NVCC=%1$s/none/nvcc", {"nvcc not found: building the CPU-only engine", "-o run -lm"}, "-lcublas", 0},
+        {"NVCC=none: the CPU engine, said so", "NVCC=none", {"NVCC=none: building the CPU-only engine", "-o run -lm"}, "-lcublas", 0},
         {"nvcc, NCCL_HOME= (none): the GPU engine for one GPU", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=",
          {"no NCCL", "-Inonccl -Xcompiler", "-DTPLA_CUDA -DTPLA_NO_NCCL"}, "-lnccl", 0},
-        {"nvcc with NCCL in CUDA_HOME: found, linked", "NVCC=%1$s/cudan/bin/nvcc",
-         {"-L%1$s/cudan/lib64 -Wl,-rpath,%1$s/cudan/lib64 -lnccl"}, "NCCL", 0},
+        {"nvcc with NCCL in CUDA_HOME: found, said so, linked", "NVCC=%1$s/cudan/bin/nvcc",
+         {"nvcc found (%1$s/cudan/bin/nvcc): building the GPU engine too; `make NVCC=none` builds the CPU engine alone",
+          "-L%1$s/cudan/lib64 -Wl,-rpath,%1$s/cudan/lib64 -lnccl"}, "NCCL", 0},
         {"NCCL_HOME with lib/<arch>/: found, linked", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=%1$s/deb",
          {"-I%1$s/deb/include", "-L%1$s/deb/lib/x86_64-linux-gnu -Wl,-rpath,%1$s/deb/lib/x86_64-linux-gnu -lnccl"}, "NCCL", 0},
         {"NCCL_HOME without libnccl.so: an error naming it", "NVCC=%1$s/cuda/bin/nvcc NCCL_HOME=%1$s/half",
@@ -970,6 +1105,34 @@ static void test_makefile(void) {
         }
         snprintf(name, sizeof(name), "make: %s (exit code)", cases[i].name);
         check(name, ok, rc, "==", cases[i].rc);
+        if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
+    }
+    // Switching builds (the GPU engine or NVCC=none; NCCL or not) needs no make clean: an object is rebuilt
+    // when the flags it was built with (.engine, .nvccflags) change, and only then. Run for real on empty
+    // sources, with a compiler (for gcc and for nvcc) that only touches what it is asked to write.
+    snprintf(cmd, sizeof(cmd), "mkdir -p %1$s/tree/unicode %1$s/tree/nonccl && cp Makefile %1$s/tree/ && cd %1$s/tree && "
+             "printf '#!/bin/sh\\necho cc \"$@\"\\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && touch \"$2\"; shift; done\\n' > cc && chmod +x cc && "
+             "touch run.c test.c tpla.cu tpla.h unicode/classes.h nonccl/nccl.h && echo -DTPLA_CUDA > .engine && sleep 0.01 && touch run.o test.o", d);
+    if (sh(cmd)) die("%s failed", cmd);
+    struct { const char *name, *vars, *targets; int rebuilt; } steps[] = {
+        {"NVCC=none after the GPU build: run.o and test.o rebuilt", "NVCC=none", "run.o test.o", 2},
+        {"NVCC=none again: nothing rebuilt", "NVCC=none", "run.o test.o", 0},
+        {"the GPU build after NVCC=none: run.o and test.o rebuilt, with -DTPLA_CUDA", "NVCC=%1$s/cudan/bin/nvcc", "run.o test.o", 2},
+        {"tpla.o without NCCL", "NVCC=%1$s/tree/cc NCCL_HOME=", "tpla.o", 1},
+        {"tpla.o again: not rebuilt", "NVCC=%1$s/tree/cc NCCL_HOME=", "tpla.o", 0},
+        {"tpla.o with NCCL after without: rebuilt", "NVCC=%1$s/tree/cc NCCL_HOME=%1$s/deb", "tpla.o", 1},
+    };
+    const char *compiled[] = {"-c run.c -o run.o", "-c test.c -o test.o", "-c tpla.cu -o tpla.o"};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        char vars[600], name[200];
+        snprintf(vars, sizeof(vars), steps[i].vars, d);
+        snprintf(cmd, sizeof(cmd), "cd %s/tree && env -u CUDA_HOME -u NCCL_HOME -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make CC=./cc %s %s",
+                 d, vars, steps[i].targets);
+        int rc = sh_msg(cmd, msg, sizeof(msg)), n = 0;
+        for (int k = 0; k < 3; k++) n += strstr(msg, compiled[k]) != NULL;
+        int ok = rc == 0 && n == steps[i].rebuilt && (i != 2 || strstr(msg, "-DTPLA_CUDA -c run.c"));
+        snprintf(name, sizeof(name), "make: %s (objects compiled)", steps[i].name);
+        check(name, ok, n, "==", steps[i].rebuilt);
         if (!ok) printf("    %s\n    output: %.2000s\n", cmd, msg);
     }
 }
@@ -1049,7 +1212,7 @@ static void gpu_vs(const char *name, const float *gl, const float *ref, int T, i
 static void test_gpu_criterion(Fixture *f) {
     const Config *c = &f->m.c;
     int n = f->n, V = c->vocab, out, miss, nt = tensor_layout(c, NULL, NULL), worst_out = 0, worst_miss = 0;
-    Scheme s2 = {2, RMS_LOCAL, NULL, 0}, s4 = {4, RMS_LOCAL, NULL, 0};
+    Scheme s2 = {2, RMS_LOCAL, NULL, 0, 0}, s4 = {4, RMS_LOCAL, NULL, 0, 0};
     float *a = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0), *wrong = run_logits(&f->m, &s4, f->ids, n, 16, 0, 0);
     Tensor *t = xmalloc(nt * sizeof(Tensor));
     tensor_layout(c, t, NULL);
@@ -1104,7 +1267,7 @@ static void test_gpu_model(Fixture *f, int ngpu) {
         for (int g = 1; g <= K; g *= 2)
             for (int split = 0; split < (g > 1 ? 2 : 1); split++)
                 for (int T = 0; T < 3; T += 2) {
-                    Scheme s = {g, RMS_LOCAL, NULL, split};
+                    Scheme s = {g, RMS_LOCAL, NULL, split, 0};
                     setup_transform(&f->m, &s, T, &tok, CALIB, &U, &ev);
                     float *cl = run_logits(&f->m, &s, f->ids, n, k, 0, 0), *tl = run_logits(&f->m, &s, f->ids, n, k, 1, K);
                     snprintf(name, sizeof(name), "%s: GPU TPLA g=%d T=%s on %d GPU(s)%s vs CPU", f->name, g, T_NAMES[T], K,
@@ -1282,6 +1445,7 @@ int main(void) {
     for (int i = 0; i < 3; i++) test_hf(&fx[i]);
     for (int i = 0; i < 2; i++) test_g1(&fx[i]);
     for (int i = 0; i < 2; i++) test_tpla_ref(&fx[i]);
+    for (int i = 0; i < 3; i++) test_dcp(&fx[i]);
     test_transforms(&fx[0]);
     test_tokenizer(&fx[0]);
     for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
@@ -1290,6 +1454,7 @@ int main(void) {
     test_damaged_weights(fx, 3);
     test_load_errors();
     test_run_errors();
+    test_help();
     test_convert();
     test_moe_limits(fx, 3, ng);
     test_progress();

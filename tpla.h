@@ -341,19 +341,21 @@ typedef struct {
 } Model;
 
 // ----------------------------------------------------------------------------
-// how to decode: MLA or TPLA with g latent shards (README "The TPLA step")
+// how to decode: MLA, TPLA with g latent shards (README "The TPLA step") or DCP with K token shards
+// (README "TPLA beside context parallelism")
 
 enum { T_NONE = 0, T_HADAMARD = 1, T_PCA = 2 };
 enum { RMS_LOCAL = 0, RMS_GLOBAL = 1 };
 
 typedef struct {
-    int g;          // latent shards: 1 = MLA
-    int rms;        // RMS_LOCAL or RMS_GLOBAL: how a decode token's latent slice is normalised
+    int g;          // shards: TPLA's latent slices g, or DCP's token sets K; 1 = MLA
+    int rms;        // RMS_LOCAL or RMS_GLOBAL: how a decode token's latent slice is normalised (TPLA)
     const float *rms_fix; // (n_layers, g): local rms correction sqrt(1/(g e_i)); NULL = all 1
     int split;      // GPU only: TPLA keeps W_UQ and W_O split by head (all-gather q, reduce-scatter v)
+    int dcp;        // 0: the g shards split the latent (TPLA); 1: they split the tokens, t mod g (DCP)
 } Scheme;
 
-static const Scheme MLA = {1, RMS_GLOBAL, NULL, 0};   // plain MLA (g = 1): the reference of every scheme
+static const Scheme MLA = {1, RMS_GLOBAL, NULL, 0, 0};   // plain MLA (g = 1): the reference of every scheme
 
 #include <time.h>
 static inline double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
