@@ -566,6 +566,7 @@ static int run_of(const Enc *x, int i, int e, int c1, int c2) {   // end of the 
     return i;
 }
 static int is_crlf(int cp) { return cp == '\r' || cp == '\n'; }
+static int is_ps(int cl) { return cl == U_P || cl == U_S; }
 static int is_ascii_letter(int cp) { return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z'); }
 
 // \s+(?!\S)|\s+ at a space: the run of spaces, less the last one if a non-space follows the run
@@ -612,11 +613,11 @@ static int match_deepseek(const Enc *x, int i, int e) {
         return k - i;
     }
     int lm_next = i + 1 < e && (cl[i + 1] == U_L || cl[i + 1] == U_M);
-    if (!is_crlf(c[i]) && cl[i] != U_L && cl[i] != U_PS && lm_next) return run_of(x, i + 1, e, U_L, U_M) - i;
+    if (!is_crlf(c[i]) && cl[i] != U_L && !is_ps(cl[i]) && lm_next) return run_of(x, i + 1, e, U_L, U_M) - i;
     if (cl[i] == U_L || cl[i] == U_M) return run_of(x, i, e, U_L, U_M) - i;
-    int j = i + (c[i] == ' ' && i + 1 < e && cl[i + 1] == U_PS);
-    if (cl[j] == U_PS) {
-        for (k = run_of(x, j, e, U_PS, U_PS); k < e && is_crlf(c[k]); k++) {}
+    int j = i + (c[i] == ' ' && i + 1 < e && is_ps(cl[i + 1]));
+    if (is_ps(cl[j])) {
+        for (k = run_of(x, j, e, U_P, U_S); k < e && is_crlf(c[k]); k++) {}
         return k - i;
     }
     if (cl[i] != U_WS) return 0;
