@@ -741,6 +741,56 @@ static void expect_ok(const char *name, const char *cmd) {
     if (rc) { char *err = read_file(err_path, NULL); printf("    %s\n    output: %s", cmd, err); free(err); }
 }
 
+// DeepSeek-V2-Lite's small twin (tests/data/v2lite: V2-Lite's config at tiny sizes, with DeepSeek-V2's real
+// tokenizer, made by tools/make_fixtures.py): the README's V2-Lite commands run on it, and the prompt's ids
+// (BOS first, as transformers 4 adds it) and 32 greedy tokens equal HF's (float64).
+static void test_v2lite(void) {
+    char bin[300], cmd[1000], msg[8192], *line[3];
+    snprintf(bin, sizeof(bin), "%s/v2lite.bin", tmp);
+    snprintf(cmd, sizeof(cmd), BIN "convert tests/data/v2lite %s", bin);
+    int rc = sh_msg(cmd, msg, sizeof(msg));
+    check("v2lite: ./convert DeepSeek-V2-Lite v2lite.bin; BOS added, by tokenizer_config.json (exit code)",
+          rc == 0 && strstr(msg, "BOS added (tokenizer_config.json's add_bos_token)"), rc, "==", 0);
+    if (rc) { printf("    output: %.2000s\n", msg); return; }
+    size_t len;
+    char *g = read_file("tests/data/v2lite/generate.txt", &len);
+    line[0] = strtok(g, "\n"), line[1] = strtok(NULL, "\n"), line[2] = strtok(NULL, "\n");
+    if (!line[2]) die("tests/data/v2lite/generate.txt: not three lines");
+    Model m;
+    Tokenizer t;
+    build_model(&m, bin);
+    build_tokenizer(&t, &m);
+    int ids[256], n = 0, want, k = 0, same = 0, steps = 0;
+    if (t.add_bos) ids[n++] = m.c.bos;
+    n += encode(&t, line[0], strlen(line[0]), ids + n, "prompt");
+    for (char *p = line[1], *e; (want = strtol(p, &e, 10)), e != p; p = e, k++) same += k < n && ids[k] == want;
+    check("v2lite: the prompt's ids, BOS first, equal HF's (ids equal)", same == n && k == n, same, "==", k);
+    Engine e;
+    build_engine(&e, &m, &MLA, 0, 0, n + 64);
+    float *lg = engine_feed(&e, ids, n, 1, NULL);
+    char text[4096];
+    int at = snprintf(text, sizeof(text), "%s", line[0]);
+    for (char *p = line[2], *end; (want = strtol(p, &end, 10)), end != p; p = end, steps++) {
+        int next = argmax(lg, m.c.vocab);
+        if (next != want) break;
+        if (!(t.flags[next] & TOK_SPECIAL) && at + t.len[next] < (int)sizeof(text)) memcpy(text + at, t.str[next], t.len[next]), at += t.len[next];
+        lg = engine_feed(&e, &next, 1, 0, NULL);
+    }
+    check("v2lite: greedy tokens on the CPU (MLA) equal HF's float64 ones, of 32", steps == 32, steps, "==", 32);
+    free_engine(&e); free_tokenizer(&t); free_model(&m);
+    // the README's commands: generate (MLA then TPLA; MLA's text is HF's), ppl with every transform
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -P tpla -g 2 -T hadamard -i \"%s\" -n 32 -t 0", bin, line[0]);
+    expect_ok("v2lite: ./run v2lite.bin -P tpla -g 2 -T hadamard -i \"The capital of France is\" -n 32 -t 0", cmd);
+    char *out = read_file(err_path, &len);
+    int found = memmem(out, len, text, at) != NULL;
+    check("v2lite: ... and MLA's text is HF's greedy continuation (found)", found, found, "==", 1);
+    free(out);
+    snprintf(cmd, sizeof(cmd), "head -c 3000 tests/data/tok.txt > %1$s/wiki.txt; " BIN "run %2$s -d cpu -m ppl -f %1$s/wiki.txt -P tpla "
+             "-g 2,4 -T none,hadamard,pca -c tests/data/tok.txt -k 128", tmp, bin);
+    expect_ok("v2lite: ./run v2lite.bin -m ppl -f wiki.txt -P tpla -g 2,4 -T none,hadamard,pca -c calib.txt -k 128", cmd);
+    free(g);
+}
+
 // a copy of the checkpoint src with one config field (at offset off in Config) set to v; resize:
 // cut or zero-padded to the size the new config needs, so that it loads
 static void craft(const char *src, const char *dst, size_t off, int is_float, double v, int resize) {
@@ -1431,6 +1481,8 @@ int main(void) {
     test_transforms(&fx[0]);
     test_tokenizer(&fx[0]);
     for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
+    printf("--- DeepSeek-V2-Lite's twin: the README's commands\n");
+    test_v2lite();
     printf("--- bad inputs\n");
     test_damaged_weights(fx, 3);
     test_load_errors();
