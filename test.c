@@ -291,8 +291,9 @@ static void test_transforms(Fixture *f) {
     free(Up); free(evp); free((void *)sc.rms_fix); free_tokenizer(&tok);
 }
 
-// tokenizer: HF's ids on tests/data/tok/texts.txt for two tokenizers, the round trip, BOS, refusals, and
-// damaged tokenizer blocks (tools/make_tok_fixture.py made the fixture)
+// tokenizer: HF's ids on tests/data/tok/texts.txt for four tokenizers (GPT-2-style, DeepSeek-V3's, DeepSeek-V2's,
+// and added.json: added tokens numbered HF's way), the round trip, linear work, BOS, refusals, and damaged
+// tokenizer blocks (tools/make_tok_fixture.py made the fixture)
 
 static int sh_msg(const char *cmd, char *msg, size_t cap) {   // runs a command; its output goes to msg
     char buf[1200];
