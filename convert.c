@@ -622,14 +622,15 @@ static const char *parse_config(Config *c) {  // returns the architecture
 
 // ----------------------------------------------------------------------------
 // tokenizer block, from HF tokenizer.json (and tokenizer_config.json's add_bos_token):
-//   int32 n_tokens (= config vocab), int32 n_merges, int32 pretok (0: GPT-2 split, 1: DeepSeek-V3 split), int32 add_bos
+//   int32 n_tokens (= config vocab), int32 n_merges, int32 pretok (PRETOK_*, tpla.h), int32 add_bos
+//   PRETOK_SPLITS only: int32 n_patterns, then each pattern: int32 n_elements, n_elements x { PatElem, ranges }
 //   n_tokens x { int32 len, int32 flags, uint8 bytes[len] }   // flags: 1 special, 2 added token, 4 added token matched
 //       after normalization (HF's normalized: true). Bytes: the byte-level alphabet (GPT-2's bytes_to_unicode) decoded
 //       back to bytes; added tokens keep their text; ids missing from the json get len 0
 //   n_merges x { int32 left, int32 right, int32 merged }   // token ids, in merge-rank order
-// Only what run reproduces exactly is converted: a byte-level BPE with no normalizer, the pre-tokenizer ByteLevel
-// (use_regex: the GPT-2 split) or DeepSeek-V3's Sequence of three Splits and a ByteLevel; anything else is refused.
-
+// Only what run reproduces exactly is converted: a byte-level BPE with no normalizer, and the pre-tokenizer
+// ByteLevel (use_regex: the GPT-2 split), DeepSeek-V3's Sequence of three Splits and a ByteLevel, or a Sequence of
+// Splits in the grammar of tpla.h and Digits, then a ByteLevel (the DeepSeek-V2 family); anything else is refused.
 
 typedef struct { uint8_t *p; size_t n, cap; } Buf;
 
@@ -656,6 +657,24 @@ static int unbyte(const char *s, int len, uint8_t *out) {  // the bytes a token 
     return n;
 }
 
+// A text for a message, quoted: at most 60 characters (240 bytes) of it, "..." if more, control bytes escaped
+// (three buffers in turn, for one message)
+static const char *show(const void *text, size_t n) {
+    static char buf[3][320];
+    static int k;
+    const uint8_t *s = text;
+    char *o = buf[k++ % 3], *p = o;
+    *p++ = '"';
+    for (size_t i = 0, chars = 0; i < n; i++) {
+        if (p - o > 240 || ((s[i] & 0xC0) != 0x80 && ++chars > 60)) { p += sprintf(p, "..."); break; }
+        if (s[i] >= 0x20 && s[i] != 0x7F) *p++ = s[i];
+        else p += sprintf(p, s[i] == '\n' ? "\\n" : s[i] == '\r' ? "\\r" : s[i] == '\t' ? "\\t" : "\\x%02x", s[i]);
+    }
+    *p++ = '"', *p = 0;
+    return o;
+}
+static const char *shows(const char *s) { return show(s, strlen(s)); }
+
 static const char *tok_path;  // tokenizer.json, for the messages
 
 static void refuse(const char *fmt, ...) {
@@ -663,9 +682,10 @@ static void refuse(const char *fmt, ...) {
     va_start(ap, fmt);
     fprintf(stderr, "error: %s: ", tok_path);
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, ".\n  run reproduces HF's tokenization exactly for byte-level BPE with the pre-tokenizer ByteLevel "
-                    "(use_regex: the GPT-2 split) or DeepSeek-V3's (Split \\p{N}{1,3}, Split CJK, Split main pattern, "
-                    "ByteLevel), and no normalizer.\n  To convert the weights without a tokenizer, move %s away "
+    fprintf(stderr, ".\n  run reproduces HF's tokenization exactly for byte-level BPE with no normalizer and the pre-tokenizer "
+                    "ByteLevel (use_regex: the GPT-2 split), DeepSeek-V3's (Split \\p{N}{1,3}, Split CJK, Split main pattern, "
+                    "ByteLevel) or a Sequence of Splits (Isolated, in run's small pattern grammar) and Digits, then ByteLevel "
+                    "(the DeepSeek-V2 family).\n  To convert the weights without a tokenizer, move %s away "
                     "(then run needs token ids: -m logits).\n", tok_path);
     va_end(ap);
     exit(1);
@@ -678,6 +698,16 @@ static int jbool(const Json *o, const char *k, int def) {  // true / false; def 
 
 static const char *type_of(const Json *o) { return jstr(o, "type") ? jstr(o, "type") : "(no type)"; }
 
+// A JSON file that may be absent (NULL); one that is there but cannot be read (no permission, a link loop, a
+// link to nothing) is an error, not "absent"
+static const Json *read_optional(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0 && errno == ENOENT) return NULL;
+    const Json *v = read_json(path);
+    if (!v) die("%s: cannot open (%s)", path, strerror(errno));
+    return v;
+}
+
 // DeepSeek-V3/R1's pre_tokenizer: these three Splits (Isolated), then ByteLevel without its regex
 static const char *DEEPSEEK_V3_SPLITS[3] = {
     "\\p{N}{1,3}",
@@ -686,7 +716,102 @@ static const char *DEEPSEEK_V3_SPLITS[3] = {
     " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
 };
 
-static int pre_tokenizer(const Json *pre) {  // PRETOK_*, or refuses naming what it found
+// ---- Split patterns in run's grammar (tpla.h): a sequence of elements, each a character, \s, \p{L}, \p{M},
+// \p{N}, \p{P}, \p{S} or a class [...] of those and ranges a-b ([^...]: negated), taken once or with ?, *, +,
+// {m}, {m,} or {m,n}; and $ at the end. Oniguruma reads these as run matches them; anything else is refused.
+
+static int32_t utf8_char(const char **p) {  // the code point at *p, moved past it; -1 if it is not UTF-8
+    const uint8_t *s = (const uint8_t *)*p;
+    int n = s[0] < 0x80 ? 0 : s[0] >= 0xC2 && s[0] < 0xE0 ? 1 : s[0] >= 0xE0 && s[0] < 0xF0 ? 2 : s[0] >= 0xF0 && s[0] < 0xF5 ? 3 : -1;
+    if (n < 0) return -1;
+    int32_t cp = n ? s[0] & (0x3F >> n) : s[0];
+    for (int i = 1; i <= n; i++) { if ((s[i] & 0xC0) != 0x80) return -1; cp = cp << 6 | (s[i] & 0x3F); }
+    *p += n + 1;
+    return cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000) ? -1 : cp;
+}
+
+// One character of a pattern at *p, moved past it: its code point; -1 for \s or \p{X} (whose class bit goes to
+// *bits); -2 for what the grammar does not know
+static int32_t pattern_char(const char **p, int32_t *bits) {
+    static const char names[] = "LMNPS", esc[] = "r\rn\nt\tf\fv\v";  // \p{X}: PAT_L.. in this order; \r, \n, ..
+    const char *s = *p;
+    if (*s != '\\') { int32_t c = utf8_char(p); return c < 0 ? -2 : c; }
+    if (s[1] == 's') { *bits |= PAT_WS; *p = s + 2; return -1; }
+    if (s[1] == 'p') {
+        const char *k = s[2] == '{' && s[3] ? strchr(names, s[3]) : NULL;
+        if (!k || s[4] != '}') return -2;
+        *bits |= PAT_L << (k - names);
+        *p = s + 5;
+        return -1;
+    }
+    for (int i = 0; esc[i]; i += 2) if (s[1] == esc[i]) { *p = s + 2; return esc[i + 1]; }
+    if (s[1] > 0 && s[1] < 0x7F && ispunct((unsigned char)s[1])) { *p = s + 2; return s[1]; }  // \\, \-, \[, ...
+    return -2;
+}
+
+static int cmp_range(const void *a, const void *b) { return ((const int32_t *)a)[0] - ((const int32_t *)b)[0]; }
+
+// Compiles a Split's regex and appends it to out (int32 elements, then each PatElem and its ranges); NULL, or why not
+static const char *compile_pattern(const char *re, Buf *out) {
+    PatElem e[PAT_MAX];
+    Buf r[PAT_MAX] = {{0}};  // each element's ranges, int32 lo and hi, before sorting
+    const char *p = re, *why = NULL;
+    int n = 0;
+    while (*p && !why) {
+        if (n == PAT_MAX) { why = "more elements than run takes"; break; }
+        PatElem *el = &e[n];
+        Buf *rb = &r[n++];
+        *el = (PatElem){ 1, 1, 0, 0 };
+        if (*p == '$' && !p[1]) { *el = (PatElem){ 0, 0, PAT_END, 0 }; p++; break; }
+        if (strchr(".^$|(){}*+?]", *p)) { why = "an operator outside the grammar (. ^ $ | ( ) { } alternatives, groups)"; break; }
+        int cls = *p == '[';
+        p += cls;
+        if (cls && *p == '^') el->flags |= PAT_NOT, p++;
+        if (cls && *p == ']') why = "an empty class";
+        do {  // one character or \s, \p{X}; in a class, the next ones too, and ranges
+            if (cls && (*p == '[' || (p[0] == '&' && p[1] == '&'))) { why = "a class within a class, or &&"; break; }
+            int32_t lo = pattern_char(&p, &el->flags), hi = lo;
+            if (lo == -2) { why = "an escape or a character outside the grammar"; break; }
+            if (lo >= 0 && cls && p[0] == '-' && p[1] && p[1] != ']') {
+                p++;
+                if ((hi = pattern_char(&p, &el->flags)) < lo) { why = "a range outside the grammar (or backwards)"; break; }
+            }
+            if (lo >= 0) buf_i32(rb, lo), buf_i32(rb, hi);
+        } while (cls && *p && *p != ']' && !why);
+        if (why) break;
+        if (cls && *p++ != ']') { why = "a class without its ]"; break; }
+        if (*p == '?' || *p == '*' || *p == '+') el->min = *p == '+', el->max = *p == '?' ? 1 : -1, p++;
+        else if (*p == '{') {  // {m}, {m,}, {m,n}
+            char *q;
+            long lo = strtol(p + 1, &q, 10), hi = lo;
+            if (*q == ',' && q[1] == '}') hi = -1, q++;
+            else if (*q == ',') hi = isdigit((unsigned char)q[1]) ? strtol(q + 1, &q, 10) : -2;
+            if (!isdigit((unsigned char)p[1]) || *q != '}' || lo > 1024 || hi > 1024 || hi < -1) { why = "a {m,n} outside the grammar"; break; }
+            el->min = (int)lo, el->max = (int)hi, p = q + 1;
+        }
+        if (*p == '?' || *p == '+') why = "a lazy or possessive repeat";
+    }
+    if (!why) why = pattern_error(e, n);
+    if (!why) {
+        buf_i32(out, n);
+        for (int k = 0; k < n; k++) {  // the ranges sorted and merged: run looks them up by binary search
+            int32_t *v = (int32_t *)r[k].p, m = 0;
+            if (v) qsort(v, r[k].n / 8, 8, cmp_range);
+            for (size_t i = 0; i < r[k].n / 8; i++)
+                if (m && v[2 * i] <= v[2 * m - 1] + 1) v[2 * m - 1] = v[2 * i + 1] > v[2 * m - 1] ? v[2 * i + 1] : v[2 * m - 1];
+                else v[2 * m] = v[2 * i], v[2 * m + 1] = v[2 * i + 1], m++;
+            e[k].n_ranges = m;
+            buf_put(out, &e[k], sizeof e[k]);
+            buf_put(out, v, 8 * (size_t)m);
+        }
+    }
+    for (int k = 0; k < n; k++) free(r[k].p);
+    return why;
+}
+
+// The pre-tokenizer: PRETOK_GPT2, PRETOK_DEEPSEEK_V3, or PRETOK_SPLITS with its patterns appended to prog;
+// refuses, naming what it found, anything else
+static int pre_tokenizer(const Json *pre, Buf *prog) {
     const char *t = type_of(pre);
     const Json *l = jget(pre, "pretokenizers");
     if (!pre || pre->type == J_NULL) refuse("no pre_tokenizer");
@@ -695,22 +820,36 @@ static int pre_tokenizer(const Json *pre) {  // PRETOK_*, or refuses naming what
         if (!jbool(pre, "use_regex", 1)) refuse("pre_tokenizer ByteLevel without use_regex (no split at all) is not supported");
         return PRETOK_GPT2;
     }
-    if (strcmp(t, "Sequence") || !l || l->type != J_ARR) refuse("pre_tokenizer %s is not supported", t);
-    char *names = cat("");
-    for (int i = 0; i < l->n; i++) { char *t = cat("%s%s%s", names, i ? ", " : "", type_of(&l->kid[i])); free(names), names = t; }
-    if (l->n != 4) refuse("pre_tokenizer Sequence [%s] is not supported", names);
-    for (int i = 0; i < 3; i++) {
+    if (strcmp(t, "Sequence") || !l || l->type != J_ARR || !l->n) refuse("pre_tokenizer %s is not supported", shows(t));
+    const Json *bl = &l->kid[l->n - 1];
+    if (strcmp(type_of(bl), "ByteLevel") || jbool(bl, "add_prefix_space", 1) || jbool(bl, "use_regex", 1))
+        refuse("pre_tokenizer Sequence of %d: the last is not ByteLevel without add_prefix_space and use_regex", l->n);
+    int v3 = l->n == 4;
+    for (int i = 0; i < 3 && v3; i++) {
         const Json *s = &l->kid[i];
         const char *re = jstr(jget(s, "pattern"), "Regex"), *beh = jstr(s, "behavior");
-        if (strcmp(type_of(s), "Split") || !re || strcmp(re, DEEPSEEK_V3_SPLITS[i]) || !beh || strcmp(beh, "Isolated") || jbool(s, "invert", 0))
-            refuse("pre_tokenizer Sequence [%s]: element %d (%s%s%s) is not DeepSeek-V3's", names, i, type_of(s),
-                   re ? " " : "", re ? re : "");
+        v3 = !strcmp(type_of(s), "Split") && re && !strcmp(re, DEEPSEEK_V3_SPLITS[i]) && beh && !strcmp(beh, "Isolated") && !jbool(s, "invert", 0);
     }
-    const Json *bl = &l->kid[3];
-    if (strcmp(type_of(bl), "ByteLevel") || jbool(bl, "add_prefix_space", 1) || jbool(bl, "use_regex", 1))
-        refuse("pre_tokenizer Sequence [%s]: the last element is not ByteLevel without add_prefix_space and use_regex", names);
-    free(names);
-    return PRETOK_DEEPSEEK_V3;
+    if (v3) return PRETOK_DEEPSEEK_V3;
+    if (l->n - 1 > PAT_MAX) refuse("pre_tokenizer Sequence of %d: more than %d Splits and Digits", l->n, PAT_MAX);
+    buf_i32(prog, l->n - 1);
+    for (int i = 0; i < l->n - 1; i++) {
+        const Json *s = &l->kid[i];
+        const char *st = type_of(s), *re = jstr(jget(s, "pattern"), "Regex"), *beh = jstr(s, "behavior"), *why = NULL;
+        if (!strcmp(st, "Digits")) {  // HF: each digit (Rust's char::is_numeric) a piece, or each run of them
+            PatElem d = { 1, jbool(s, "individual_digits", 0) ? 1 : -1, PAT_N | PAT_N17, 0 };
+            buf_i32(prog, 1), buf_put(prog, &d, sizeof d);
+            continue;
+        }
+        if (strcmp(st, "Split")) why = "neither Split nor Digits";
+        else if (!re) why = "not a Regex pattern";
+        else if (!beh || strcmp(beh, "Isolated")) why = "a behavior other than Isolated";
+        else if (jbool(s, "invert", 0)) why = "invert";
+        else why = compile_pattern(re, prog);
+        if (why) refuse("pre_tokenizer Sequence element %d of %d (%s, behavior %s, pattern %s): %s; not supported", i + 1, l->n,
+                        shows(st), beh ? shows(beh) : "none", re ? shows(re) : "none", why);
+    }
+    return PRETOK_SPLITS;
 }
 
 // The BOS that the post_processor's template puts before the text (-1: none); refuses any other template.
@@ -724,122 +863,153 @@ static int template_bos(const Json *pp, Map *vocab) {
         return bos;
     }
     const Json *single = jget(pp, "single");
-    if (strcmp(t, "TemplateProcessing") || !single || single->type != J_ARR) refuse("post_processor %s is not supported", t);
+    if (strcmp(t, "TemplateProcessing") || !single || single->type != J_ARR) refuse("post_processor %s is not supported", shows(t));
     // [$A] or [BOS, $A]
     const Json *first = single->n == 2 ? jget(&single->kid[0], "SpecialToken") : NULL;
     if (!(single->n == 1 || (single->n == 2 && first)) || !jget(&single->kid[single->n - 1], "Sequence"))
         refuse("post_processor TemplateProcessing adds more than one BOS before the text; not supported");
     if (!first) return -1;
-    const Json *ids = jget(jget(jget(pp, "special_tokens"), jstr(first, "id") ? jstr(first, "id") : ""), "ids");
+    const char *name = jstr(first, "id") ? jstr(first, "id") : "";
+    const Json *ids = jget(jget(jget(pp, "special_tokens"), name), "ids");
     if (ids && ids->type == J_ARR && ids->n == 1 && ids->kid[0].type == J_NUM) return (int)ids->kid[0].num;
-    int64_t id = jstr(first, "id") ? map_get(vocab, jstr(first, "id")) : -1;
-    if (id < 0) refuse("post_processor TemplateProcessing: the token %s is unknown", jstr(first, "id") ? jstr(first, "id") : "?");
+    int64_t id = map_get(vocab, name);
+    if (id < 0) refuse("post_processor TemplateProcessing: the token %s is unknown", shows(name));
     return (int)id;
 }
 
 // Reads DIR/tokenizer.json (an empty block if there is none); *summary says what was found.
 static Buf build_tokenizer(const char *dir, const Config *c, char **summary) {
-    Buf b = {0};
+    Buf b = {0}, prog = {0};
     int vocab = c->vocab;
     tok_path = cat("%s/tokenizer.json", dir);
-    const Json *root = read_json(tok_path), *model = jget(root, "model");
+    const Json *root = read_optional(tok_path), *model = jget(root, "model");
     if (!root) return b;
     const Json *vj = jget(model, "vocab"), *mj = jget(model, "merges"), *norm = jget(root, "normalizer");
-    if (strcmp(type_of(model), "BPE")) refuse("model %s is not supported (BPE only)", type_of(model));
+    if (strcmp(type_of(model), "BPE")) refuse("model %s is not supported (BPE only)", shows(type_of(model)));
     if (!vj || vj->type != J_OBJ || !mj || mj->type != J_ARR) refuse("model.vocab or model.merges is missing");
     if (has(model, "dropout") || jbool(model, "byte_fallback", 0) || jbool(model, "ignore_merges", 0)
         || (jstr(model, "continuing_subword_prefix") && *jstr(model, "continuing_subword_prefix"))
         || (jstr(model, "end_of_word_suffix") && *jstr(model, "end_of_word_suffix")))
         refuse("BPE options dropout, byte_fallback, ignore_merges, continuing_subword_prefix or end_of_word_suffix are not supported");
     if (norm && norm->type != J_NULL && !(!strcmp(type_of(norm), "Sequence") && jget(norm, "normalizers") && !jget(norm, "normalizers")->n))
-        refuse("normalizer %s changes the text before it is split; not supported", type_of(norm));
-    int pretok = pre_tokenizer(jget(root, "pre_tokenizer"));
-    if (strcmp(type_of(jget(root, "decoder")), "ByteLevel")) refuse("decoder %s is not supported (ByteLevel only)", type_of(jget(root, "decoder")));
+        refuse("normalizer %s changes the text before it is split; not supported", shows(type_of(norm)));
+    int pretok = pre_tokenizer(jget(root, "pre_tokenizer"), &prog);
+    if (strcmp(type_of(jget(root, "decoder")), "ByteLevel")) refuse("decoder %s is not supported (ByteLevel only)", shows(type_of(jget(root, "decoder"))));
 
     int n = 0;
     for (int i = 0; i < 256; i++) byte_of[i + 256] = byte_of[i] = -1;
     for (int ch = 0; ch < 256; ch++) byte_of[(ch >= 33 && ch <= 126) || (ch >= 161 && ch <= 172) || ch >= 174 ? ch : 256 + n++] = ch;
 
     uint8_t **tok = calloc(vocab, sizeof *tok);
-    int *tlen = calloc(vocab, sizeof(int)), *flags = calloc(vocab, sizeof(int)), dropped = 0, raw = 0, bad = 0, n_added = 0, n_special = 0;
-    Map ids = {0};
-    if (!tok || !tlen || !flags) die("out of memory");
-#define ID(j) ((j) && (j)->type == J_NUM && (j)->num >= 0 && (j)->num < vocab ? (int)(j)->num : -1)
-    const Json *added = jget(root, "added_tokens");
-    for (int i = 0; added && added->type == J_ARR && i < added->n; i++) {  // added tokens: their text, as-is
-        const Json *a = &added->kid[i], *content = jget(a, "content");
-        int id = ID(jget(a, "id"));
-        if (id < 0 || !content || content->type != J_STR || !content->n) { dropped++; continue; }
+    const char **text = calloc(vocab, sizeof *text);  // model.vocab's text of each id (the tree's), for the messages
+    int *tlen = calloc(vocab, sizeof(int)), *flags = calloc(vocab, sizeof(int)), raw = 0, n_added = 0, n_special = 0;
+    Map ids = {0}, added_ids = {0};
+    if (!tok || !text || !tlen || !flags) die("out of memory");
+    for (int i = 0; i < vj->n; i++) {  // model.vocab: byte-level text -> a whole id, one text per id (as HF requires)
+        const Json *e = &vj->kid[i];
+        int k = (int)strlen(e->key);
+        if (e->type != J_NUM || e->num != floor(e->num) || e->num < 0) refuse("model.vocab: the id of %s is not a whole number >= 0", shows(e->key));
+        if (e->num >= vocab) refuse("model.vocab: %s has id %.0f, outside config.json's vocab_size %d", shows(e->key), e->num, vocab);
+        int id = (int)e->num;
+        if (text[id]) refuse("model.vocab gives id %d to both %s and %s", id, shows(text[id]), shows(e->key));
+        text[id] = e->key;
+        map_put(&ids, e->key, id);
+        tok[id] = xmalloc(k + 1);
+        if ((tlen[id] = unbyte(e->key, k, tok[id])) >= 0) continue;
+        if (k == 1) refuse("model.vocab: %s (id %d) is one byte outside the byte-level alphabet; not supported", shows(e->key), id);
+        memcpy(tok[id], e->key, tlen[id] = k), raw++;
+    }
+    // Added tokens take the ids HF gives them (its AddedVocabulary, in the order listed; it does not read the
+    // json's "id"): a text that model.vocab has keeps that id; any other takes the next one past the vocab
+    // (HF's size of it, the texts in model.vocab, or one past the largest added id once that is beyond it).
+    const Json *added = jget(root, "added_tokens"), *moved = NULL;
+    int max_added = -1, n_moved = 0, moved_to = 0;
+    for (int i = 0; added && added->type == J_ARR && i < added->n; i++) {
+        const Json *a = &added->kid[i], *content = jget(a, "content"), *jid = jget(a, "id");
+        if (!content || content->type != J_STR) refuse("added_tokens[%d] has no \"content\" text", i);
+        const char *cs = content->str;
+        int cn = content->n, nv = (int)ids.n;
+        if (!cn) continue;  // HF skips it
         if (jbool(a, "lstrip", 0) || jbool(a, "rstrip", 0) || jbool(a, "single_word", 0))
-            refuse("added token %s has lstrip, rstrip or single_word; not supported", content->str);
-        tok[id] = (uint8_t *)content->str, tlen[id] = content->n;
+            refuse("added token %s has lstrip, rstrip or single_word; not supported", show(cs, cn));
+        if (map_get(&added_ids, cs) >= 0) refuse("added token %s is listed twice", show(cs, cn));
+        int64_t v = map_get(&ids, cs);
+        int id = v >= 0 ? (int)v : max_added < 0 ? nv : max_added >= nv || !nv ? max_added + 1 : nv;
+        if (id >= vocab) refuse("added token %s takes id %d in HF (after the %d texts of model.vocab), outside config.json's "
+                                "vocab_size %d", show(cs, cn), id, nv, vocab);
+        if (v >= 0 && (tlen[id] != cn || memcmp(tok[id], cs, cn)))  // a byte-level spelling such as "Ġthe"
+            refuse("added token %s is model.vocab's text for the bytes %s (id %d); HF would read the text %s as that token, "
+                   "which run cannot; not supported", show(cs, cn), show(tok[id], tlen[id]), id, show(cs, cn));
+        if (v >= 0 && cn == 1) refuse("added token %s is model.vocab's token of one byte (id %d); not supported", show(cs, cn), id);
+        if (v < 0 && text[id]) refuse("added token %s takes id %d in HF, which model.vocab gives to %s; not supported",
+                                      show(cs, cn), id, shows(text[id]));
+        if ((!jid || jid->type != J_NUM || jid->num != id) && !n_moved++) moved = a, moved_to = id;
+        if (v < 0) tok[id] = xmalloc(cn), memcpy(tok[id], cs, tlen[id] = cn);
         flags[id] = (jbool(a, "special", 0) ? TOK_SPECIAL : 0) | (jbool(a, "normalized", 1) ? TOK_ADDED_NORMALIZED : TOK_ADDED);
+        map_put(&added_ids, cs, id);
+        max_added = id > max_added ? id : max_added;
         n_added++, n_special += jbool(a, "special", 0);
     }
-    for (int i = 0; i < vj->n; i++) {  // the rest: byte-level text, decoded to the bytes it stands for
-        const Json *e = &vj->kid[i];
-        int id = ID(e), k = (int)strlen(e->key);
-        if (id < 0) { dropped++; continue; }
-        map_put(&ids, e->key, id);
-        if (tok[id] && (tlen[id] != k || memcmp(tok[id], e->key, k)))  // HF would merge into one text and print another
-            refuse("added token %s has id %d, which model.vocab gives to %s; not supported", (char *)tok[id], id, e->key);
-        if (tok[id]) continue;
-        tok[id] = xmalloc(k + 1);
-        if ((tlen[id] = unbyte(e->key, k, tok[id])) < 0) memcpy(tok[id], e->key, tlen[id] = k), raw++;
-    }
-#undef ID
+    if (n_moved) note("%s: %d added tokens have a json \"id\" other than the one HF gives them (the first: %s, HF's id %d); "
+                      "HF does not read it: converted with HF's ids", tok_path, n_moved, shows(jstr(moved, "content")), moved_to);
     int byte_id[256];
     for (int i = 0; i < 256; i++) byte_id[i] = -1;
     for (int id = 0; id < vocab; id++) if (!flags[id] && tlen[id] == 1) byte_id[tok[id][0]] = id;
-    for (int i = 0; i < 256; i++) if (byte_id[i] < 0) refuse("no token for byte 0x%02x: not a byte-level BPE", i);
+    for (int i = 0; i < 256; i++) if (byte_id[i] < 0 && utf8_byte(i)) refuse("no token for byte 0x%02x: not a byte-level BPE", i);
+    if (raw) note("%s: %d tokens are not in the byte-level alphabet: kept as text", tok_path, raw);
     Buf mb = {0};
-    int n_merges = 0;
-    for (int i = 0; i < mj->n; i++) {  // "a b" or ["a", "b"]
+    for (int i = 0; i < mj->n; i++) {  // "a b" or ["a", "b"]; HF refuses a file with a merge of unknown tokens
         const Json *m = &mj->kid[i];
         char *l = NULL, *r = NULL, *own = NULL, *lr = NULL;
         if (m->type == J_STR && strchr(m->str, ' ')) l = own = cat("%s", m->str), r = strchr(l, ' '), *r++ = 0;
         else if (m->type == J_ARR && m->n == 2 && m->kid[0].type == J_STR && m->kid[1].type == J_STR) l = m->kid[0].str, r = m->kid[1].str;
-        int64_t li = l ? map_get(&ids, l) : -1, ri = l ? map_get(&ids, r) : -1, mi = l ? map_get(&ids, lr = cat("%s%s", l, r)) : -1;
-        free(own), free(lr);
-        if (li < 0 || ri < 0 || mi < 0 || tlen[mi] != tlen[li] + tlen[ri] || memcmp(tok[mi], tok[li], tlen[li])
-            || memcmp(tok[mi] + tlen[li], tok[ri], tlen[ri])) { bad++; continue; }
+        if (!l) refuse("merges[%d] is not \"a b\" or [\"a\", \"b\"]", i);
+        int64_t li = map_get(&ids, l), ri = map_get(&ids, r), mi = map_get(&ids, lr = cat("%s%s", l, r));
+        const char *why = li < 0 ? "the first is not in model.vocab" : ri < 0 ? "the second is not in model.vocab"
+                        : mi < 0 ? "the two joined are not in model.vocab"
+                        : tlen[mi] != tlen[li] + tlen[ri] || memcmp(tok[mi], tok[li], tlen[li]) || memcmp(tok[mi] + tlen[li], tok[ri], tlen[ri])
+                        ? "the bytes of the two do not join into the bytes of the result (text outside the byte-level alphabet)" : NULL;
+        if (why) refuse("merges[%d] (%s %s): %s", i, shows(l), shows(r), why);
         buf_i32(&mb, li), buf_i32(&mb, ri), buf_i32(&mb, mi);
-        n_merges++;
+        free(own), free(lr);
     }
-    if (dropped) note("%s: %d tokens with ids outside [0, vocab_size %d) or no text ignored", tok_path, dropped, vocab);
-    if (raw) note("%s: %d tokens are not in the byte-level alphabet: kept as text", tok_path, raw);
-    if (bad) note("%s: %d merges skipped (a token missing, outside the vocab, or not byte-level)", tok_path, bad);
 
     // BOS: tokenizer_config.json's add_bos_token when it says (transformers 4's LlamaTokenizerFast, the class
     // DeepSeek's releases name, follows it); otherwise the post_processor's template (transformers 5 follows it always)
     char *cpath = cat("%s/tokenizer_config.json", dir);
-    const Json *tc = read_json(cpath), *ab = jget(tc, "add_bos_token");
+    const Json *tc = read_optional(cpath), *ab = jget(tc, "add_bos_token");
     int tbos = template_bos(jget(root, "post_processor"), &ids), add_bos = tbos >= 0;
     const char *why = tbos >= 0 ? "the post_processor's template" : "neither tokenizer_config.json nor the template asks for it";
     if (ab && ab->type != J_NULL) {
-        add_bos = jbool(tc, "add_bos_token", 0), why = "tokenizer_config.json's add_bos_token";
+        if (ab->type != J_TRUE && ab->type != J_FALSE) die("%s: add_bos_token should be true or false", cpath);
+        add_bos = ab->type == J_TRUE, why = "tokenizer_config.json's add_bos_token";
         const Json *bt = jget(tc, "bos_token");
         const char *bs = bt && bt->type == J_STR ? bt->str : jstr(bt, "content");
-        int64_t id = -1;
-        for (int i = 0; bs && i < vocab && id < 0; i++) if (flags[i] && tlen[i] == (int)strlen(bs) && !memcmp(tok[i], bs, tlen[i])) id = i;
+        int64_t id = bs ? map_get(&added_ids, bs) : -1;
         if (bs && id < 0) id = map_get(&ids, bs);
+        if (add_bos && bt && bt->type != J_NULL && (!bs || id < 0))
+            die("%s: bos_token %s is not a token of %s", cpath, bs ? shows(bs) : "(neither a text nor {\"content\": text})", tok_path);
         if (add_bos && bs) tbos = (int)id;
     }
     if (add_bos && c->bos < 0) refuse("BOS is to be added (%s), but config.json has no bos_token_id", why);
     if (add_bos && tbos >= 0 && tbos != c->bos)
         refuse("BOS is to be added (%s) as token %d, but config.json's bos_token_id is %d; make them agree", why, tbos, c->bos);
 
-    buf_i32(&b, vocab), buf_i32(&b, n_merges), buf_i32(&b, pretok), buf_i32(&b, add_bos);
+    buf_i32(&b, vocab), buf_i32(&b, (int)(mb.n / 12)), buf_i32(&b, pretok), buf_i32(&b, add_bos);
+    buf_put(&b, prog.p, prog.n);
     for (int id = 0; id < vocab; id++) {
         buf_i32(&b, tlen[id]), buf_i32(&b, flags[id]);
         buf_put(&b, tok[id], tlen[id]);
     }
     buf_put(&b, mb.p, mb.n);
     if (b.n > (size_t)1 << 30) die("%s: the tokenizer block would be %zu bytes; too large", tok_path, b.n);
-    *summary = cat("%d tokens, %d merges, %s split, %d added tokens (%d special); BOS %s (%s)", vocab, n_merges,
-                   pretok == PRETOK_GPT2 ? "GPT-2" : "DeepSeek-V3", n_added, n_special, add_bos ? "added" : "not added", why);
-    for (int id = 0; id < vocab; id++) if (!(flags[id] & (TOK_ADDED | TOK_ADDED_NORMALIZED))) free(tok[id]);  // added: the tree's
-    free(tok), free(tlen), free(flags), free(ids.slot), free(mb.p), free(cpath);
+    char split[64];
+    if (pretok == PRETOK_SPLITS) snprintf(split, sizeof split, "%d Split and Digits patterns in sequence", *(int32_t *)prog.p);
+    else snprintf(split, sizeof split, "%s", pretok == PRETOK_GPT2 ? "the GPT-2 split" : "DeepSeek-V3's split");
+    *summary = cat("%d tokens, %d merges, %s, %d added tokens (%d special); BOS %s (%s)", vocab, (int)(mb.n / 12), split,
+                   n_added, n_special, add_bos ? "added" : "not added", why);
+    for (int id = 0; id < vocab; id++) free(tok[id]);
+    free(tok), free(text), free(tlen), free(flags), free(ids.slot), free(added_ids.slot), free(mb.p), free(prog.p), free(cpath);
     json_free(tc), json_free(root);
     return b;
 }

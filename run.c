@@ -469,36 +469,88 @@ static float *rms_fix_from_pca(const Config *c, const double *ev, int g) {
 // tokenizer: byte-level BPE exactly as HF tokenizers runs it, from the block convert.c writes.
 // encode() takes three steps:
 //   1. added tokens (special or not) are cut out of the text: at each position the longest one that
-//      matches; first those with HF's normalized: false, then, in the gaps, those with normalized: true;
-//   2. each gap is pre-tokenized by the checkpoint's pattern, matched by hand below:
-//      PRETOK_GPT2 (ByteLevel with use_regex), one split:
+//      matches (found in a trie of their bytes); first those with HF's normalized: false, then, in the
+//      gaps, those with normalized: true;
+//   2. each gap is pre-tokenized by the checkpoint's patterns, each applied to the pieces of the one before:
+//      PRETOK_GPT2 (ByteLevel with use_regex), one, matched by hand below:
 //        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-//      PRETOK_DEEPSEEK_V3 (DeepSeek-V3/R1), three splits, each applied to the pieces of the one before:
+//      PRETOK_DEEPSEEK_V3 (DeepSeek-V3/R1), three, matched by hand below:
 //        \p{N}{1,3}      [一-龥぀-ゟ゠-ヿ]+
 //        [!-/:-@[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-//      Every match and every gap between matches is a piece ("Isolated"); a pattern sees only its piece;
+//      PRETOK_SPLITS (the DeepSeek-V2 family: V2, V2-Lite, V2.5, Coder, LLM, VL, Janus), a list of Split
+//      patterns in a small grammar that convert compiles and match_pattern runs (tpla.h), e.g. V2's
+//        [\r\n]   \s?[A-Za-zµÀ-ÖØ-öø-ƺ...]+   \s?[!-/:-~！-／：-～‘-‟　-。]+   \s+$   [一-龥ࠀ-一가-퟿]+   \p{N}
+//      (the last one is HF's Digits with individual_digits). Every match and every gap between matches is a
+//      piece ("Isolated"); a pattern sees only its piece;
 //   3. the bytes of each piece are merged, the pair of lowest rank first (the leftmost of equals).
 // The Unicode classes are Unicode 16.0's, as in the regex library HF tokenizers uses (unicode/classes.h).
 
 #include "unicode/classes.h"
 
+_Static_assert(PAT_L == 1 << U_L && PAT_M == 1 << U_M && PAT_N == 1 << U_N && PAT_P == 1 << U_P && PAT_S == 1 << U_S
+               && PAT_WS == 1 << U_WS && PAT_N17 == 1 << U_N17, "a pattern element's class bits are 1 << U_* (tpla.h)");
+
+typedef struct { int64_t *key; int *a, *b; size_t cap; } Table;   // open addressing: int64 key (-1: empty) -> two ints
+typedef struct { PatElem e; int32_t *r; } Elem;   // a pattern element; r: its ranges, lo and hi of each
+typedef struct { Elem *el; int n; } Pattern;
+
 typedef struct {
     int n, n_merges, pretok, add_bos;  // add_bos: generate and ppl start with the config's bos
     char **str; int *len, *flags;      // the bytes of each token; TOK_* bits
     int byte_id[256];                  // the token of each byte
-    int *added, n_added, added_at[257];// added tokens by first byte, longest first: added[added_at[b]..added_at[b+1])
-    int64_t *mkey; int *mrank, *mres; size_t mcap;   // hash of merges: key = left * n + right
+    int n_pat; Pattern *pat;           // the pre-tokenizer's patterns (PRETOK_SPLITS; else only n_pat)
+    Table kid; int *node_tok;          // added tokens: a trie of their bytes (node 0 the root, the child of
+                                       // node v by byte c at key v * 256 + c in kid); node_tok[2 v + pass / 4]:
+                                       // the token of that pass (TOK_ADDED, TOK_ADDED_NORMALIZED) ending at v
+    Table merge;                       // merges: key left * n + right -> rank, result
 } Tokenizer;
 
 static int rd32(const uint8_t **p) { int v; memcpy(&v, *p, 4); *p += 4; return v; }
 
-static size_t merge_slot(const Tokenizer *t, int64_t key) {   // key's slot, or the empty one where it goes
-    size_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull & (t->mcap - 1);
-    while (t->mkey[h] >= 0 && t->mkey[h] != key) h = (h + 1) & (t->mcap - 1);
-    return h;
+static void table_init(Table *h, size_t n) {   // room for n keys, at most half full
+    for (h->cap = 1; h->cap < 2 * (uint64_t)n + 2; h->cap *= 2) {}
+    h->key = xmalloc(h->cap * sizeof(int64_t)); h->a = xmalloc(h->cap * sizeof(int)); h->b = xmalloc(h->cap * sizeof(int));
+    for (size_t i = 0; i < h->cap; i++) h->key[i] = -1;
 }
+static size_t table_slot(const Table *h, int64_t key) {   // key's slot, or the empty one where it goes
+    size_t i = (uint64_t)key * 0x9E3779B97F4A7C15ull & (h->cap - 1);
+    while (h->key[i] >= 0 && h->key[i] != key) i = (i + 1) & (h->cap - 1);
+    return i;
+}
+static void table_free(Table *h) { free(h->key); free(h->a); free(h->b); }
 
 #define TOK_DAMAGED(...) die("tokenizer block: " __VA_ARGS__)
+
+// PRETOK_SPLITS: int32 n, then n patterns, each int32 elements, then per element a PatElem and its ranges
+static void read_patterns(Tokenizer *t, const uint8_t **pp, const uint8_t *end) {
+    const uint8_t *p = *pp;
+    if (end - p < 4 || (t->n_pat = rd32(&p)) < 1 || t->n_pat > PAT_MAX) TOK_DAMAGED("no pattern count in 1..%d; re-run ./convert", PAT_MAX);
+    t->pat = calloc(t->n_pat, sizeof(Pattern));
+    if (!t->pat) die("out of host memory");
+    for (int k = 0; k < t->n_pat; k++) {
+        Pattern *q = &t->pat[k];
+        if (end - p < 4 || (q->n = rd32(&p)) < 1 || q->n > PAT_MAX) TOK_DAMAGED("pattern %d: no element count in 1..%d; re-run ./convert", k, PAT_MAX);
+        q->el = xmalloc(q->n * sizeof(Elem));
+        PatElem e[PAT_MAX];
+        for (int j = 0; j < q->n; j++) {
+            Elem *el = &q->el[j];
+            if (end - p < (long)sizeof(PatElem)) TOK_DAMAGED("pattern %d: truncated; re-run ./convert", k);
+            memcpy(&el->e, p, sizeof(PatElem)); p += sizeof(PatElem);
+            e[j] = el->e;
+            int nr = el->e.n_ranges;
+            if (nr < 0 || (uint64_t)nr * 8 > (uint64_t)(end - p)) TOK_DAMAGED("pattern %d: %d ranges, %lld bytes are left; re-run ./convert", k, nr, (long long)(end - p));
+            el->r = xmalloc((2 * (size_t)nr + 1) * sizeof(int32_t));
+            memcpy(el->r, p, 8 * (size_t)nr); p += 8 * (size_t)nr;
+            for (int i = 0; i < nr; i++)   // sorted and disjoint, for the binary search
+                if (el->r[2 * i] < (i ? el->r[2 * i - 1] + 1 : 0) || el->r[2 * i + 1] < el->r[2 * i] || el->r[2 * i + 1] > 0x10FFFF)
+                    TOK_DAMAGED("pattern %d: range %d is not sorted, disjoint and within U+10FFFF; re-run ./convert", k, i);
+        }
+        const char *why = pattern_error(e, q->n);
+        if (why) TOK_DAMAGED("pattern %d: %s; re-run ./convert", k, why);
+    }
+    *pp = p;
+}
+
 static void build_tokenizer(Tokenizer *t, const Model *m) {
     memset(t, 0, sizeof(*t));
     if (!m->c.tok_bytes) return;
@@ -506,12 +558,15 @@ static void build_tokenizer(Tokenizer *t, const Model *m) {
     if (m->c.tok_bytes < 16) TOK_DAMAGED("%d bytes, too short; re-run ./convert", m->c.tok_bytes);
     t->n = rd32(&p); t->n_merges = rd32(&p); t->pretok = rd32(&p); t->add_bos = rd32(&p);
     if (t->n != m->c.vocab) TOK_DAMAGED("%d tokens for a vocab of %d; re-run ./convert", t->n, m->c.vocab);
+    if (t->pretok < PRETOK_GPT2 || t->pretok > PRETOK_SPLITS) TOK_DAMAGED("unknown pre-tokenizer %d; re-run ./convert", t->pretok);
+    if (t->pretok == PRETOK_SPLITS) read_patterns(t, &p, end);
+    else t->n_pat = t->pretok == PRETOK_GPT2 ? 1 : 3;
     if ((uint64_t)t->n * 8 > (uint64_t)(end - p)) TOK_DAMAGED("%d tokens cannot fit in %d bytes; re-run ./convert", t->n, m->c.tok_bytes);
-    if (t->pretok != PRETOK_GPT2 && t->pretok != PRETOK_DEEPSEEK_V3) TOK_DAMAGED("unknown pre-tokenizer %d; re-run ./convert", t->pretok);
     if (t->add_bos != 0 && t->add_bos != 1) TOK_DAMAGED("add_bos is %d, not 0 or 1; re-run ./convert", t->add_bos);
     if (t->add_bos && (m->c.bos < 0 || m->c.bos >= t->n)) TOK_DAMAGED("BOS is to be added, but the bos id is %d; re-run ./convert", m->c.bos);
     t->str = xmalloc(t->n * sizeof(char *)); t->len = xmalloc(t->n * sizeof(int)); t->flags = xmalloc(t->n * sizeof(int));
     for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
+    size_t added_bytes = 0;
     for (int i = 0; i < t->n; i++) {
         if (end - p < 8) TOK_DAMAGED("truncated at token %d; re-run ./convert", i);
         int len = t->len[i] = rd32(&p), f = t->flags[i] = rd32(&p);
@@ -519,43 +574,54 @@ static void build_tokenizer(Tokenizer *t, const Model *m) {
         if (f & ~7 || (f & 6) == 6 || (f && !(f & 6)) || (f && !len)) TOK_DAMAGED("token %d has flags %d; re-run ./convert", i, f);
         t->str[i] = xmalloc(len + 1);
         memcpy(t->str[i], p, len); p += len;
-        if (f) t->n_added++;
+        if (f) added_bytes += len;
         else if (len == 1 && t->byte_id[(uint8_t)t->str[i][0]] < 0) t->byte_id[(uint8_t)t->str[i][0]] = i;
     }
-    for (int b = 0; b < 256; b++) if (t->byte_id[b] < 0) TOK_DAMAGED("no token for byte 0x%02x: not a byte-level BPE; re-run ./convert", b);
+    for (int b = 0; b < 256; b++) if (t->byte_id[b] < 0 && utf8_byte(b)) TOK_DAMAGED("no token for byte 0x%02x: not a byte-level BPE; re-run ./convert", b);
     // the merges fill the rest of the block: 12 bytes each, so the count is bounded before anything is sized by it
     if (t->n_merges < 0 || (uint64_t)t->n_merges * 12 != (uint64_t)(end - p))
         TOK_DAMAGED("%d merges, but %lld bytes are left for them (12 each); re-run ./convert", t->n_merges, (long long)(end - p));
-    for (t->mcap = 1; t->mcap < 2 * (uint64_t)t->n_merges + 2; t->mcap *= 2) {}
-    t->mkey = xmalloc(t->mcap * sizeof(int64_t)); t->mrank = xmalloc(t->mcap * sizeof(int)); t->mres = xmalloc(t->mcap * sizeof(int));
-    for (size_t i = 0; i < t->mcap; i++) t->mkey[i] = -1;
+    table_init(&t->merge, t->n_merges);
     for (int r = 0; r < t->n_merges; r++) {
         int a = rd32(&p), b = rd32(&p), res = rd32(&p);
         if (a < 0 || a >= t->n || b < 0 || b >= t->n || res < 0 || res >= t->n)
             TOK_DAMAGED("merge %d joins tokens %d and %d into %d, outside the vocabulary [0, %d); re-run ./convert", r, a, b, res, t->n);
         if (t->len[res] != t->len[a] + t->len[b] || memcmp(t->str[res], t->str[a], t->len[a]) || memcmp(t->str[res] + t->len[a], t->str[b], t->len[b]))
             TOK_DAMAGED("merge %d: token %d is not token %d followed by token %d; re-run ./convert", r, res, a, b);
-        size_t h = merge_slot(t, (int64_t)a * t->n + b);
-        t->mkey[h] = (int64_t)a * t->n + b; t->mrank[h] = r; t->mres[h] = res;   // a repeated pair: the last rank wins, as HF
+        size_t h = table_slot(&t->merge, (int64_t)a * t->n + b);
+        t->merge.key[h] = (int64_t)a * t->n + b; t->merge.a[h] = r; t->merge.b[h] = res;   // a repeated pair: the last rank wins, as HF
     }
-    // added tokens grouped by first byte (a counting sort), longest first within a group (insertion sort)
-    t->added = xmalloc((t->n_added + 1) * sizeof(int));
-    int fill[257] = {0};
-    for (int i = 0; i < t->n; i++) if (t->flags[i]) t->added_at[(uint8_t)t->str[i][0] + 1]++;
-    for (int b = 0; b < 256; b++) t->added_at[b + 1] += t->added_at[b];
-    memcpy(fill, t->added_at, sizeof(fill));
-    for (int i = 0; i < t->n; i++) if (t->flags[i]) t->added[fill[(uint8_t)t->str[i][0]]++] = i;
-    int *ad = t->added;
-    for (int k = 1; k < t->n_added; k++)
-        for (int j = k; j > 0 && t->str[ad[j - 1]][0] == t->str[ad[j]][0] && t->len[ad[j - 1]] < t->len[ad[j]]; j--) {
-            int tmp = ad[j]; ad[j] = ad[j - 1]; ad[j - 1] = tmp;
+    // the trie of the added tokens: at most one node per byte, and the root
+    table_init(&t->kid, added_bytes);
+    t->node_tok = xmalloc(2 * (added_bytes + 1) * sizeof(int));
+    t->node_tok[0] = t->node_tok[1] = -1;
+    int nodes = 1;
+    for (int i = 0; i < t->n; i++) {
+        if (!t->flags[i]) continue;
+        int v = 0;
+        for (int k = 0; k < t->len[i]; k++) {
+            size_t h = table_slot(&t->kid, (int64_t)v * 256 + (uint8_t)t->str[i][k]);
+            if (t->kid.key[h] < 0) {
+                t->kid.key[h] = (int64_t)v * 256 + (uint8_t)t->str[i][k]; t->kid.a[h] = nodes;
+                t->node_tok[2 * nodes] = t->node_tok[2 * nodes + 1] = -1;
+                nodes++;
+            }
+            v = t->kid.a[h];
         }
+        int *end_tok = &t->node_tok[2 * v + t->flags[i] / TOK_ADDED_NORMALIZED];
+        if (*end_tok < 0) *end_tok = i;   // two tokens of one text (HF cannot have that): the first
+    }
 }
 #undef TOK_DAMAGED
 
 static void free_tokenizer(Tokenizer *t) {
     for (int i = 0; i < t->n; i++) free(t->str[i]);
-    free(t->str); free(t->len); free(t->flags); free(t->added); free(t->mkey); free(t->mrank); free(t->mres);
+    for (int k = 0; t->pat && k < t->n_pat; k++) {
+        for (int j = 0; t->pat[k].el && j < t->pat[k].n; j++) free(t->pat[k].el[j].r);
+        free(t->pat[k].el);
+    }
+    free(t->str); free(t->len); free(t->flags); free(t->pat); free(t->node_tok);
+    table_free(&t->kid); table_free(&t->merge);
 }
 
 // The byte offset of the first invalid UTF-8 sequence in s (overlong, surrogate, above U+10FFFF or cut
@@ -600,6 +666,7 @@ static int run_of(const Enc *x, int i, int e, int c1, int c2) {   // end of the 
     return i;
 }
 static int is_crlf(int cp) { return cp == '\r' || cp == '\n'; }
+static int is_ps(int cl) { return cl == U_P || cl == U_S; }
 static int is_ascii_letter(int cp) { return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z'); }
 
 // \s+(?!\S)|\s+ at a space: the run of spaces, less the last one if a non-space follows the run
@@ -646,11 +713,11 @@ static int match_deepseek(const Enc *x, int i, int e) {
         return k - i;
     }
     int lm_next = i + 1 < e && (cl[i + 1] == U_L || cl[i + 1] == U_M);
-    if (!is_crlf(c[i]) && cl[i] != U_L && cl[i] != U_PS && lm_next) return run_of(x, i + 1, e, U_L, U_M) - i;
+    if (!is_crlf(c[i]) && cl[i] != U_L && !is_ps(cl[i]) && lm_next) return run_of(x, i + 1, e, U_L, U_M) - i;
     if (cl[i] == U_L || cl[i] == U_M) return run_of(x, i, e, U_L, U_M) - i;
-    int j = i + (c[i] == ' ' && i + 1 < e && cl[i + 1] == U_PS);
-    if (cl[j] == U_PS) {
-        for (k = run_of(x, j, e, U_PS, U_PS); k < e && is_crlf(c[k]); k++) {}
+    int j = i + (c[i] == ' ' && i + 1 < e && is_ps(cl[i + 1]));
+    if (is_ps(cl[j])) {
+        for (k = run_of(x, j, e, U_P, U_S); k < e && is_crlf(c[k]); k++) {}
         return k - i;
     }
     if (cl[i] != U_WS) return 0;
@@ -659,11 +726,52 @@ static int match_deepseek(const Enc *x, int i, int e) {
     return last >= 0 ? last + 1 - i : match_spaces(x, i, e);
 }
 
+static long tok_work;   // characters looked at by the added tokens' trie and the Split patterns (the tests bound it)
+
+// A character of an element's class: one of its Unicode classes or in one of its ranges (or neither, PAT_NOT)
+static int elem_takes(const Elem *el, int cp, int cl) {
+    tok_work++;
+    int in = el->e.flags >> cl & 1, lo = 0, hi = el->e.n_ranges - 1;
+    while (!in && lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < el->r[2 * mid]) hi = mid - 1; else if (cp > el->r[2 * mid + 1]) lo = mid + 1; else in = 1;
+    }
+    return in != !!(el->e.flags & PAT_NOT);
+}
+
+// The end of a match of elements [k, n) of p from character i of the piece that ends at e, or -1. As Oniguruma
+// does: each element takes all it can and gives back one character at a time while the rest fails; $ is the end
+// of the piece or a "\n" next (Ruby syntax). pattern_error (tpla.h) keeps the tries few.
+static int match_elems(const Enc *x, const Pattern *p, int k, int i, int e) {
+    if (k == p->n) return i;
+    const Elem *el = &p->el[k];
+    if (el->e.flags & PAT_END) return i == e || x->cp[i] == '\n' ? match_elems(x, p, k + 1, i, e) : -1;
+    int r = 0;
+    while (i + r < e && r != el->e.max && elem_takes(el, x->cp[i + r], x->cl[i + r])) r++;
+    for (; r >= el->e.min; r--) {
+        int end = match_elems(x, p, k + 1, i + r, e);
+        if (end >= 0) return end;
+    }
+    return -1;
+}
+
+// A pattern at character i: the length of its match; else minus the number of characters from i at which no
+// match starts. When the first element repeats without limit, a failed try from i rules out the rest of its
+// run too (a try from inside the run could only go on from places this one tried), so the work stays linear.
+static int match_pattern(const Enc *x, const Pattern *p, int i, int e) {
+    int end = match_elems(x, p, 0, i, e), k = i + 1;
+    const Elem *first = &p->el[0];
+    if (end > i) return end - i;
+    if (first->e.max < 0 && elem_takes(first, x->cp[i], x->cl[i]))
+        while (k < e && elem_takes(first, x->cp[k], x->cl[k])) k++;
+    return i - k;
+}
+
 static int pair_rank(const Tokenizer *t, int a, int b, int *res) {   // INT32_MAX: no such merge
-    size_t h = merge_slot(t, (int64_t)a * t->n + b);
-    if (t->mkey[h] < 0) return INT32_MAX;
-    *res = t->mres[h];
-    return t->mrank[h];
+    size_t h = table_slot(&t->merge, (int64_t)a * t->n + b);
+    if (t->merge.key[h] < 0) return INT32_MAX;
+    *res = t->merge.b[h];
+    return t->merge.a[h];
 }
 
 // A min-heap of candidate merges, key = rank << 32 | position of the left symbol.
@@ -720,43 +828,50 @@ static void bpe(Enc *x, int a, int b) {
     x->count += k;
 }
 
-// Splits characters [a, b) by the first of nm patterns (Isolated: every match and every gap is a
-// piece) and hands each piece to the next pattern; after the last one, to bpe.
-static void split(Enc *x, int a, int b, const Matcher *m, int nm) {
-    if (nm == 0) { bpe(x, a, b); return; }
+// The length of the match of pattern s of the pre-tokenizer at character i of the piece that ends at e;
+// <= 0: none (and none at the next -len - 1 characters)
+static int match_step(const Enc *x, int s, int i, int e) {
+    static const Matcher deepseek[] = {match_digits, match_cjk, match_deepseek};
+    const Tokenizer *t = x->t;
+    if (t->pretok == PRETOK_SPLITS) return match_pattern(x, &t->pat[s], i, e);
+    return t->pretok == PRETOK_GPT2 ? match_gpt2(x, i, e) : deepseek[s](x, i, e);
+}
+
+// Splits characters [a, b) by pattern s (Isolated: every match and every gap is a piece) and hands each
+// piece to the next pattern; after the last one, to bpe.
+static void split(Enc *x, int a, int b, int s) {
+    if (s == x->t->n_pat) { bpe(x, a, b); return; }
     int gap = a;
     for (int i = a; i < b;) {
-        int len = m[0](x, i, b);
-        if (!len) { i++; continue; }
-        if (gap < i) split(x, gap, i, m + 1, nm - 1);
-        split(x, i, i + len, m + 1, nm - 1);
+        int len = match_step(x, s, i, b);
+        if (len <= 0) { i += len < 0 ? -len : 1; continue; }
+        if (gap < i) split(x, gap, i, s + 1);
+        split(x, i, i + len, s + 1);
         gap = i += len;
     }
-    if (gap < b) split(x, gap, b, m + 1, nm - 1);
+    if (gap < b) split(x, gap, b, s + 1);
 }
 
 // Cuts characters [a, b) at the added tokens of one pass (TOK_ADDED, then TOK_ADDED_NORMALIZED): at
-// each position the longest that matches. Tokens go to out; the gaps to the next pass, then to split.
+// each position the longest that matches, found by walking the trie of their bytes as far as the text
+// follows it. Tokens go to out; the gaps to the next pass, then to split.
 static void cut_added(Enc *x, int a, int b, int pass) {
-    static const Matcher gpt2[] = {match_gpt2}, deepseek[] = {match_digits, match_cjk, match_deepseek};
     const Tokenizer *t = x->t;
-    if (pass > TOK_ADDED_NORMALIZED) {
-        if (t->pretok == PRETOK_GPT2) split(x, a, b, gpt2, 1);
-        else split(x, a, b, deepseek, 3);
-        return;
-    }
-    int gap = a;
+    if (pass > TOK_ADDED_NORMALIZED) { split(x, a, b, 0); return; }
+    int gap = a, end = x->off[b];
     for (int i = a; i < b; i++) {
-        int at = x->off[i], left = x->off[b] - at, c = x->s[at], id = -1;
-        for (int k = t->added_at[c]; k < t->added_at[c + 1] && id < 0; k++) {
-            int tk = t->added[k];
-            if (t->flags[tk] & pass && t->len[tk] <= left && !memcmp(x->s + at, t->str[tk], t->len[tk])) id = tk;
+        int at = x->off[i], id = -1, len = 0;
+        for (int v = 0, k = at; k < end; k++, tok_work++) {
+            size_t h = table_slot(&t->kid, (int64_t)v * 256 + x->s[k]);
+            if (t->kid.key[h] < 0) break;
+            v = t->kid.a[h];
+            if (t->node_tok[2 * v + pass / TOK_ADDED_NORMALIZED] >= 0) id = t->node_tok[2 * v + pass / TOK_ADDED_NORMALIZED], len = k + 1 - at;
         }
         if (id < 0) continue;
         if (gap < i) cut_added(x, gap, i, pass * 2);
         x->out[x->count++] = id;
         int j = i;
-        while (x->off[j] < at + t->len[id]) j++;
+        while (x->off[j] < at + len) j++;
         gap = j; i = j - 1;
     }
     if (gap < b) cut_added(x, gap, b, pass * 2);

@@ -323,8 +323,9 @@ static void test_transforms(Fixture *f) {
     free(Up); free(evp); free((void *)sc.rms_fix); free_tokenizer(&tok);
 }
 
-// tokenizer: HF's ids on tests/data/tok/texts.txt for two tokenizers, the round trip, BOS, refusals, and
-// damaged tokenizer blocks (tools/make_tok_fixture.py made the fixture)
+// tokenizer: HF's ids on tests/data/tok/texts.txt for four tokenizers (GPT-2-style, DeepSeek-V3's, DeepSeek-V2's,
+// and added.json: added tokens numbered HF's way), the round trip, linear work, BOS, refusals, and damaged
+// tokenizer blocks (tools/make_tok_fixture.py made the fixture)
 
 static int sh_msg(const char *cmd, char *msg, size_t cap) {   // runs a command; its output goes to msg
     char buf[1200];
@@ -453,6 +454,51 @@ static void test_tokenizer_hf(const char *label, const char *json, int vocab, co
     free(ref); free_tokenizer(&tok); free_model(&m);
 }
 
+// Encoding looks at each character a bounded number of times, whatever the text: 50,000 added tokens that
+// share their first bytes (tried one by one, 20 KB took 15 s), and DeepSeek-V2's \s+$ after 40 KB of spaces
+// that end in a CJK character (each start in the run would scan the rest of it: 8e8 looks).
+static void test_tokenizer_linear(void) {
+    char path[300], dir[300], cmd[700];
+    size_t len;
+    char *json = read_file("tests/data/tok/gpt2.json", &len), *at = strstr(json, "\"added_tokens\": [");
+    if (!at) die("tests/data/tok/gpt2.json: no added_tokens");
+    at += strlen("\"added_tokens\": [");
+    snprintf(path, sizeof(path), "%s/many.json", tmp);
+    FILE *f = fopen(path, "w");
+    if (!f) die("%s: cannot write", path);
+    fprintf(f, "%.*s", (int)(at - json), json);   // first in the list: HF numbers them 4096, 4097, ...
+    for (int i = 0; i < 50000; i++)
+        fprintf(f, "{\"id\": %d, \"content\": \"<tok%05d>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, "
+                "\"normalized\": false, \"special\": true}, ", 4096 + i, i);
+    fputs(at, f);
+    fclose(f);
+    snprintf(dir, sizeof(dir), "%s/hf_many", tmp);
+    make_hf_dir(dir, 4101 + 50000, path);
+    snprintf(cmd, sizeof(cmd), BIN "convert %s %s/many.bin", dir, tmp);
+    if (sh(cmd)) die("%s failed", cmd);
+    snprintf(path, sizeof(path), "%s/many.bin", tmp);
+    char *text = xmalloc(40004);
+    int n = 0, reps = 0;
+    while (n < 20000) n += sprintf(text + n, "<tok%05d><tok%04d ", reps * 7 % 50000, reps), reps++;
+    for (int k = 0; k < 2; k++) {
+        if (k) { snprintf(path, sizeof(path), "%s/deepseek_v2.bin", tmp); memset(text, ' ', 40000); strcpy(text + 40000, "\xe4\xb8\xad"); n = 40003; }
+        Model m;
+        Tokenizer t;
+        build_model(&m, path);
+        build_tokenizer(&t, &m);
+        int *ids = xmalloc((n + 1) * sizeof(int)), found = 0, bound = k ? 16 : 4;
+        tok_work = 0;
+        int c = encode(&t, text, n, ids, "text");
+        for (int i = 0; i < c; i++) if (ids[i] == 4096 + found * 7 % 50000) found++;
+        char name[200];
+        if (!k) snprintf(name, sizeof(name), "tokenizer: 50,000 added tokens, %d KB: looks per byte (%d of %d tokens found)", n / 1024, found, reps);
+        else snprintf(name, sizeof(name), "tokenizer deepseek_v2: 40 KB of spaces, then a CJK character: looks per byte");
+        check(name, (double)tok_work / n <= bound && (k || found == reps), (double)tok_work / n, "<=", bound);
+        free(ids); free_tokenizer(&t); free_model(&m);
+    }
+    free(text); free(json);
+}
+
 // BOS, as convert decides it from tokenizer_config.json and the post_processor; refusals of what run cannot reproduce
 static void test_tokenizer_convert(void) {
     char dir[300], bin[300], cmd[1000], path[400], msg[4096];
@@ -496,37 +542,119 @@ static void test_tokenizer_convert(void) {
         snprintf(name, sizeof(name), "convert: %s (add_bos, -1: refused)", cases[i].name);
         check(name, got == cases[i].want && (got >= 0 || strstr(msg, "bos_token_id")), got, "==", cases[i].want);
     }
-    struct { const char *name, *from, *to, *says; } refused[] = {
-        {"pre_tokenizer ByteLevel without use_regex", "\"use_regex\": true", "\"use_regex\": false", "without use_regex"},
-        {"pre_tokenizer Metaspace", "\"type\": \"ByteLevel\",\n    \"add_prefix_space\": false,\n    \"trim_offsets\": true,\n    \"use_regex\": true",
-         "\"type\": \"Metaspace\"", "pre_tokenizer Metaspace"},
-        {"normalizer NFC", "\"normalizer\": null", "\"normalizer\": {\"type\": \"NFC\"}", "normalizer NFC"},
-        {"added token with lstrip", "\"lstrip\": false", "\"lstrip\": true", "lstrip"},
-    };
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
     remove(path);
+    size_t len2;
+    char *v2 = read_file("tests/data/tok/deepseek_v2.json", &len2);
+    struct { const char *name, *from, *to, *says; int v2; } refused[] = {
+        {"pre_tokenizer ByteLevel without use_regex", "\"use_regex\": true", "\"use_regex\": false", "without use_regex", 0},
+        {"pre_tokenizer Metaspace", "\"type\": \"ByteLevel\",\n    \"add_prefix_space\": false,\n    \"trim_offsets\": true,\n    \"use_regex\": true",
+         "\"type\": \"Metaspace\"", "pre_tokenizer \"Metaspace\"", 0},
+        {"normalizer NFC", "\"normalizer\": null", "\"normalizer\": {\"type\": \"NFC\"}", "normalizer \"NFC\"", 0},
+        {"added token with lstrip", "\"lstrip\": false", "\"lstrip\": true", "lstrip", 0},
+        // model.vocab and merges as HF reads them (HF refuses these files too); messages print texts bounded
+        {"model.vocab giving two texts one id", "\"!\": 1,", "\"!\": 2,", "model.vocab gives id 2 to both \"!\" and \"\"\"", 0},
+        {"model.vocab with a fractional id", "\"!\": 1,", "\"!\": 1.5,", "model.vocab: the id of \"!\" is not a whole number", 0},
+        {"a merge of a text not in model.vocab", "\"merges\": [\n      [\n        \"\xc4\xa0\",", "\"merges\": [\n      [\n        \"\xc4\xa0zq\",",
+         "merges[0] (\"\xc4\xa0zq\" \"\xc4\xa0\"): the first is not in model.vocab", 0},
+        // added tokens: HF gives a text of model.vocab that id; the byte-level text of other bytes cannot be both
+        {"an added token spelling model.vocab's \"\xc4\xa0the\"", "\"content\": \"</note>\"", "\"content\": \"\xc4\xa0the\"",
+         "added token \"\xc4\xa0the\" is model.vocab's text for the bytes \" the\"", 0},
+        {"an added token listed twice", "\"content\": \"<note></\"", "\"content\": \"</note>\"", "added token \"</note>\" is listed twice", 0},
+        // DeepSeek-V2's Splits: a pattern outside run's grammar is refused with its text, so is any behavior but Isolated
+        {"a V2 Split with a look-ahead", "\"\\\\s+$\"", "\"\\\\s+(?!\\\\S)\"", "pattern \"\\s+(?!\\S)\"): an operator outside the grammar", 1},
+        {"a V2 Split that could match in quadratic time", "\"\\\\s+$\"", "\"\\\\s?\\\\s+$\"", "repeated without limit in the middle, or before $", 1},
+        {"a V2 Split with behavior Removed", "\"behavior\": \"Isolated\"", "\"behavior\": \"Removed\"", "behavior \"Removed\", pattern \"[\\r\\n]\"", 1},
+    };
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
-        char *at = strstr(json, refused[i].from);
-        if (!at) die("tests/data/tok/gpt2.json: no %s", refused[i].from);
-        snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+        const char *src = refused[i].v2 ? v2 : json, *at = strstr(src, refused[i].from);
+        if (!at) die("tests/data/tok/%s.json: no %s", refused[i].v2 ? "deepseek_v2" : "gpt2", refused[i].from);
+        snprintf(path, sizeof(path), "%s/hf_%s/tokenizer.json", tmp, refused[i].v2 ? "deepseek_v2" : "gpt2");
         FILE *f = fopen(path, "w");
         if (!f) die("%s: cannot write", path);
-        fprintf(f, "%.*s%s%s", (int)(at - json), json, refused[i].to, at + strlen(refused[i].from));
+        fprintf(f, "%.*s%s%s", (int)(at - src), src, refused[i].to, at + strlen(refused[i].from));
         fclose(f);
-        snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
+        snprintf(cmd, sizeof(cmd), BIN "convert %s/hf_%s %s", tmp, refused[i].v2 ? "deepseek_v2" : "gpt2", bin);
         int rc = sh_msg(cmd, msg, sizeof(msg));
         char name[160];
         snprintf(name, sizeof(name), "convert refuses %s, naming it (exit code)", refused[i].name);
         check(name, rc == 1 && strstr(msg, refused[i].says) && !strstr(msg, "wrote"), rc, "==", 1);
+        if (rc != 1 || !strstr(msg, refused[i].says)) printf("    output: %.2000s\n", msg);
     }
-    free(json);
+    snprintf(path, sizeof(path), "%s/hf_deepseek_v2/tokenizer.json", tmp);
+    write_text(path, v2);
+    // Long lists and texts: the message stays short, and the work linear (a 100,000-element Sequence took
+    // minutes when its names were joined one by one into the message)
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    const char *bl = "\"type\": \"ByteLevel\",\n    \"add_prefix_space\": false,\n    \"trim_offsets\": true,\n    \"use_regex\": true";
+    char *at = strstr(json, bl);
+    for (int k = 0; k < 2; k++) {
+        FILE *f = fopen(path, "w");
+        if (!f) die("%s: cannot write", path);
+        fprintf(f, "%.*s\"type\": \"Sequence\", \"pretokenizers\": [", (int)(at - json), json);
+        if (k == 0) for (int j = 0; j < 100000; j++) fprintf(f, "{\"type\": \"Digits\"}, ");
+        else { fprintf(f, "{\"type\": \"Split\", \"behavior\": \"Isolated\", \"pattern\": {\"Regex\": \""); for (int j = 0; j < 1 << 20; j++) fputc('a', f); fprintf(f, "\"}}, "); }
+        fprintf(f, "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]%s", at + strlen(bl));
+        fclose(f);
+        snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
+        int rc = sh_msg(cmd, msg, sizeof(msg)), n = (int)strlen(msg);
+        const char *says = k ? "pattern \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\"): more elements than run takes"
+                             : "pre_tokenizer Sequence of 100001: more than 16 Splits and Digits";
+        check(k ? "convert refuses a Split of a 1 MB pattern, in a message (bytes)" : "convert refuses a Sequence of 100,001 pre-tokenizers, in a message (bytes)",
+              rc == 1 && strstr(msg, says) && n < 1500, n, "<", 1500);
+    }
+    write_text(path, json);
+    // a tokenizer.json or tokenizer_config.json that is there but cannot be read is an error, not "no tokenizer"
+    const char *links[][3] = {{"tokenizer.json", "nowhere.json", "tokenizer.json: cannot open (No such file"},
+                              {"tokenizer.json", "tokenizer.json", "tokenizer.json: cannot open (Too many levels of symbolic links"},
+                              {"tokenizer_config.json", "nowhere.json", "tokenizer_config.json: cannot open (No such file"}};
+    for (int k = 0; k < 3; k++) {
+        snprintf(cmd, sizeof(cmd), "cd %s && cp tokenizer.json real.json && rm -f %s && ln -s %s %s", dir, links[k][0], links[k][1], links[k][0]);
+        if (sh(cmd)) die("%s failed", cmd);
+        snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
+        int rc = sh_msg(cmd, msg, sizeof(msg));
+        char name[160];
+        snprintf(name, sizeof(name), "convert: %s a link to %s is an error (exit code)", links[k][0], links[k][1]);
+        check(name, rc == 1 && strstr(msg, links[k][2]) && !strstr(msg, "wrote"), rc, "==", 1);
+        snprintf(cmd, sizeof(cmd), "cd %s && rm -f %s && mv real.json tokenizer.json", dir, links[k][0]);
+        if (sh(cmd)) die("%s failed", cmd);
+    }
+    // a bad add_bos_token is blamed on the file it is in
+    snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+    write_text(path, "{\"add_bos_token\": \"yes\"}");
+    snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, bin);
+    int rc = sh_msg(cmd, msg, sizeof(msg));
+    check("convert: add_bos_token \"yes\" is refused, naming tokenizer_config.json (exit code)",
+          rc == 1 && strstr(msg, "tokenizer_config.json: add_bos_token should be true or false") && !strstr(msg, "tokenizer.json:"), rc, "==", 1);
+    remove(path);
+    free(json); free(v2);
 }
 
-// Damaged tokenizer blocks, made from the converted V3 fixture: each is refused at load with a message.
-static void test_tokenizer_damaged(const Fixture *fx) {
-    char src[300], bad[300], cmd[800], msg[4096];
-    snprintf(src, sizeof(src), "%s/v3.bin", tmp);
+// Damaged tokenizer blocks: each is refused at load with a message. The value at `at` is replaced.
+typedef struct { const char *name; uint8_t *at; int32_t value; const char *says; } BlockCase;
+
+static void refused_blocks(const char *file, size_t len, BlockCase *cases, int n) {
+    char bad[300], cmd[800], msg[4096];
     snprintf(bad, sizeof(bad), "%s/badtok.bin", tmp);
+    for (int i = 0; i < n; i++) {
+        int32_t old;
+        memcpy(&old, cases[i].at, 4);
+        memcpy(cases[i].at, &cases[i].value, 4);
+        FILE *f = fopen(bad, "wb");
+        if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
+        memcpy(cases[i].at, &old, 4);
+        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
+        int rc = sh_msg(cmd, msg, sizeof(msg));
+        char name[160];
+        snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
+        check(name, rc == 1 && strstr(msg, "tokenizer block") && strstr(msg, cases[i].says), rc, "==", 1);
+    }
+}
+
+// ... made from the converted V3 fixture (the GPT-2 split), and from tokenizer deepseek_v2's (its patterns)
+static void test_tokenizer_damaged(const Fixture *fx) {
+    char src[300];
+    snprintf(src, sizeof(src), "%s/v3.bin", tmp);
     size_t len;
     char *file = read_file(src, &len);
     uint8_t *blk = (uint8_t *)file + TPLA_HEADER, *merges = blk + 16, *tok5 = NULL, *byte_a = NULL;
@@ -540,7 +668,7 @@ static void test_tokenizer_damaged(const Fixture *fx) {
     }
     int32_t r0[3], r1[3];
     memcpy(r0, merges, 12); memcpy(r1, merges + 12, 12);
-    struct { const char *name; uint8_t *at; int32_t value; const char *says; } cases[] = {
+    BlockCase cases[] = {
         {"merge left id outside the vocabulary", merges, vocab + 7, "outside the vocabulary"},
         {"merge result id outside the vocabulary", merges + 8, -3, "outside the vocabulary"},
         {"merge result not the two tokens joined", merges + 8, r1[2] == r0[2] ? r0[0] : r1[2], "is not token"},
@@ -555,19 +683,25 @@ static void test_tokenizer_damaged(const Fixture *fx) {
         {"pre-tokenizer unknown", blk + 8, 7, "pre-tokenizer"},
         {"add_bos neither 0 nor 1", blk + 12, 2, "add_bos"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        int32_t old;
-        memcpy(&old, cases[i].at, 4);
-        memcpy(cases[i].at, &cases[i].value, 4);
-        FILE *f = fopen(bad, "wb");
-        if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
-        memcpy(cases[i].at, &old, 4);
-        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
-        int rc = sh_msg(cmd, msg, sizeof(msg));
-        char name[160];
-        snprintf(name, sizeof(name), "damaged tokenizer block refused: %s (exit code)", cases[i].name);
-        check(name, rc == 1 && strstr(msg, "tokenizer block") && strstr(msg, cases[i].says), rc, "==", 1);
-    }
+    refused_blocks(file, len, cases, sizeof(cases) / sizeof(cases[0]));
+    free(file);
+    // the patterns come after the four counts: 6, then the first, [\r\n]: 1 element {min 1, max 1, flags 0,
+    // 2 ranges}, ranges 10..10 and 13..13
+    snprintf(src, sizeof(src), "%s/deepseek_v2.bin", tmp);
+    file = read_file(src, &len);
+    blk = (uint8_t *)file + TPLA_HEADER;
+    int32_t want[] = {6, 1, 1, 1, 0, 2, 10, 10, 13}, got[9];
+    memcpy(got, blk + 16, sizeof(got));
+    if (memcmp(got, want, sizeof(got))) die("%s: the patterns are not where test_tokenizer_damaged looks", src);
+    BlockCase pat[] = {
+        {"pattern count 0", blk + 16, 0, "no pattern count"},
+        {"element count 17", blk + 20, 17, "no element count"},
+        {"element of an unknown kind", blk + 24 + 8, 1 << 12, "unknown kind"},
+        {"ranges past the block", blk + 24 + 12, 1 << 28, "ranges, "},
+        {"a range backwards", blk + 40 + 4, 9, "range 0 is not sorted"},
+        {"a pattern that matches nothing ([\\r\\n]?)", blk + 24, 0, "can match nothing"},
+    };
+    refused_blocks(file, len, pat, sizeof(pat) / sizeof(pat[0]));
     free(file);
 }
 
@@ -578,6 +712,7 @@ static void test_tokenizer(const Fixture *fx) {
     TokText *tx = read_texts(buf, len, &nt);
     test_tokenizer_hf("gpt2", "tests/data/tok/gpt2.json", 4101, "tests/data/tok/gpt2_ids.txt", tx, nt);
     test_tokenizer_hf("deepseek_v3", "tests/data/tok/deepseek_v3.json", 129280, "tests/data/tok/deepseek_v3_ids.txt", tx, nt);
+    test_tokenizer_hf("deepseek_v2", "tests/data/tok/deepseek_v2.json", 102400, "tests/data/tok/deepseek_v2_ids.txt", tx, nt);
     // run -m tokenize: an invalid text is an error that names the byte; a valid one prints HF's ids
     char path[400];
     snprintf(path, sizeof(path), "%s/latin1.txt", tmp);
@@ -590,6 +725,17 @@ static void test_tokenizer(const Fixture *fx) {
     snprintf(cmd, sizeof(cmd), BIN "run %s/deepseek_v3.bin -m tokenize -f %s", tmp, path);
     rc = sh_msg(cmd, msg, sizeof(msg));
     check("run -m tokenize: a typed <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi is 0 6366 (exit code)", rc == 0 && !strcmp(msg, "0 6366\n"), rc, "==", 0);
+    // added.json: added tokens numbered by HF's rules, not by the json (make_tok_fixture.py), on prose_en .. special_9
+    int a0 = 0, a1;
+    while (a0 < nt && strcmp(tx[a0].name, "prose_en")) a0++;
+    for (a1 = a0; a1 < nt && strcmp(tx[a1].name, "special_9"); a1++) {}
+    if (a1 == nt) die("tests/data/tok/texts.txt: no texts prose_en .. special_9");
+    test_tokenizer_hf("added", "tests/data/tok/added.json", 403, "tests/data/tok/added_ids.txt", tx + a0, a1 - a0 + 1);
+    snprintf(cmd, sizeof(cmd), BIN "convert %s/hf_added %s/added.bin", tmp, tmp);
+    rc = sh_msg(cmd, msg, sizeof(msg));
+    check("convert notes added.json's 4 ids that HF does not give (exit code)", rc == 0 && strstr(msg, "4 added tokens have a json "
+          "\"id\" other than the one HF gives them (the first: \"<|im_start|>\", HF's id 400)"), rc, "==", 0);
+    test_tokenizer_linear();
     test_tokenizer_convert();
     test_tokenizer_damaged(fx);
     free(tx); free(buf);
@@ -626,6 +772,56 @@ static void expect_ok(const char *name, const char *cmd) {
     snprintf(nm, sizeof(nm), "%s: exit 0", name);
     check(nm, rc == 0, rc, "==", 0);
     if (rc) { char *err = read_file(err_path, NULL); printf("    %s\n    output: %s", cmd, err); free(err); }
+}
+
+// DeepSeek-V2-Lite's small twin (tests/data/v2lite: V2-Lite's config at tiny sizes, with DeepSeek-V2's real
+// tokenizer, made by tools/make_fixtures.py): the README's V2-Lite commands run on it, and the prompt's ids
+// (BOS first, as transformers 4 adds it) and 32 greedy tokens equal HF's (float64).
+static void test_v2lite(void) {
+    char bin[300], cmd[1000], msg[8192], *line[3];
+    snprintf(bin, sizeof(bin), "%s/v2lite.bin", tmp);
+    snprintf(cmd, sizeof(cmd), BIN "convert tests/data/v2lite %s", bin);
+    int rc = sh_msg(cmd, msg, sizeof(msg));
+    check("v2lite: ./convert DeepSeek-V2-Lite v2lite.bin; BOS added, by tokenizer_config.json (exit code)",
+          rc == 0 && strstr(msg, "BOS added (tokenizer_config.json's add_bos_token)"), rc, "==", 0);
+    if (rc) { printf("    output: %.2000s\n", msg); return; }
+    size_t len;
+    char *g = read_file("tests/data/v2lite/generate.txt", &len);
+    line[0] = strtok(g, "\n"), line[1] = strtok(NULL, "\n"), line[2] = strtok(NULL, "\n");
+    if (!line[2]) die("tests/data/v2lite/generate.txt: not three lines");
+    Model m;
+    Tokenizer t;
+    build_model(&m, bin);
+    build_tokenizer(&t, &m);
+    int ids[256], n = 0, want, k = 0, same = 0, steps = 0;
+    if (t.add_bos) ids[n++] = m.c.bos;
+    n += encode(&t, line[0], strlen(line[0]), ids + n, "prompt");
+    for (char *p = line[1], *e; (want = strtol(p, &e, 10)), e != p; p = e, k++) same += k < n && ids[k] == want;
+    check("v2lite: the prompt's ids, BOS first, equal HF's (ids equal)", same == n && k == n, same, "==", k);
+    Engine e;
+    build_engine(&e, &m, &MLA, 0, 0, n + 64);
+    float *lg = engine_feed(&e, ids, n, 1, NULL);
+    char text[4096];
+    int at = snprintf(text, sizeof(text), "%s", line[0]);
+    for (char *p = line[2], *end; (want = strtol(p, &end, 10)), end != p; p = end, steps++) {
+        int next = argmax(lg, m.c.vocab);
+        if (next != want) break;
+        if (!(t.flags[next] & TOK_SPECIAL) && at + t.len[next] < (int)sizeof(text)) memcpy(text + at, t.str[next], t.len[next]), at += t.len[next];
+        lg = engine_feed(&e, &next, 1, 0, NULL);
+    }
+    check("v2lite: greedy tokens on the CPU (MLA) equal HF's float64 ones, of 32", steps == 32, steps, "==", 32);
+    free_engine(&e); free_tokenizer(&t); free_model(&m);
+    // the README's commands: generate (MLA then TPLA; MLA's text is HF's), ppl with every transform
+    snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -P tpla -g 2 -T hadamard -i \"%s\" -n 32 -t 0", bin, line[0]);
+    expect_ok("v2lite: ./run v2lite.bin -P tpla -g 2 -T hadamard -i \"The capital of France is\" -n 32 -t 0", cmd);
+    char *out = read_file(err_path, &len);
+    int found = memmem(out, len, text, at) != NULL;
+    check("v2lite: ... and MLA's text is HF's greedy continuation (found)", found, found, "==", 1);
+    free(out);
+    snprintf(cmd, sizeof(cmd), "head -c 3000 tests/data/tok.txt > %1$s/wiki.txt; " BIN "run %2$s -d cpu -m ppl -f %1$s/wiki.txt -P tpla "
+             "-g 2,4 -T none,hadamard,pca -c tests/data/tok.txt -k 128", tmp, bin);
+    expect_ok("v2lite: ./run v2lite.bin -m ppl -f wiki.txt -P tpla -g 2,4 -T none,hadamard,pca -c calib.txt -k 128", cmd);
+    free(g);
 }
 
 // a copy of the checkpoint src with one config field (at offset off in Config) set to v; resize:
@@ -1433,6 +1629,7 @@ int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     snprintf(tmp, sizeof(tmp), "/tmp/tpla-test-XXXXXX");
     if (!mkdtemp(tmp)) die("cannot make a temporary directory");
+    snprintf(err_path, sizeof(err_path), "%s/stderr.txt", tmp);
     Fixture fx[3];
     load_fixture(&fx[0], "v3");
     load_fixture(&fx[1], "v2");
@@ -1449,8 +1646,9 @@ int main(void) {
     test_transforms(&fx[0]);
     test_tokenizer(&fx[0]);
     for (int i = 0; i < 3; i++) test_gpu_criterion(&fx[i]);
+    printf("--- DeepSeek-V2-Lite's twin: the README's commands\n");
+    test_v2lite();
     printf("--- bad inputs\n");
-    snprintf(err_path, sizeof(err_path), "%s/stderr.txt", tmp);
     test_damaged_weights(fx, 3);
     test_load_errors();
     test_run_errors();

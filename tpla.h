@@ -19,8 +19,40 @@
 #define TPLA_MAGIC 0x414C5054u  // "TPLA" little-endian
 #define TPLA_VERSION 2
 #define TPLA_HEADER 512
-enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1 };                  // tokenizer block: the pre-tokenizer
+enum { PRETOK_GPT2 = 0, PRETOK_DEEPSEEK_V3 = 1, PRETOK_SPLITS = 2 };  // tokenizer block: the pre-tokenizer
 enum { TOK_SPECIAL = 1, TOK_ADDED = 2, TOK_ADDED_NORMALIZED = 4 };  // tokenizer block: a token's flags
+// The bytes that UTF-8 text can hold (all but C0, C1, F5..FF): a byte-level BPE has a token for each of them.
+static inline int utf8_byte(int b) { return b < 0xC0 || (b >= 0xC2 && b < 0xF5); }
+
+// PRETOK_SPLITS: Split patterns, as convert compiles them and run matches them. A pattern is a sequence of
+// elements: a class of characters taken min..max times (max -1: without limit), or $ (PAT_END). A class is
+// the Unicode classes whose bits it has (1 << U_*, unicode/classes.h) and its code point ranges; PAT_NOT
+// negates it. In the block each element is a PatElem followed by n_ranges x {int32 lo, hi}, sorted, disjoint.
+enum { PAT_L = 1 << 1, PAT_M = 1 << 2, PAT_N = 1 << 3, PAT_P = 1 << 4, PAT_S = 1 << 5, PAT_WS = 1 << 6, PAT_N17 = 1 << 7,
+       PAT_END = 1 << 8, PAT_NOT = 1 << 9, PAT_MAX = 16 };   // PAT_MAX: patterns, and elements in one
+typedef struct { int32_t min, max, flags, n_ranges; } PatElem;
+
+// Why a pattern is one that run does not match (NULL: it is one). run backtracks as Oniguruma does, which
+// could take time quadratic in the text, or worse; these rules keep it linear: an element without limit
+// only first (a failed try skips its whole run) or last with no $ after it (it never gives anything back),
+// the others together at most 64 ways to try; and something to match (HF skips empty matches).
+static inline const char *pattern_error(const PatElem *e, int n) {
+    int ways = 1, takes = 0;
+    if (n < 1 || n > PAT_MAX) return "no elements, or too many";
+    for (int k = 0; k < n; k++) {
+        if (e[k].flags & ~(PAT_NOT | PAT_END | 255) || e[k].n_ranges < 0) return "an element of unknown kind";
+        if (e[k].flags & PAT_END) {
+            if (k != n - 1 || e[k].flags != PAT_END || e[k].min || e[k].max || e[k].n_ranges) return "$ not at the end";
+            continue;
+        }
+        if (e[k].min < 0 || e[k].min > 1024 || e[k].max < -1 || e[k].max > 1024 || (e[k].max >= 0 && e[k].max < e[k].min))
+            return "a repeat count outside 0..1024";
+        if (e[k].max < 0 && k && k != n - 1) return "an element repeated without limit in the middle, or before $";
+        if (e[k].max > e[k].min && (ways *= e[k].max - e[k].min + 1) > 64) return "more than 64 ways to try";
+        takes |= e[k].min > 0;
+    }
+    return takes ? NULL : "it can match nothing (every element optional)";
+}
 
 enum { ROPE_DEFAULT = 0, ROPE_YARN = 1 };
 enum { ROUTE_SOFTMAX_GREEDY = 0, ROUTE_SOFTMAX_GROUP = 1, ROUTE_SIGMOID_GROUP = 2 };

