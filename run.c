@@ -42,20 +42,6 @@ static void tensor_to_f32(const Model *m, const Tensor *t, float *dst) {
     else for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, src + 2 * i, 2); dst[i] = bf16_to_f32(h); }
 }
 
-static float **tensor_slot(Model *m, int kind, int layer) {
-    Layer *L = layer >= 0 ? &m->layers[layer] : NULL;
-    switch (kind) {
-    case T_EMBED: return &m->embed;       case T_NORM: return &m->norm;      case T_LM_HEAD: return &m->lm_head;
-    case T_ATTN_NORM: return &L->attn_norm; case T_WQ_A: return &L->wq_a;  case T_Q_NORM: return &L->q_norm;
-    case T_WQ_B: return &L->wq_b;         case T_WQ: return &L->wq;          case T_WKV_A: return &L->wkv_a;
-    case T_KV_NORM: return &L->kv_norm;   case T_WKV_B: return &L->wkv_b;    case T_WO: return &L->wo;
-    case T_FFN_NORM: return &L->ffn_norm; case T_W1: return &L->w1;          case T_W2: return &L->w2;
-    case T_W3: return &L->w3;             case T_GATE: return &L->gate;      case T_BIAS: return &L->bias;
-    case T_EW1: return &L->ew1;           case T_EW2: return &L->ew2;        case T_EW3: return &L->ew3;
-    case T_SW1: return &L->sw1;           case T_SW2: return &L->sw2;        default: return &L->sw3;
-    }
-}
-
 // Reads one tensor of the checkpoint again (the transforms re-fold the attention weights from the file).
 static void reload_tensor(Model *m, int kind, int layer) {
     int n = tensor_layout(&m->c, NULL, NULL);

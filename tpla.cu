@@ -431,34 +431,85 @@ static void *take(Rank *R, size_t bytes) {
     return R->arena ? R->arena + at : NULL;
 }
 
+// A rank's weights are its pieces of the tensors of the table in tpla.h (TPLA_TENSORS), each split over
+// the GPUs as the table says (rank_piece) and held in the field it names.
+enum { SPLIT_NONE, SPLIT_REPLICATED, SPLIT_HEAD_ROWS, SPLIT_HEAD_SLICE, SPLIT_HEAD_COLUMNS, SPLIT_VOCAB_ROWS,
+       SPLIT_ROUTER, SPLIT_W1_ROWS, SPLIT_W3_ROWS, SPLIT_W2_COLUMNS };   // from SPLIT_ROUTER on: the FFN's
+#define ON_GPU(holder, field, split) SPLIT_##split
+#define HOST_ONLY SPLIT_NONE
+#define SPLIT_OF(kind, where, field, f32, n0, n1, n2, has, gpu) gpu,
+static const int gpu_split[T_KINDS] = {TPLA_TENSORS(SPLIT_OF)};
+#undef SPLIT_OF
+#undef ON_GPU
+#undef HOST_ONLY
+
+// The field of rank R (R's own, or its layer's: L) that holds its piece of tensor t; set: point it there first.
+static void *rank_weight(Rank *R, const Tensor *t, void *set) {
+    LayerW *L = t->layer >= 0 ? &R->lw[t->layer] : NULL;
+#define ON_GPU(holder, field, split) { if (set) holder->field = (decltype(holder->field))set; return holder->field; }
+#define HOST_ONLY return NULL;
+#define FIELD_OF(k, where, field, f32, n0, n1, n2, has, gpu) case k: gpu
+    switch (t->kind) { TPLA_TENSORS(FIELD_OF) }
+#undef FIELD_OF
+#undef ON_GPU
+#undef HOST_ONLY
+    return NULL;
+}
+
+// The tensors a rank holds a piece of, in the checkpoint's order: those the GPU engine uses, the FFN's
+// only with the FFN (the bench may leave it out).
+static std::vector<Tensor> rank_tensors(const GPU *G) {
+    std::vector<Tensor> all(tensor_layout(&G->c, NULL, NULL)), mine;
+    tensor_layout(&G->c, all.data(), NULL);
+    for (const Tensor &t : all)
+        if (gpu_split[t.kind] != SPLIT_NONE && (G->ffn || gpu_split[t.kind] < SPLIT_ROUTER)) mine.push_back(t);
+    return mine;
+}
+
+// The FFN's features come in blocks of f = ffn_width: moe_inter in a MoE layer (an expert; the shared
+// experts are n_shared blocks side by side), inter in a dense one.
+static int ffn_width(const Config *c, int l) { return layer_is_moe(c, l) ? c->moe_inter : c->inter; }
+
+// The elements of rank R's piece of tensor t, by the tensor's split:
+//   REPLICATED, ROUTER  all of it (the router only with the FFN)
+//   HEAD_ROWS           W_UQ (H*(dn+dr), q_lora or D): the rows of heads hq0 .. hq0+hq
+//   HEAD_SLICE          W_UKV (H, dn+dv, dc): heads h0 .. h0+ha, the columns of latent slice S_i
+//   HEAD_COLUMNS        W_O (D, H*dv): the columns of heads hq0 .. hq0+hq
+//   VOCAB_ROWS          lm_head (vocab, D): rows v0 .. v0+nv
+//   W1_ROWS, W3_ROWS, W2_COLUMNS: the FFN, split by its intermediate dimension. A tensor is n0 matrices
+//     (the routed experts, else 1) of blocks of f features (ffn_width); the rank holds features
+//     [r f/K, (r+1) f/K) of every block. Each matrix's W1 rows, then its W3 rows, make w13 (2*fk, D) or an
+//     expert's (2*ik, D) of ew13 (W3's rows count in W1's piece); the W2 columns side by side make w2
+//     (D, fk) or ew2 (D, E*ik).
+static size_t rank_piece(const GPU *G, const Rank *R, const Tensor *t) {
+    const Part *p = &R->p;
+    size_t all = t->n0 * t->n1 * t->n2, H = G->c.n_heads;
+    switch (gpu_split[t->kind]) {
+    case SPLIT_HEAD_ROWS: case SPLIT_HEAD_COLUMNS: return all / H * p->hq;
+    case SPLIT_HEAD_SLICE: return (size_t)p->ha * t->n1 * p->dcs;
+    case SPLIT_VOCAB_ROWS: return (size_t)p->nv * t->n2;
+    case SPLIT_W1_ROWS: return 2 * all / G->K;
+    case SPLIT_W3_ROWS: return 0;
+    case SPLIT_W2_COLUMNS: return all / G->K;
+    default: return all;
+    }
+}
+
 static void layout_rank(GPU *G, Rank *R) {
     const Config *c = &G->c;
     const Part *p = &R->p;
     int D = c->dim, qd = c->dn + c->dr, K = G->K, rows = G->rows, fk = 0, ik = 0;
     R->used = 0;
     R->lw = R->lw ? R->lw : (LayerW *)calloc(c->n_layers, sizeof(LayerW));
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < c->n_layers; l++) {   // the FFN's widths on this rank
         LayerW *L = &R->lw[l];
-        L->attn_norm = (float *)take(R, D * 4); L->ffn_norm = (float *)take(R, D * 4);
-        if (c->q_lora) { L->wq_a = (bf16 *)take(R, (size_t)c->q_lora * D * 2); L->q_norm = (float *)take(R, c->q_lora * 4); }
-        L->wq = (bf16 *)take(R, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D) * 2);
-        L->wkv_a = (bf16 *)take(R, (size_t)(c->dc + c->dr) * D * 2);
-        L->wkv_b = (bf16 *)take(R, (size_t)p->ha * (c->dn + c->dv) * p->dcs * 2);
-        L->wo = (bf16 *)take(R, (size_t)D * p->hq * c->dv * 2);
-        int moe = G->ffn && layer_is_moe(c, l), E = moe ? c->n_experts : 0;
+        int moe = G->ffn && layer_is_moe(c, l);
         L->fk = !G->ffn ? 0 : moe ? c->n_shared * c->moe_inter / K : c->inter / K;
         L->ik = moe ? c->moe_inter / K : 0;
-        L->gate = moe ? (float *)take(R, (size_t)E * D * 4) : NULL;
-        L->bias = moe ? (float *)take(R, E * 4) : NULL;
-        L->w13 = (bf16 *)take(R, (size_t)2 * L->fk * D * 2);
-        L->w2 = (bf16 *)take(R, (size_t)D * L->fk * 2);
-        L->ew13 = (bf16 *)take(R, (size_t)E * 2 * L->ik * D * 2);
-        L->ew2 = (bf16 *)take(R, (size_t)D * E * L->ik * 2);
         fk = std::max(fk, L->fk); ik = std::max(ik, L->ik);
     }
-    R->embed = (bf16 *)take(R, (size_t)c->vocab * D * 2);
-    R->lm_head = (bf16 *)take(R, (size_t)p->nv * D * 2);
-    R->norm = (float *)take(R, D * 4);
+    for (const Tensor &t : rank_tensors(G))   // the weights, in the checkpoint's order (W3's rows: in W1's piece)
+        if (gpu_split[t.kind] != SPLIT_W3_ROWS) rank_weight(R, &t, take(R, rank_piece(G, R, &t) * (t.f32 ? 4 : 2)));
     R->wbytes = R->used;
     R->inv_freq = (float *)take(R, c->dr / 2 * 4);
     R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * G->max_len * p->Dk * 2);
@@ -509,84 +560,57 @@ static void put(void *dst, const float *src, size_t rows, size_t cols, size_t ld
     CUDA_CHECK(cudaMemcpy(dst, as_f32 ? (void *)hf.data() : (void *)hb.data(), rows * cols * (as_f32 ? 4 : 2), cudaMemcpyHostToDevice));
 }
 
-static void upload_rank(GPU *G, Rank *R, const Model *m) {
-    const Config *c = &G->c;
+// Copies rank R's piece of tensor t from src, the host's float32 tensor, to dst (matrices are bf16).
+static void put_piece(GPU *G, Rank *R, const Tensor *t, const float *src, void *dst) {
     const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, dn = c->dn, dv = c->dv, r = R->r;
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerW *L = &R->lw[l];
-        const Layer *H = &m->layers[l];
-        put(L->attn_norm, H->attn_norm, 1, D, D, 1);
-        put(L->ffn_norm, H->ffn_norm, 1, D, D, 1);
-        if (c->q_lora) {
-            put(L->wq_a, H->wq_a, c->q_lora, D, D, 0);
-            put(L->q_norm, H->q_norm, 1, c->q_lora, c->q_lora, 1);
-            put(L->wq, H->wq_b + (size_t)p->hq0 * qd * c->q_lora, (size_t)p->hq * qd, c->q_lora, c->q_lora, 0);
-        } else {
-            put(L->wq, H->wq + (size_t)p->hq0 * qd * D, (size_t)p->hq * qd, D, D, 0);
-        }
-        put(L->wkv_a, H->wkv_a, c->dc + c->dr, D, D, 0);
-        for (int h = 0; h < p->ha; h++)   // head h0+h, columns of latent slice S_i
-            put(L->wkv_b + (size_t)h * (dn + dv) * p->dcs, H->wkv_b + (size_t)(p->h0 + h) * (dn + dv) * c->dc + p->shard * p->dcs,
-                dn + dv, p->dcs, c->dc, 0);
-        put(L->wo, H->wo + (size_t)p->hq0 * dv, D, (size_t)p->hq * dv, (size_t)c->n_heads * dv, 0);
-        // np blocks of width I side by side (dense: 1 of inter; shared experts: n_shared of moe_inter), or
-        // E routed experts; of each, this rank's slice [r*w, (r+1)*w): those rows of W1 and W3, columns of W2
-        auto put_ffn = [&](bf16 *w13, bf16 *w2, const float *w1s, const float *w2s, const float *w3s, int np, int I, int w, int experts) {
-            std::vector<float> w2cat((size_t)D * np * w);   // (D, np*w): the slices' columns side by side
-            for (int k = 0; k < np; k++) {
-                size_t row = (size_t)k * I + (size_t)r * w;   // the slice's first row of W1, W3 ((np*I, D) either way)
-                bf16 *dst = w13 + (size_t)k * (experts ? 2 : 1) * w * D;   // experts: (E, 2w, D); else (2*np*w, D)
-                put(dst, w1s + row * D, w, D, D, 0);
-                put(dst + (size_t)(experts ? 1 : np) * w * D, w3s + row * D, w, D, D, 0);
-                for (int d = 0; d < D; d++)   // W2: experts (E, D, I); else (D, np*I)
-                    memcpy(&w2cat[((size_t)d * np + k) * w], experts ? w2s + ((size_t)k * D + d) * I + (size_t)r * w
-                                                                     : w2s + (size_t)d * np * I + row, w * 4);
-            }
-            put(w2, w2cat.data(), D, (size_t)np * w, (size_t)np * w, 0);
-        };
-        if (L->ik) {
-            put(L->gate, H->gate, c->n_experts, D, D, 1);
-            put(L->bias, H->bias, 1, c->n_experts, c->n_experts, 1);
-            put_ffn(L->ew13, L->ew2, H->ew1, H->ew2, H->ew3, c->n_experts, c->moe_inter, L->ik, 1);
-            if (L->fk) put_ffn(L->w13, L->w2, H->sw1, H->sw2, H->sw3, c->n_shared, c->moe_inter, L->ik, 0);
-        } else if (L->fk) {
-            put_ffn(L->w13, L->w2, H->w1, H->w2, H->w3, 1, c->inter, L->fk, 0);
-        }
+    size_t n1 = t->n1, n2 = t->n2, H = G->c.n_heads, D = G->c.dim, f = ffn_width(&G->c, t->layer);
+    size_t w = f / G->K, f0 = (size_t)R->r * w, blocks;   // the FFN: w features of each block from f0
+    switch (gpu_split[t->kind]) {
+    case SPLIT_HEAD_ROWS: put(dst, src + p->hq0 * (n1 / H) * n2, p->hq * (n1 / H), n2, n2, t->f32); break;
+    case SPLIT_HEAD_SLICE:
+        for (int h = 0; h < p->ha; h++)
+            put((bf16 *)dst + h * n1 * p->dcs, src + (p->h0 + h) * n1 * n2 + p->shard * p->dcs, n1, p->dcs, n2, t->f32);
+        break;
+    case SPLIT_HEAD_COLUMNS: put(dst, src + p->hq0 * (n2 / H), n1, p->hq * (n2 / H), n2, t->f32); break;
+    case SPLIT_VOCAB_ROWS: put(dst, src + p->v0 * n2, p->nv, n2, n2, t->f32); break;
+    case SPLIT_W1_ROWS: case SPLIT_W3_ROWS:   // matrix a, block k: rows ((2a + 1 for W3) blocks + k) w of the piece
+        blocks = n1 / f;
+        for (int64_t a = 0; a < t->n0; a++)
+            for (size_t k = 0; k < blocks; k++)
+                put((bf16 *)dst + ((2 * a + (gpu_split[t->kind] == SPLIT_W3_ROWS)) * blocks + k) * w * D,
+                    src + (a * n1 + k * f + f0) * D, w, D, D, 0);
+        break;
+    case SPLIT_W2_COLUMNS: {   // matrix a (D, blocks*f), block k: columns (a blocks + k) w of the piece (D, n0*blocks*w)
+        blocks = n2 / f;
+        size_t cols = t->n0 * blocks * w;
+        std::vector<float> cat(D * cols);
+        for (int64_t a = 0; a < t->n0; a++)
+            for (size_t k = 0; k < blocks; k++)
+                for (size_t d = 0; d < D; d++) memcpy(&cat[d * cols + (a * blocks + k) * w], src + (a * D + d) * n2 + k * f + f0, w * 4);
+        put(dst, cat.data(), D, cols, cols, 0);
+        break;
     }
-    put(R->embed, m->embed, c->vocab, D, D, 0);
-    put(R->lm_head, m->lm_head + (size_t)p->v0 * D, p->nv, D, D, 0);
-    put(R->norm, m->norm, 1, D, D, 1);
+    default: put(dst, src, t->n0 * n1, n2, n2, t->f32);
+    }
 }
 
-// random weights for the bench: matrices uniform in +-1/sqrt(fan in), norms 1
+static void upload_rank(GPU *G, Rank *R, const Model *m) {
+    for (const Tensor &t : rank_tensors(G)) put_piece(G, R, &t, *tensor_slot((Model *)m, t.kind, t.layer), rank_weight(R, &t, NULL));
+}
+
+// random weights for the bench: matrices uniform in +-1/sqrt(fan in) (the columns of the whole matrix), the
+// embedding in +-1, norms 1; the router the same on every rank (as replicated weights are), so that the
+// ranks route alike, and its bias 0
 static void randomize_rank(GPU *G, Rank *R) {
-    const Config *c = &G->c;
     uint64_t seed = 1000 + R->r;
-    auto rnd = [&](bf16 *w, size_t n, int fan_in) { fill_random(w, n, 1.0f / sqrtf((float)fan_in), seed++, R->st); };
-    auto one = [&](float *w, size_t n, float v) { fill(w, n, v, R->st); };
-    const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr;
-    for (int l = 0; l < c->n_layers; l++) {
-        LayerW *L = &R->lw[l];
-        one(L->attn_norm, D, 1); one(L->ffn_norm, D, 1);
-        if (c->q_lora) { rnd(L->wq_a, (size_t)c->q_lora * D, D); one(L->q_norm, c->q_lora, 1); }
-        rnd(L->wq, (size_t)p->hq * qd * (c->q_lora ? c->q_lora : D), c->q_lora ? c->q_lora : D);
-        rnd(L->wkv_a, (size_t)(c->dc + c->dr) * D, D);
-        rnd(L->wkv_b, (size_t)p->ha * (c->dn + c->dv) * p->dcs, c->dc);
-        rnd(L->wo, (size_t)D * p->hq * c->dv, c->n_heads * c->dv);
-        rnd(L->w13, (size_t)2 * L->fk * D, D);
-        rnd(L->w2, (size_t)D * L->fk, L->fk * G->K);
-        if (!L->ik) continue;
-        rnd(L->ew13, (size_t)c->n_experts * 2 * L->ik * D, D);
-        rnd(L->ew2, (size_t)D * c->n_experts * L->ik, L->ik * G->K);
-        // the router: the same on every rank (as replicated weights are), so that the ranks route alike
-        fill_random(L->gate, (size_t)c->n_experts * D, 1.0f / sqrtf((float)D), 77 + l, R->st);
-        one(L->bias, c->n_experts, 0);
+    for (const Tensor &t : rank_tensors(G)) {
+        if (gpu_split[t.kind] == SPLIT_W3_ROWS) continue;   // filled with W1's piece
+        void *w = rank_weight(R, &t, NULL);
+        size_t n = rank_piece(G, R, &t);
+        if (t.kind == T_GATE) fill_random((float *)w, n, 1.0f / sqrtf((float)t.n2), 77 + t.layer, R->st);
+        else if (t.f32) fill((float *)w, n, t.kind == T_BIAS ? 0.0f : 1.0f, R->st);
+        else fill_random((bf16 *)w, n, 1.0f / sqrtf(t.kind == T_EMBED ? 1.0f : (float)t.n2), seed++, R->st);
     }
-    rnd(R->embed, (size_t)c->vocab * D, 1);
-    rnd(R->lm_head, (size_t)p->nv * D, D);
-    one(R->norm, D, 1);
 }
 
 // ----------------------------------------------------------------------------
