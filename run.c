@@ -140,10 +140,22 @@ static void rope(const Config *c, const float *inv, float *x, int pos) {
 // the CPU engine's state: activations and the latent cache
 
 typedef struct {
-    float *x, *xb, *q, *kv, *qa, *o, *v, *y, *h1, *h3, *ffn, *router, *logits, *att;
+    float *x;      // (D): the residual stream
+    float *xb;     // (D): rmsnorm(x) times the norm's weight, the projections' input
+    float *q;      // (H, dn+dr) then (q_lora): q of every head, then the q LoRA's latent
+    float *kv;     // (dc+dr): W_DKV xb, the latent then the rope key (normalised, roped, then cached)
+    float *qa;     // (dc): one head's absorbed query W_UK^h^T q_nope_h
+    float *o;      // (dc): one head's attention output, each shard's slice S_i from its own softmax
+    float *att;    // (max_len): one head's scores, then their softmax
+    float *v;      // (H, dv): v_h = W_UV^h o of every head
+    float *y;      // (D): W_O v; in the FFN, one SwiGLU MLP's output
+    float *h1, *h3;// (the widest MLP: inter, or n_shared * moe_inter): W1 x and W3 x, then h1 = SwiGLU
+    float *ffn;    // (D): the FFN's output, summed over its MLPs
+    float *router; // (E): the router's logits
+    float *logits; // (vocab)
     float *lat;    // (n_layers, max_len, dc): the cached latent, transformed and normalised
     float *kpe;    // (n_layers, max_len, dr): the cached rope key
-    float *inv_freq;
+    float *inv_freq; // (dr/2): the rope's inverse frequencies
     int max_len;
 } State;
 

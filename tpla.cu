@@ -80,10 +80,25 @@ typedef struct {
     bf16 *embed, *lm_head; float *norm, *inv_freq;
     bf16 *cache;             // (L, B, max_len, Dk)
     CUtensorMap cmap;        // the cache, for the decode kernel's TMA
-    // activations for up to `rows` tokens
-    int *tok, *rpos, *rseq, *lens;
-    float *x, *y, *xn, *qlat, *kv, *router, *h13, *S, *opart, *lse, *logits;
-    bf16 *xb, *qlatb, *q, *qall, *Q, *O, *v, *vown, *h, *P;
+    // activations of up to `rows` token rows (decode: row b is sequence b; prefill: a chunk of one sequence)
+    int *tok, *rpos, *rseq;  // (rows): each row's token, position and sequence
+    int *lens;               // (B): tokens cached per sequence, this step's included
+    float *x;                // (rows, D): the residual stream
+    float *y;                // (rows, D): the last block's output, this rank's part until the all-reduce sums it
+    bf16 *xb; float *xn;     // (rows, D): rmsnorm(x) times the norm's weight; xn: the same in f32 (the router's input)
+    float *qlat; bf16 *qlatb;// (rows, q_lora): the q LoRA's W_DQ xb, and its rmsnorm
+    bf16 *q;                 // (rows, hq, dn+dr): q of this rank's hq heads (split placement: before the all-gather)
+    bf16 *qall;              // (peers, rows, hq, dn+dr): q of the ha attended heads, a chunk per peer
+    float *kv;               // (rows, dc+dr): W_DKV xb, the latent then the rope key
+    bf16 *Q;                 // (rows, ha, Dk): the absorbed queries [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]
+    bf16 *O;                 // (rows, ha, dcs): o_h, attention over the cached slice S_i
+    float *opart, *lse;      // (B, nsplit_max, ha, dcs), (B, nsplit_max, ha): decode attention per split, O/l and m + log2 l
+    float *S; bf16 *P;       // (ha, rows, p0 + rows): a prefill chunk's scores (rows <= chunk, p0 + rows <= max_len), softmax
+    bf16 *v;                 // (peers, rows, hq, dv): v_h = W_UV^h[:, S_i] o_h, a chunk per peer (split placement)
+    bf16 *vown;              // (rows, hq, dv): v of this rank's hq heads, summed over the shards (W_O's input)
+    float *router;           // (rows, E): the router's logits
+    float *h13; bf16 *h;     // (rows, 2*fk): W1 x then W3 x; h (rows, fk): SwiGLU (dense FFN or shared experts)
+    float *logits;           // (logit rows, nv): this rank's slice of the vocabulary
     // routed experts (rows*topk entries (row, k), in "slots" ordered by expert): chosen experts and weights
     // (rows, topk); off (2(E+1)): first slot and first token tile of each expert; perm: slot -> row;
     // pos: entry -> slot; eh (slots, ik) bf16: SwiGLU; eout (slots, D): expert outputs; counts
@@ -286,12 +301,16 @@ static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt
                               &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// column-major batched product C_i = op(A_i) B_i, bf16 in, f32 accumulate
-static void gemm_batched(Rank *R, cublasOperation_t ta, int m, int n, int k, const void *A, int lda, long long sa,
-                         const void *B, int ldb, long long sb, void *C, cudaDataType ct, int ldc, long long sc, int batch) {
+// One row-major matrix per head in a buffer: head 0's at p, its rows ld elements apart, the heads stride apart.
+typedef struct { const void *p; int ld; long long stride; } PerHead;
+
+// Y_h (rows, m) = X_h (rows, k) W_h, or X_h W_h^T if wt (W_h (m, k), as a projection's), for `heads` heads
+// at once: bf16 in, f32 accumulate, Y as yt. (cuBLAS is column-major: it computes Y_h^T = op(W_h) X_h^T.)
+static void per_head(Rank *R, int heads, int rows, int k, int m, PerHead X, PerHead W, int wt, PerHead Y, cudaDataType yt) {
     float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, ta, CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_R_16BF, lda, sa, B, CUDA_R_16BF,
-                                            ldb, sb, &beta, C, ct, ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, wt ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, rows, k, &alpha, W.p, CUDA_R_16BF,
+                                            W.ld, W.stride, X.p, CUDA_R_16BF, X.ld, X.stride, &beta, (void *)Y.p, yt, Y.ld, Y.stride,
+                                            heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // ----------------------------------------------------------------------------
@@ -311,6 +330,52 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 // the decode attention kernel, its shape and its launcher decode_attention
 #include "cuda/attention.cuh"
 
+// Q_h = [W_UK^h[:, S_i]^T q_nope_h | .] for the ha attended heads: per row, q_nope_h (dn) times the rank's
+// W_UK^h[:, S_i] (dn, dcs; the first dn rows of head h in wkv_b), one batched product per chunk of hq heads
+// (q comes in `peers` chunks, as q_rope reads it).
+static void absorb_q(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int dn = c->dn, qd = c->dn + c->dr, wb = (dn + c->dv) * p->dcs, hq = p->hq;
+    for (int k = 0; k < p->peers; k++) {   // chunk k: heads k hq ..
+        PerHead q_nope = {R->qall + (size_t)k * rows * hq * qd, hq * qd, qd};
+        PerHead w_uk = {L->wkv_b + (size_t)k * hq * wb, p->dcs, wb};
+        PerHead Q = {R->Q + (size_t)k * hq * p->Dk, p->ha * p->Dk, p->Dk};
+        per_head(R, hq, rows, dn, p->dcs, q_nope, w_uk, 0, Q, CUDA_R_16BF);
+    }
+}
+
+// v_h = W_UV^h[:, S_i] o_h for the ha attended heads: per row, o_h (dcs) times the rank's W_UV^h[:, S_i]^T
+// (W_UV^h[:, S_i]: dv x dcs, the last dv rows of head h in wkv_b). Chunk k of hq heads goes to v at
+// k rows hq dv, for the reduce-scatter (split placement), else straight to vown.
+static void up_v(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int dn = c->dn, dv = c->dv, wb = (dn + dv) * p->dcs, hq = p->hq;
+    bf16 *v = p->peers > 1 ? R->v : R->vown;
+    for (int k = 0; k < p->peers; k++) {
+        PerHead o = {R->O + (size_t)k * hq * p->dcs, p->ha * p->dcs, p->dcs};
+        PerHead w_uv = {L->wkv_b + (size_t)k * hq * wb + (size_t)dn * p->dcs, p->dcs, wb};
+        PerHead vk = {v + (size_t)k * rows * hq * dv, hq * dv, dv};
+        per_head(R, hq, rows, p->dcs, dv, o, w_uv, 1, vk, CUDA_R_16BF);
+    }
+}
+
+// Prefill attention of `rows` tokens p0.. of sequence seq, exact MLA: S_h = Q_h K^T over the cached tokens
+// [0, p0 + rows) (the rope part counted on shard 0 only), summed over the g shards (an all-reduce over the
+// peers), one causal softmax P_h, then O_h = P_h V, V the shard's slice of the same cached tokens.
+static void prefill_attention(GPU *G, Rank *R, const bf16 *cache, int rows, int seq, int p0) {
+    const Part *p = &R->p;
+    int T = p0 + rows, Dk = p->Dk, dcs = p->dcs;
+    const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
+    PerHead Q = {R->Q, p->ha * Dk, Dk}, K = {kb, Dk, 0}, S = {R->S, T, (long long)rows * T};   // K, V: every head's
+    per_head(R, p->ha, rows, p->shard == 0 ? Dk : dcs, T, Q, K, 1, S, CUDA_R_32F);
+    if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
+    prefill_softmax(R, rows, T, p0, G->c.softmax_scale);
+    PerHead P = {R->P, T, (long long)rows * T}, O = {R->O, p->ha * dcs, dcs};
+    per_head(R, p->ha, rows, T, dcs, P, K, 0, O, CUDA_R_16BF);
+}
+
 // ----------------------------------------------------------------------------
 // the attention block of layer l on one rank (README "The TPLA step"; run.c's forward is the same step on
 // the CPU). Decode, for each of the ha heads h this rank attends with, on its latent slice S_i:
@@ -328,7 +393,7 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, int prefill, int seq, int p0, int max_cached) {
     const Config *c = &G->c;
     const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, dn = c->dn, dv = c->dv, dcs = p->dcs, Dk = p->Dk;
+    int D = c->dim, qd = c->dn + c->dr, dv = c->dv, Dk = p->Dk;
     bf16 *cache = R->cache + (size_t)l * G->B * G->max_len * Dk;
     add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
     bf16 *q = p->peers > 1 ? R->q : R->qall;
@@ -342,31 +407,14 @@ static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, in
     if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
     gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
     kv_append(G, R, cache, l, rows, !prefill && G->s.rms == RMS_LOCAL);
-    // Q = [W_UK^h[:, S_i]^T q_nope | rope(q_pe)] for the ha heads, chunk by chunk of hq heads
-    q_rope(G, R, rows);
-    for (int k = 0; k < p->peers; k++)
-        gemm_batched(R, CUBLAS_OP_N, dcs, rows, dn, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs, dcs, (long long)(dn + dv) * dcs,
-                     R->qall + (size_t)k * rows * p->hq * qd, p->hq * qd, qd, R->Q + (size_t)k * p->hq * Dk, CUDA_R_16BF,
-                     p->ha * Dk, Dk, p->hq);
-    if (!prefill) {
-        decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, dcs, Dk, G->max_len,
+    q_rope(G, R, rows);        // Q_h = [. | rope(q_pe_h)]
+    absorb_q(G, R, L, rows);   // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .]
+    if (!prefill)
+        decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, p->dcs, Dk, G->max_len,
                          max_cached, c->softmax_scale, G->sms, R->st);
-    } else {   // S = Q K^T per head over [0, p0 + rows); the rope part counted on shard 0 only
-        int T = p0 + rows;
-        const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
-        gemm_batched(R, CUBLAS_OP_T, T, rows, p->shard == 0 ? Dk : dcs, kb, Dk, 0, R->Q, p->ha * Dk, Dk,
-                     R->S, CUDA_R_32F, T, (long long)rows * T, p->ha);
-        if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
-        prefill_softmax(R, rows, T, p0, c->softmax_scale);
-        gemm_batched(R, CUBLAS_OP_N, dcs, rows, T, kb, Dk, 0, R->P, T, (long long)rows * T, R->O, CUDA_R_16BF,
-                     p->ha * dcs, dcs, p->ha);
-    }
-    // v_h = W_UV^h[:, S_i] o_h, chunk k of hq heads to v + k*rows*hq*dv
-    bf16 *vdst = p->peers > 1 ? R->v : R->vown;
-    for (int k = 0; k < p->peers; k++)
-        gemm_batched(R, CUBLAS_OP_T, dv, rows, dcs, L->wkv_b + (size_t)k * p->hq * (dn + dv) * dcs + (size_t)dn * dcs, dcs,
-                     (long long)(dn + dv) * dcs, R->O + (size_t)k * p->hq * dcs, p->ha * dcs, dcs,
-                     vdst + (size_t)k * rows * p->hq * dv, CUDA_R_16BF, p->hq * dv, dv, p->hq);
+    else
+        prefill_attention(G, R, cache, rows, seq, p0);
+    up_v(G, R, L, rows);       // v_h = W_UV^h[:, S_i] o_h
     if (p->peers > 1) reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
     gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
     all_reduce(G, R, R->y, (size_t)rows * D, R->world);   // the one all-reduce: heads and latent shards summed
