@@ -3,6 +3,9 @@
 // the whole latent cached on every GPU) and TPLA (g latent shards: every GPU of shard i caches the
 // slice S_i of the latent plus the rope key, and attends with the heads of its group on that slice).
 // The math is in the README ("The math"); run.c holds the CPU reference every result is checked against.
+// Top-down: what a rank holds (its part and its pieces of the weights), the hand-written kernels of cuda/,
+// the layer step (attention, then the FFN), the forward pass, and the API: prefill and decode, building,
+// the attention kernel alone (for the tests). The bench (-m bench) is in cuda/bench.cuh.
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -16,7 +19,6 @@
 
 typedef __nv_bfloat16 bf16;
 #define LIB_RESERVE ((size_t)2 << 30)   // GPU memory left for the libraries' buffers (cuBLAS workspace, NCCL)
-#define MAX_BATCH 4096                   // the largest batch -m bench tries
 #define GPU_MAX_DR 64    // the widest rope key the GPU kernels take (checked when building)
 
 // ----------------------------------------------------------------------------
@@ -122,365 +124,9 @@ struct GPU {
 };
 
 // ----------------------------------------------------------------------------
-// small kernels
+// a rank's pieces of the weights: of each tensor of the table in tpla.h (TPLA_TENSORS), the piece its row's
+// split gives the rank (rank_piece), held in the field the row names (rank_weight)
 
-__global__ void embed_kernel(const int *tok, const bf16 *emb, float *x, int D) {
-    const bf16 *e = emb + (size_t)tok[blockIdx.x] * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) x[(size_t)blockIdx.x * D + i] = __bfloat162float(e[i]);
-}
-
-__device__ float block_sum(float v) {
-    __shared__ float red[32];
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0;
-        for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-        if (threadIdx.x == 0) red[0] = v;
-    }
-    __syncthreads();
-    v = red[0];
-    __syncthreads();
-    return v;
-}
-
-// x += y (y may be NULL); out = rmsnorm(x) * w as bf16, and as f32 into outf if given. One block a row.
-__global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, bf16 *out, float *outf, int D, float eps) {
-    float *xr = x + (size_t)blockIdx.x * D;
-    float ss = 0;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = xr[i] + (y ? y[(size_t)blockIdx.x * D + i] : 0.0f);
-        if (y) xr[i] = v;
-        ss += v * v;
-    }
-    float s = rsqrtf(block_sum(ss) / D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = w[i] * (xr[i] * s);
-        out[(size_t)blockIdx.x * D + i] = __float2bfloat16(v);
-        if (outf) outf[(size_t)blockIdx.x * D + i] = v;
-    }
-}
-
-// Rotates a rope vector pe (dr, in shared memory, loaded by the block) to position pos, in place.
-__device__ void rope_shared(float *pe, int dr, int pos, const float *inv_freq, float attn, int interleave) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, pos, inv_freq[i], attn, interleave);
-    __syncthreads();
-}
-
-// Caches the new token of each row: its latent slice S_i, normalised by the rms of the whole
-// latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key.
-__global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int max_len,
-                                 int dc, int dr, int shard, int dcs, int local, float fix, float eps,
-                                 const float *inv_freq, float attn, int interleave) {
-    const float *k = kv + (size_t)blockIdx.x * (dc + dr);
-    float ss_all = 0, ss_mine = 0;
-    for (int i = threadIdx.x; i < dc; i += blockDim.x) {
-        float v = k[i] * k[i];
-        ss_all += v;
-        if (i / dcs == shard) ss_mine += v;
-    }
-    ss_all = block_sum(ss_all); ss_mine = block_sum(ss_mine);
-    float r = local ? latent_rms(ss_mine, dcs, fix, eps) : latent_rms(ss_all, dc, 1.0f, eps);
-    bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * max_len + rpos[blockIdx.x]) * (dcs + dr);
-    for (int i = threadIdx.x; i < dcs; i += blockDim.x) dst[i] = __float2bfloat16(k[shard * dcs + i] / r);
-    __shared__ float pe[GPU_MAX_DR];
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = k[dc + i];
-    rope_shared(pe, dr, rpos[blockIdx.x], inv_freq, attn, interleave);
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[dcs + i] = __float2bfloat16(pe[i]);
-}
-
-// Ropes q_pe of every attended head into Q (rows, ha, Dk) at [dcs, dcs+dr). q comes in `peers`
-// chunks (peers, rows, hq, dn+dr) (one chunk when q was computed here). Grid (rows, ha).
-__global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows, int ha, int hq, int dn, int dr, int dcs,
-                              const float *inv_freq, float attn, int interleave) {
-    int row = blockIdx.x, h = blockIdx.y, p = h / hq, hh = h % hq;
-    const bf16 *src = q + (((size_t)p * rows + row) * hq + hh) * (dn + dr) + dn;
-    __shared__ float pe[GPU_MAX_DR];
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = __bfloat162float(src[i]);
-    rope_shared(pe, dr, rpos[row], inv_freq, attn, interleave);
-    bf16 *dst = Q + ((size_t)row * ha + h) * (dcs + dr) + dcs;
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
-}
-
-// h (rows, f) = silu(W1 x) * (W3 x), from h13 (rows, 2f): W1 x then W3 x.
-__global__ void swiglu_kernel(const float *h13, bf16 *h, int rows, int f) {
-    size_t n = (size_t)rows * f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float *src = h13 + i / f * 2 * f;
-        float a = src[i % f], b = src[f + i % f];
-        h[i] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
-    }
-}
-
-// Prefill: causal softmax over S (ha, rows, T) of one sequence whose chunk starts at p0 -> P bf16.
-__global__ void prefill_softmax_kernel(const float *S, bf16 *P, int rows, int T, int p0, float scale) {
-    const float *s = S + (size_t)blockIdx.x * T;
-    bf16 *p = P + (size_t)blockIdx.x * T;
-    int last = p0 + blockIdx.x % rows;   // the row's own position: it attends to [0, last]
-    float mx = -INFINITY;
-    for (int t = threadIdx.x; t <= last; t += blockDim.x) mx = fmaxf(mx, s[t] * scale);
-    __shared__ float red[32];
-    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = red[0];
-    for (int i = 1; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
-    __syncthreads();
-    float sum = 0;
-    for (int t = threadIdx.x; t <= last; t += blockDim.x) sum += expf(s[t] * scale - mx);
-    sum = block_sum(sum);
-    for (int t = threadIdx.x; t < T; t += blockDim.x)
-        p[t] = __float2bfloat16(t <= last ? expf(s[t] * scale - mx) / sum : 0.0f);
-}
-
-__device__ uint32_t hash32(uint64_t x) {
-    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
-    return (uint32_t)x;
-}
-// Uniform random values in [-scale, scale) (never all zero), for the bench's weights (bf16; the router f32) and caches.
-template <class T> __global__ void fill_random_kernel(T *w, size_t n, float scale, uint64_t seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        w[i] = (T)(scale * (hash32(seed * 0x9E3779B97F4A7C15ull + i) * (2.0f / 4294967296.0f) - 1.0f));
-}
-__global__ void fill_kernel(float *w, size_t n, float v) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) w[i] = v;
-}
-
-// ----------------------------------------------------------------------------
-// launchers of the small kernels: each owns its grid and its launch check
-
-static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 8192); }
-static void embed(Rank *R, int rows, int D) {
-    embed_kernel<<<rows, 256, 0, R->st>>>(R->tok, R->embed, R->x, D);
-    LAUNCH_CHECK();
-}
-static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 *out, float *outf, int rows, int D, float eps) {
-    add_rmsnorm_kernel<<<rows, 256, 0, R->st>>>(x, y, w, out, outf, D, eps);
-    LAUNCH_CHECK();
-}
-static void kv_append(GPU *G, Rank *R, bf16 *cache, int l, int rows, int local) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    kv_append_kernel<<<rows, 256, 0, R->st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, c->dc, c->dr, p->shard, p->dcs, local,
-                                                 G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
-                                                 c->rope_attn, c->rope_interleave);
-    LAUNCH_CHECK();
-}
-static void q_rope(GPU *G, Rank *R, int rows) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    q_rope_kernel<<<dim3(rows, p->ha), 64, 0, R->st>>>(R->qall, R->Q, R->rpos, rows, p->ha, p->hq, c->dn, c->dr, p->dcs,
-                                                      R->inv_freq, c->rope_attn, c->rope_interleave);
-    LAUNCH_CHECK();
-}
-static void prefill_softmax(Rank *R, int rows, int T, int p0, float scale) {
-    prefill_softmax_kernel<<<R->p.ha * rows, 256, 0, R->st>>>(R->S, R->P, rows, T, p0, scale);
-    LAUNCH_CHECK();
-}
-static void swiglu(Rank *R, int rows, int f) {
-    swiglu_kernel<<<grid_for((size_t)rows * f), 256, 0, R->st>>>(R->h13, R->h, rows, f);
-    LAUNCH_CHECK();
-}
-template <class T> static void fill_random(T *w, size_t n, float scale, uint64_t seed, cudaStream_t st) {
-    if (n) fill_random_kernel<<<grid_for(n), 256, 0, st>>>(w, n, scale, seed);
-    LAUNCH_CHECK();
-}
-static void fill(float *w, size_t n, float v, cudaStream_t st) {
-    if (n) fill_kernel<<<grid_for(n), 256, 0, st>>>(w, n, v);
-    LAUNCH_CHECK();
-}
-
-// ----------------------------------------------------------------------------
-// cuBLAS: Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate
-
-static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out) {
-    float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
-                              &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-// One row-major matrix per head in a buffer: head 0's at p, its rows ld elements apart, the heads stride apart.
-typedef struct { const void *p; int ld; long long stride; } PerHead;
-
-// Y_h (rows, m) = X_h (rows, k) W_h, or X_h W_h^T if wt (W_h (m, k), as a projection's), for `heads` heads
-// at once: bf16 in, f32 accumulate, Y as yt. (cuBLAS is column-major: it computes Y_h^T = op(W_h) X_h^T.)
-static void per_head(Rank *R, int heads, int rows, int k, int m, PerHead X, PerHead W, int wt, PerHead Y, cudaDataType yt) {
-    float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, wt ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, rows, k, &alpha, W.p, CUDA_R_16BF,
-                                            W.ld, W.stride, X.p, CUDA_R_16BF, X.ld, X.stride, &beta, (void *)Y.p, yt, Y.ld, Y.stride,
-                                            heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-// ----------------------------------------------------------------------------
-// the collectives (NCCL, on the rank's stream); the rank bench leaves them out
-
-static void all_reduce(GPU *G, Rank *R, float *x, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm, R->st));
-}
-static void all_gather(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, ncclBfloat16, comm, R->st));
-}
-static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclReduceScatter(x, out, n, ncclBfloat16, ncclSum, comm, R->st));
-}
-
-// ----------------------------------------------------------------------------
-// the decode attention kernel, its shape and its launcher decode_attention
-#include "cuda/attention.cuh"
-
-// Q_h = [W_UK^h[:, S_i]^T q_nope_h | .] for the ha attended heads: per row, q_nope_h (dn) times the rank's
-// W_UK^h[:, S_i] (dn, dcs; the first dn rows of head h in wkv_b), one batched product per chunk of hq heads
-// (q comes in `peers` chunks, as q_rope reads it).
-static void absorb_q(GPU *G, Rank *R, const LayerW *L, int rows) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    int dn = c->dn, qd = c->dn + c->dr, wb = (dn + c->dv) * p->dcs, hq = p->hq;
-    for (int k = 0; k < p->peers; k++) {   // chunk k: heads k hq ..
-        PerHead q_nope = {R->qall + (size_t)k * rows * hq * qd, hq * qd, qd};
-        PerHead w_uk = {L->wkv_b + (size_t)k * hq * wb, p->dcs, wb};
-        PerHead Q = {R->Q + (size_t)k * hq * p->Dk, p->ha * p->Dk, p->Dk};
-        per_head(R, hq, rows, dn, p->dcs, q_nope, w_uk, 0, Q, CUDA_R_16BF);
-    }
-}
-
-// v_h = W_UV^h[:, S_i] o_h for the ha attended heads: per row, o_h (dcs) times the rank's W_UV^h[:, S_i]^T
-// (W_UV^h[:, S_i]: dv x dcs, the last dv rows of head h in wkv_b). Chunk k of hq heads goes to v at
-// k rows hq dv, for the reduce-scatter (split placement), else straight to vown.
-static void up_v(GPU *G, Rank *R, const LayerW *L, int rows) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    int dn = c->dn, dv = c->dv, wb = (dn + dv) * p->dcs, hq = p->hq;
-    bf16 *v = p->peers > 1 ? R->v : R->vown;
-    for (int k = 0; k < p->peers; k++) {
-        PerHead o = {R->O + (size_t)k * hq * p->dcs, p->ha * p->dcs, p->dcs};
-        PerHead w_uv = {L->wkv_b + (size_t)k * hq * wb + (size_t)dn * p->dcs, p->dcs, wb};
-        PerHead vk = {v + (size_t)k * rows * hq * dv, hq * dv, dv};
-        per_head(R, hq, rows, p->dcs, dv, o, w_uv, 1, vk, CUDA_R_16BF);
-    }
-}
-
-// Prefill attention of `rows` tokens p0.. of sequence seq, exact MLA: S_h = Q_h K^T over the cached tokens
-// [0, p0 + rows) (the rope part counted on shard 0 only), summed over the g shards (an all-reduce over the
-// peers), one causal softmax P_h, then O_h = P_h V, V the shard's slice of the same cached tokens.
-static void prefill_attention(GPU *G, Rank *R, const bf16 *cache, int rows, int seq, int p0) {
-    const Part *p = &R->p;
-    int T = p0 + rows, Dk = p->Dk, dcs = p->dcs;
-    const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
-    PerHead Q = {R->Q, p->ha * Dk, Dk}, K = {kb, Dk, 0}, S = {R->S, T, (long long)rows * T};   // K, V: every head's
-    per_head(R, p->ha, rows, p->shard == 0 ? Dk : dcs, T, Q, K, 1, S, CUDA_R_32F);
-    if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
-    prefill_softmax(R, rows, T, p0, G->c.softmax_scale);
-    PerHead P = {R->P, T, (long long)rows * T}, O = {R->O, p->ha * dcs, dcs};
-    per_head(R, p->ha, rows, T, dcs, P, K, 0, O, CUDA_R_16BF);
-}
-
-// ----------------------------------------------------------------------------
-// the attention block of layer l on one rank (README "The TPLA step"; run.c's forward is the same step on
-// the CPU). Decode, for each of the ha heads h this rank attends with, on its latent slice S_i:
-//   xb = rmsnorm(x + y)                              (y: the last block's output, added to the residual x)
-//   q = W_UQ xb (split placement: this rank's hq heads, then all-gathered from the g peers)
-//   [c | k_pe] = W_DKV xb; cache c[S_i] / rms and rope(k_pe)        (kv_append; rms: latent_rms)
-//   Q_h = [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]                   (the absorbed query)
-//   o_h = softmax_t(scale Q_h . cache_t) . cache_t[S_i]               (decode_attention: its own softmax)
-//   v_h = W_UV^h[:, S_i] o_h     (split placement: reduce-scattered by head over the g peers)
-//   y = W_O v, then the one all-reduce over every rank: it sums the heads and the latent shards.
-// Prefill (rows = tokens p0.. of sequence seq) is exact MLA instead: the g shards add their partial
-// scores (an all-reduce of S over the peers), take one softmax and multiply by their own slice.
-// Inputs tok, rpos, rseq, lens are on the device.
-
-static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, int prefill, int seq, int p0, int max_cached) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    int D = c->dim, qd = c->dn + c->dr, dv = c->dv, Dk = p->Dk;
-    bf16 *cache = R->cache + (size_t)l * G->B * G->max_len * Dk;
-    add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
-    bf16 *q = p->peers > 1 ? R->q : R->qall;
-    if (c->q_lora) {
-        gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
-        add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
-        gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
-    } else {
-        gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
-    }
-    if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
-    gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
-    kv_append(G, R, cache, l, rows, !prefill && G->s.rms == RMS_LOCAL);
-    q_rope(G, R, rows);        // Q_h = [. | rope(q_pe_h)]
-    absorb_q(G, R, L, rows);   // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .]
-    if (!prefill)
-        decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, p->dcs, Dk, G->max_len,
-                         max_cached, c->softmax_scale, G->sms, R->st);
-    else
-        prefill_attention(G, R, cache, rows, seq, p0);
-    up_v(G, R, L, rows);       // v_h = W_UV^h[:, S_i] o_h
-    if (p->peers > 1) reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
-    gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
-    all_reduce(G, R, R->y, (size_t)rows * D, R->world);   // the one all-reduce: heads and latent shards summed
-}
-
-// ----------------------------------------------------------------------------
-// MoE: the routed experts' kernels and their launchers
-#include "cuda/moe.cuh"
-
-// --- FFN of layer l on one rank: x += y; y = FFN(rmsnorm(x)), with one all-reduce. Every matrix is split
-// by its intermediate dimension, so each rank's y is a partial sum and the all-reduce completes it:
-//   dense:  y = W2 (silu(W1 x) * (W3 x))                                      (cuBLAS)
-//   MoE:    y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x))        (routed: cuda/moe.cuh)
-//             + W2_s (silu(W1_s x) * (W3_s x))                                 (shared experts as one FFN: cuBLAS)
-// y = W2 (silu(W1 xb) * (W3 xb)): the dense FFN, or the shared experts side by side (cuBLAS)
-static void dense_ffn(Rank *R, const LayerW *L, int rows, int D) {
-    gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
-    swiglu(R, rows, L->fk);
-    gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
-}
-
-static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
-    const Config *c = &G->c;
-    add_rmsnorm(R, R->x, R->y, L->ffn_norm, R->xb, R->xn, rows, c->dim, c->eps);
-    if (L->ik) {   // routing, then the routed experts
-        const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
-        moe_router(G, R, L, rows);
-        moe_route(G, R, L, rows);
-        moe_plan(G, R, l, rows, T->bn);
-        moe_product(G, R, L, rows, T, 1);
-        moe_product(G, R, L, rows, T, 0);
-    }
-    if (L->fk) dense_ffn(R, L, rows, c->dim);
-    if (L->ik) moe_combine(G, R, rows, L->fk > 0);
-    all_reduce(G, R, R->y, (size_t)rows * c->dim, R->world);
-}
-
-// ----------------------------------------------------------------------------
-// one forward pass of `rows` tokens on one rank: embedding, the layers (attention, then the FFN unless
-// the bench leaves it out, as the paper does), the final norm, and this rank's slice of the vocabulary
-// for the last logit_rows rows. Decode: row b is sequence b. Prefill: the rows are tokens p0.. of `seq`.
-
-static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0, int max_cached, int logit_rows) {
-    const Config *c = &G->c;
-    embed(R, rows, c->dim);
-    for (int l = 0; l < c->n_layers; l++) {
-        attention_rank(G, R, &R->lw[l], l, rows, prefill, seq, p0, max_cached);
-        if (G->ffn) ffn_rank(G, R, &R->lw[l], l, rows);
-    }
-    add_rmsnorm(R, R->x, R->y, R->norm, R->xb, NULL, rows, c->dim, c->eps);
-    if (logit_rows && R->p.nv)
-        gemm(R, R->xb + (size_t)(rows - logit_rows) * c->dim, R->lm_head, R->logits, CUDA_R_32F, logit_rows, c->dim, R->p.nv);
-}
-
-// ----------------------------------------------------------------------------
-// building: sizes, the memory check, weights (from the host model, or random), buffers
-
-// walks every device allocation of a rank; with R->arena NULL it only counts the bytes
-static void *take(Rank *R, size_t bytes) {
-    size_t at = (R->used + 255) & ~(size_t)255;
-    R->used = at + bytes;
-    return R->arena ? R->arena + at : NULL;
-}
-
-// A rank's weights are its pieces of the tensors of the table in tpla.h (TPLA_TENSORS), each split over
-// the GPUs as the table says (rank_piece) and held in the field it names.
 enum { SPLIT_NONE, SPLIT_REPLICATED, SPLIT_HEAD_ROWS, SPLIT_HEAD_SLICE, SPLIT_HEAD_COLUMNS, SPLIT_VOCAB_ROWS,
        SPLIT_ROUTER, SPLIT_W1_ROWS, SPLIT_W3_ROWS, SPLIT_W2_COLUMNS };   // from SPLIT_ROUTER on: the FFN's
 #define ON_GPU(holder, field, split) SPLIT_##split
@@ -543,6 +189,458 @@ static size_t rank_piece(const GPU *G, const Rank *R, const Tensor *t) {
     }
 }
 
+// copies a (rows, cols) block of a host f32 matrix (leading dimension ld) to the device as bf16 or f32
+static void put(void *dst, const float *src, size_t rows, size_t cols, size_t ld, int as_f32) {
+    std::vector<uint16_t> hb;
+    std::vector<float> hf;
+    if (as_f32) hf.resize(rows * cols); else hb.resize(rows * cols);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < cols; k++) {
+            float v = src[r * ld + k];
+            if (as_f32) { hf[r * cols + k] = v; continue; }
+            hb[r * cols + k] = f32_to_bf16(v);
+        }
+    CUDA_CHECK(cudaMemcpy(dst, as_f32 ? (void *)hf.data() : (void *)hb.data(), rows * cols * (as_f32 ? 4 : 2), cudaMemcpyHostToDevice));
+}
+
+// Copies rank R's piece of tensor t from src, the host's float32 tensor, to dst (matrices are bf16).
+static void put_piece(GPU *G, Rank *R, const Tensor *t, const float *src, void *dst) {
+    const Part *p = &R->p;
+    size_t n1 = t->n1, n2 = t->n2, H = G->c.n_heads, D = G->c.dim, f = ffn_width(&G->c, t->layer);
+    size_t w = f / G->K, f0 = (size_t)R->r * w, blocks;   // the FFN: w features of each block from f0
+    switch (gpu_split[t->kind]) {
+    case SPLIT_HEAD_ROWS: put(dst, src + p->hq0 * (n1 / H) * n2, p->hq * (n1 / H), n2, n2, t->f32); break;
+    case SPLIT_HEAD_SLICE:
+        for (int h = 0; h < p->ha; h++)
+            put((bf16 *)dst + h * n1 * p->dcs, src + (p->h0 + h) * n1 * n2 + p->shard * p->dcs, n1, p->dcs, n2, t->f32);
+        break;
+    case SPLIT_HEAD_COLUMNS: put(dst, src + p->hq0 * (n2 / H), n1, p->hq * (n2 / H), n2, t->f32); break;
+    case SPLIT_VOCAB_ROWS: put(dst, src + p->v0 * n2, p->nv, n2, n2, t->f32); break;
+    case SPLIT_W1_ROWS: case SPLIT_W3_ROWS:   // matrix a, block k: rows ((2a + 1 for W3) blocks + k) w of the piece
+        blocks = n1 / f;
+        for (int64_t a = 0; a < t->n0; a++)
+            for (size_t k = 0; k < blocks; k++)
+                put((bf16 *)dst + ((2 * a + (gpu_split[t->kind] == SPLIT_W3_ROWS)) * blocks + k) * w * D,
+                    src + (a * n1 + k * f + f0) * D, w, D, D, 0);
+        break;
+    case SPLIT_W2_COLUMNS: {   // matrix a (D, blocks*f), block k: columns (a blocks + k) w of the piece (D, n0*blocks*w)
+        blocks = n2 / f;
+        size_t cols = t->n0 * blocks * w;
+        std::vector<float> cat(D * cols);
+        for (int64_t a = 0; a < t->n0; a++)
+            for (size_t k = 0; k < blocks; k++)
+                for (size_t d = 0; d < D; d++) memcpy(&cat[d * cols + (a * blocks + k) * w], src + (a * D + d) * n2 + k * f + f0, w * 4);
+        put(dst, cat.data(), D, cols, cols, 0);
+        break;
+    }
+    default: put(dst, src, t->n0 * n1, n2, n2, t->f32);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the hand-written kernels, each whole with its shape and launcher: the decode attention kernel, and the
+// routed experts of MoE
+#include "cuda/attention.cuh"
+#include "cuda/moe.cuh"
+
+// ----------------------------------------------------------------------------
+// what the layer step shares: the residual add and rmsnorm, cuBLAS, the collectives
+
+__device__ float block_sum(float v) {
+    __shared__ float red[32];
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0;
+        for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    v = red[0];
+    __syncthreads();
+    return v;
+}
+
+// x += y (y may be NULL); out = rmsnorm(x) * w as bf16, and as f32 into outf if given. One block a row.
+__global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, bf16 *out, float *outf, int D, float eps) {
+    float *xr = x + (size_t)blockIdx.x * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xr[i] + (y ? y[(size_t)blockIdx.x * D + i] : 0.0f);
+        if (y) xr[i] = v;
+        ss += v * v;
+    }
+    float s = rsqrtf(block_sum(ss) / D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = w[i] * (xr[i] * s);
+        out[(size_t)blockIdx.x * D + i] = __float2bfloat16(v);
+        if (outf) outf[(size_t)blockIdx.x * D + i] = v;
+    }
+}
+static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 *out, float *outf, int rows, int D, float eps) {
+    add_rmsnorm_kernel<<<rows, 256, 0, R->st>>>(x, y, w, out, outf, D, eps);
+    LAUNCH_CHECK();
+}
+
+// cuBLAS: Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate
+
+static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out) {
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
+                              &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// One row-major matrix per head in a buffer: head 0's at p, its rows ld elements apart, the heads stride apart.
+typedef struct { const void *p; int ld; long long stride; } PerHead;
+
+// Y_h (rows, m) = X_h (rows, k) W_h, or X_h W_h^T if wt (W_h (m, k), as a projection's), for `heads` heads
+// at once: bf16 in, f32 accumulate, Y as yt. (cuBLAS is column-major: it computes Y_h^T = op(W_h) X_h^T.)
+static void per_head(Rank *R, int heads, int rows, int k, int m, PerHead X, PerHead W, int wt, PerHead Y, cudaDataType yt) {
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(R->blas, wt ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, rows, k, &alpha, W.p, CUDA_R_16BF,
+                                            W.ld, W.stride, X.p, CUDA_R_16BF, X.ld, X.stride, &beta, (void *)Y.p, yt, Y.ld, Y.stride,
+                                            heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// the collectives (NCCL, on the rank's stream); the rank bench leaves them out
+
+static void all_reduce(GPU *G, Rank *R, float *x, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm, R->st));
+}
+static void all_gather(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, ncclBfloat16, comm, R->st));
+}
+static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclReduceScatter(x, out, n, ncclBfloat16, ncclSum, comm, R->st));
+}
+
+// ----------------------------------------------------------------------------
+// the attention step of one rank: its kernels and products, each with its launcher, then attention_rank
+
+// Rotates a rope vector pe (dr, in shared memory, loaded by the block) to position pos, in place.
+__device__ void rope_shared(float *pe, int dr, int pos, const float *inv_freq, float attn, int interleave) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, pos, inv_freq[i], attn, interleave);
+    __syncthreads();
+}
+
+// Caches the new token of each row: its latent slice S_i, normalised by the rms of the whole
+// latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key.
+__global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int max_len,
+                                 int dc, int dr, int shard, int dcs, int local, float fix, float eps,
+                                 const float *inv_freq, float attn, int interleave) {
+    const float *k = kv + (size_t)blockIdx.x * (dc + dr);
+    float ss_all = 0, ss_mine = 0;
+    for (int i = threadIdx.x; i < dc; i += blockDim.x) {
+        float v = k[i] * k[i];
+        ss_all += v;
+        if (i / dcs == shard) ss_mine += v;
+    }
+    ss_all = block_sum(ss_all); ss_mine = block_sum(ss_mine);
+    float r = local ? latent_rms(ss_mine, dcs, fix, eps) : latent_rms(ss_all, dc, 1.0f, eps);
+    bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * max_len + rpos[blockIdx.x]) * (dcs + dr);
+    for (int i = threadIdx.x; i < dcs; i += blockDim.x) dst[i] = __float2bfloat16(k[shard * dcs + i] / r);
+    __shared__ float pe[GPU_MAX_DR];
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = k[dc + i];
+    rope_shared(pe, dr, rpos[blockIdx.x], inv_freq, attn, interleave);
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[dcs + i] = __float2bfloat16(pe[i]);
+}
+static void kv_append(GPU *G, Rank *R, bf16 *cache, int l, int rows, int local) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    kv_append_kernel<<<rows, 256, 0, R->st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, c->dc, c->dr, p->shard, p->dcs, local,
+                                                 G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
+                                                 c->rope_attn, c->rope_interleave);
+    LAUNCH_CHECK();
+}
+
+// Ropes q_pe of every attended head into Q (rows, ha, Dk) at [dcs, dcs+dr). q comes in `peers`
+// chunks (peers, rows, hq, dn+dr) (one chunk when q was computed here). Grid (rows, ha).
+__global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows, int ha, int hq, int dn, int dr, int dcs,
+                              const float *inv_freq, float attn, int interleave) {
+    int row = blockIdx.x, h = blockIdx.y, p = h / hq, hh = h % hq;
+    const bf16 *src = q + (((size_t)p * rows + row) * hq + hh) * (dn + dr) + dn;
+    __shared__ float pe[GPU_MAX_DR];
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = __bfloat162float(src[i]);
+    rope_shared(pe, dr, rpos[row], inv_freq, attn, interleave);
+    bf16 *dst = Q + ((size_t)row * ha + h) * (dcs + dr) + dcs;
+    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
+}
+static void q_rope(GPU *G, Rank *R, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    q_rope_kernel<<<dim3(rows, p->ha), 64, 0, R->st>>>(R->qall, R->Q, R->rpos, rows, p->ha, p->hq, c->dn, c->dr, p->dcs,
+                                                      R->inv_freq, c->rope_attn, c->rope_interleave);
+    LAUNCH_CHECK();
+}
+
+// Q_h = [W_UK^h[:, S_i]^T q_nope_h | .] for the ha attended heads: per row, q_nope_h (dn) times the rank's
+// W_UK^h[:, S_i] (dn, dcs; the first dn rows of head h in wkv_b), one batched product per chunk of hq heads
+// (q comes in `peers` chunks, as q_rope reads it).
+static void absorb_q(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int dn = c->dn, qd = c->dn + c->dr, wb = (dn + c->dv) * p->dcs, hq = p->hq;
+    for (int k = 0; k < p->peers; k++) {   // chunk k: heads k hq ..
+        PerHead q_nope = {R->qall + (size_t)k * rows * hq * qd, hq * qd, qd};
+        PerHead w_uk = {L->wkv_b + (size_t)k * hq * wb, p->dcs, wb};
+        PerHead Q = {R->Q + (size_t)k * hq * p->Dk, p->ha * p->Dk, p->Dk};
+        per_head(R, hq, rows, dn, p->dcs, q_nope, w_uk, 0, Q, CUDA_R_16BF);
+    }
+}
+
+// v_h = W_UV^h[:, S_i] o_h for the ha attended heads: per row, o_h (dcs) times the rank's W_UV^h[:, S_i]^T
+// (W_UV^h[:, S_i]: dv x dcs, the last dv rows of head h in wkv_b). Chunk k of hq heads goes to v at
+// k rows hq dv, for the reduce-scatter (split placement), else straight to vown.
+static void up_v(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int dn = c->dn, dv = c->dv, wb = (dn + dv) * p->dcs, hq = p->hq;
+    bf16 *v = p->peers > 1 ? R->v : R->vown;
+    for (int k = 0; k < p->peers; k++) {
+        PerHead o = {R->O + (size_t)k * hq * p->dcs, p->ha * p->dcs, p->dcs};
+        PerHead w_uv = {L->wkv_b + (size_t)k * hq * wb + (size_t)dn * p->dcs, p->dcs, wb};
+        PerHead vk = {v + (size_t)k * rows * hq * dv, hq * dv, dv};
+        per_head(R, hq, rows, p->dcs, dv, o, w_uv, 1, vk, CUDA_R_16BF);
+    }
+}
+
+// Prefill: causal softmax over S (ha, rows, T) of one sequence whose chunk starts at p0 -> P bf16.
+__global__ void prefill_softmax_kernel(const float *S, bf16 *P, int rows, int T, int p0, float scale) {
+    const float *s = S + (size_t)blockIdx.x * T;
+    bf16 *p = P + (size_t)blockIdx.x * T;
+    int last = p0 + blockIdx.x % rows;   // the row's own position: it attends to [0, last]
+    float mx = -INFINITY;
+    for (int t = threadIdx.x; t <= last; t += blockDim.x) mx = fmaxf(mx, s[t] * scale);
+    __shared__ float red[32];
+    for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = red[0];
+    for (int i = 1; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
+    __syncthreads();
+    float sum = 0;
+    for (int t = threadIdx.x; t <= last; t += blockDim.x) sum += expf(s[t] * scale - mx);
+    sum = block_sum(sum);
+    for (int t = threadIdx.x; t < T; t += blockDim.x)
+        p[t] = __float2bfloat16(t <= last ? expf(s[t] * scale - mx) / sum : 0.0f);
+}
+static void prefill_softmax(Rank *R, int rows, int T, int p0, float scale) {
+    prefill_softmax_kernel<<<R->p.ha * rows, 256, 0, R->st>>>(R->S, R->P, rows, T, p0, scale);
+    LAUNCH_CHECK();
+}
+
+// Prefill attention of `rows` tokens p0.. of sequence seq, exact MLA: S_h = Q_h K^T over the cached tokens
+// [0, p0 + rows) (the rope part counted on shard 0 only), summed over the g shards (an all-reduce over the
+// peers), one causal softmax P_h, then O_h = P_h V, V the shard's slice of the same cached tokens.
+static void prefill_attention(GPU *G, Rank *R, const bf16 *cache, int rows, int seq, int p0) {
+    const Part *p = &R->p;
+    int T = p0 + rows, Dk = p->Dk, dcs = p->dcs;
+    const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
+    PerHead Q = {R->Q, p->ha * Dk, Dk}, K = {kb, Dk, 0}, S = {R->S, T, (long long)rows * T};   // K, V: every head's
+    per_head(R, p->ha, rows, p->shard == 0 ? Dk : dcs, T, Q, K, 1, S, CUDA_R_32F);
+    if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
+    prefill_softmax(R, rows, T, p0, G->c.softmax_scale);
+    PerHead P = {R->P, T, (long long)rows * T}, O = {R->O, p->ha * dcs, dcs};
+    per_head(R, p->ha, rows, T, dcs, P, K, 0, O, CUDA_R_16BF);
+}
+
+// the attention block of layer l on one rank (README "The TPLA step"; run.c's forward is the same step on
+// the CPU). Decode, for each of the ha heads h this rank attends with, on its latent slice S_i:
+//   xb = rmsnorm(x + y)                              (y: the last block's output, added to the residual x)
+//   q = W_UQ xb (split placement: this rank's hq heads, then all-gathered from the g peers)
+//   [c | k_pe] = W_DKV xb; cache c[S_i] / rms and rope(k_pe)        (kv_append; rms: latent_rms)
+//   Q_h = [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]                   (the absorbed query)
+//   o_h = softmax_t(scale Q_h . cache_t) . cache_t[S_i]               (decode_attention: its own softmax)
+//   v_h = W_UV^h[:, S_i] o_h     (split placement: reduce-scattered by head over the g peers)
+//   y = W_O v, then the one all-reduce over every rank: it sums the heads and the latent shards.
+// Prefill (rows = tokens p0.. of sequence seq) is exact MLA instead: the g shards add their partial
+// scores (an all-reduce of S over the peers), take one softmax and multiply by their own slice.
+// Inputs tok, rpos, rseq, lens are on the device.
+
+static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, int prefill, int seq, int p0, int max_cached) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, dv = c->dv, Dk = p->Dk;
+    bf16 *cache = R->cache + (size_t)l * G->B * G->max_len * Dk;
+    add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
+    bf16 *q = p->peers > 1 ? R->q : R->qall;
+    if (c->q_lora) {
+        gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
+        add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
+        gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
+    } else {
+        gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
+    }
+    if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
+    gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
+    kv_append(G, R, cache, l, rows, !prefill && G->s.rms == RMS_LOCAL);
+    q_rope(G, R, rows);        // Q_h = [. | rope(q_pe_h)]
+    absorb_q(G, R, L, rows);   // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .]
+    if (!prefill)
+        decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, p->dcs, Dk, G->max_len,
+                         max_cached, c->softmax_scale, G->sms, R->st);
+    else
+        prefill_attention(G, R, cache, rows, seq, p0);
+    up_v(G, R, L, rows);       // v_h = W_UV^h[:, S_i] o_h
+    if (p->peers > 1) reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
+    gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
+    all_reduce(G, R, R->y, (size_t)rows * D, R->world);   // the one all-reduce: heads and latent shards summed
+}
+
+// ----------------------------------------------------------------------------
+// the FFN of layer l on one rank: x += y; y = FFN(rmsnorm(x)), with one all-reduce. Every matrix is split
+// by its intermediate dimension, so each rank's y is a partial sum and the all-reduce completes it:
+//   dense:  y = W2 (silu(W1 x) * (W3 x))                                      (cuBLAS)
+//   MoE:    y = sum_{e in topk(x)} w_e W2_e (silu(W1_e x) * (W3_e x))        (routed: cuda/moe.cuh)
+//             + W2_s (silu(W1_s x) * (W3_s x))                                 (shared experts as one FFN: cuBLAS)
+
+// h (rows, f) = silu(W1 x) * (W3 x), from h13 (rows, 2f): W1 x then W3 x.
+__global__ void swiglu_kernel(const float *h13, bf16 *h, int rows, int f) {
+    size_t n = (size_t)rows * f;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float *src = h13 + i / f * 2 * f;
+        float a = src[i % f], b = src[f + i % f];
+        h[i] = __float2bfloat16(a / (1.0f + expf(-a)) * b);
+    }
+}
+static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 8192); }
+static void swiglu(Rank *R, int rows, int f) {
+    swiglu_kernel<<<grid_for((size_t)rows * f), 256, 0, R->st>>>(R->h13, R->h, rows, f);
+    LAUNCH_CHECK();
+}
+
+// y = W2 (silu(W1 xb) * (W3 xb)): the dense FFN, or the shared experts side by side (cuBLAS)
+static void dense_ffn(Rank *R, const LayerW *L, int rows, int D) {
+    gemm(R, R->xb, L->w13, R->h13, CUDA_R_32F, rows, D, 2 * L->fk);
+    swiglu(R, rows, L->fk);
+    gemm(R, R->h, L->w2, R->y, CUDA_R_32F, rows, L->fk, D);
+}
+
+static void ffn_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows) {
+    const Config *c = &G->c;
+    add_rmsnorm(R, R->x, R->y, L->ffn_norm, R->xb, R->xn, rows, c->dim, c->eps);
+    if (L->ik) {   // routing, then the routed experts
+        const MoeTile *T = &moe_tiles[moe_tile(c, rows)];
+        moe_router(G, R, L, rows);
+        moe_route(G, R, L, rows);
+        moe_plan(G, R, l, rows, T->bn);
+        moe_product(G, R, L, rows, T, 1);
+        moe_product(G, R, L, rows, T, 0);
+    }
+    if (L->fk) dense_ffn(R, L, rows, c->dim);
+    if (L->ik) moe_combine(G, R, rows, L->fk > 0);
+    all_reduce(G, R, R->y, (size_t)rows * c->dim, R->world);
+}
+
+// ----------------------------------------------------------------------------
+// one forward pass of `rows` tokens on one rank: embedding, the layers (attention, then the FFN unless
+// the bench leaves it out, as the paper does), the final norm, and this rank's slice of the vocabulary
+// for the last logit_rows rows. Decode: row b is sequence b. Prefill: the rows are tokens p0.. of `seq`.
+
+__global__ void embed_kernel(const int *tok, const bf16 *emb, float *x, int D) {
+    const bf16 *e = emb + (size_t)tok[blockIdx.x] * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) x[(size_t)blockIdx.x * D + i] = __bfloat162float(e[i]);
+}
+static void embed(Rank *R, int rows, int D) {
+    embed_kernel<<<rows, 256, 0, R->st>>>(R->tok, R->embed, R->x, D);
+    LAUNCH_CHECK();
+}
+
+static void forward_rank(GPU *G, Rank *R, int rows, int prefill, int seq, int p0, int max_cached, int logit_rows) {
+    const Config *c = &G->c;
+    embed(R, rows, c->dim);
+    for (int l = 0; l < c->n_layers; l++) {
+        attention_rank(G, R, &R->lw[l], l, rows, prefill, seq, p0, max_cached);
+        if (G->ffn) ffn_rank(G, R, &R->lw[l], l, rows);
+    }
+    add_rmsnorm(R, R->x, R->y, R->norm, R->xb, NULL, rows, c->dim, c->eps);
+    if (logit_rows && R->p.nv)
+        gemm(R, R->xb + (size_t)(rows - logit_rows) * c->dim, R->lm_head, R->logits, CUDA_R_32F, logit_rows, c->dim, R->p.nv);
+}
+
+// ----------------------------------------------------------------------------
+// threads: every call runs fn on all ranks at once, one host thread per GPU
+
+typedef void (*RankFn)(GPU *G, Rank *R, void *arg);
+typedef struct { GPU *G; Rank *R; RankFn fn; void *arg; } Job;
+static void *job_main(void *p) {
+    Job *j = (Job *)p;
+    CUDA_CHECK(cudaSetDevice(j->R->dev));
+    j->fn(j->G, j->R, j->arg);
+    return NULL;
+}
+static void on_ranks(GPU *G, RankFn fn, void *arg) {
+    std::vector<pthread_t> t(G->nrank);
+    std::vector<Job> jobs(G->nrank);
+    for (int r = 0; r < G->nrank; r++) {
+        jobs[r] = Job{G, &G->rk[r], fn, arg};
+        if (pthread_create(&t[r], NULL, job_main, &jobs[r])) die("pthread_create failed");
+    }
+    for (int r = 0; r < G->nrank; r++) pthread_join(t[r], NULL);
+}
+
+// ----------------------------------------------------------------------------
+// prefill and decode: the host fills the row tables, every rank runs the same forward
+
+typedef struct {
+    const int *tok, *rpos, *rseq, *lens;
+    int rows, prefill, seq, p0, max_cached, logit_rows, nlens;
+    float *logits;      // host (logit_rows, vocab), or NULL
+} Step;
+
+static void step_rank(GPU *G, Rank *R, void *arg) {
+    Step *s = (Step *)arg;
+    cudaStream_t st = R->st;
+    CUDA_CHECK(cudaMemcpyAsync(R->tok, s->tok, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->rpos, s->rpos, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->rseq, s->rseq, s->rows * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->lens, s->lens, s->nlens * 4, cudaMemcpyHostToDevice, st));
+    forward_rank(G, R, s->rows, s->prefill, s->seq, s->p0, s->max_cached, s->logit_rows);
+    if (s->logits && s->logit_rows && R->p.nv)
+        CUDA_CHECK(cudaMemcpy2DAsync(s->logits + R->p.v0, (size_t)G->c.vocab * 4, R->logits, (size_t)R->p.nv * 4,
+                                     (size_t)R->p.nv * 4, s->logit_rows, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all) {
+    if (b < 0 || b >= G->B) die("gpu_prefill: sequence %d of %d", b, G->B);
+    if (G->lens[b] + n > G->max_len) die("sequence %d: %d tokens, more than the %d positions allocated", b, G->lens[b] + n, G->max_len);
+    std::vector<int> pos(G->chunk), seq(G->chunk, b);
+    for (int done = 0; done < n;) {
+        int rows = std::min(G->chunk, n - done), last = done + rows == n;
+        for (int i = 0; i < rows; i++) pos[i] = G->lens[b] + i;
+        Step s = {tokens + done, pos.data(), seq.data(), G->lens, rows, 1, b, G->lens[b], G->lens[b] + rows,
+                  all ? rows : last, G->B, all ? logits + (size_t)done * G->c.vocab : (last ? logits : NULL)};
+        on_ranks(G, step_rank, &s);
+        G->lens[b] += rows;
+        done += rows;
+    }
+}
+
+void gpu_decode(GPU *G, const int *tokens, float *logits) {
+    std::vector<int> pos(G->B), seq(G->B), lens(G->B);
+    int mx = 0;
+    for (int b = 0; b < G->B; b++) {
+        if (G->lens[b] >= G->max_len) die("sequence %d is full (%d positions)", b, G->max_len);
+        pos[b] = G->lens[b]; seq[b] = b; lens[b] = G->lens[b] + 1; mx = std::max(mx, lens[b]);
+    }
+    Step s = {tokens, pos.data(), seq.data(), lens.data(), G->B, 0, 0, 0, mx, G->B, G->B, logits};
+    on_ranks(G, step_rank, &s);
+    for (int b = 0; b < G->B; b++) G->lens[b]++;
+}
+
+// ----------------------------------------------------------------------------
+// building: sizes, the memory check, weights (from the host model, or random), buffers
+
+// walks every device allocation of a rank; with R->arena NULL it only counts the bytes
+static void *take(Rank *R, size_t bytes) {
+    size_t at = (R->used + 255) & ~(size_t)255;
+    R->used = at + bytes;
+    return R->arena ? R->arena + at : NULL;
+}
+
 static void layout_rank(GPU *G, Rank *R) {
     const Config *c = &G->c;
     const Part *p = &R->p;
@@ -594,56 +692,29 @@ static void layout_rank(GPU *G, Rank *R) {
     R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
 }
 
-// copies a (rows, cols) block of a host f32 matrix (leading dimension ld) to the device as bf16 or f32
-static void put(void *dst, const float *src, size_t rows, size_t cols, size_t ld, int as_f32) {
-    std::vector<uint16_t> hb;
-    std::vector<float> hf;
-    if (as_f32) hf.resize(rows * cols); else hb.resize(rows * cols);
-    for (size_t r = 0; r < rows; r++)
-        for (size_t k = 0; k < cols; k++) {
-            float v = src[r * ld + k];
-            if (as_f32) { hf[r * cols + k] = v; continue; }
-            hb[r * cols + k] = f32_to_bf16(v);
-        }
-    CUDA_CHECK(cudaMemcpy(dst, as_f32 ? (void *)hf.data() : (void *)hb.data(), rows * cols * (as_f32 ? 4 : 2), cudaMemcpyHostToDevice));
-}
-
-// Copies rank R's piece of tensor t from src, the host's float32 tensor, to dst (matrices are bf16).
-static void put_piece(GPU *G, Rank *R, const Tensor *t, const float *src, void *dst) {
-    const Part *p = &R->p;
-    size_t n1 = t->n1, n2 = t->n2, H = G->c.n_heads, D = G->c.dim, f = ffn_width(&G->c, t->layer);
-    size_t w = f / G->K, f0 = (size_t)R->r * w, blocks;   // the FFN: w features of each block from f0
-    switch (gpu_split[t->kind]) {
-    case SPLIT_HEAD_ROWS: put(dst, src + p->hq0 * (n1 / H) * n2, p->hq * (n1 / H), n2, n2, t->f32); break;
-    case SPLIT_HEAD_SLICE:
-        for (int h = 0; h < p->ha; h++)
-            put((bf16 *)dst + h * n1 * p->dcs, src + (p->h0 + h) * n1 * n2 + p->shard * p->dcs, n1, p->dcs, n2, t->f32);
-        break;
-    case SPLIT_HEAD_COLUMNS: put(dst, src + p->hq0 * (n2 / H), n1, p->hq * (n2 / H), n2, t->f32); break;
-    case SPLIT_VOCAB_ROWS: put(dst, src + p->v0 * n2, p->nv, n2, n2, t->f32); break;
-    case SPLIT_W1_ROWS: case SPLIT_W3_ROWS:   // matrix a, block k: rows ((2a + 1 for W3) blocks + k) w of the piece
-        blocks = n1 / f;
-        for (int64_t a = 0; a < t->n0; a++)
-            for (size_t k = 0; k < blocks; k++)
-                put((bf16 *)dst + ((2 * a + (gpu_split[t->kind] == SPLIT_W3_ROWS)) * blocks + k) * w * D,
-                    src + (a * n1 + k * f + f0) * D, w, D, D, 0);
-        break;
-    case SPLIT_W2_COLUMNS: {   // matrix a (D, blocks*f), block k: columns (a blocks + k) w of the piece (D, n0*blocks*w)
-        blocks = n2 / f;
-        size_t cols = t->n0 * blocks * w;
-        std::vector<float> cat(D * cols);
-        for (int64_t a = 0; a < t->n0; a++)
-            for (size_t k = 0; k < blocks; k++)
-                for (size_t d = 0; d < D; d++) memcpy(&cat[d * cols + (a * blocks + k) * w], src + (a * D + d) * n2 + k * f + f0, w * 4);
-        put(dst, cat.data(), D, cols, cols, 0);
-        break;
-    }
-    default: put(dst, src, t->n0 * n1, n2, n2, t->f32);
-    }
-}
-
 static void upload_rank(GPU *G, Rank *R, const Model *m) {
     for (const Tensor &t : rank_tensors(G)) put_piece(G, R, &t, *tensor_slot((Model *)m, t.kind, t.layer), rank_weight(R, &t, NULL));
+}
+
+__device__ uint32_t hash32(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
+    return (uint32_t)x;
+}
+// Uniform random values in [-scale, scale) (never all zero), for the bench's weights (bf16; the router f32) and caches.
+template <class T> __global__ void fill_random_kernel(T *w, size_t n, float scale, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        w[i] = (T)(scale * (hash32(seed * 0x9E3779B97F4A7C15ull + i) * (2.0f / 4294967296.0f) - 1.0f));
+}
+__global__ void fill_kernel(float *w, size_t n, float v) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) w[i] = v;
+}
+template <class T> static void fill_random(T *w, size_t n, float scale, uint64_t seed, cudaStream_t st) {
+    if (n) fill_random_kernel<<<grid_for(n), 256, 0, st>>>(w, n, scale, seed);
+    LAUNCH_CHECK();
+}
+static void fill(float *w, size_t n, float v, cudaStream_t st) {
+    if (n) fill_kernel<<<grid_for(n), 256, 0, st>>>(w, n, v);
+    LAUNCH_CHECK();
 }
 
 // random weights for the bench: matrices uniform in +-1/sqrt(fan in) (the columns of the whole matrix), the
@@ -659,27 +730,6 @@ static void randomize_rank(GPU *G, Rank *R) {
         else if (t.f32) fill((float *)w, n, t.kind == T_BIAS ? 0.0f : 1.0f, R->st);
         else fill_random((bf16 *)w, n, 1.0f / sqrtf(t.kind == T_EMBED ? 1.0f : (float)t.n2), seed++, R->st);
     }
-}
-
-// ----------------------------------------------------------------------------
-// threads: every call runs fn on all ranks at once, one host thread per GPU
-
-typedef void (*RankFn)(GPU *G, Rank *R, void *arg);
-typedef struct { GPU *G; Rank *R; RankFn fn; void *arg; } Job;
-static void *job_main(void *p) {
-    Job *j = (Job *)p;
-    CUDA_CHECK(cudaSetDevice(j->R->dev));
-    j->fn(j->G, j->R, j->arg);
-    return NULL;
-}
-static void on_ranks(GPU *G, RankFn fn, void *arg) {
-    std::vector<pthread_t> t(G->nrank);
-    std::vector<Job> jobs(G->nrank);
-    for (int r = 0; r < G->nrank; r++) {
-        jobs[r] = Job{G, &G->rk[r], fn, arg};
-        if (pthread_create(&t[r], NULL, job_main, &jobs[r])) die("pthread_create failed");
-    }
-    for (int r = 0; r < G->nrank; r++) pthread_join(t[r], NULL);
 }
 
 // The GPUs tpla can use: the first ones that are Hopper (sm_90; the decode kernel is built for sm_90a).
@@ -808,376 +858,7 @@ void gpu_free(GPU *G) {
 void gpu_reset(GPU *G) { memset(G->lens, 0, G->B * sizeof(int)); }
 
 // ----------------------------------------------------------------------------
-// prefill and decode: the host fills the row tables, every rank runs the same forward
-
-typedef struct {
-    const int *tok, *rpos, *rseq, *lens;
-    int rows, prefill, seq, p0, max_cached, logit_rows, nlens;
-    float *logits;      // host (logit_rows, vocab), or NULL
-} Step;
-
-static void step_rank(GPU *G, Rank *R, void *arg) {
-    Step *s = (Step *)arg;
-    cudaStream_t st = R->st;
-    CUDA_CHECK(cudaMemcpyAsync(R->tok, s->tok, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->rpos, s->rpos, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->rseq, s->rseq, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->lens, s->lens, s->nlens * 4, cudaMemcpyHostToDevice, st));
-    forward_rank(G, R, s->rows, s->prefill, s->seq, s->p0, s->max_cached, s->logit_rows);
-    if (s->logits && s->logit_rows && R->p.nv)
-        CUDA_CHECK(cudaMemcpy2DAsync(s->logits + R->p.v0, (size_t)G->c.vocab * 4, R->logits, (size_t)R->p.nv * 4,
-                                     (size_t)R->p.nv * 4, s->logit_rows, cudaMemcpyDeviceToHost, st));
-    CUDA_CHECK(cudaStreamSynchronize(st));
-}
-
-void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all) {
-    if (b < 0 || b >= G->B) die("gpu_prefill: sequence %d of %d", b, G->B);
-    if (G->lens[b] + n > G->max_len) die("sequence %d: %d tokens, more than the %d positions allocated", b, G->lens[b] + n, G->max_len);
-    std::vector<int> pos(G->chunk), seq(G->chunk, b);
-    for (int done = 0; done < n;) {
-        int rows = std::min(G->chunk, n - done), last = done + rows == n;
-        for (int i = 0; i < rows; i++) pos[i] = G->lens[b] + i;
-        Step s = {tokens + done, pos.data(), seq.data(), G->lens, rows, 1, b, G->lens[b], G->lens[b] + rows,
-                  all ? rows : last, G->B, all ? logits + (size_t)done * G->c.vocab : (last ? logits : NULL)};
-        on_ranks(G, step_rank, &s);
-        G->lens[b] += rows;
-        done += rows;
-    }
-}
-
-void gpu_decode(GPU *G, const int *tokens, float *logits) {
-    std::vector<int> pos(G->B), seq(G->B), lens(G->B);
-    int mx = 0;
-    for (int b = 0; b < G->B; b++) {
-        if (G->lens[b] >= G->max_len) die("sequence %d is full (%d positions)", b, G->max_len);
-        pos[b] = G->lens[b]; seq[b] = b; lens[b] = G->lens[b] + 1; mx = std::max(mx, lens[b]);
-    }
-    Step s = {tokens, pos.data(), seq.data(), lens.data(), G->B, 0, 0, 0, mx, G->B, G->B, logits};
-    on_ranks(G, step_rank, &s);
-    for (int b = 0; b < G->B; b++) G->lens[b]++;
-}
-
-// ----------------------------------------------------------------------------
-// -m bench: decode steps at a fixed context on random weights and a random cache (README "Measured")
-
-typedef struct {
-    int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
-    double step_s, attn_s, idle;    // idle: see bench_rank
-    char moe[2048];
-} BenchRun;
-
-// bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
-static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
-static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
-
-// seconds per call of body(), timed with CUDA events on the rank's stream over reps calls after one
-// untimed call; graph_time: the same for body() captured once in a CUDA graph and replayed
-#define GRAPH_REPS 3
-template <class F> static double event_time(Rank *R, F body, int reps) {
-    cudaEvent_t e0, e1;
-    body();
-    CUDA_CHECK(cudaEventCreate(&e0)); CUDA_CHECK(cudaEventCreate(&e1));
-    CUDA_CHECK(cudaEventRecord(e0, R->st));
-    for (int i = 0; i < reps; i++) body();
-    CUDA_CHECK(cudaEventRecord(e1, R->st));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    CUDA_CHECK(cudaEventDestroy(e0)); CUDA_CHECK(cudaEventDestroy(e1));
-    return ms / 1e3 / reps;
-}
-template <class F> static double graph_time(Rank *R, F body, int reps = GRAPH_REPS) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaStreamBeginCapture(R->st, cudaStreamCaptureModeThreadLocal));
-    body();
-    CUDA_CHECK(cudaStreamEndCapture(R->st, &graph));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    double t = event_time(R, [&] { CUDA_CHECK(cudaGraphLaunch(exec, R->st)); }, reps);
-    CUDA_CHECK(cudaGraphExecDestroy(exec)); CUDA_CHECK(cudaGraphDestroy(graph));
-    return t;
-}
-
-// Where a MoE layer's time goes, for `rows` tokens on one GPU (x holds the last step's residual): the FFN
-// and each of its launches alone, per layer (each timed over all MoE layers, so that no layer's weights
-// are still in L2 when its turn comes), then the two expert products in both tile shapes, with the
-// experts' weight bytes per second and the products' flop rate. Text into out.
-static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
-    const Config *c = &G->c;
-    int E = c->n_experts, D = c->dim, tk = c->topk, l0 = c->first_dense, nl = c->n_layers - l0, def = moe_tile(c, rows);
-    size_t len = 0;
-    auto each = [&](auto body) { return graph_time(R, [&] { for (int l = l0; l < c->n_layers; l++) body(&R->lw[l], l); }) / nl * 1e6; };
-    double ffn = each([&](const LayerW *L, int l) { ffn_rank(G, R, L, l, rows); });
-    double norm = each([&](const LayerW *L, int) { add_rmsnorm(R, R->x, NULL, L->ffn_norm, R->xb, R->xn, rows, D, c->eps); });
-    double router = each([&](const LayerW *L, int) { moe_router(G, R, L, rows); });
-    double route = each([&](const LayerW *L, int) { moe_route(G, R, L, rows); });
-    double planned = each([&](const LayerW *, int l) { moe_plan(G, R, l, rows, moe_tiles[def].bn); });
-    double shared = each([&](const LayerW *L, int) { if (L->fk) dense_ffn(R, L, rows, D); });
-    double combine = each([&](const LayerW *L, int) { moe_combine(G, R, rows, L->fk > 0); });
-    std::vector<int> cnt(E);
-    CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts + (size_t)(c->n_layers - 1) * E, E * 4, cudaMemcpyDeviceToHost));
-    int used = 0;
-    for (int e = 0; e < E; e++) used += cnt[e] > 0;
-    double wb = used * expert_bytes(c, G->K), fl = 2.0 * rows * tk * 3 * (c->moe_inter / G->K) * D;
-    len += snprintf(out + len, cap - len, "    MoE layer alone, %d rows (us per layer): FFN %.1f = norm %.1f + router %.1f + route %.1f + plan %.1f"
-                    " + experts + shared %.1f + combine %.1f; %d of %d experts used\n", rows, ffn, norm, router, route, planned, shared,
-                    combine, used, E);
-    for (int i = 0; i < MOE_NTILES; i++) {
-        const MoeTile *T = &moe_tiles[i];
-        moe_plan(G, R, c->n_layers - 1, rows, T->bn);   // the routing of the last layer, planned for this shape
-        double up = each([&](const LayerW *L, int) { moe_product(G, R, L, rows, T, 1); });
-        double down = each([&](const LayerW *L, int) { moe_product(G, R, L, rows, T, 0); });
-        len += snprintf(out + len, cap - std::min(cap, len), "    experts in %3dx%-3d tiles: up %7.1f us, down %7.1f us: %5.0f GB/s, %5.1f TFLOP/s%s\n",
-                        T->bm, T->bn, up, down, wb / (up + down) / 1e3, fl / (up + down) / 1e6, i == def ? "; the one used" : "");
-    }
-}
-
-// one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
-static void bench_rank(GPU *G, Rank *R, void *arg) {
-    BenchRun *b = (BenchRun *)arg;
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
-    fill_random(R->cache, cache_n, 1.0f, 7 + R->r, R->st);
-    if (G->nrank < G->K) {   // rank bench: what the left-out collectives would bring, as random values
-        size_t nq = (size_t)G->rows * p->ha * (c->dn + c->dr), nv = (size_t)G->rows * p->ha * c->dv;
-        fill_random(R->qall, nq, 1.0f, 11, R->st);
-        fill_random(R->vown, nv, 1.0f, 12, R->st);
-    }
-    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
-    for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
-    CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(R->rpos, pos.data(), G->B * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(R->rseq, seq.data(), G->B * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(R->lens, lens.data(), G->B * 4, cudaMemcpyHostToDevice));
-    forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B);   // warm-up, outside the graph
-    double t = graph_time(R, [&] { forward_rank(G, R, G->B, 0, 0, 0, b->ctx + 1, G->B); }, b->steps);
-    // the attention kernels of every layer, timed alone (Q holds the last step's queries)
-    double attn = event_time(R, [&] {
-        for (int l = 0; l < c->n_layers; l++)
-            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
-                             p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
-    }, GRAPH_REPS);
-    if (R->r == 0) { b->step_s = t; b->attn_s = attn; }
-    if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
-        std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
-        CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
-        int idle = 0;
-        for (int l = 0; l < c->n_layers; l++)
-            for (int e = 0; e < c->n_experts && layer_is_moe(c, l); e++) idle += cnt[(size_t)l * c->n_experts + e] == 0;
-        b->idle = idle * expert_bytes(c, G->K);
-        if (b->breakdown && G->nrank == 1) moe_breakdown(G, R, G->B, b->moe, sizeof(b->moe));
-    }
-}
-
-// bytes a rank must hold: weights + cache for batch B at `len` positions (and the buffers)
-static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, int len, int dense, size_t *wbytes = NULL) {
-    GPU G;
-    memset(&G, 0, sizeof(G));
-    G.c = *c; G.s = *s; G.K = K; G.B = B; G.max_len = len; G.ffn = dense; G.chunk = 1; G.rows = B;
-    CUDA_CHECK(cudaDeviceGetAttribute(&G.sms, cudaDevAttrMultiProcessorCount, 0));
-    Rank R;
-    memset(&R, 0, sizeof(R));
-    R.r = r; R.p = make_part(c, s->g, K, r, s->split);
-    layout_rank(&G, &R);
-    free(R.lw);
-    if (wbytes) *wbytes = R.wbytes;
-    return R.used;
-}
-
-static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int len, int dense) {
-    size_t free_min = (size_t)-1;
-    for (int r = 0; r < nrank; r++) {
-        size_t f, t;
-        CUDA_CHECK(cudaSetDevice(r));
-        CUDA_CHECK(cudaMemGetInfo(&f, &t));
-        free_min = std::min(free_min, f);
-    }
-    size_t avail = free_min - std::min(free_min, LIB_RESERVE);
-    int lo = 0, hi = MAX_BATCH;
-    while (lo < hi) {   // the largest B whose every rank fits
-        int mid = (lo + hi + 1) / 2, ok = 1;
-        for (int r = 0; r < K && ok; r++) ok = rank_bytes(c, s, K, r, mid, len, dense) <= avail;
-        if (ok) lo = mid; else hi = mid - 1;
-    }
-    if (!lo) die("bench: not even one sequence of %d tokens fits next to the weights (%.1f GiB free per GPU)", len, free_min / 1073741824.0);
-    return lo;
-}
-
-static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown) {
-    GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
-    BenchRun b;
-    memset(&b, 0, sizeof(b));
-    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown;
-    on_ranks(G, bench_rank, &b);
-    gpu_free(G);
-    return b;
-}
-
-// the card's ceilings: device-to-device copy (bytes read + written) and a large bf16 matrix product
-static void measure_roofs(double *copy_bps, double *mm_flops) {
-    CUDA_CHECK(cudaSetDevice(0));
-    size_t n = 1ull << 30;
-    bf16 *a, *b;
-    CUDA_CHECK(cudaMalloc(&a, n)); CUDA_CHECK(cudaMalloc(&b, n));
-    fill_random(a, n / 2, 1.0f, 1, 0);
-    std::vector<double> t;
-    for (int i = 0; i < 12; i++) {
-        CUDA_CHECK(cudaDeviceSynchronize());
-        double t0 = now_s();
-        CUDA_CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-        CUDA_CHECK(cudaDeviceSynchronize());
-        if (i >= 2) t.push_back(now_s() - t0);
-    }
-    std::sort(t.begin(), t.end());
-    *copy_bps = 2.0 * n / t[t.size() / 2];
-    int N = 8192;
-    cublasHandle_t h;
-    CUBLAS_CHECK(cublasCreate(&h));
-    float *cc;
-    CUDA_CHECK(cudaMalloc(&cc, (size_t)N * N * 4));
-    fill_random(b, (size_t)N * N, 1.0f, 2, 0);
-    float al = 1, be = 0;
-    t.clear();
-    for (int i = 0; i < 8; i++) {
-        CUDA_CHECK(cudaDeviceSynchronize());
-        double t0 = now_s();
-        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &al, a, CUDA_R_16BF, N, b, CUDA_R_16BF, N, &be, cc,
-                                  CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        CUDA_CHECK(cudaDeviceSynchronize());
-        if (i >= 2) t.push_back(now_s() - t0);
-    }
-    std::sort(t.begin(), t.end());
-    *mm_flops = 2.0 * N * N * N / t[t.size() / 2];
-    CUBLAS_CHECK(cublasDestroy(h));
-    CUDA_CHECK(cudaFree(a)); CUDA_CHECK(cudaFree(b)); CUDA_CHECK(cudaFree(cc));
-}
-
-// The step's floor on one GPU: the larger of its memory time (weights read + cache read, at the copy
-// bandwidth) and its tensor time (projection and attention flops, at the matrix rate). MoE: the weights
-// read leave out the `idle` bytes of experts that no token of the step chose (from its routing), and
-// each token's flops count only its topk routed experts.
-// *rest gets the floor of the step without its attention kernel (weights only, projection flops only).
-static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
-                         double *cache_bytes, double *rest) {
-    Part p = make_part(c, s->g, K, 0, s->split);
-    size_t w;
-    rank_bytes(c, s, K, 0, 1, 1, dense, &w);
-    double wbytes = (double)w - (double)c->vocab * c->dim * 2;   // a step reads B rows of the embedding, not all
-    double ex = dense ? moe_layers(c) * expert_bytes(c, K) : 0;   // one routed expert of every MoE layer
-    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * p.Dk * 2;
-    double proj = 2.0 * B * ((wbytes - (c->n_experts - c->topk) * ex) / 2);
-    double flops = proj + 2.0 * B * p.ha * (double)(ctx + 1) * (p.Dk + p.dcs) * c->n_layers;
-    *rest = std::max((wbytes - idle) / bw, proj / fl);
-    return std::max((wbytes - idle + *cache_bytes) / bw, flops / fl);
-}
-
-static const char *ffn_name(const Config *c, int ffn) {
-    return !ffn ? "no" : !moe_layers(c) ? "dense" : "MoE (routed experts)";
-}
-
-// The paper's TPLA/MLA decode throughput (2 x H800, TP = 2, g = 2, MoE removed, largest batch), 0 elsewhere.
-static double paper_ratio(const char *name, int K, int g, int ctx) {
-    static const double v3[6] = {1.33, 1.38, 1.45, 1.57, 1.65, 1.79}, k2[6] = {1.28, 1.35, 1.51, 1.55, 1.76, 1.93};
-    const double *r = !strcmp(name, "dsv3") ? v3 : !strcmp(name, "kimik2") ? k2 : NULL;
-    for (int j = 0; r && K == 2 && g == 2 && j < 6; j++) if (ctx == 1024 << j) return r[j];
-    return 0;
-}
-
-void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int batch, const int *ctx, int nctx, int dense, int steps,
-               const char *name, const char *csv) {
-    int nrank = one_rank ? 1 : K;
-    cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    double bw, fl;
-    measure_roofs(&bw, &fl);
-    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, nrank, prop.name,
-           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, ffn_name(c, dense), tpla->g, tpla->split ? "split" : "replicated");
-    if (one_rank)
-        printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out\n", K);
-    printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
-           bw / 1e9, fl / 1e12);
-    FILE *f = fopen(csv, "w");
-    if (!f) die("%s: cannot write", csv);
-    fprintf(f, "shape,gpus,gpus_run,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
-    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
-           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
-    for (int i = 0; i < nctx; i++) {
-        int bm = batch ? batch : largest_batch(c, &MLA, K, nrank, ctx[i] + 1, dense);
-        int bt = batch ? batch : largest_batch(c, tpla, K, nrank, ctx[i] + 1, dense);
-        BenchRun r[3];
-        const Scheme *sc[3] = {&MLA, tpla, tpla};
-        int bs[3] = {bm, bt, bm};
-        double tps[3];
-        double pr = paper_ratio(name, K, tpla->g, ctx[i]);
-        for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
-            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
-            Part p = make_part(c, sc[k]->g, K, 0, sc[k]->split);
-            double cb, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &rest);
-            double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
-            double abw = cb / r[k].attn_s, atf = 2.0 * bs[k] * p.ha * (double)(ctx[i] + 1) * (p.Dk + p.dcs) * c->n_layers / r[k].attn_s;
-            tps[k] = bs[k] / r[k].step_s;
-            const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
-            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
-                   tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
-                   r[k].step_s / floor, rest_x, cb / 1e9);
-            if (k == 0) printf("%s", r[0].moe);   // the MoE layer's breakdown (empty without MoE)
-            fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, nrank, prop.name,
-                    ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
-                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x, k ? tps[1] / tps[0] : 1.0,
-                    k == 2 ? tps[2] / tps[0] : 0.0, pr);
-        }
-        if (bt == bm) tps[2] = tps[1];
-        printf("%6d TPLA/MLA throughput %.2fx (largest batch each), %.2fx at equal batch%s", ctx[i], tps[1] / tps[0], tps[2] / tps[0],
-               pr ? "" : "\n");
-        if (pr) printf("; paper %.2fx\n", pr);
-        fflush(stdout);
-    }
-    fclose(f);
-    printf("wrote %s\n", csv);
-}
-
-// -m bench -k N: the prefill of one N-token prompt (random ids, random weights), timed after one untimed
-// run, in the prefill chunks of the real path. Its floor on one GPU: every matrix product's flops at the
-// card's matmul rate (each token's projections and its topk routed experts, the causal half of the
-// attention scores and outputs, lm_head for the last token), or the weights read once at the copy
-// bandwidth, whichever is larger.
-void gpu_bench_prefill(const Config *c, const Scheme *s, int K, int n, int ffn, const char *name) {
-    cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    double bw, fl;
-    measure_roofs(&bw, &fl);
-    GPU *G = build(NULL, c, s, K, K, 1, n, ffn, prefill_chunk(c, n));
-    std::vector<int> tok(n);
-    for (int i = 0; i < n; i++) tok[i] = (int)(((long long)i * 7919 + 13) % c->vocab);
-    std::vector<float> logits(c->vocab);
-    gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);   // warm-up
-    double t = 1e30;
-    for (int rep = 0; rep < 2; rep++) {
-        gpu_reset(G);
-        double t0 = now_s();
-        gpu_prefill(G, 0, tok.data(), n, logits.data(), 0);
-        t = std::min(t, now_s() - t0);
-    }
-    int chunk = G->chunk;
-    char moe[2048] = "";
-    if (ffn && moe_layers(c) && G->nrank == 1) {
-        on_ranks(G, [](GPU *G2, Rank *R, void *out) { moe_breakdown(G2, R, G2->chunk, (char *)out, 2048); }, moe);
-    }
-    gpu_free(G);
-    Part p = make_part(c, s->g, K, 0, s->split);
-    size_t w;
-    rank_bytes(c, s, K, 0, 1, 1, ffn, &w);
-    double wbytes = (double)w - (double)c->vocab * c->dim * 2, lm = (double)p.nv * c->dim * 2;
-    double ex = ffn ? moe_layers(c) * expert_bytes(c, K) : 0;
-    double flops = n * (wbytes - lm - (c->n_experts - c->topk) * ex) + lm             // 2 flops per bf16 weight (2 bytes) per token
-                 + (double)n * (n + 1) * p.ha * (p.Dk + p.dcs) * c->n_layers;   // sum over t of 2 (t+1) (Dk + dcs) per head
-    double floor = std::max(flops / fl, wbytes / bw);
-    printf("bench %s prefill on %d x %s: %d tokens in chunks of %d, %s FFN; card: copy %.0f GB/s, bf16 matmul %.0f TFLOP/s\n", name,
-           K, prop.name, n, chunk, ffn_name(c, ffn), bw / 1e9, fl / 1e12);
-    printf("prefill %d tokens: %.2f ms, %.0f tok/s, %.1f TFLOP/s; floor %.2f ms (%.0f tok/s, %.1f TFLOP of products): %.2f x floor\n%s", n,
-           t * 1e3, n / t, flops / t / 1e12, floor * 1e3, n / floor, flops / 1e12, t / floor, moe);
-}
+// the decode attention kernel alone, on host arrays (for the tests)
 
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
                    float scale, float *O) {
@@ -1205,3 +886,7 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUDA_CHECK(cudaFree(dQ)); CUDA_CHECK(cudaFree(dC)); CUDA_CHECK(cudaFree(dO)); CUDA_CHECK(cudaFree(dl));
     CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse));
 }
+
+// ----------------------------------------------------------------------------
+// -m bench (README "Measured"), apart from the engine it times
+#include "cuda/bench.cuh"

@@ -20,6 +20,14 @@
 // synchronisation; this kernel reads the counts on the device and skips empty experts by never
 // numbering their tiles. One kernel serves decode and prefill, in tiles shaped for each (moe_tile).
 
+// The launches in their order, each kernel with its launcher (which owns its grid and its launch check).
+// First the router: logits (rows, E) of the float32 normalised x, in float32 (cuBLAS).
+static void moe_router(GPU *G, Rank *R, const LayerW *L, int rows) {
+    float one = 1.0f, zero = 0.0f;
+    int E = G->c.n_experts, D = G->c.dim;
+    CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E));
+}
+
 // Row r: its topk experts and their weights.
 __global__ void moe_route_kernel(Config c, const float *logits, const float *bias, int *topi, float *topw) {
     extern __shared__ float scratch[];   // 2E + n_group floats
@@ -27,6 +35,11 @@ __global__ void moe_route_kernel(Config c, const float *logits, const float *bia
     float w[GPU_MAX_TOPK];
     route(&c, logits + (size_t)row * c.n_experts, bias, scratch, idx, w);
     for (int k = 0; k < c.topk; k++) { topi[row * c.topk + k] = idx[k]; topw[row * c.topk + k] = w[k]; }
+}
+static void moe_route(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    moe_route_kernel<<<rows, 1, (2 * c->n_experts + c->n_group + 1) * sizeof(float), R->st>>>(*c, R->router, L->bias, R->topi, R->topw);
+    LAUNCH_CHECK();
 }
 
 // One block: n entries topi (rows*topk) -> off[0..E] first slot of each expert (off[E] = n), toff[0..E]
@@ -61,6 +74,12 @@ __global__ void __launch_bounds__(1024) moe_plan_kernel(const int *topi, int n, 
         int s = atomicAdd(&next[topi[i]], 1);
         perm[s] = i / topk; pos[i] = s;
     }
+}
+static void moe_plan(GPU *G, Rank *R, int l, int rows, int bn) {
+    const Config *c = &G->c;
+    moe_plan_kernel<<<1, 1024, 0, R->st>>>(R->topi, rows * c->topk, c->n_experts, c->topk, bn, R->off, R->perm, R->pos,
+                                           R->counts + (size_t)l * c->n_experts);
+    LAUNCH_CHECK();
 }
 
 // Grouped expert product on tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), A = weights,
@@ -204,16 +223,6 @@ moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const in
     }
 }
 
-// y[r] = (add ? y[r] : 0) + sum_k topw[r][k] eout[pos[r][k]]: the weighted routed outputs back in row order.
-__global__ void moe_combine_kernel(float *y, const float *eout, const float *topw, const int *pos, int topk, int D, int add) {
-    int r = blockIdx.x;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float s = add ? y[(size_t)r * D + d] : 0.0f;
-        for (int k = 0; k < topk; k++) s += topw[r * topk + k] * eout[(size_t)pos[r * topk + k] * D + d];
-        y[(size_t)r * D + d] = s;
-    }
-}
-
 // Tile shapes of the expert products (weight rows x slots). moe_tile picks one for a step of `rows`
 // tokens: 16 slots while experts get few tokens (decode: the product stays a read of the weights), 64
 // once they average 32 or more (prefill, large batches).
@@ -237,22 +246,14 @@ static void moe_product(GPU *G, Rank *R, const LayerW *L, int rows, const MoeTil
     LAUNCH_CHECK();
 }
 
-// the launches of a MoE layer (each owns its grid and its launch check)
-static void moe_router(GPU *G, Rank *R, const LayerW *L, int rows) {   // float32 router on the float32 normalised x
-    float one = 1.0f, zero = 0.0f;
-    int E = G->c.n_experts, D = G->c.dim;
-    CUBLAS_CHECK(cublasSgemm(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, rows, D, &one, L->gate, D, R->xn, D, &zero, R->router, E));
-}
-static void moe_route(GPU *G, Rank *R, const LayerW *L, int rows) {
-    const Config *c = &G->c;
-    moe_route_kernel<<<rows, 1, (2 * c->n_experts + c->n_group + 1) * sizeof(float), R->st>>>(*c, R->router, L->bias, R->topi, R->topw);
-    LAUNCH_CHECK();
-}
-static void moe_plan(GPU *G, Rank *R, int l, int rows, int bn) {
-    const Config *c = &G->c;
-    moe_plan_kernel<<<1, 1024, 0, R->st>>>(R->topi, rows * c->topk, c->n_experts, c->topk, bn, R->off, R->perm, R->pos,
-                                           R->counts + (size_t)l * c->n_experts);
-    LAUNCH_CHECK();
+// y[r] = (add ? y[r] : 0) + sum_k topw[r][k] eout[pos[r][k]]: the weighted routed outputs back in row order.
+__global__ void moe_combine_kernel(float *y, const float *eout, const float *topw, const int *pos, int topk, int D, int add) {
+    int r = blockIdx.x;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float s = add ? y[(size_t)r * D + d] : 0.0f;
+        for (int k = 0; k < topk; k++) s += topw[r * topk + k] * eout[(size_t)pos[r * topk + k] * D + d];
+        y[(size_t)r * D + d] = s;
+    }
 }
 static void moe_combine(GPU *G, Rank *R, int rows, int add) {
     moe_combine_kernel<<<rows, 256, 0, R->st>>>(R->y, R->eout, R->topw, R->pos, G->c.topk, G->c.dim, add);
