@@ -98,6 +98,8 @@ static void moe_plan(GPU *G, Rank *R, int l, int rows, int bn) {
 #define MOE_BK 64
 #define MOE_ST 4
 static size_t moe_smem(int bm, int bn) { return (size_t)MOE_ST * (bm + bn) * MOE_BK * 2; }
+// the features of a block tile: BM weight rows are the W1 and W3 rows of BM/2 features (UP), else BM W2 rows
+__host__ __device__ constexpr int moe_features(int bm, bool up) { return up ? bm / 2 : bm; }
 
 // ldmatrix: four (two) 8x8 bf16 matrices from shared memory; lane l gives the row address of matrix l / 8
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
@@ -119,7 +121,7 @@ __global__ void __launch_bounds__(128)
 moe_gemm_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ X, const int *__restrict__ perm, const int *__restrict__ off,
                 void *__restrict__ Y, int E, int D, int ik) {
     // MI m16 tiles per warp, NB n8 tiles, FB features per block tile
-    constexpr int BK = MOE_BK, ST = MOE_ST, MI = BM / 64, NB = BN / 8, FB = UP ? BM / 2 : BM;
+    constexpr int BK = MOE_BK, ST = MOE_ST, MI = BM / 64, NB = BN / 8, FB = moe_features(BM, UP);
     extern __shared__ __align__(16) char moe_smem_raw[];
     bf16 *As = (bf16 *)moe_smem_raw, *Bs = As + ST * BM * BK;   // [ST][BM][BK], [ST][BN][BK]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3, c = tid & 7;
@@ -239,7 +241,7 @@ static int moe_tile(const Config *c, int rows) { return rows * c->topk >= 32 * c
 static void moe_product(GPU *G, Rank *R, const LayerW *L, int rows, const MoeTile *T, int up) {
     const Config *c = &G->c;
     int E = c->n_experts, D = c->dim, n = rows * c->topk, per_sm = R->moe_blocks[T - moe_tiles][up];
-    int tiles = (n + T->bn - 1) / T->bn + std::min(E, n), fb = up ? T->bm / 2 : T->bm;   // tiles: at most
+    int tiles = (n + T->bn - 1) / T->bn + std::min(E, n), fb = moe_features(T->bm, up);   // tiles: at most
     int items = ((up ? L->ik : D) + fb - 1) / fb * tiles;
     (up ? T->up : T->down)<<<std::max(1, std::min(items, G->sms * per_sm)), 128, moe_smem(T->bm, T->bn), R->st>>>(
         up ? L->ew13 : L->ew2, up ? R->xb : R->eh, R->perm, R->off, up ? (void *)R->eh : (void *)R->eout, E, D, L->ik);
