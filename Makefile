@@ -58,7 +58,7 @@ run.o: run.c tpla.h unicode/classes.h .engine
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -c run.c -o run.o
 test.o: test.c run.c tpla.h unicode/classes.h .engine
 	$(CC) $(CFLAGS) $(OMP) $(ENGINE) -Wno-unused-function -Wno-format-truncation -c test.c -o test.o
-tpla.o: tpla.cu tpla.h nonccl/nccl.h .nvccflags
+tpla.o: tpla.cu cuda/*.cuh tpla.h nonccl/nccl.h .nvccflags
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wall -c tpla.cu -o tpla.o
 convert: convert.c tpla.h
 	$(CC) $(CFLAGS) convert.c -o convert -lm

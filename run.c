@@ -42,20 +42,6 @@ static void tensor_to_f32(const Model *m, const Tensor *t, float *dst) {
     else for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, src + 2 * i, 2); dst[i] = bf16_to_f32(h); }
 }
 
-static float **tensor_slot(Model *m, int kind, int layer) {
-    Layer *L = layer >= 0 ? &m->layers[layer] : NULL;
-    switch (kind) {
-    case T_EMBED: return &m->embed;       case T_NORM: return &m->norm;      case T_LM_HEAD: return &m->lm_head;
-    case T_ATTN_NORM: return &L->attn_norm; case T_WQ_A: return &L->wq_a;  case T_Q_NORM: return &L->q_norm;
-    case T_WQ_B: return &L->wq_b;         case T_WQ: return &L->wq;          case T_WKV_A: return &L->wkv_a;
-    case T_KV_NORM: return &L->kv_norm;   case T_WKV_B: return &L->wkv_b;    case T_WO: return &L->wo;
-    case T_FFN_NORM: return &L->ffn_norm; case T_W1: return &L->w1;          case T_W2: return &L->w2;
-    case T_W3: return &L->w3;             case T_GATE: return &L->gate;      case T_BIAS: return &L->bias;
-    case T_EW1: return &L->ew1;           case T_EW2: return &L->ew2;        case T_EW3: return &L->ew3;
-    case T_SW1: return &L->sw1;           case T_SW2: return &L->sw2;        default: return &L->sw3;
-    }
-}
-
 // Reads one tensor of the checkpoint again (the transforms re-fold the attention weights from the file).
 static void reload_tensor(Model *m, int kind, int layer) {
     int n = tensor_layout(&m->c, NULL, NULL);
@@ -154,11 +140,24 @@ static void rope(const Config *c, const float *inv, float *x, int pos) {
 // the CPU engine's state: activations and the latent cache
 
 typedef struct {
-    float *x, *xb, *q, *kv, *qa, *o, *v, *y, *h1, *h3, *ffn, *router, *logits, *att;
-    float *o_r, *lse_r; // (max_len, dc), (max_len): DCP rank r's partial o^r and lse^r (a rank with a token: r < max_len)
+    float *x;      // (D): the residual stream
+    float *xb;     // (D): rmsnorm(x) times the norm's weight, the projections' input
+    float *q;      // (H, dn+dr) then (q_lora): q of every head, then the q LoRA's latent
+    float *kv;     // (dc+dr): W_DKV xb, the latent then the rope key (normalised, roped, then cached)
+    float *qa;     // (dc): one head's absorbed query W_UK^h^T q_nope_h
+    float *o;      // (dc): one head's attention output, each shard's slice S_i from its own softmax
+    float *att;    // (max_len): one head's scores, then their softmax
+    float *v;      // (H, dv): v_h = W_UV^h o of every head
+    float *y;      // (D): W_O v; in the FFN, one SwiGLU MLP's output
+    float *h1, *h3;// (the widest MLP: inter, or n_shared * moe_inter): W1 x and W3 x, then h1 = SwiGLU
+    float *ffn;    // (D): the FFN's output, summed over its MLPs
+    float *router; // (E): the router's logits
+    float *logits; // (vocab)
+    float *o_r;    // (max_len, dc): DCP rank r's partial o^r (a rank with a token: r < max_len)
+    float *lse_r;  // (max_len): DCP rank r's lse^r
     float *lat;    // (n_layers, max_len, dc): the cached latent, transformed and normalised
     float *kpe;    // (n_layers, max_len, dr): the cached rope key
-    float *inv_freq;
+    float *inv_freq; // (dr/2): the rope's inverse frequencies
     int max_len;
 } State;
 

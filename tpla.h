@@ -90,13 +90,43 @@ typedef struct {
 } Config;
 
 // ----------------------------------------------------------------------------
-// tensor layout: the one place that says which tensors a checkpoint holds and in which order.
+// the weights: one table that the checkpoint's layout (tensor_layout), the CPU loader (tensor_slot) and the
+// GPU engine's placement (a rank's layout, upload and random fill) all read. A row is a tensor, in the
+// checkpoint's order: its kind; where it is, FIRST (before the layers), LAYER (in every layer that has it)
+// or LAST (after them); its field in Model or Layer; f32: 1 if stored as float32, 0 as bf16; its shape
+// (n0, n1, n2), from c and D, H, E, I, S = n_shared * I; has: whether layer l has it (moe: l is a MoE
+// layer); on the GPU, ON_GPU(holder, field, split): the field of the rank (R) or of its layer (L) that
+// holds a GPU's piece of it, and how the GPUs split it (rank_piece in tpla.cu), or HOST_ONLY.
+#define TPLA_TENSORS(X) \
+    X(T_EMBED,     FIRST, embed,     0, 1, c->vocab,            D,         1,          ON_GPU(R, embed, REPLICATED))     \
+    X(T_ATTN_NORM, LAYER, attn_norm, 1, 1, 1,                   D,         1,          ON_GPU(L, attn_norm, REPLICATED)) \
+    X(T_WQ_A,      LAYER, wq_a,      0, 1, c->q_lora,           D,         c->q_lora,  ON_GPU(L, wq_a, REPLICATED))      \
+    X(T_Q_NORM,    LAYER, q_norm,    1, 1, 1,                   c->q_lora, c->q_lora,  ON_GPU(L, q_norm, REPLICATED))    \
+    X(T_WQ_B,      LAYER, wq_b,      0, 1, H * (c->dn + c->dr), c->q_lora, c->q_lora,  ON_GPU(L, wq, HEAD_ROWS))         \
+    X(T_WQ,        LAYER, wq,        0, 1, H * (c->dn + c->dr), D,         !c->q_lora, ON_GPU(L, wq, HEAD_ROWS))         \
+    X(T_WKV_A,     LAYER, wkv_a,     0, 1, c->dc + c->dr,       D,         1,          ON_GPU(L, wkv_a, REPLICATED))     \
+    X(T_KV_NORM,   LAYER, kv_norm,   1, 1, 1,                   c->dc,     1,          HOST_ONLY)                        \
+    X(T_WKV_B,     LAYER, wkv_b,     0, H, c->dn + c->dv,       c->dc,     1,          ON_GPU(L, wkv_b, HEAD_SLICE))     \
+    X(T_WO,        LAYER, wo,        0, 1, D,                   H * c->dv, 1,          ON_GPU(L, wo, HEAD_COLUMNS))      \
+    X(T_FFN_NORM,  LAYER, ffn_norm,  1, 1, 1,                   D,         1,          ON_GPU(L, ffn_norm, REPLICATED))  \
+    X(T_W1,        LAYER, w1,        0, 1, c->inter,            D,         !moe,       ON_GPU(L, w13, W1_ROWS))          \
+    X(T_W2,        LAYER, w2,        0, 1, D,                   c->inter,  !moe,       ON_GPU(L, w2, W2_COLUMNS))        \
+    X(T_W3,        LAYER, w3,        0, 1, c->inter,            D,         !moe,       ON_GPU(L, w13, W3_ROWS))          \
+    X(T_GATE,      LAYER, gate,      1, 1, E,                   D,         moe,        ON_GPU(L, gate, ROUTER))          \
+    X(T_BIAS,      LAYER, bias,      1, 1, 1,                   E,         moe,        ON_GPU(L, bias, ROUTER))          \
+    X(T_EW1,       LAYER, ew1,       0, E, I,                   D,         moe,        ON_GPU(L, ew13, W1_ROWS))         \
+    X(T_EW2,       LAYER, ew2,       0, E, D,                   I,         moe,        ON_GPU(L, ew2, W2_COLUMNS))       \
+    X(T_EW3,       LAYER, ew3,       0, E, I,                   D,         moe,        ON_GPU(L, ew13, W3_ROWS))         \
+    X(T_SW1,       LAYER, sw1,       0, 1, S,                   D,         moe && S,   ON_GPU(L, w13, W1_ROWS))          \
+    X(T_SW2,       LAYER, sw2,       0, 1, D,                   S,         moe && S,   ON_GPU(L, w2, W2_COLUMNS))        \
+    X(T_SW3,       LAYER, sw3,       0, 1, S,                   D,         moe && S,   ON_GPU(L, w13, W3_ROWS))          \
+    X(T_NORM,      LAST,  norm,      1, 1, 1,                   D,         1,          ON_GPU(R, norm, REPLICATED))      \
+    X(T_LM_HEAD,   LAST,  lm_head,   0, 1, c->vocab,            D,         1,          ON_GPU(R, lm_head, VOCAB_ROWS))
 
-enum {
-    T_EMBED, T_ATTN_NORM, T_WQ_A, T_Q_NORM, T_WQ_B, T_WQ, T_WKV_A, T_KV_NORM, T_WKV_B, T_WO,
-    T_FFN_NORM, T_W1, T_W2, T_W3, T_GATE, T_BIAS, T_EW1, T_EW2, T_EW3, T_SW1, T_SW2, T_SW3,
-    T_NORM, T_LM_HEAD, T_KINDS
-};
+#define TPLA_KIND(kind, ...) kind,
+enum { TPLA_TENSORS(TPLA_KIND) T_KINDS };
+#undef TPLA_KIND
+enum { AT_FIRST, AT_LAYER, AT_LAST };
 
 typedef struct {
     int kind, layer;      // T_*, layer index (-1 for embed, norm, lm_head)
@@ -111,45 +141,16 @@ static inline int layer_is_moe(const Config *c, int l) { return c->n_experts > 0
 static inline int tensor_layout(const Config *c, Tensor *t, uint64_t *bytes) {
     int n = 0;
     uint64_t off = 0;
-    int64_t D = c->dim, H = c->n_heads, E = c->n_experts, I = c->moe_inter;
-#define ADD(k, l, isf32, a, b, cc) do { \
-        if (t) { t[n].kind = k; t[n].layer = l; t[n].f32 = isf32; t[n].n0 = a; t[n].n1 = b; t[n].n2 = cc; t[n].off = off; } \
-        off += (((uint64_t)(a) * (b) * (cc) * ((isf32) ? 4 : 2)) + 63) & ~(uint64_t)63; n++; } while (0)
-    ADD(T_EMBED, -1, 0, 1, c->vocab, D);
-    for (int l = 0; l < c->n_layers; l++) {
-        ADD(T_ATTN_NORM, l, 1, 1, 1, D);
-        if (c->q_lora) {
-            ADD(T_WQ_A, l, 0, 1, c->q_lora, D);
-            ADD(T_Q_NORM, l, 1, 1, 1, c->q_lora);
-            ADD(T_WQ_B, l, 0, 1, H * (c->dn + c->dr), c->q_lora);
-        } else {
-            ADD(T_WQ, l, 0, 1, H * (c->dn + c->dr), D);
-        }
-        ADD(T_WKV_A, l, 0, 1, c->dc + c->dr, D);
-        ADD(T_KV_NORM, l, 1, 1, 1, c->dc);
-        ADD(T_WKV_B, l, 0, H, c->dn + c->dv, c->dc);
-        ADD(T_WO, l, 0, 1, D, H * c->dv);
-        ADD(T_FFN_NORM, l, 1, 1, 1, D);
-        if (!layer_is_moe(c, l)) {
-            ADD(T_W1, l, 0, 1, c->inter, D);
-            ADD(T_W2, l, 0, 1, D, c->inter);
-            ADD(T_W3, l, 0, 1, c->inter, D);
-        } else {
-            ADD(T_GATE, l, 1, 1, E, D);
-            ADD(T_BIAS, l, 1, 1, 1, E);
-            ADD(T_EW1, l, 0, E, I, D);
-            ADD(T_EW2, l, 0, E, D, I);
-            ADD(T_EW3, l, 0, E, I, D);
-            if (c->n_shared) {
-                ADD(T_SW1, l, 0, 1, c->n_shared * I, D);
-                ADD(T_SW2, l, 0, 1, D, c->n_shared * I);
-                ADD(T_SW3, l, 0, 1, c->n_shared * I, D);
-            }
-        }
-    }
-    ADD(T_NORM, -1, 1, 1, 1, D);
-    ADD(T_LM_HEAD, -1, 0, 1, c->vocab, D);
+    int64_t D = c->dim, H = c->n_heads, E = c->n_experts, I = c->moe_inter, S = c->n_shared * I;
+    for (int l = -1; l <= c->n_layers; l++) {   // -1: the tensors before the layers; n_layers: those after
+        int at = l < 0 ? AT_FIRST : l < c->n_layers ? AT_LAYER : AT_LAST, moe = at == AT_LAYER && layer_is_moe(c, l);
+#define ADD(k, where, field, isf32, a, b, cc, has, gpu) \
+        if (AT_##where == at && (has)) { \
+            if (t) { t[n].kind = k; t[n].layer = at == AT_LAYER ? l : -1; t[n].f32 = isf32; t[n].n0 = a; t[n].n1 = b; t[n].n2 = cc; t[n].off = off; } \
+            off += (((uint64_t)(a) * (b) * (cc) * ((isf32) ? 4 : 2)) + 63) & ~(uint64_t)63; n++; }
+        TPLA_TENSORS(ADD)
 #undef ADD
+    }
     if (bytes) *bytes = off;
     return n;
 }
@@ -371,6 +372,21 @@ typedef struct {
     const uint8_t *file;        // the mmapped checkpoint
     size_t file_size;
 } Model;
+
+// The field that holds tensor `kind` of `layer` (-1: the model's own) on the host.
+static inline float **tensor_slot(Model *m, int kind, int layer) {
+    Layer *L = layer >= 0 ? &m->layers[layer] : NULL;
+#define HOLDER_FIRST m
+#define HOLDER_LAYER L
+#define HOLDER_LAST m
+#define SLOT(k, where, field, ...) case k: return &HOLDER_##where->field;
+    switch (kind) { TPLA_TENSORS(SLOT) }
+#undef SLOT
+#undef HOLDER_FIRST
+#undef HOLDER_LAYER
+#undef HOLDER_LAST
+    return NULL;
+}
 
 // ----------------------------------------------------------------------------
 // how to decode: MLA, TPLA with g latent shards (README "The TPLA step") or DCP with K token shards

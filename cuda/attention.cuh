@@ -1,0 +1,575 @@
+// cuda/attention.cuh: the decode attention kernel of tpla.cu (flash-decoding on Hopper tensor cores; README
+// "The decode attention kernel"), whole in one place: what it computes, its tile shape (one definition
+// for the kernel and the host), its PTX helpers, the kernel, the merge of its splits and its launch.
+// Included by tpla.cu, after the CUDA headers, tpla.h and the bf16 type.
+//
+// Q (rows, ha, Dk) and each cached token c = [latent slice (dcs) | rope key (dr)] share a layout, so
+// with Dk = dcs + dr:  S = Q K^T over Dk,  P = online softmax of S,  O += P V  with V = the first dcs
+// columns of the same cached tile. A block takes the heads of one head tile of one sequence over one
+// split of its cached tokens, in tiles of TC = 64 tokens. Both products are Hopper warpgroup MMAs
+// (wgmma, bf16 in, f32 accumulators): S (m64n64k16 steps) reads Q and the tile from shared memory; P V
+// (one m64n(64 NJ)k16 per 16 tokens) takes P from registers (the accumulator layout of S is the A
+// layout) and reads V from the same tile, transposed. Tiles arrive by the tensor-memory accelerator (TMA: one thread issues a 64 x 64 box per
+// 64 columns; an mbarrier per stage counts the bytes) into a ring of `stages` buffers; the warpgroup
+// that frees a stage last refills it, so the two warpgroups of a block never wait for each other
+// except where the mode below makes them.
+// Shared operands use the 128-byte swizzle: a matrix is stored as blocks of 64 columns; in a block,
+// row r is 128 bytes whose 16-byte chunk c sits at position c ^ (r % 8) (no bank conflicts).
+//
+// Two warpgroups of 128 threads, in one of three modes:
+//   HEADS  (slice <= 256, more than 64 heads): warpgroup w owns heads 64w.. of a 128-head tile; both
+//          read every cached tile.
+//   STREAM (slice <= 256, 64 heads or fewer): both own the same heads; warpgroup w takes tiles w, w+2,
+//          .. with its own softmax, and the two results are merged at the end through shared memory.
+//   SPLITK (slice 257..512, 64 heads): one 64 x 512 output is too large for one warpgroup's registers,
+//          so warpgroup w owns output columns 256w..256w+255. Both compute half of S for every tile
+//          (columns 0..287 and 288..575 of the cached token; the last 64 of Q from registers, since
+//          Q, two tiles and the exchange buffer fill shared memory); warpgroup 1 hands its half to 0
+//          through shared memory, 0 adds, takes the softmax and hands P back. (Splitting the softmax
+//          between the two, with three exchanges a tile, measured 4-10% slower.)
+// In HEADS mode each warpgroup issues the S of its next tile before the softmax of the current one, so
+// the tensor cores work on S(i+1) while the softmax of tile i runs.
+// Cache slots past a sequence's length never count: their scores are -inf, and the rows of the last
+// tile past the length are zeroed in shared memory before P V (they may hold anything, NaN too).
+// Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits.
+
+#define TC 64                      // cached tokens per tile
+#define SMEM_BLOCK (227 * 1024)    // the shared memory one block may use on Hopper
+#define LOG2E 1.4426950408889634f
+enum { ATT_HEADS, ATT_STREAM, ATT_SPLITK };
+enum { BAR_SREADY = 1, BAR_PREADY = 2, BAR_WG = 3, BAR_END = 5 };   // named barriers (0 is __syncthreads)
+
+// The kernel's tile shape, one definition for the kernel and the host (attention_shape): sizes of the
+// instance <MODE, NJ, NB>, NJ 64-column blocks of O per warpgroup, NB 64-column boxes of a cached token.
+template <int MODE, int NJ, int NB> struct AttnTile {
+    static constexpr int HB = MODE == ATT_HEADS ? 128 : 64;        // heads (rows of Q) per block
+    static constexpr int QB = MODE == ATT_SPLITK ? 8 : NB - 1;     // Q's last 64-column box (the rope key's) ..
+    static constexpr bool QR = MODE != ATT_STREAM;                 // .. is held in registers (HEADS, SPLITK)
+    static constexpr int DQ = QR ? QB * 64 : NB * 64;              // columns of Q in shared memory
+    static constexpr int DKP = NB * 64;                            // columns of a tile
+    static constexpr int XS = MODE == ATT_SPLITK ? 32 * 128 : 0;   // SPLITK: floats handing over S, then P ..
+    static constexpr int XM = MODE == ATT_SPLITK ? 512 : 0;        // .. and the final m and l
+    // shared memory: Q and the hand-over buffers, then per stage a tile, an mbarrier and a counter
+    static constexpr size_t fixed = (size_t)HB * DQ * 2 + (size_t)(XS + XM) * 4, stage = (size_t)TC * DKP * 2 + 16;
+};
+
+// ---- PTX helpers: shared-memory addresses, mbarriers, the TMA, wgmma
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }   // generic writes -> TMA/wgmma
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void mbar_init(uint64_t *b) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" :: "r"(smem_u32(b))); }
+__device__ __forceinline__ void mbar_expect(uint64_t *b, uint32_t bytes) {   // the producer's arrival: bytes to come
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *b, int parity) {
+    uint32_t done;
+    do asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                    : "=r"(done) : "r"(smem_u32(b)), "r"(parity) : "memory");
+    while (!done);
+}
+// one box of the tensor map (columns x.., rows y..) into shared memory, counted on mbarrier b; the cache
+// is read once, so it is marked first to leave L2
+__device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, int x, int y, uint64_t *b) {
+    asm volatile("{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+                 "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], pol;\n}\n"
+                 :: "r"(smem_u32(dst)), "l"((uint64_t)map), "r"(x), "r"(y), "r"(smem_u32(b)) : "memory");
+}
+// element offset of (row r, column k) in a swizzled matrix of `rows` rows (see above)
+__device__ __forceinline__ int swz(int r, int k, int rows) {
+    return (k >> 6) * rows * 64 + r * 64 + ((((k >> 3) & 7) ^ (r & 7)) << 3) + (k & 7);
+}
+// wgmma shared-memory descriptor of a 128-byte-swizzled operand: start address, leading byte offset
+// (between 64-column blocks; read for the transposed operand only), stride byte offset 1024 (8 rows)
+__device__ __forceinline__ uint64_t wg_desc(const void *p, uint32_t lbo) {
+    return (uint64_t)((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 | 1ull << 62;
+}
+#define WG_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
+#define WG_REGS32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+                  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define WG_R32 "{" WG_REGS32 "}"
+// d (64 x 64, f32) = (acc ? d : 0) + A (64 x 16) B (16 x 64): A and B^T row-major in shared memory
+__device__ __forceinline__ void wgmma_ss(float *d, uint64_t a, uint64_t b, int acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : WG_D32 : "l"(a), "l"(b), "r"(acc));
+#endif
+}
+// d (64 x 64, f32) = (acc ? d : 0) + A (64 x 16, registers) B (16 x 64): B^T row-major in shared memory
+__device__ __forceinline__ void wgmma_rs(float *d, const uint32_t *a, uint64_t b, int acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#endif
+}
+// O (64 x 64 NJ, f32) += P (64 x 16, registers) V (16 x 64 NJ): V row-major in shared memory, read
+// transposed; one instruction for all of a warpgroup's output columns (the accumulator layout is that of
+// NJ 64 x 64 tiles side by side, so o[NJ][32] is one operand)
+#define WG_REGS64 WG_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+                  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_REGS128 WG_REGS64 ", " \
+                   "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+                   "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+                   "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+                   "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define WG_OUT64 WG_D32, WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+#define WG_OUT128 WG_OUT64, WG_D8(64), WG_D8(72), WG_D8(80), WG_D8(88), WG_D8(96), WG_D8(104), WG_D8(112), WG_D8(120)
+template <int NJ> __device__ __forceinline__ void wgmma_pv(float *d, const uint32_t *a, uint64_t b);
+#define WG_PV(NJ, N, REGS, OUTS, A0, A1, A2, A3, B)                                                              \
+    template <> __device__ __forceinline__ void wgmma_pv<NJ>(float *d, const uint32_t *a, uint64_t b) {          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                               \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" REGS "}, "                     \
+                     "{%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B ", p, 1, 1, 1;\n}\n"                      \
+                     : OUTS : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                              \
+    }
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+WG_PV(1, 64, WG_REGS32, WG_D32, 32, 33, 34, 35, 36)
+WG_PV(2, 128, WG_REGS64, WG_OUT64, 64, 65, 66, 67, 68)
+WG_PV(4, 256, WG_REGS128, WG_OUT128, 128, 129, 130, 131, 132)
+#else
+template <int NJ> __device__ __forceinline__ void wgmma_pv(float *, const uint32_t *, uint64_t) {}
+#endif
+#undef WG_PV
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void keep(float *d) {   // the compiler must not move d across a wgmma
+    #pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ float ex2(float x) {   // 2^x; 0 for -inf
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+// The online softmax of a 64 x 64 score tile, on elements [K0, K1) of this thread's 32 (element k: row
+// (k >> 1) & 1, token 8(k >> 2) + 2(lane % 4) + k % 2 of the tile); log2 units. Maxima and sums are
+// trees (four accumulators), not chains: the softmax is on the critical path.
+template <int K0, int K1> __device__ __forceinline__ void mask_tail(float *sv, int t0, int t_end, int lane) {
+    if (t0 + TC <= t_end) return;            // only the last tile of a split has slots past the end
+    #pragma unroll
+    for (int k = K0; k < K1; k++)
+        if (t0 + (k >> 2) * 8 + (lane & 3) * 2 + (k & 1) >= t_end) sv[k] = -INFINITY;
+}
+template <int K0, int K1> __device__ __forceinline__ void row_max(const float *sv, float *mx) {
+    float a[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    #pragma unroll
+    for (int k = K0; k < K1; k++) a[k & 3] = fmaxf(a[k & 3], sv[k]);
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {            // a[2r], a[2r+1] hold row r; then over the quad
+        mx[r] = fmaxf(a[2 * r], a[2 * r + 1]);
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+    }
+}
+// the running maxima m (log2 units) take the tile's row maxima mx; alpha rescales what came before
+__device__ __forceinline__ void new_max(const float *mx, float *m, float *alpha, float scale_log2) {
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float m_new = fmaxf(m[r], mx[r] * scale_log2);   // finite: every tile has a valid token
+        alpha[r] = ex2(m[r] - m_new);                    // 0 on the first tile
+        m[r] = m_new;
+    }
+}
+// sv = 2^(sv scale - m), and the running row sums l (this thread's share; over the quad at the end)
+template <int K0, int K1> __device__ __forceinline__ void exp_rows(float *sv, const float *m, float *l, const float *alpha, float scale_log2) {
+    float a[4] = {0, 0, 0, 0};
+    #pragma unroll
+    for (int k = K0; k < K1; k++) { sv[k] = ex2(fmaf(sv[k], scale_log2, -m[(k >> 1) & 1])); a[k & 3] += sv[k]; }
+    #pragma unroll
+    for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + (a[2 * r] + a[2 * r + 1]);
+}
+// P as the A operand of P V: k step j (tokens 16j..16j+15) is elements 8j..8j+7, two bf16 a register
+template <int K0, int K1> __device__ __forceinline__ void pack_p(const float *sv, uint32_t (*p)[4]) {
+    #pragma unroll
+    for (int j = K0 / 8; j < K1 / 8; j++) {
+        const float *x = sv + 8 * j;
+        p[j][0] = pack_bf16(x[0], x[1]); p[j][1] = pack_bf16(x[2], x[3]);
+        p[j][2] = pack_bf16(x[4], x[5]); p[j][3] = pack_bf16(x[6], x[7]);
+    }
+}
+
+// ---- the kernel
+// Accumulator layout of a 64 x 64 wgmma tile (warp w of the warpgroup, lane l): element d[4j + e] is row
+// 16w + l/4 + 8(e/2), column 8j + 2(l%4) + e%2. Thread t of either warpgroup owns the same rows.
+
+template <int MODE, int NJ, int NB>
+__global__ void __launch_bounds__(256, 1)
+decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
+                        const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
+                        int Dk, int stages, int max_len, int chunk, float scale_log2) {
+    typedef AttnTile<MODE, NJ, NB> Tile;                    // the sizes, shared with the host
+    constexpr int HB = Tile::HB, QB = Tile::QB, DQ = Tile::DQ, DKP = Tile::DKP;
+    constexpr bool QR = Tile::QR;
+    extern __shared__ __align__(1024) char smem[];
+    bf16 *Qs = (bf16 *)smem;                                 // HB x DQ, swizzled
+    bf16 *Ks = Qs + HB * DQ;                                 // [stages][TC x DKP], swizzled
+    float *X = (float *)(Ks + stages * TC * DKP);            // SPLITK: S of warpgroup 1, then P, [32][128]
+    float *Xm = X + Tile::XS;                                // SPLITK: final m and l, [4][128]
+    uint64_t *full = (uint64_t *)(Xm + Tile::XM);            // [stages]: the stage's tile has landed
+    int *freed = (int *)(full + stages);                     // [stages]: warpgroups done with the stage's tile
+
+    // (the warpgroup index through a shuffle: the compiler then knows it is the same in a warp)
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffff, tid >> 7, 0), t = tid & 127, lane = tid & 31, warp = t >> 5;
+    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z;
+    const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
+    const int ntiles = t_begin < t_end ? (t_end - t_begin + TC - 1) / TC : 0;
+    const size_t so = (size_t)b * gridDim.z + split;         // this split's output slot
+    if (ntiles == 0) {                       // nothing to attend to: weight zero in the merge
+        for (int h = tid; h < HB; h += 256) if (h_base + h < ha) lse[so * ha + h_base + h] = -INFINITY;
+        return;
+    }
+    if (smem_u32(smem) & 1023) __trap();     // swizzle atoms need 1024-byte alignment
+
+    // the tiles of this warpgroup, and who reads each tile
+    const int first = MODE == ATT_STREAM ? wg : 0, step = MODE == ATT_STREAM ? 2 : 1, readers = MODE == ATT_STREAM ? 1 : 2;
+    const int kbox = (Dk + 63) / 64;         // 64-column boxes of a cached token (the TMA zero-fills past Dk)
+    auto load_tile = [&](int i) {            // tile i into stage i % stages
+        int s = i % stages;
+        mbar_expect(&full[s], kbox * TC * 128);
+        for (int c = 0; c < kbox; c++)
+            tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, row0 + b * max_len + t_begin + i * TC, &full[s]);
+    };
+    if (tid == 0) {
+        for (int s = 0; s < stages; s++) { mbar_init(&full[s]); freed[s] = 0; }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");   // seen by the TMA
+    }
+    // tile columns past the boxes (read by wgmma, never written by the TMA) are zeros
+    for (int k = tid; k < stages * (NB - kbox) * TC * 8; k += 256) {
+        int per = (NB - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
+        *(uint4 *)(Ks + st * TC * DKP + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
+    }
+    // Q (zero rows past ha, zero columns past Dk), by every thread
+    for (int r = tid >> 5; r < HB; r += 8)
+        for (int c = lane; c < DQ / 8; c += 32) {
+            int ok = h_base + r < ha && c < Dk / 8;
+            cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
+        }
+    cp_commit();
+    cp_wait_all();
+    fence_async();
+    __syncthreads();
+    if (tid == 0)
+        for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
+
+    // Q's box QB as A operands of 4 k steps (accumulator layout, two bf16 a register), straight from
+    // global memory: it leaves room for one more tile (HEADS) or the exchange buffer (SPLITK)
+    const int qrow = MODE == ATT_HEADS ? 64 * wg : 0;        // this warpgroup's first row of Q
+    uint32_t qr[4][4];
+    if (QR) {
+        #pragma unroll
+        for (int k = 0; k < 4; k++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int h = h_base + qrow + warp * 16 + lane / 4 + 8 * (e & 1), col = QB * 64 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
+                bool use = (MODE == ATT_HEADS || wg == 1) && h < ha && col < Dk;
+                qr[k][e] = use ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
+            }
+    }
+
+    // S(i) = Q K^T over this warpgroup's columns, issued (it completes at the next wgmma_wait)
+    const uint64_t dq = wg_desc(Qs + qrow * 64, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
+    auto issue_S = [&](float *d, int i) {
+        int s = i % stages;
+        mbar_wait(&full[s], (i / stages) & 1);
+        const uint64_t kb = dk + s * TC * DKP / 8;           // descriptors advance in units of 16 bytes
+        keep<32>(d);
+        if (MODE != ATT_SPLITK) {
+            wgmma_fence();
+            #pragma unroll
+            for (int k = 0; k < DQ / 16; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+            if (QR)
+                #pragma unroll
+                for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
+            wgmma_commit();
+        } else if (wg == 0) {                                // columns 0..287
+            wgmma_fence();
+            #pragma unroll
+            for (int k = 0; k < 18; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+            wgmma_commit();
+        } else {                                             // columns 288..575, the last 64 with Q from registers
+            wgmma_fence();
+            #pragma unroll
+            for (int k = 18; k < 32; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 18);
+            #pragma unroll
+            for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
+            wgmma_commit();
+        }
+    };
+
+    // done with tile i: the warpgroup that frees its stage last refills it
+    auto release = [&](int i) {
+        bar_sync(BAR_WG + wg, 128);
+        if (t == 0) {
+            int s = i % stages;
+            if (atomicAdd(&freed[s], 1) == readers - 1) {
+                atomicExch(&freed[s], 0);
+                if (i + stages < ntiles) load_tile(i + stages);
+            }
+        }
+    };
+    // rows of tile i past the sequence's end, in the output columns this warpgroup reads, are zeroed
+    const int cb0 = MODE == ATT_SPLITK ? 4 * wg : 0;         // this warpgroup's first 64-column block of O
+    auto zero_tail = [&](int i) {
+        int valid = t_end - (t_begin + i * TC);
+        if (valid >= TC) return;
+        bf16 *tile = Ks + (i % stages) * TC * DKP;
+        for (int k = t; k < (TC - valid) * NJ * 8; k += 128) {
+            int r = valid + k / (NJ * 8), c = (cb0 + k % (NJ * 8) / 8) * 64 + k % 8 * 8;
+            *(uint4 *)(tile + swz(r, c, TC)) = make_uint4(0, 0, 0, 0);
+        }
+        fence_async();
+        bar_sync(BAR_WG + wg, 128);
+    };
+
+    // LA: S(i+1) is issued before the softmax of tile i (HEADS, where the tensor cores are the limit and
+    // two tiles can stay in shared memory); elsewhere a tile's S is issued when the tile comes up
+    constexpr bool LA = MODE == ATT_HEADS;
+    float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0}, s_cur[32], s_nxt[32];
+    #pragma unroll
+    for (int j = 0; j < NJ; j++)
+        #pragma unroll
+        for (int k = 0; k < 32; k++) o[j][k] = 0;
+    if (LA && first < ntiles) issue_S(s_cur, first);
+    for (int i = first; i < ntiles; i += step) {
+        const int t0 = t_begin + i * TC, s = i % stages;
+        if (!LA) issue_S(s_cur, i);
+        wgmma_wait();                                        // S(i)
+        keep<32>(s_cur);
+        if (LA && i + step < ntiles) issue_S(s_nxt, i + step);   // runs on the tensor cores during the softmax
+        uint32_t pa[TC / 16][4];                             // P as the A operand of P V: 16 tokens per k step
+        float alpha[2];                                      // rows lane/4 and lane/4 + 8 of this warp's 16
+        if (MODE == ATT_SPLITK && wg == 1) {                 // hand S to warpgroup 0, take P back
+            #pragma unroll
+            for (int k = 0; k < 32; k++) X[k * 128 + t] = s_cur[k];
+            bar_arrive(BAR_SREADY, 256);
+            bar_sync(BAR_PREADY, 256);
+            #pragma unroll
+            for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = __float_as_uint(X[k * 128 + t]);
+            alpha[0] = X[(TC / 4) * 128 + t]; alpha[1] = X[(TC / 4 + 1) * 128 + t];
+        } else {
+            if (MODE == ATT_SPLITK) {
+                bar_sync(BAR_SREADY, 256);
+                #pragma unroll
+                for (int k = 0; k < 32; k++) s_cur[k] += X[k * 128 + t];
+            }
+            // online softmax of this tile's scores (log2 units)
+            mask_tail<0, 32>(s_cur, t0, t_end, lane);
+            float mx[2];
+            row_max<0, 32>(s_cur, mx);
+            new_max(mx, m_run, alpha, scale_log2);
+            exp_rows<0, 32>(s_cur, m_run, l_run, alpha, scale_log2);
+            pack_p<0, 32>(s_cur, pa);
+            if (MODE == ATT_SPLITK) {               // the same thread of warpgroup 1 owns the same rows
+                #pragma unroll
+                for (int k = 0; k < TC / 4; k++) X[k * 128 + t] = __uint_as_float(pa[k >> 2][k & 3]);
+                X[(TC / 4) * 128 + t] = alpha[0]; X[(TC / 4 + 1) * 128 + t] = alpha[1];
+                bar_arrive(BAR_PREADY, 256);
+            }
+        }
+        // O = O * alpha + P V over this warpgroup's column blocks (the rescale is skipped when no row of
+        // the warp has a new maximum)
+        if (__any_sync(0xffffffff, alpha[0] != 1.0f || alpha[1] != 1.0f))
+            #pragma unroll
+            for (int j = 0; j < NJ; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) o[j][k] *= alpha[(k >> 1) & 1];
+        zero_tail(i);
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        wgmma_fence();
+        const uint64_t vb = dv + s * TC * DKP / 8;
+        #pragma unroll
+        for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + cb0 * TC * 8 + k * 128);
+        wgmma_commit();
+        wgmma_wait();                                        // (and S(i+1))
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        release(i);
+        if (LA)
+            #pragma unroll
+            for (int k = 0; k < 32; k++) s_cur[k] = s_nxt[k];
+    }
+    wgmma_wait();                                            // (nothing is in flight; the compiler cannot tell)
+
+    // the row sums of this thread's rows, over the quad
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 2);
+    }
+    if (MODE == ATT_SPLITK) {                   // warpgroup 1 takes m and l of warpgroup 0
+        if (wg == 0)
+            for (int r = 0; r < 2; r++) { Xm[r * 128 + t] = m_run[r]; Xm[(2 + r) * 128 + t] = l_run[r]; }
+        bar_sync(BAR_END, 256);
+        if (wg == 1)
+            for (int r = 0; r < 2; r++) { m_run[r] = Xm[r * 128 + t]; l_run[r] = Xm[(2 + r) * 128 + t]; }
+    }
+    if (MODE == ATT_STREAM) {                   // warpgroup 1 hands its O, m and l to warpgroup 0
+        float *E = (float *)Ks;                 // the tiles are all read: their buffers are free
+        bar_sync(BAR_END, 256);
+        if (wg == 1) {
+            #pragma unroll
+            for (int j = 0; j < NJ; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) E[(j * 32 + k) * 128 + t] = o[j][k];
+            #pragma unroll
+            for (int r = 0; r < 2; r++) { E[(NJ * 32 + r) * 128 + t] = m_run[r]; E[(NJ * 32 + 2 + r) * 128 + t] = l_run[r]; }
+        }
+        bar_sync(BAR_END, 256);
+        if (wg == 1) return;
+        float w0[2], w1[2];
+        #pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float m1 = E[(NJ * 32 + r) * 128 + t], l1 = E[(NJ * 32 + 2 + r) * 128 + t], M = fmaxf(m_run[r], m1);
+            w0[r] = ex2(m_run[r] - M); w1[r] = ex2(m1 - M);   // warpgroup 1 may have had no tile: m1 = -inf
+            l_run[r] = l_run[r] * w0[r] + l1 * w1[r];
+            m_run[r] = M;
+        }
+        #pragma unroll
+        for (int j = 0; j < NJ; j++)
+            #pragma unroll
+            for (int k = 0; k < 32; k++) o[j][k] = o[j][k] * w0[(k >> 1) & 1] + E[(j * 32 + k) * 128 + t] * w1[(k >> 1) & 1];
+    }
+
+    // O / l and lse, for the heads that exist
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int h = h_base + qrow + warp * 16 + lane / 4 + 8 * r;
+        if (h >= ha) continue;
+        float inv = 1.0f / l_run[r], *out = opart + (so * ha + h) * dcs;
+        #pragma unroll
+        for (int j = 0; j < NJ; j++)
+            #pragma unroll
+            for (int q = 0; q < 8; q++) {
+                int col = (cb0 + j) * 64 + q * 8 + (lane & 3) * 2;
+                if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
+            }
+        if ((MODE != ATT_SPLITK || wg == 0) && (lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
+    }
+}
+
+// Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M). A block
+// takes 8 heads of a sequence, a warp one head; the splits' weights are computed once, in shared memory.
+#define MERGE_HEADS 8                 // heads per block of the merge (a warp each)
+__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, int ha, int dcs, int nsplit) {
+    extern __shared__ float wsplit[];                   // [MERGE_HEADS][nsplit]
+    int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y * MERGE_HEADS + warp;
+    float *w = wsplit + warp * nsplit;
+    if (h >= ha) return;
+    float M = -INFINITY, den = 0;
+    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, lse[((size_t)b * nsplit + s) * ha + h]);
+    for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, o));
+    for (int s = lane; s < nsplit; s += 32) {
+        float l = lse[((size_t)b * nsplit + s) * ha + h];
+        w[s] = l == -INFINITY ? 0.0f : exp2f(l - M);   // a split with nothing cached weighs 0
+        den += w[s];
+    }
+    for (int o = 16; o; o >>= 1) den += __shfl_xor_sync(0xffffffff, den, o);
+    __syncwarp();
+    for (int c = lane; c < dcs; c += 32) {
+        float num = 0;
+        for (int s = 0; s < nsplit; s++) num += w[s] * opart[(((size_t)b * nsplit + s) * ha + h) * dcs + c];
+        O[((size_t)b * ha + h) * dcs + c] = __float2bfloat16(den > 0 ? num / den : 0.0f);   // 0: nothing cached
+    }
+}
+
+// How the kernel is launched for ha heads and a dcs-wide slice: its instance <MODE, NJ, NB>, blocks per
+// sequence split (head tiles), buffers (stages) and shared memory, from the instance's AttnTile.
+typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, float *, float *, int, int, int, int, int, int, float);
+typedef struct { AttnKernel k; int head_tiles, stages; size_t smem; } AttnShape;
+
+template <int MODE, int NJ, int NB> static AttnShape attention_instance(int ha, int Dk) {
+    typedef AttnTile<MODE, NJ, NB> Tile;
+    AttnShape a;
+    a.k = decode_attention_kernel<MODE, NJ, NB>;
+    a.head_tiles = (ha + Tile::HB - 1) / Tile::HB;
+    a.stages = (int)std::min<size_t>(8, (SMEM_BLOCK - Tile::fixed) / Tile::stage);
+    if (a.stages < 2) die("decode attention: a %d-wide cached token does not fit the kernel's shared memory", Dk);
+    a.smem = Tile::fixed + a.stages * Tile::stage;
+    return a;
+}
+
+static AttnShape attention_shape(int ha, int dcs, int Dk) {
+    if (dcs > 512 || dcs % 8 || Dk % 8 || Dk - dcs > 64)
+        die("decode attention: no kernel for a %d-wide latent slice with a %d-wide rope key (at most 512 and 64, multiples of 8)", dcs, Dk - dcs);
+    int mode = dcs > 256 ? ATT_SPLITK : ha > 64 ? ATT_HEADS : ATT_STREAM;
+    int NJ = dcs <= 64 ? 1 : dcs <= 128 ? 2 : 4, NB = mode == ATT_SPLITK ? 9 : (dcs + 63) / 64 + 1;
+#define K_(md, nj, nb) if (mode == md && NJ == nj && NB == nb) return attention_instance<md, nj, nb>(ha, Dk);
+    K_(ATT_HEADS, 1, 2) K_(ATT_HEADS, 2, 3) K_(ATT_HEADS, 4, 4) K_(ATT_HEADS, 4, 5)
+    K_(ATT_STREAM, 1, 2) K_(ATT_STREAM, 2, 3) K_(ATT_STREAM, 4, 4) K_(ATT_STREAM, 4, 5) K_(ATT_SPLITK, 4, 9)
+#undef K_
+    die("decode attention: no kernel instance for %d heads of a %d-wide slice", ha, dcs);
+}
+
+// Splits of the sequence. Blocks run one per SM, in waves; a split has at least MIN_TILES tiles (a block's
+// start, its Q and its partial output cost about as much as that many). The count chosen (at most enough
+// to fill the card WAVES times) makes the least of: waves x (the tiles of a split + two tiles of start and
+// end), in bytes of cache read per SM, plus the partial outputs written and read again by the merge.
+#define MIN_TILES 4
+#define WAVES 8
+static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
+    int tiles = (max_len + TC - 1) / TC;
+    return std::max(1, std::min((tiles + MIN_TILES - 1) / MIN_TILES, (WAVES * sms + rows * head_tiles - 1) / (rows * head_tiles)));
+}
+static int nsplit_for(int rows, int head_tiles, int ha, int dcs, int Dk, int max_len, int sms, int *chunk) {
+    int tiles = (max_len + TC - 1) / TC, cap = nsplit_cap(rows, head_tiles, max_len, sms), best = 1;
+    if (tiles == 0) { *chunk = TC; return 1; }
+    double best_cost = INFINITY, tile = (double)TC * Dk * 2;
+    for (int s = 1; s <= cap; s++) {
+        int per = (tiles + s - 1) / s, used = (tiles + per - 1) / per, blocks = rows * head_tiles * used;
+        double cost = (double)((blocks + sms - 1) / sms) * (per + 2) * tile + (double)rows * used * ha * dcs * 8 / sms;
+        if (cost < best_cost * 0.999) { best_cost = cost; best = s; }
+    }
+    *chunk = (tiles + best - 1) / best * TC;
+    return (max_len + *chunk - 1) / *chunk;
+}
+
+// The cache of a rank (rows of Dk bf16 values: layer, sequence, position) as a TMA tensor map read in
+// boxes of 64 columns x TC rows with the 128-byte swizzle; the driver's encoder is fetched through the
+// runtime, so no -lcuda is needed.
+static CUtensorMap cache_map(const bf16 *base, size_t rows, int Dk) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
+    if (!encode) {
+        cudaDriverEntryPointQueryResult q;
+        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void **)&encode, 12000, cudaEnableDefault, &q));
+        if (q != cudaDriverEntryPointSuccess || !encode) die("the CUDA driver has no cuTensorMapEncodeTiled (a driver for CUDA 12 or later is needed)");
+    }
+    if (rows >= (1ull << 31)) die("the cache has %zu rows; the decode kernel addresses at most 2^31", rows);
+    CUtensorMap m;
+    cuuint64_t dims[2] = {(cuuint64_t)Dk, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)Dk * 2};
+    cuuint32_t box[2] = {64, TC}, step[2] = {1, 1};
+    CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, stride, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) die("cuTensorMapEncodeTiled failed (error %d) for a cache of %zu rows of %d", (int)r, rows, Dk);
+    return m;
+}
+
+// rows sequences, one new token each, already cached (the kernel's shared memory limit was raised
+// once per GPU by init_rank); lens (device) = tokens cached per sequence.
+static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, const int *lens, float *opart, float *lse, bf16 *O,
+                             int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
+    int chunk;
+    AttnShape a = attention_shape(ha, dcs, Dk);
+    int ns = nsplit_for(rows, a.head_tiles, ha, dcs, Dk, max_cached, sms, &chunk);
+    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
+                                                            chunk, scale * LOG2E);
+    LAUNCH_CHECK();
+    attn_merge_kernel<<<dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), 32 * MERGE_HEADS, MERGE_HEADS * ns * sizeof(float), st>>>(
+        opart, lse, O, ha, dcs, ns);
+    LAUNCH_CHECK();
+}
