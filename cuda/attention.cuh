@@ -16,19 +16,14 @@
 // Shared operands use the 128-byte swizzle: a matrix is stored as blocks of 64 columns; in a block,
 // row r is 128 bytes whose 16-byte chunk c sits at position c ^ (r % 8) (no bank conflicts).
 //
-// Two warpgroups of 128 threads, in one of three modes:
-//   HEADS  (slice <= 256, more than 64 heads): warpgroup w owns heads 64w.. of a 128-head tile; both
-//          read every cached tile.
-//   STREAM (slice <= 256, 64 heads or fewer): both own the same heads; warpgroup w takes tiles w, w+2,
-//          .. with its own softmax, and the two results are merged at the end through shared memory.
-//   SPLITK (slice 257..512, 64 heads): one 64 x 512 output is too large for one warpgroup's registers,
-//          so warpgroup w owns output columns 256w..256w+255. Both compute half of S for every tile
-//          (columns 0..287 and 288..575 of the cached token; the last 64 of Q from registers, since
-//          Q, two tiles and the exchange buffer fill shared memory); warpgroup 1 hands its half to 0
-//          through shared memory, 0 adds, takes the softmax and hands P back. (Splitting the softmax
-//          between the two, with three exchanges a tile, measured 4-10% slower.)
-// In HEADS mode each warpgroup issues the S of its next tile before the softmax of the current one, so
-// the tensor cores work on S(i+1) while the softmax of tile i runs.
+// Two warpgroups of 128 threads. Slices of 256 or less, in one of two modes:
+//   HEADS  (more than 64 heads): warpgroup w owns heads 64w.. of a 128-head tile; both read every cached
+//          tile. Each issues S of its next tile together with P V of this one, then takes the softmax of
+//          the next while they run; and the two take turns on the tensor cores (a pair of named
+//          barriers), so that one's softmax runs while the other's products do (ping-pong).
+//   STREAM (64 heads or fewer): both own the same heads; warpgroup w takes tiles w, w+2, .. with its own
+//          softmax, and the two results are merged at the end through shared memory.
+// Slices of 257..512 (64 heads a block) go to the seesaw kernel below, which has its own description.
 // Cache slots past a sequence's length never count: their scores are -inf, and the rows of the last
 // tile past the length are zeroed in shared memory before P V (they may hold anything, NaN too).
 // Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits.
@@ -36,22 +31,24 @@
 #define TC 64                      // cached tokens per tile
 #define SMEM_BLOCK (227 * 1024)    // the shared memory one block may use on Hopper
 #define LOG2E 1.4426950408889634f
-enum { ATT_HEADS, ATT_STREAM, ATT_SPLITK };
-enum { BAR_SREADY = 1, BAR_PREADY = 2, BAR_WG = 3, BAR_END = 5 };   // named barriers (0 is __syncthreads)
+enum { ATT_HEADS, ATT_STREAM };
+enum { BAR_WG = 1, BAR_END = 3, BAR_PP = 4 };   // named barriers (0 is __syncthreads): BAR_WG + wg, BAR_PP + wg
 
 // The kernel's tile shape, one definition for the kernel and the host (attention_shape): sizes of the
 // instance <MODE, NJ, NB>, NJ 64-column blocks of O per warpgroup, NB 64-column boxes of a cached token.
 template <int MODE, int NJ, int NB> struct AttnTile {
     static constexpr int HB = MODE == ATT_HEADS ? 128 : 64;        // heads (rows of Q) per block
-    static constexpr int QB = MODE == ATT_SPLITK ? 8 : NB - 1;     // Q's last 64-column box (the rope key's) ..
-    static constexpr bool QR = MODE != ATT_STREAM;                 // .. is held in registers (HEADS, SPLITK)
+    static constexpr int QB = NB - 1;                              // Q's last 64-column box (the rope key's) ..
+    static constexpr bool QR = MODE == ATT_HEADS;                  // .. is held in registers (HEADS)
     static constexpr int DQ = QR ? QB * 64 : NB * 64;              // columns of Q in shared memory
     static constexpr int DKP = NB * 64;                            // columns of a tile
-    static constexpr int XS = MODE == ATT_SPLITK ? 32 * 128 : 0;   // SPLITK: floats handing over S, then P ..
-    static constexpr int XM = MODE == ATT_SPLITK ? 512 : 0;        // .. and the final m and l
-    // shared memory: Q and the hand-over buffers, then per stage a tile, an mbarrier and a counter
-    static constexpr size_t fixed = (size_t)HB * DQ * 2 + (size_t)(XS + XM) * 4, stage = (size_t)TC * DKP * 2 + 16;
+    // shared memory: Q, then per stage a tile, an mbarrier and a counter
+    static constexpr size_t fixed = (size_t)HB * DQ * 2, stage = (size_t)TC * DKP * 2 + 16;
 };
+// The seesaw kernel's (slices of 257..512): Q's first 512 columns (the rope box in registers), two
+// stages of 576-column tiles, the two P matrices handed over, the running maximum, the pair's two
+// rescale factors, the two row sums at the end, and four mbarriers.
+#define SEE_SMEM (64 * 512 * 2 + 2 * TC * 576 * 2 + 2 * 64 * TC * 2 + 5 * 64 * 4 + 4 * 8)
 
 // ---- PTX helpers: shared-memory addresses, mbarriers, the TMA, wgmma
 
@@ -139,9 +136,25 @@ WG_PV(4, 256, WG_REGS128, WG_OUT128, 128, 129, 130, 131, 132)
 template <int NJ> __device__ __forceinline__ void wgmma_pv(float *, const uint32_t *, uint64_t) {}
 #endif
 #undef WG_PV
+// O (64 x 256, f32) += P (64 x 16) V (16 x 256), both in shared memory: P row-major, V read transposed
+__device__ __forceinline__ void wgmma_pv_ss(float *d, uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" WG_REGS128 "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+                 : WG_OUT128 : "l"(a), "l"(b));
+#endif
+}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait_n() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
+// x becomes opaque to the compiler: descriptors derived from it are computed where they are used, not
+// hoisted out of a loop into registers that the accumulators need
+__device__ __forceinline__ void opaque(uint64_t &x) { asm volatile("" : "+l"(x)); }
+// programmatic dependent launch: the merge may start (and wait in griddepcontrol.wait for this grid's
+// results) while this grid's last blocks finish
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void keep(float *d) {   // the compiler must not move d across a wgmma
     #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
@@ -218,9 +231,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     extern __shared__ __align__(1024) char smem[];
     bf16 *Qs = (bf16 *)smem;                                 // HB x DQ, swizzled
     bf16 *Ks = Qs + HB * DQ;                                 // [stages][TC x DKP], swizzled
-    float *X = (float *)(Ks + stages * TC * DKP);            // SPLITK: S of warpgroup 1, then P, [32][128]
-    float *Xm = X + Tile::XS;                                // SPLITK: final m and l, [4][128]
-    uint64_t *full = (uint64_t *)(Xm + Tile::XM);            // [stages]: the stage's tile has landed
+    uint64_t *full = (uint64_t *)(Ks + stages * TC * DKP);   // [stages]: the stage's tile has landed
     int *freed = (int *)(full + stages);                     // [stages]: warpgroups done with the stage's tile
 
     // (the warpgroup index through a shuffle: the compiler then knows it is the same in a warp)
@@ -266,8 +277,8 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     if (tid == 0)
         for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
 
-    // Q's box QB as A operands of 4 k steps (accumulator layout, two bf16 a register), straight from
-    // global memory: it leaves room for one more tile (HEADS) or the exchange buffer (SPLITK)
+    // HEADS: Q's box QB as A operands of 4 k steps (accumulator layout, two bf16 a register), straight
+    // from global memory: it leaves room for one more tile
     const int qrow = MODE == ATT_HEADS ? 64 * wg : 0;        // this warpgroup's first row of Q
     uint32_t qr[4][4];
     if (QR) {
@@ -276,39 +287,24 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int h = h_base + qrow + warp * 16 + lane / 4 + 8 * (e & 1), col = QB * 64 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
-                bool use = (MODE == ATT_HEADS || wg == 1) && h < ha && col < Dk;
-                qr[k][e] = use ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
+                qr[k][e] = h < ha && col < Dk ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
             }
     }
 
-    // S(i) = Q K^T over this warpgroup's columns, issued (it completes at the next wgmma_wait)
+    // S(i) = Q K^T, issued (it completes at the next wgmma_wait)
     const uint64_t dq = wg_desc(Qs + qrow * 64, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
     auto issue_S = [&](float *d, int i) {
         int s = i % stages;
         mbar_wait(&full[s], (i / stages) & 1);
         const uint64_t kb = dk + s * TC * DKP / 8;           // descriptors advance in units of 16 bytes
         keep<32>(d);
-        if (MODE != ATT_SPLITK) {
-            wgmma_fence();
-            #pragma unroll
-            for (int k = 0; k < DQ / 16; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
-            if (QR)
-                #pragma unroll
-                for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
-            wgmma_commit();
-        } else if (wg == 0) {                                // columns 0..287
-            wgmma_fence();
-            #pragma unroll
-            for (int k = 0; k < 18; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
-            wgmma_commit();
-        } else {                                             // columns 288..575, the last 64 with Q from registers
-            wgmma_fence();
-            #pragma unroll
-            for (int k = 18; k < 32; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 18);
+        wgmma_fence();
+        #pragma unroll
+        for (int k = 0; k < DQ / 16; k++) wgmma_ss(d, dq + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, k > 0);
+        if (QR)
             #pragma unroll
             for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + QB * TC * 8 + k * 2, 1);
-            wgmma_commit();
-        }
+        wgmma_commit();
     };
 
     // done with tile i: the warpgroup that frees its stage last refills it
@@ -323,101 +319,107 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         }
     };
     // rows of tile i past the sequence's end, in the output columns this warpgroup reads, are zeroed
-    const int cb0 = MODE == ATT_SPLITK ? 4 * wg : 0;         // this warpgroup's first 64-column block of O
     auto zero_tail = [&](int i) {
         int valid = t_end - (t_begin + i * TC);
         if (valid >= TC) return;
         bf16 *tile = Ks + (i % stages) * TC * DKP;
         for (int k = t; k < (TC - valid) * NJ * 8; k += 128) {
-            int r = valid + k / (NJ * 8), c = (cb0 + k % (NJ * 8) / 8) * 64 + k % 8 * 8;
+            int r = valid + k / (NJ * 8), c = k % (NJ * 8) * 8;
             *(uint4 *)(tile + swz(r, c, TC)) = make_uint4(0, 0, 0, 0);
         }
         fence_async();
         bar_sync(BAR_WG + wg, 128);
     };
 
-    // LA: S(i+1) is issued before the softmax of tile i (HEADS, where the tensor cores are the limit and
-    // two tiles can stay in shared memory); elsewhere a tile's S is issued when the tile comes up
-    constexpr bool LA = MODE == ATT_HEADS;
-    float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0}, s_cur[32], s_nxt[32];
+    float o[NJ][32], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0}, sv[32], alpha[2];
+    uint32_t pa[TC / 16][4];                                 // P as the A operand of P V: 16 tokens per k step
     #pragma unroll
     for (int j = 0; j < NJ; j++)
         #pragma unroll
         for (int k = 0; k < 32; k++) o[j][k] = 0;
-    if (LA && first < ntiles) issue_S(s_cur, first);
-    for (int i = first; i < ntiles; i += step) {
-        const int t0 = t_begin + i * TC, s = i % stages;
-        if (!LA) issue_S(s_cur, i);
-        wgmma_wait();                                        // S(i)
-        keep<32>(s_cur);
-        if (LA && i + step < ntiles) issue_S(s_nxt, i + step);   // runs on the tensor cores during the softmax
-        uint32_t pa[TC / 16][4];                             // P as the A operand of P V: 16 tokens per k step
-        float alpha[2];                                      // rows lane/4 and lane/4 + 8 of this warp's 16
-        if (MODE == ATT_SPLITK && wg == 1) {                 // hand S to warpgroup 0, take P back
-            #pragma unroll
-            for (int k = 0; k < 32; k++) X[k * 128 + t] = s_cur[k];
-            bar_arrive(BAR_SREADY, 256);
-            bar_sync(BAR_PREADY, 256);
-            #pragma unroll
-            for (int k = 0; k < TC / 4; k++) pa[k >> 2][k & 3] = __float_as_uint(X[k * 128 + t]);
-            alpha[0] = X[(TC / 4) * 128 + t]; alpha[1] = X[(TC / 4 + 1) * 128 + t];
-        } else {
-            if (MODE == ATT_SPLITK) {
-                bar_sync(BAR_SREADY, 256);
-                #pragma unroll
-                for (int k = 0; k < 32; k++) s_cur[k] += X[k * 128 + t];
-            }
-            // online softmax of this tile's scores (log2 units)
-            mask_tail<0, 32>(s_cur, t0, t_end, lane);
-            float mx[2];
-            row_max<0, 32>(s_cur, mx);
-            new_max(mx, m_run, alpha, scale_log2);
-            exp_rows<0, 32>(s_cur, m_run, l_run, alpha, scale_log2);
-            pack_p<0, 32>(s_cur, pa);
-            if (MODE == ATT_SPLITK) {               // the same thread of warpgroup 1 owns the same rows
-                #pragma unroll
-                for (int k = 0; k < TC / 4; k++) X[k * 128 + t] = __uint_as_float(pa[k >> 2][k & 3]);
-                X[(TC / 4) * 128 + t] = alpha[0]; X[(TC / 4 + 1) * 128 + t] = alpha[1];
-                bar_arrive(BAR_PREADY, 256);
-            }
-        }
-        // O = O * alpha + P V over this warpgroup's column blocks (the rescale is skipped when no row of
-        // the warp has a new maximum)
+    // the online softmax of tile i's scores sv (log2 units): sv becomes P, alpha rescales what came before
+    // (rows lane/4 and lane/4 + 8 of this warp's 16)
+    auto softmax = [&](int i) {
+        mask_tail<0, 32>(sv, t_begin + i * TC, t_end, lane);
+        float mx[2];
+        row_max<0, 32>(sv, mx);
+        new_max(mx, m_run, alpha, scale_log2);
+        exp_rows<0, 32>(sv, m_run, l_run, alpha, scale_log2);
+    };
+    // O = O alpha (skipped when no row of the warp has a new maximum); never while a product is in flight
+    auto rescale_o = [&]() {
         if (__any_sync(0xffffffff, alpha[0] != 1.0f || alpha[1] != 1.0f))
             #pragma unroll
             for (int j = 0; j < NJ; j++)
                 #pragma unroll
                 for (int k = 0; k < 32; k++) o[j][k] *= alpha[(k >> 1) & 1];
+    };
+    // O += P V of tile i, issued
+    auto issue_pv = [&](int i) {
         zero_tail(i);
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
         wgmma_fence();
-        const uint64_t vb = dv + s * TC * DKP / 8;
+        const uint64_t vb = dv + (i % stages) * TC * DKP / 8;
         #pragma unroll
-        for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + cb0 * TC * 8 + k * 128);
+        for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + k * 128);
         wgmma_commit();
-        wgmma_wait();                                        // (and S(i+1))
+    };
+    if (MODE == ATT_HEADS) {
+        // Both warpgroups read every tile. Each issues S of its next tile together with P V of this one,
+        // then takes the softmax of the next while they run; the two take turns on the tensor cores (a
+        // pair of named barriers), so that one's softmax runs while the other's products do (ping-pong).
+        issue_S(sv, 0);
+        wgmma_wait();
+        keep<32>(sv);
+        softmax(0);
+        pack_p<0, 32>(sv, pa);
+        if (wg == 1) bar_arrive(BAR_PP, 256);                // warpgroup 0 takes the first turn
+        for (int i = 0; i + 1 < ntiles; i++) {
+            bar_sync(BAR_PP + wg, 256);                      // my turn
+            issue_S(sv, i + 1);                              // (sv is free: P(i) is in pa)
+            issue_pv(i);
+            bar_arrive(BAR_PP + 1 - wg, 256);                // the other's turn
+            wgmma_wait_n<1>();                               // S(i+1); P V of tile i may still run
+            keep<32>(sv);
+            softmax(i + 1);
+            wgmma_wait();
+            #pragma unroll
+            for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+            release(i);
+            rescale_o();
+            pack_p<0, 32>(sv, pa);
+        }
+        bar_sync(BAR_PP + wg, 256);                          // the last tile
+        issue_pv(ntiles - 1);
+        if (wg == 0) bar_arrive(BAR_PP + 1, 256);
+        wgmma_wait();
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
-        release(i);
-        if (LA)
+    } else {
+        // STREAM: warpgroup w takes tiles w, w + 2, .. with its own softmax
+        for (int i = first; i < ntiles; i += step) {
+            issue_S(sv, i);
+            wgmma_wait();                                    // S(i)
+            keep<32>(sv);
+            softmax(i);
+            rescale_o();
+            pack_p<0, 32>(sv, pa);
+            issue_pv(i);
+            wgmma_wait();
             #pragma unroll
-            for (int k = 0; k < 32; k++) s_cur[k] = s_nxt[k];
+            for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+            release(i);
+        }
     }
     wgmma_wait();                                            // (nothing is in flight; the compiler cannot tell)
+    launch_dependents();
 
     // the row sums of this thread's rows, over the quad
     #pragma unroll
     for (int r = 0; r < 2; r++) {
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
         l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 2);
-    }
-    if (MODE == ATT_SPLITK) {                   // warpgroup 1 takes m and l of warpgroup 0
-        if (wg == 0)
-            for (int r = 0; r < 2; r++) { Xm[r * 128 + t] = m_run[r]; Xm[(2 + r) * 128 + t] = l_run[r]; }
-        bar_sync(BAR_END, 256);
-        if (wg == 1)
-            for (int r = 0; r < 2; r++) { m_run[r] = Xm[r * 128 + t]; l_run[r] = Xm[(2 + r) * 128 + t]; }
     }
     if (MODE == ATT_STREAM) {                   // warpgroup 1 hands its O, m and l to warpgroup 0
         float *E = (float *)Ks;                 // the tiles are all read: their buffers are free
@@ -456,10 +458,278 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int j = 0; j < NJ; j++)
             #pragma unroll
             for (int q = 0; q < 8; q++) {
-                int col = (cb0 + j) * 64 + q * 8 + (lane & 3) * 2;
+                int col = j * 64 + q * 8 + (lane & 3) * 2;
                 if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
             }
-        if ((MODE != ATT_SPLITK || wg == 0) && (lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
+        if ((lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
+    }
+}
+
+// ---- the seesaw kernel: slices of 257..512 (slice 257..512, 64 heads a block)
+// One 64 x 512 output is too large for one warpgroup's registers, so it is split by columns: O_L (0..255)
+// lives in warpgroup 0, O_R (256..511) in warpgroup 1. The tiles go in pairs, two stages of shared memory:
+// warpgroup 0 owns tile A = 2p (stage 0), warpgroup 1 tile B = 2p+1 (stage 1); each computes S of its own
+// tile over all Dk columns and its own softmax, against one running maximum m kept in shared memory. Each
+// multiplies its own P (registers) into its half of O, and the other's P (handed over in shared memory):
+//   0: mA = max(m, rowmax S_A); a = 2^(m - mA); P_A = 2^(S_A - mA); O_L = O_L a + P_A V_A[L]     hands a
+//   1: mB = max(mA, rowmax S_B); b = 2^(mA - mB); P_B = 2^(S_B - mB); O_R = O_R a b + P_B V_B[R]  hands b, P_B
+//   0: P_A <- P_A b (hands it over); O_L = O_L b + P_B V_B[L]
+//   1: O_R = O_R + P_A V_A[R]
+// after which both halves of O and both running sums l (l_A in warpgroup 0, l_B in 1) are relative to
+// m = mB. So one warpgroup's softmax runs while the other's products run: the two see-saw. A stage's tile
+// is loaded in two halves, boxes 0-3 (V[L] and the first half of the key) and boxes 4-8 (V[R], the rest
+// and the rope key), each refilled by the warpgroup that reads it last, as soon as it is done with it.
+// (The schedule is FlashMLA's, from DeepSeek's description of it; this is a separate implementation.)
+enum { SEE_A = 1, SEE_B = 2, SEE_PA = 3, SEE_PB = 4, SEE_END = 5, SEE_WG = 6 };   // named barriers
+
+// this thread's P (accumulator layout, each row times sc[row]) into a 64 x 64 swizzled bf16 matrix
+__device__ __forceinline__ void store_p(bf16 *P, const float *sv, const float *sc, int r0, int lane) {
+    #pragma unroll
+    for (int q = 0; q < 8; q++)
+        #pragma unroll
+        for (int r = 0; r < 2; r++)
+            *(uint32_t *)(P + swz(r0 + 8 * r, 8 * q + 2 * (lane & 3), 64)) = pack_bf16(sv[4 * q + 2 * r] * sc[r], sv[4 * q + 2 * r + 1] * sc[r]);
+}
+
+template <int NB>
+__global__ void __launch_bounds__(256, 1)
+decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
+                        const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
+                        int Dk, int stages, int max_len, int chunk, float scale_log2) {
+    static_assert(NB == 9, "the seesaw kernel takes 576-column tiles");
+    constexpr int HB = 64, DQ = 512, DKP = NB * 64;
+    extern __shared__ __align__(1024) char smem[];
+    bf16 *Qs = (bf16 *)smem;                     // HB x DQ, swizzled (Q's last box, the rope key's, in registers)
+    bf16 *Ks = Qs + HB * DQ;                     // [2][TC x DKP], swizzled: stage 0 holds tiles A, stage 1 tiles B
+    bf16 *Ps = Ks + 2 * TC * DKP;                // [2][HB x TC], swizzled: P_A b, P_B
+    float *m_s = (float *)(Ps + 2 * HB * TC);    // [HB] the running maximum (log2 units)
+    float *sc = m_s + HB;                        // [2][HB] a, b of the pair
+    float *l_s = sc + 2 * HB;                    // [2][HB] l_A, l_B at the end
+    uint64_t *full = (uint64_t *)(l_s + 2 * HB); // [2][2]: stage s, half h (boxes 0-3 | 4..) has landed
+    (void)stages;
+
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffff, tid >> 7, 0), t = tid & 127, lane = tid & 31, warp = t >> 5;
+    const int h_base = blockIdx.x * HB, b = blockIdx.y, split = blockIdx.z;
+    const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
+    const int ntiles = t_begin < t_end ? (t_end - t_begin + TC - 1) / TC : 0;
+    const size_t so = (size_t)b * gridDim.z + split;
+    if (ntiles == 0) {
+        for (int h = tid; h < HB; h += 256) if (h_base + h < ha) lse[so * ha + h_base + h] = -INFINITY;
+        return;
+    }
+    if (smem_u32(smem) & 1023) __trap();
+
+    const int kbox = (Dk + 63) / 64;
+    auto load_half = [&](int i, int h) {         // half h of tile i into stage i % 2; past the split, zeros
+        int s = i & 1, c0 = h ? 4 : 0, c1 = h ? kbox : 4, y = i < ntiles ? row0 + b * max_len + t_begin + i * TC : -TC;
+        mbar_expect(&full[2 * s + h], (c1 - c0) * TC * 128);
+        for (int c = c0; c < c1; c++) tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, y, &full[2 * s + h]);
+    };
+    if (tid == 0) {
+        for (int k = 0; k < 4; k++) mbar_init(&full[k]);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    for (int k = tid; k < 2 * (NB - kbox) * TC * 8; k += 256) {   // tile columns past the boxes are zeros
+        int per = (NB - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
+        *(uint4 *)(Ks + st * TC * DKP + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
+    }
+    for (int r = tid >> 5; r < HB; r += 8)
+        for (int c = lane; c < DQ / 8; c += 32) {
+            int ok = h_base + r < ha && c < Dk / 8;
+            cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
+        }
+    cp_commit();
+    for (int h = tid; h < HB; h += 256) m_s[h] = -INFINITY;
+    cp_wait_all();
+    fence_async();
+    __syncthreads();
+    if (tid == 0)
+        for (int i = 0; i < 2; i++) { load_half(i, 0); load_half(i, 1); }
+    uint32_t qr[4][4];                            // Q's box 8 (the rope key) as A operands of 4 k steps
+    #pragma unroll
+    for (int k = 0; k < 4; k++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int h = h_base + warp * 16 + lane / 4 + 8 * (e & 1), col = 8 * 64 + 16 * k + 8 * (e >> 1) + 2 * (lane & 3);
+            qr[k][e] = h < ha && col < Dk ? *(const uint32_t *)(Q + ((size_t)b * ha + h) * Dk + col) : 0u;
+        }
+
+    const uint64_t dq = wg_desc(Qs, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
+    // half h of S(i) = Q K^T: boxes 0-3, or boxes 4-7 and the rope box 8 (Q from registers); issued
+    auto issue_S = [&](float *d, int i, int h, int acc) {
+        const int s = i & 1;
+        uint64_t qb = dq, kb = dk + s * TC * DKP / 8;
+        opaque(qb); opaque(kb);
+        mbar_wait(&full[2 * s + h], (i >> 1) & 1);
+        if (!acc) keep<32>(d);                    // (not between the halves: d is in flight)
+        wgmma_fence();
+        #pragma unroll
+        for (int k = 16 * h; k < 16 * h + 16; k++)
+            wgmma_ss(d, qb + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, acc || k > 16 * h);
+        if (h)
+            #pragma unroll
+            for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + 8 * TC * 8 + k * 2, 1);
+        wgmma_commit();
+    };
+    // O (this warpgroup's half) += P V[half] of stage s: P from registers, or from shared memory
+    const int cb = 4 * wg;                        // this warpgroup's first 64-column block of O
+    auto pv_own = [&](float *o, const uint32_t (*pa)[4], int s) {
+        uint64_t vb = dv + s * TC * DKP / 8 + cb * TC * 8;
+        opaque(vb);
+        keep<128>(o);
+        wgmma_fence();
+        #pragma unroll
+        for (int k = 0; k < TC / 16; k++) wgmma_pv<4>(o, pa[k], vb + k * 128);
+        wgmma_commit();
+    };
+    auto pv_other = [&](float *o, int s, bool chained = false) {   // P of the other's tile, handed over in Ps[s]
+        uint64_t dp = wg_desc(Ps + s * HB * TC, 16), vb = dv + s * TC * DKP / 8 + cb * TC * 8;
+        opaque(dp); opaque(vb);
+        if (!chained) keep<128>(o);               // (chained: o is in flight, accumulating)
+        wgmma_fence();
+        #pragma unroll
+        for (int k = 0; k < TC / 16; k++) wgmma_pv_ss(o, dp + k * 2, vb + k * 128);
+        wgmma_commit();
+    };
+    // rows of tile i past the sequence's end are zeroed in all of V's columns (both warpgroups read them)
+    auto zero_tail = [&](int i) {
+        int valid = t_end - (t_begin + i * TC);
+        if (valid >= TC || valid <= 0) return;    // (a tile past the end is zeros already)
+        bf16 *tile = Ks + (i & 1) * TC * DKP;
+        for (int k = t; k < (TC - valid) * 8 * 8; k += 128) {
+            int r = valid + k / 64, c = k % 64 * 8;
+            *(uint4 *)(tile + swz(r, c, TC)) = make_uint4(0, 0, 0, 0);
+        }
+        fence_async();
+        bar_sync(SEE_WG + wg, 128);
+    };
+
+    const int r0 = warp * 16 + lane / 4;          // this thread's rows: r0 and r0 + 8 (the same in both warpgroups)
+    float o[4][32], l_run[2] = {0, 0}, sv[32];
+    uint32_t pa[TC / 16][4];                      // this warpgroup's P as the A operand of P V
+    float mx[2], m[2], f[2];
+    #pragma unroll
+    for (int j = 0; j < 4; j++)
+        #pragma unroll
+        for (int k = 0; k < 32; k++) o[j][k] = 0;
+    // Every pair is whole and is followed by another: a tile past the split's end is all zeros (the TMA
+    // fills rows outside the cache with zeros) and all its scores are masked, so it adds nothing. So no
+    // product is issued on one path and not on another (the compiler would serialise every product).
+    if (wg == 0) {
+        issue_S(sv, 0, 0, 0);
+        issue_S(sv, 0, 1, 1);
+        for (int iA = 0; iA < ntiles; iA += 2) {
+            wgmma_wait();                                            // S_A
+            keep<32>(sv);
+            zero_tail(iA);
+            mask_tail<0, 32>(sv, t_begin + iA * TC, t_end, lane);
+            row_max<0, 32>(sv, mx);
+            #pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float m0 = m_s[r0 + 8 * r];
+                m[r] = fmaxf(m0, mx[r] * scale_log2);                // finite: tile A has a valid token
+                f[r] = ex2(m0 - m[r]);                               // a (0 on the first tile)
+            }
+            __syncwarp();
+            if ((lane & 3) == 0)
+                for (int r = 0; r < 2; r++) { m_s[r0 + 8 * r] = m[r]; sc[r0 + 8 * r] = f[r]; }
+            exp_rows<0, 32>(sv, m, l_run, f, scale_log2);            // P_A; l_A = l_A a + sum
+            #pragma unroll
+            for (int j = 0; j < 4; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) o[j][k] *= f[(k >> 1) & 1];
+            pack_p<0, 32>(sv, pa);
+            bar_arrive(SEE_A, 256);
+            pv_own(&o[0][0], pa, 0);                                 // O_L += P_A V_A[L]
+            wgmma_wait();
+            keep<128>(&o[0][0]);
+            if (t == 0) load_half(iA + 2, 0);                        // stage 0's boxes 0-3 are read
+            bar_sync(SEE_B, 256);
+            f[0] = sc[HB + r0]; f[1] = sc[HB + r0 + 8];               // b
+            store_p(Ps, sv, f, r0, lane);                            // P_A b, for warpgroup 1
+            fence_async();
+            bar_arrive(SEE_PA, 256);
+            bar_sync(SEE_PB, 256);
+            #pragma unroll
+            for (int j = 0; j < 4; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) o[j][k] *= f[(k >> 1) & 1];
+            l_run[0] *= f[0]; l_run[1] *= f[1];
+            pv_other(&o[0][0], 1, false);                            // O_L += P_B V_B[L]
+            issue_S(sv, iA + 2, 0, 0);
+            wgmma_wait_n<1>();                                       // stage 1's boxes 0-3 are read
+            if (t == 0) load_half(iA + 3, 0);
+            issue_S(sv, iA + 2, 1, 1);
+        }
+    } else {
+        issue_S(sv, 1, 1, 0);
+        issue_S(sv, 1, 0, 1);
+        for (int iA = 0; iA < ntiles; iA += 2) {
+            const int iB = iA + 1;
+            float ab[2];
+            wgmma_wait();                                            // S_B
+            keep<32>(sv);
+            zero_tail(iB);
+            mask_tail<0, 32>(sv, t_begin + iB * TC, t_end, lane);
+            row_max<0, 32>(sv, mx);
+            bar_sync(SEE_A, 256);
+            #pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float mA = m_s[r0 + 8 * r];
+                m[r] = fmaxf(mA, mx[r] * scale_log2);
+                f[r] = ex2(mA - m[r]);                               // b
+                ab[r] = sc[r0 + 8 * r] * f[r];
+            }
+            __syncwarp();
+            if ((lane & 3) == 0)
+                for (int r = 0; r < 2; r++) { m_s[r0 + 8 * r] = m[r]; sc[HB + r0 + 8 * r] = f[r]; }
+            exp_rows<0, 32>(sv, m, l_run, ab, scale_log2);           // P_B; l_B = l_B a b + sum
+            #pragma unroll
+            for (int j = 0; j < 4; j++)
+                #pragma unroll
+                for (int k = 0; k < 32; k++) o[j][k] *= ab[(k >> 1) & 1];
+            bar_arrive(SEE_B, 256);
+            const float one[2] = {1, 1};
+            pack_p<0, 32>(sv, pa);
+            store_p(Ps + HB * TC, sv, one, r0, lane);                // P_B, for warpgroup 0
+            fence_async();
+            bar_arrive(SEE_PB, 256);
+            pv_own(&o[0][0], pa, 1);                                 // O_R += P_B V_B[R]
+            bar_sync(SEE_PA, 256);
+            pv_other(&o[0][0], 0, true);                             // O_R += P_A b V_A[R]
+            wgmma_wait_n<1>();                                       // stage 1's boxes 4.. are read
+            if (t == 0) load_half(iB + 2, 1);
+            wgmma_wait();                                            // stage 0's boxes 4.. are read
+            keep<128>(&o[0][0]);
+            if (t == 0) load_half(iA + 2, 1);
+            issue_S(sv, iB + 2, 1, 0);
+            issue_S(sv, iB + 2, 0, 1);
+        }
+    }
+    wgmma_wait();
+    launch_dependents();
+
+    // l = l_A + l_B (each over its quad first); O / l and lse = m + log2 l
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffff, l_run[r], 2);
+        if ((lane & 3) == 0) l_s[wg * HB + r0 + 8 * r] = l_run[r];
+    }
+    bar_sync(SEE_END, 256);
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int h = h_base + r0 + 8 * r;
+        if (h >= ha) continue;
+        float l = l_s[r0 + 8 * r] + l_s[HB + r0 + 8 * r], inv = 1.0f / l, *out = opart + (so * ha + h) * dcs;
+        #pragma unroll
+        for (int j = 0; j < 4; j++)
+            #pragma unroll
+            for (int q = 0; q < 8; q++) {
+                int col = (cb + j) * 64 + q * 8 + (lane & 3) * 2;
+                if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
+            }
+        if (wg == 0 && (lane & 3) == 0) lse[so * ha + h] = m_s[r0 + 8 * r] + log2f(l);
     }
 }
 
@@ -470,6 +740,7 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
     extern __shared__ float wsplit[];                   // [MERGE_HEADS][nsplit]
     int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y * MERGE_HEADS + warp;
     float *w = wsplit + warp * nsplit;
+    wait_primary();                                     // the attention kernel's partial outputs
     if (h >= ha) return;
     float M = -INFINITY, den = 0;
     for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, lse[((size_t)b * nsplit + s) * ha + h]);
@@ -507,11 +778,11 @@ template <int MODE, int NJ, int NB> static AttnShape attention_instance(int ha, 
 static AttnShape attention_shape(int ha, int dcs, int Dk) {
     if (dcs > 512 || dcs % 8 || Dk % 8 || Dk - dcs > 64)
         die("decode attention: no kernel for a %d-wide latent slice with a %d-wide rope key (at most 512 and 64, multiples of 8)", dcs, Dk - dcs);
-    int mode = dcs > 256 ? ATT_SPLITK : ha > 64 ? ATT_HEADS : ATT_STREAM;
-    int NJ = dcs <= 64 ? 1 : dcs <= 128 ? 2 : 4, NB = mode == ATT_SPLITK ? 9 : (dcs + 63) / 64 + 1;
+    if (dcs > 256) return AttnShape{decode_attention_seesaw<9>, (ha + 63) / 64, 2, SEE_SMEM};
+    int mode = ha > 64 ? ATT_HEADS : ATT_STREAM, NJ = dcs <= 64 ? 1 : dcs <= 128 ? 2 : 4, NB = (dcs + 63) / 64 + 1;
 #define K_(md, nj, nb) if (mode == md && NJ == nj && NB == nb) return attention_instance<md, nj, nb>(ha, Dk);
     K_(ATT_HEADS, 1, 2) K_(ATT_HEADS, 2, 3) K_(ATT_HEADS, 4, 4) K_(ATT_HEADS, 4, 5)
-    K_(ATT_STREAM, 1, 2) K_(ATT_STREAM, 2, 3) K_(ATT_STREAM, 4, 4) K_(ATT_STREAM, 4, 5) K_(ATT_SPLITK, 4, 9)
+    K_(ATT_STREAM, 1, 2) K_(ATT_STREAM, 2, 3) K_(ATT_STREAM, 4, 4) K_(ATT_STREAM, 4, 5)
 #undef K_
     die("decode attention: no kernel instance for %d heads of a %d-wide slice", ha, dcs);
 }
@@ -569,7 +840,11 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
     a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
                                                             chunk, scale * LOG2E);
     LAUNCH_CHECK();
-    attn_merge_kernel<<<dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), 32 * MERGE_HEADS, MERGE_HEADS * ns * sizeof(float), st>>>(
-        opart, lse, O, ha, dcs, ns);
-    LAUNCH_CHECK();
+    // the merge as a programmatic dependent launch (it starts while the last blocks above finish)
+    cudaLaunchAttribute pdl;
+    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t mc = {dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), dim3(32 * MERGE_HEADS),
+                             MERGE_HEADS * ns * sizeof(float), st, &pdl, 1};
+    CUDA_CHECK(cudaLaunchKernelEx(&mc, attn_merge_kernel, opart, lse, O, ha, dcs, ns));
 }
