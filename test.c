@@ -1306,9 +1306,9 @@ static void test_makefile(void) {
     // Switching builds (the GPU engine or NVCC=none; NCCL or not) needs no make clean: an object is rebuilt
     // when the flags it was built with (.engine, .nvccflags) change, and only then. Run for real on empty
     // sources, with a compiler (for gcc and for nvcc) that only touches what it is asked to write.
-    snprintf(cmd, sizeof(cmd), "mkdir -p %1$s/tree/unicode %1$s/tree/nonccl && cp Makefile %1$s/tree/ && cd %1$s/tree && "
+    snprintf(cmd, sizeof(cmd), "mkdir -p %1$s/tree/unicode %1$s/tree/nonccl %1$s/tree/cuda && cp Makefile %1$s/tree/ && cd %1$s/tree && "
              "printf '#!/bin/sh\\necho cc \"$@\"\\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && touch \"$2\"; shift; done\\n' > cc && chmod +x cc && "
-             "touch run.c test.c tpla.cu tpla.h unicode/classes.h nonccl/nccl.h && echo -DTPLA_CUDA > .engine && sleep 0.01 && touch run.o test.o", d);
+             "touch run.c test.c tpla.cu tpla.h cuda/attention.cuh unicode/classes.h nonccl/nccl.h && echo -DTPLA_CUDA > .engine && sleep 0.01 && touch run.o test.o", d);
     if (sh(cmd)) die("%s failed", cmd);
     struct { const char *name, *vars, *targets; int rebuilt; } steps[] = {
         {"NVCC=none after the GPU build: run.o and test.o rebuilt", "NVCC=none", "run.o test.o", 2},
