@@ -18,7 +18,11 @@
 #include "tpla.h"
 
 typedef __nv_bfloat16 bf16;
-#define LIB_RESERVE ((size_t)2 << 30)   // GPU memory left for the libraries' buffers (cuBLAS workspace, NCCL)
+#define LIB_RESERVE ((size_t)2 << 30)   // GPU memory left for the libraries' own buffers (NCCL, cuBLAS)
+#define BLAS_WS ((size_t)32 << 20)       // cuBLAS' fixed workspace, so that a decode step can be captured in a graph
+// What a rank whose arena holds `used` bytes needs free on its GPU: the one rule that the fit check and
+// the bench's batch search share, so that the largest batch the search finds always fits.
+static size_t device_need(size_t used) { return used + (1 << 20) + BLAS_WS + LIB_RESERVE; }
 #define GPU_MAX_DR 64    // the widest rope key the GPU kernels take (checked when building)
 
 // ----------------------------------------------------------------------------
@@ -76,6 +80,7 @@ typedef struct {
     Part p;
     cudaStream_t st;
     cublasHandle_t blas;
+    void *blas_ws;           // its fixed workspace (BLAS_WS bytes)
     ncclComm_t world, peer;
     char *arena; size_t used, cap, wbytes;   // wbytes: the weights at the start of the arena
     LayerW *lw;
@@ -754,9 +759,8 @@ static void init_rank(GPU *G, Rank *R, void *model) {
         NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
     CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
     layout_rank(G, R);
-    void *ws;   // cuBLAS gets a fixed workspace, so that a decode step can be captured in a graph
-    CUDA_CHECK(cudaMalloc(&ws, 32 << 20));
-    CUBLAS_CHECK(cublasSetWorkspace(R->blas, ws, 32 << 20));
+    CUDA_CHECK(cudaMalloc(&R->blas_ws, BLAS_WS));
+    CUBLAS_CHECK(cublasSetWorkspace(R->blas, R->blas_ws, BLAS_WS));
     if (model) upload_rank(G, R, (const Model *)model); else randomize_rank(G, R);
     std::vector<float> inv(c->dr / 2);
     rope_freqs(c, inv.data());
@@ -821,7 +825,7 @@ static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int n
         size_t free_b, total_b;
         CUDA_CHECK(cudaSetDevice(r));
         CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-        size_t need = R->cap + LIB_RESERVE;
+        size_t need = device_need(R->used);
         if (need > free_b)
             die("GPU %d: this model, batch %d and %d positions need %.2f GiB (weights and cache %.2f GiB), but only %.2f GiB of %.2f GiB are free",
                 r, batch, max_len, need / 1073741824.0, R->cap / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
@@ -845,6 +849,7 @@ static void free_rank(GPU *G, Rank *R, void *arg) {
     CUDA_CHECK(cudaStreamSynchronize(R->st));
     if (R->peer) ncclCommDestroy(R->peer);
     CUBLAS_CHECK(cublasDestroy(R->blas));
+    CUDA_CHECK(cudaFree(R->blas_ws));
     CUDA_CHECK(cudaFree(R->arena));
     CUDA_CHECK(cudaStreamDestroy(R->st));
     free(R->lw);

@@ -138,11 +138,10 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int
         CUDA_CHECK(cudaMemGetInfo(&f, &t));
         free_min = std::min(free_min, f);
     }
-    size_t avail = free_min - std::min(free_min, LIB_RESERVE);
     int lo = 0, hi = MAX_BATCH;
-    while (lo < hi) {   // the largest B whose every rank fits
+    while (lo < hi) {   // the largest B whose every rank fits, by the fit check's own rule
         int mid = (lo + hi + 1) / 2, ok = 1;
-        for (int r = 0; r < K && ok; r++) ok = rank_bytes(c, s, K, r, mid, len, dense) <= avail;
+        for (int r = 0; r < K && ok; r++) ok = device_need(rank_bytes(c, s, K, r, mid, len, dense)) <= free_min;
         if (ok) lo = mid; else hi = mid - 1;
     }
     if (!lo) die("bench: not even one sequence of %d tokens fits next to the weights (%.1f GiB free per GPU)", len, free_min / 1073741824.0);
