@@ -1625,8 +1625,16 @@ static void test_moe_limits(Fixture *fx, int nfx, int ngpu) {
     check("top-17 checkpoint: ./run -d gpu stops with the limit's message (grep status)", rc == 0, rc, "==", 0);
 }
 
-int main(void) {
+// ./test runs every check; ./test attention only the decode attention kernel's (for compute-sanitizer)
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1) {
+        if (argc > 2 || strcmp(argv[1], "attention")) die("usage: ./test [attention]");
+        if (gpu_count() == 0) skip("GPU decode attention vs float64", "no Hopper GPU");
+        else test_gpu_attention();
+        printf("%d passed, %d failed%s\n", n_pass, n_fail, n_skip ? ", 1 skipped" : "");
+        return n_fail ? 1 : 0;
+    }
     snprintf(tmp, sizeof(tmp), "/tmp/tpla-test-XXXXXX");
     if (!mkdtemp(tmp)) die("cannot make a temporary directory");
     snprintf(err_path, sizeof(err_path), "%s/stderr.txt", tmp);

@@ -2,18 +2,20 @@
 # tools/gpu_run.sh: build, test and bench tpla on a GPU machine in one go. Everything goes to a few
 # files under $OUT (default ./out): log.txt (all output), bench.csv, train.log, tiny.tar.* (the trained
 # model, in parts under 16 MB); a short summary is printed last.
-#   tools/gpu_run.sh train test run kernel rank2 rank4 profile bench2 rep bench4 moe
+#   tools/gpu_run.sh train test run kernel sanitize rank2 rank4 profile bench2 rep bench4 moe
 #     train    train the default model (tools/train_tiny.py) on the last GPU, in the background
 #     test     make test (every GPU check on the GPUs present)
 #     run      make run (the default model on every GPU)
-#     kernel   the decode attention kernel at batch 32, 32K context, on every shape of the rank benches:
-#              512+64 with 16, 32, 64 and 128 heads; 64 and 128 heads over 256+64; 128 over 128+64. With
-#              FLASHMLA=DIR (a directory holding FlashMLA's sm90 decode kernel and a harness whose
-#              build_and_run.sh takes --case B,T,HQ), FlashMLA is built and run on the 512+64 shapes too
+#     kernel   the decode attention kernel at 32K context, on every shape of the rank benches: 512+64 with
+#              16, 32, 64 and 128 heads; 64 and 128 heads over 256+64; 128 over 128+64; batch 32 (16 on a
+#              card under 100 GB, where 128 heads at batch 32 do not fit). With FLASHMLA=DIR (a directory
+#              holding FlashMLA's sm90 decode kernel and a harness whose build_and_run.sh takes --case
+#              B,T,HQ; its build/bench_flashmla is used if it is there), FlashMLA runs the 512+64 shapes too
+#     sanitize compute-sanitizer's racecheck and synccheck on the kernel check (./test attention)
 #     rank2    one GPU runs rank 0 of a 2-GPU layout (-R 2, collectives left out): dsv3 and kimik2, g = 2,
 #              contexts 1K..32K, largest batch each
 #     rank4    the same for a 4-GPU layout, g = 4, at 1K, 4K and 32K
-#     profile  Nsight Compute on one launch of the kernel in each mode (stall reasons, pipe use)
+#     profile  Nsight Compute on one launch of the kernel in each mode and of the seesaw kernel (stall reasons, pipe use)
 #     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
 #     rep      the same at 32K with W_UQ and W_O replicated (-w rep)
 #     bench4   dsv3 and kimik2 on 4 GPUs, g = 4 and g = 2
@@ -55,23 +57,29 @@ for step in "$@"; do
         timeout 300 make run >> "$LOG" 2>&1 || echo "make run: exit $?" >> "$LOG"
         summary+="$(grep -E 'GPU|tok/s|exit' "$LOG" | tail -4)"$'\n' ;;
     kernel)
-        if [ -n "${FLASHMLA:-}" ]; then
+        kb=32; [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -lt 100000 ] && kb=16
+        if [ -n "${FLASHMLA:-}" ] && [ ! -x "$FLASHMLA/build/bench_flashmla" ]; then
             ( cd "$FLASHMLA" && BUILD_ONLY=1 NVCC_THREADS=4 ./build_and_run.sh > "$OUT/flashmla_build.log" 2>&1 ) &
             fm_pid=$!
         fi
         # (MLA-TP / TPLA rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256;
         #  64 over 512 / 128 over 256; 32 over 512 / 128 over 128)
         for spec in "dsv3-h16 -K 1 -g 1" "dsv3 -K 1 -g 1" "kimik2 -R 2 -g 2" "dsv3 -R 2 -g 2" "dsv3 -R 4 -g 4"; do
-            bench $spec -b 32 -l 32768 -n 3
+            bench $spec -b $kb -l 32768 -n 3
         done
-        summary+="kernel, batch 32, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
+        summary+="kernel, batch $kb, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
         summary+="$(grep -E '^=== ./run|^ +32768 (MLA-TP|TPLA) ' "$LOG" | tail -15)"$'\n'
         if [ -n "${FLASHMLA:-}" ]; then
-            wait $fm_pid
-            "$FLASHMLA"/build/bench_flashmla --case 32,32768,16 --case 32,32768,32 --case 32,32768,64 \
-                --case 32,32768,128 --case 128,8192,16 > "$OUT/flashmla.log" 2>&1 || tail -5 "$OUT/flashmla_build.log"
-            summary+="FlashMLA, same card:"$'\n'"$(grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|' "$OUT/flashmla.log")"$'\n'
+            [ -n "${fm_pid:-}" ] && wait $fm_pid
+            "$FLASHMLA"/build/bench_flashmla --case $kb,32768,16 --case $kb,32768,32 --case $kb,32768,64 \
+                --case $kb,32768,128 > "$OUT/flashmla.log" 2>&1 || tail -5 "$OUT/flashmla_build.log"
+            summary+="FlashMLA, same card (ms a layer; tpla's attn ms above is 61 layers):"$'\n'"$(grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ \|' "$OUT/flashmla.log")"$'\n'
         fi ;;
+    sanitize)
+        for tool in racecheck synccheck; do
+            timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 ./test attention > "$OUT/sanitize_$tool.txt" 2>&1
+            summary+="compute-sanitizer $tool: exit $?, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_$tool.txt" | tr '\n' ' ')"$'\n'
+        done ;;
     rank2)
         for s in dsv3 kimik2; do bench $s -R 2 -g 2 -n 5; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -12)"$'\n' ;;
@@ -93,7 +101,7 @@ for step in "$@"; do
         ncu_run heads_g2 '_Z23decode_attention_kernelILi0ELi4E' dsv3 -R 2 -g 2
         ncu_run heads_g4 '_Z23decode_attention_kernelILi0ELi2E' dsv3 -R 4 -g 4
         ncu_run stream '_Z23decode_attention_kernelILi1ELi4E' kimik2 -R 2 -g 2
-        ncu_run splitk '_Z23decode_attention_kernelILi2E' dsv3 -K 1 -g 1 ;;
+        ncu_run seesaw '_Z23decode_attention_seesaw' dsv3 -K 1 -g 1 ;;
     bench2)
         for s in dsv3 kimik2; do bench $s -K 2 -g 2 -n 5; done
         summary+="$(grep -E 'TPLA/MLA|bench .*exit|error' "$LOG" | tail -14)"$'\n' ;;
