@@ -77,7 +77,7 @@ for step in "$@"; do
         fi ;;
     sanitize)
         for tool in racecheck synccheck; do
-            timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 ./test attention > "$OUT/sanitize_$tool.txt" 2>&1
+            timeout ${SAN_TIMEOUT:-240} compute-sanitizer --tool $tool --error-exitcode 3 ./test attention > "$OUT/sanitize_$tool.txt" 2>&1
             summary+="compute-sanitizer $tool: exit $?, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_$tool.txt" | tr '\n' ' ')"$'\n'
         done ;;
     rank2)
