@@ -70,11 +70,9 @@ static void fold_latent(Model *m, const float *U);
 
 static void build_model(Model *m, const char *path) {
     memset(m, 0, sizeof(*m));
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
     struct stat st;
-    if (fstat(fd, &st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) die("%s: %s; give a .bin from ./convert", path, S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+    int fd = in_open(path, 0, &st);
+    if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
     size_t size = st.st_size;
     if (size < TPLA_HEADER) die("%s: truncated: %zu bytes, smaller than the %d-byte header", path, size, TPLA_HEADER);
     const uint8_t *f = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -524,20 +522,6 @@ static void free_tokenizer(Tokenizer *t) {
     free(t->str); free(t->len); free(t->flags); free(t->added); free(t->mkey); free(t->mrank); free(t->mres);
 }
 
-// The byte offset of the first invalid UTF-8 sequence in s (overlong, surrogate, above U+10FFFF or cut
-// short), or -1 if there is none.
-static long utf8_invalid(const uint8_t *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int c = s[i], k = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2 : c >= 0xF0 && c < 0xF5 ? 3 : -1;
-        if (k < 0 || (k && i + k >= n)) return i;
-        unsigned cp = k ? c & (0x3F >> k) : c;
-        for (int j = 1; j <= k; j++) { if ((s[i + j] & 0xC0) != 0x80) return i; cp = cp << 6 | (s[i + j] & 0x3F); }
-        if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF))) return i;
-        i += k + 1;
-    }
-    return -1;
-}
-
 static int unicode_class(unsigned cp) {   // U_* by binary search of the ranges
     int lo = 0, hi = sizeof(UNICODE_CLASSES) / sizeof(UNICODE_CLASSES[0]) - 1;
     while (lo <= hi) {
@@ -941,8 +925,9 @@ static void check_input(const char *path) {
 
 // Reads a whole file (also a pipe or /dev/stdin: it is read to its end) and NUL-terminates it.
 static char *read_file(const char *path, size_t *len) {
-    check_input(path);
-    FILE *f = fopen(path, "rb");
+    struct stat st;
+    int fd = in_open(path, 1, &st);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
     if (!f) die("%s: cannot open (%s)", path, strerror(errno));
     size_t n = 0, cap = 1 << 16, k;
     char *buf = xmalloc(cap);
@@ -959,7 +944,9 @@ static char *read_file(const char *path, size_t *len) {
 }
 
 static int *read_ids(const char *path, int vocab, int *n) {
-    char *txt = read_file(path, NULL), *p = txt, *end;
+    size_t len;
+    char *txt = read_file(path, &len), *p = txt, *end, *nul = memchr(txt, 0, len);
+    if (nul) die("%s: a NUL byte at byte %zu; not a list of token ids", path, (size_t)(nul - txt));
     int cap = 1024, *ids = xmalloc(cap * sizeof(int));
     *n = 0;
     for (;;) {
@@ -1098,9 +1085,9 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (k) engine_feed(&e, ids, k, 1, out);
     if (k < n) engine_feed(&e, ids + k, n - k, 0, out + (size_t)k * c->vocab);
     out_write(f, out, (size_t)n * c->vocab * sizeof(float));
-    out_close(f, a->out);
     printf("wrote %s: %d positions x %d logits (%d prefilled exactly, %d decoded as %s)\n", a->out, n, c->vocab, k, n - k,
            a->tpla ? "TPLA" : "MLA");
+    out_close(f, a->out);
     free_engine(&e); free(out); free(ids); free(U); free(ev); free((void *)s.rms_fix);
 }
 
@@ -1262,6 +1249,7 @@ int main(int argc, char **argv) {
     // user's own setting wins.
     if (!getenv("OMP_WAIT_POLICY") && !setenv("OMP_WAIT_POLICY", "passive", 1)) execv("/proc/self/exe", argv);
 #endif
+    atexit(stdout_check);
     Args a = {0};
     a.mode = M_GENERATE; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
     a.temp = 0.8f; a.topp = 0.9f; a.split = 1;
@@ -1293,7 +1281,7 @@ int main(int argc, char **argv) {
         case 'p': a.topp = parse_float(v, "-p", 0, 1); break;
         case 's': a.seed = parse_int(v, "-s", 0, 2147483647); break;
         case 'f': a.in = v; break;
-        case 'o': a.out = v; break;
+        case 'o': if (!*v) die("-o: an empty path; give a file name"); a.out = v; break;
         case 'b': a.batch = parse_int(v, "-b", 0, 1 << 20); break;
         case 'l': a.nctx = parse_list(v, NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ); break;
         case 'R': a.rank_of = parse_int(v, "-R", 1, 1024); break;
