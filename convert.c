@@ -506,9 +506,15 @@ static void emit(FILE *f, const Src *s, int f32) {  // f NULL: a dry run, which 
     uint16_t *h = xmalloc(s->cols * sizeof(uint16_t));
     for (int64_t r = 0; r < s->rows; r++) {
         load_row(s, r, row);
-        if (f32) { put(f, row, s->cols * sizeof(float)); continue; }
-        for (int64_t j = 0; j < s->cols; j++) h[j] = f32_to_bf16(row[j]);
-        put(f, h, s->cols * sizeof(uint16_t));
+        for (int64_t j = 0; j < s->cols; j++) {  // every value written is finite: a NaN or an infinity is damage
+            h[j] = f32_to_bf16(row[j]);
+            if (!isfinite(f32 ? row[j] : bf16_to_f32(h[j])))
+                die("%s: tensor %s holds %g at row %lld, column %lld%s; the checkpoint is damaged: re-download it", s->t->file,
+                    s->t->name, row[j], (long long)(s->row0 + r), (long long)j, isfinite(row[j]) ? ", beyond bfloat16's range"
+                    : s->scale ? " (the F8 value times its block scale)" : "");
+        }
+        if (f32) put(f, row, s->cols * sizeof(float));
+        else put(f, h, s->cols * sizeof(uint16_t));
     }
     free(row);
     free(h);

@@ -68,8 +68,11 @@ static void reload_tensor(Model *m, int kind, int layer) {
 
 static void fold_latent(Model *m, const float *U);
 
+static const char *model_path;   // the checkpoint last loaded, for the messages about its weights
+
 static void build_model(Model *m, const char *path) {
     memset(m, 0, sizeof(*m));
+    model_path = path;
     struct stat st;
     int fd = in_open(path, 0, &st);
     if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
@@ -748,12 +751,14 @@ static int cmp_prob(const void *a, const void *b) {
     return x > y ? -1 : x < y ? 1 : 0;
 }
 
+// The probabilities are exp((x - max) / T): the exponent is at most 0 for any temperature, so a tiny T
+// (1e-38) gives the argmax, not inf / inf. The logits are finite (check_logits).
 static int sample(Sampler *sm, const float *logits, int n) {
     if (sm->temp == 0) return argmax(logits, n);
-    float *p = xmalloc(n * sizeof(float));
+    float *p = xmalloc(n * sizeof(float)), mx = logits[argmax(logits, n)], sum = 0;
     ProbIndex *pi = xmalloc(n * sizeof(ProbIndex));
-    for (int i = 0; i < n; i++) p[i] = logits[i] / sm->temp;
-    softmax(p, n);
+    for (int i = 0; i < n; i++) { p[i] = expf((logits[i] - mx) / sm->temp); sum += p[i]; }
+    for (int i = 0; i < n; i++) p[i] /= sum;
     for (int i = 0; i < n; i++) { pi[i].p = p[i]; pi[i].i = i; }
     qsort(pi, n, sizeof(ProbIndex), cmp_prob);
     float cum = 0, r;
@@ -764,6 +769,17 @@ static int sample(Sampler *sm, const float *logits, int n) {
     for (int i = 0; i <= last; i++) { r -= pi[i].p; if (r <= 0) { tok = pi[i].i; break; } }
     free(p); free(pi);
     return tok;
+}
+
+// Fails, naming the position, if logits (rows of V, the first at position pos) hold NaN or an
+// infinity: they come from damaged weights (or weights that overflow float32), and no token, file or
+// score may be made of them. Damaged weights load (only the header and the tokenizer block are checked
+// at load; convert refuses non-finite weights), so every result is checked here.
+static void check_logits(const float *x, int rows, int V, int pos) {
+    for (size_t i = 0; i < (size_t)rows * V; i++)
+        if (!isfinite(x[i]))
+            die("%s: the logits of position %zu hold %g: the weights are damaged (NaN or Inf) or overflow float32; "
+                "re-run ./convert, which refuses non-finite weights", model_path, pos + i / V, x[i]);
 }
 
 // ----------------------------------------------------------------------------
@@ -1045,6 +1061,7 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
         if (k < n) lg = engine_feed(&e, ids + k, n - k, 0, NULL);
         int i;
         for (i = 0; i < a->steps; i++) {
+            check_logits(lg, 1, c->vocab, e.pos - 1);
             int next = sample(&sm, lg, c->vocab);
             gen[run][i] = next;
             if (next == c->eos) break;
@@ -1084,6 +1101,7 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     float *out = xmalloc((size_t)n * c->vocab * sizeof(float));
     if (k) engine_feed(&e, ids, k, 1, out);
     if (k < n) engine_feed(&e, ids + k, n - k, 0, out + (size_t)k * c->vocab);
+    check_logits(out, n, c->vocab, 0);
     out_write(f, out, (size_t)n * c->vocab * sizeof(float));
     printf("wrote %s: %d positions x %d logits (%d prefilled exactly, %d decoded as %s)\n", a->out, n, c->vocab, k, n - k,
            a->tpla ? "TPLA" : "MLA");
@@ -1151,6 +1169,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
             const int *x = ids + (size_t)w * W;
             engine_reset(&em);
             engine_feed(&em, x, W, 1, ref);
+            check_logits(ref, W, V, w * W);
             if (ti == 0)
                 for (int t = k; t + 1 < W; t++) { nll_mla += logsumexp(ref + (size_t)t * V, V) - ref[(size_t)t * V + x[t + 1]]; cnt_mla++; }
             for (int i = 0; i < nrow; i++) {
@@ -1158,6 +1177,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
                 engine_reset(&r->e);
                 engine_feed(&r->e, x, k, 1, out);
                 engine_feed(&r->e, x + k, W - k, 0, out + (size_t)k * V);
+                check_logits(out, W, V, w * W);
                 for (int t = k; t + 1 < W; t++) {
                     float *p = ref + (size_t)t * V, *q = out + (size_t)t * V;
                     memcpy(pc, p, V * sizeof(float));

@@ -1083,6 +1083,21 @@ static void hf_copy(const char *dir, const char *edit) {
     if (sh(cmd)) die("%s failed", cmd);
 }
 
+// In dir's model.safetensors, the first value of the tensor name becomes the n bytes v.
+static void patch_tensor(const char *dir, const char *name, const void *v, size_t n) {
+    char path[400], key[200];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    snprintf(key, sizeof(key), "\"%s\":", name);
+    size_t len;
+    char *f = read_file(path, &len), *at = memmem(f, len, key, strlen(key)), *of = at ? strstr(at, "\"data_offsets\":[") : NULL;
+    uint64_t hl;
+    memcpy(&hl, f, 8);
+    if (of) memcpy(f + 8 + hl + strtoull(of + 16, NULL, 10), v, n);
+    FILE *w = fopen(path, "wb");
+    if (!of || !w || fwrite(f, 1, len, w) != len || fclose(w)) die("%s: cannot patch %s", path, name);
+    free(f);
+}
+
 // A safetensors file of two BF16 tensors of 4 values, a and b, at the data_offsets given, with n bytes of data.
 static void write_two(const char *path, const char *a, const char *b, int n) {
     char hdr[400];
@@ -1155,6 +1170,93 @@ static void test_inputs(void) {
     snprintf(cmd, sizeof(cmd), "mkfifo %1$s/ids.fifo && (sleep 0.3; echo '1 2 3' > %1$s/ids.fifo) & timeout 60 " BIN "run %2$s/v3.bin -d cpu "
              "-m logits -f %1$s/ids.fifo -o %1$s/fifo.f32", d, tmp);
     expect_ok("-f a FIFO, written a moment later", cmd);
+}
+
+// Numbers that are not finite: the router on a bias near FLT_MAX or infinite, the sampler at a tiny
+// temperature, NaN logits from a damaged checkpoint. And the one routing difference from HF.
+static void test_nonfinite(Fixture *fx) {
+    // every group's score +inf: a bias of 1.8e38 (the top-2 sum overflows) on every expert, v3 and moe
+    // fixtures: all tie, so the lowest groups and experts are chosen. And v3's router (4 groups of 2, 2
+    // kept) at top-3 with biases inf, -5 | inf, -5 | inf, inf | inf, -5: every group's score is inf; the
+    // kept groups are 0 and 1, so experts 0, 2, 1 (a router that kept no group took 0, 2, 4)
+    int wrong = 0;
+    for (int f = 0; f < 3; f += 2) {
+        const Config *c = &fx[f].m.c;
+        float lg[c->n_experts], bias[c->n_experts], scratch[2 * c->n_experts + c->n_group + 1], w[c->topk];
+        int idx[c->topk];
+        for (int e = 0; e < c->n_experts; e++) lg[e] = 0, bias[e] = 1.8e38f;
+        route(c, lg, bias, scratch, idx, w);
+        for (int k = 0; k < c->topk; k++) wrong += idx[k] != k;
+    }
+    Config c = fx[0].m.c;
+    c.topk = 3;
+    float lg8[8] = {0}, b8[8] = {INFINITY, -5, INFINITY, -5, INFINITY, INFINITY, INFINITY, -5}, sc8[2 * 8 + 4 + 1], w8[3];
+    int i8[3];
+    route(&c, lg8, b8, sc8, i8, w8);
+    wrong += i8[0] != 0 || i8[1] != 2 || i8[2] != 1;
+    check("route with every group's score +inf (bias 1.8e38; inf): experts not the expected", wrong == 0, wrong, "==", 0);
+    // HF's DeepseekV3 masks the dropped groups with 0.0, tpla with -inf (as DeepSeek's inference code and
+    // vLLM). 4 experts in 2 groups, one group kept, top-2, s = sigmoid(0) = 0.5, bias -2, -2, -3, -3: the
+    // choices are -1.5, -1.5 | -2.5, -2.5; group 0 (sum -3) is kept. Masked with -inf: experts 0 and 1;
+    // masked with 0.0, as HF: 0.0 > -1.5, so experts 2 and 3, of the dropped group.
+    c = fx[0].m.c;
+    c.n_experts = 4; c.n_group = 2; c.topk_group = 1; c.topk = 2; c.routing = ROUTE_SIGMOID_GROUP; c.norm_topk = 1; c.routed_scale = 1;
+    float lg[4] = {0, 0, 0, 0}, bias[4] = {-2, -2, -3, -3}, scratch[2 * 4 + 2 + 1], w[2], hf[4];
+    int idx[2], hi[2];
+    route(&c, lg, bias, scratch, idx, w);
+    for (int e = 0; e < 4; e++) hf[e] = e < 2 ? 0.5f + bias[e] : 0.0f;   // HF: masked_fill(~mask, 0.0)
+    for (int k = 0; k < 2; k++) { hi[k] = argmax(hf, 4); hf[hi[k]] = -INFINITY; }
+    int ok = idx[0] == 0 && idx[1] == 1 && hi[0] == 2 && hi[1] == 3;
+    check("route, kept experts' s + bias < 0: tpla takes 0,1 (kept group); HF's 0.0 mask 2,3 (0: yes)", ok, !ok, "==", 0);
+    // the sampler at a temperature of 1e-38 (logits / T overflowed to inf: NaN probabilities, any token),
+    // on the fixture's logits and on them times 1e37: the argmax, under 8 seeds
+    const float *row = fx[0].hf;
+    int V = fx[0].m.c.vocab, miss = 0;
+    float *big = xmalloc(V * sizeof(float));
+    for (int i = 0; i < V; i++) big[i] = row[i] * 1e37f;
+    for (int seed = 1; seed <= 8; seed++) {
+        Sampler tiny = {1e-38f, 0.9f, (unsigned long long)seed};
+        miss += sample(&tiny, row, V) != argmax(row, V);
+        miss += sample(&tiny, big, V) != argmax(big, V);
+    }
+    check("sampler at -t 1e-38, on logits and on logits x 1e37: not the argmax (8 seeds)", miss == 0, miss, "==", 0);
+    free(big);
+    // convert refuses a weight that is not finite, naming the tensor and the place: a BF16 NaN, an F32 inf
+    char dir[300], out[300], cmd[800];
+    snprintf(dir, sizeof(dir), "%s/nan_hf", tmp);
+    snprintf(out, sizeof(out), "%s/nan_hf.bin", tmp);
+    hf_copy(dir, NULL);
+    patch_tensor(dir, "model.embed_tokens.weight", (const uint8_t[]){0xc0, 0x7f}, 2);
+    snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, out);
+    expect_error("convert: a NaN in model.embed_tokens.weight (BF16)", cmd, "tensor model.embed_tokens.weight holds nan at row 0, column 0", out);
+    hf_copy(dir, NULL);
+    patch_tensor(dir, "model.layers.1.mlp.gate.e_score_correction_bias", (const uint8_t[]){0, 0, 0x80, 0x7f}, 4);
+    expect_error("convert: an inf in a router bias (F32)", cmd, "tensor model.layers.1.mlp.gate.e_score_correction_bias holds inf at row 0, column 0", out);
+    // a NaN in lm_head: every logit of token 0 is NaN; logits, ppl and generate refuse them
+    char path[300];
+    snprintf(path, sizeof(path), "%s/v3.bin", tmp);
+    size_t len;
+    char *f = read_file(path, &len);
+    int nt = tensor_layout(&fx[0].m.c, NULL, NULL);
+    Tensor *t = xmalloc(nt * sizeof(Tensor));
+    tensor_layout(&fx[0].m.c, t, NULL);
+    memcpy(f + weights_offset(&fx[0].m.c) + t[nt - 1].off, (const uint8_t[]){0xc0, 0x7f}, 2);   // T_LM_HEAD is the last
+    snprintf(path, sizeof(path), "%s/nan.bin", tmp);
+    FILE *wf = fopen(path, "wb");
+    if (t[nt - 1].kind != T_LM_HEAD || !wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    free(f); free(t);
+    const char *modes[][3] = {
+        {"a NaN weight: -m logits", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "nan.bin: the logits of position 0 hold nan"},
+        {"a NaN weight: -m ppl", "-m ppl -f tests/data/tok.txt -n 64", "nan.bin: the logits of position 0 hold nan"},
+        {"a NaN weight: generate (6 prompt tokens)", "-i 'def f(x):' -n 4", "nan.bin: the logits of position 5 hold nan"},
+    };
+    for (int i = 0; i < 3; i++) {
+        char args[200], out[300];
+        snprintf(args, sizeof(args), modes[i][1], tmp);
+        snprintf(out, sizeof(out), "%s/nan.f32", tmp);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", path, args);
+        expect_error(modes[i][0], cmd, modes[i][2], i ? NULL : out);
+    }
 }
 
 // Long runs show their progress on a terminal, one line rewritten in place (\r), and nothing when stderr
@@ -1533,6 +1635,7 @@ int main(void) {
     test_outputs();
     test_inputs();
     test_signals();
+    test_nonfinite(fx);
     test_moe_limits(fx, 3, ng);
     test_progress();
     printf("--- the build\n");

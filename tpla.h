@@ -279,6 +279,9 @@ HD static inline void route(const Config *c, const float *logits, const float *b
         for (int e = 0; e < E; e++) { s[e] = expf(logits[e] - mx); sum += s[e]; }
         for (int e = 0; e < E; e++) { s[e] /= sum; choice[e] = s[e]; }
     }
+    // Non-finite scores (damaged weights, or a bias near FLT_MAX) are a defined choice: NaN ranks as
+    // -inf, and +inf is a score like any other; the index chosen is always one of the experts.
+    for (int e = 0; e < E; e++) if (choice[e] != choice[e]) choice[e] = -INFINITY;
     if (c->routing != ROUTE_SOFTMAX_GREEDY) {
         for (int g = 0; g < G; g++) {
             float a = -INFINITY, b = -INFINITY;   // the two largest of the group
@@ -286,17 +289,19 @@ HD static inline void route(const Config *c, const float *logits, const float *b
                 if (choice[e] > a) { b = a; a = choice[e]; } else if (choice[e] > b) b = choice[e];
             }
             gscore[g] = c->routing == ROUTE_SIGMOID_GROUP ? a + b : a;
+            if (gscore[g] != gscore[g]) gscore[g] = -INFINITY;   // inf + -inf
         }
-        for (int k = 0; k < c->topk_group; k++) {   // mark the kept groups with +inf
+        for (int k = 0; k < c->topk_group; k++) {   // the kept groups, largest first (of equal ones the lowest index), become NaN
             int best = -1;
-            for (int g = 0; g < G; g++) if (gscore[g] != INFINITY && (best < 0 || gscore[g] > gscore[best])) best = g;
-            gscore[best] = INFINITY;
+            for (int g = 0; g < G; g++) if (gscore[g] == gscore[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+            gscore[best] = NAN;
         }
+        // a dropped group's experts are out of the choice: -inf, as DeepSeek's inference code and vLLM
+        // (HF's DeepseekV3 writes 0.0; README "The model and its MoE routing")
         for (int e = 0; e < E; e++)
-            if (gscore[e / per] != INFINITY) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
+            if (gscore[e / per] == gscore[e / per]) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
     }
     // the topk largest choices, largest first (of equal ones the lowest index); a chosen one becomes NaN
-    for (int e = 0; e < E; e++) if (choice[e] != choice[e]) choice[e] = -INFINITY;   // NaN scores (damaged weights)
     float sum = 0;
     for (int k = 0; k < c->topk; k++) {
         int best = -1;
