@@ -464,10 +464,9 @@ static inline void out_on_signal(int sig, siginfo_t *info, void *ctx) {
 }
 
 // Opens an input for reading (*st gets its fstat), or returns -1 with errno set (the caller says what
-// the file is for).
-// Refuses a directory, the output, and anything but a regular file unless stream: text that may come
-// through a pipe (-f /dev/stdin), whose open waits for the writer of a FIFO as cat's does. A FIFO
-// that should be a file is opened without blocking, so that it is refused and not waited on.
+// the file is for). Refuses a directory, the output, and anything but a regular file unless stream:
+// text that may come through a pipe (-f /dev/stdin), whose open waits for a FIFO's writer as cat's
+// does. A FIFO that should be a file is opened without blocking, so that it is refused, not waited on.
 static inline int in_open(const char *path, int stream, struct stat *st) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | (stream ? 0 : O_NONBLOCK));
     if (fd < 0) return -1;
