@@ -5,7 +5,7 @@
 // Reads BF16, F16, F32 and F8_E4M3 with 128x128 block scales (the DeepSeek-V3 and Kimi-K2 releases);
 // writes the header, the tokenizer block and the weights in tensor_layout() order (tpla.h): matrices
 // bf16, vectors float32. The config is checked first (config_error, the rules run applies). The output
-// goes to OUT.bin.tmp and is renamed at the end, so a run that fails or is interrupted leaves no file.
+// goes to a temporary beside it, renamed at the end, so a run that fails or is interrupted leaves no file.
 // Assumes a little-endian host, as safetensors files are little-endian. Build: make convert
 
 #include <ctype.h>
@@ -42,7 +42,12 @@ static void note(const char *fmt, ...) {
 }
 
 // ----------------------------------------------------------------------------
-// JSON: a tree of values; strings are decoded to UTF-8.
+// JSON: a tree of values; strings are decoded to UTF-8. Read strictly, so that nothing is read otherwise
+// than Python reads it: a key twice in one object (Python keeps the last), a string with invalid UTF-8
+// (which Python and HF refuse), a raw control character or \u0000, a number outside JSON's grammar and
+// a file larger than MAX_JSON are refused, with a message that names the file and the place.
+
+#define MAX_JSON 100000000   // bytes of a JSON file read whole, or of a safetensors header (the safetensors library's limit)
 
 enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
 
@@ -56,8 +61,28 @@ typedef struct Json {
 
 typedef struct { const char *p, *start, *end, *file; int depth; } Parser;
 
-static void jfail(Parser *ps, const char *what) {
-    die("%s: bad JSON at byte %ld: %s", ps->file, (long)(ps->p - ps->start), what);
+static void jfail(Parser *ps, const char *fmt, ...) {  // at byte ps->p
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: %s: bad JSON at byte %ld: ", ps->file, (long)(ps->p - ps->start));
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+// A string from a file, for a message: at most its first 60 bytes (cut between characters), control
+// characters shown as '?'. Four buffers in turn, for one message.
+static const char *shown(const char *s) {
+    static char buf[4][72];
+    static int k;
+    char *o = buf[k++ % 4];
+    int n = 0;
+    for (; s[n] && n < 60; n++) o[n] = (unsigned char)s[n] < 0x20 || s[n] == 0x7f ? '?' : s[n];
+    if (!s[n]) { o[n] = 0; return o; }
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    memcpy(o + n, "...", 4);
+    return o;
 }
 
 static int next_is(Parser *ps, char ch) {  // skips white space; consumes ch if it comes next
@@ -88,9 +113,12 @@ static char *parse_string(Parser *ps, int *len) {  // just after the opening quo
     const char *q = ps->p;
     while (q < ps->end && *q != '"') q += *q == '\\' ? 2 : 1;
     if (q >= ps->end) jfail(ps, "unterminated string");
+    long bad = utf8_invalid((const uint8_t *)ps->p, q - ps->p);
+    if (bad >= 0) ps->p += bad, jfail(ps, "invalid UTF-8 (0x%02x) in a string; Python and HF refuse the file", (uint8_t)*ps->p);
     char *s = xmalloc(q - ps->p + 1), *o = s;  // decoding never makes a string longer
     while (ps->p < q) {
         char ch = *ps->p++;
+        if ((uint8_t)ch < 0x20) ps->p--, jfail(ps, "a control character (0x%02x) in a string; JSON writes it as an escape (\\n, \\u001f)", ch);
         if (ch != '\\') { *o++ = ch; continue; }
         if (*ps->p != 'u') {  // a one-letter escape
             static const char pairs[] = "\"\"\\\\//b\bf\fn\nr\rt\t";  // the letter after '\', then what it stands for
@@ -109,6 +137,7 @@ static char *parse_string(Parser *ps, int *len) {  // just after the opening quo
             if (lo >= 0xDC00 && lo < 0xE000) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             else ps->p = back, cp = 0xFFFD;
         } else if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD;  // a lone surrogate
+        if (!cp) ps->p -= 6, jfail(ps, "\\u0000 in a string; convert reads no NUL characters");
         o = put_utf8(o, cp);
     }
     ps->p = q + 1;
@@ -116,6 +145,10 @@ static char *parse_string(Parser *ps, int *len) {  // just after the opening quo
     *len = (int)(o - s);
     return s;
 }
+
+static const char *digits(const char *p, const char *e) { while (p < e && isdigit((unsigned char)*p)) p++; return p; }
+
+static int key_order(const void *a, const void *b) { return strcmp((*(Json *const *)a)->key, (*(Json *const *)b)->key); }
 
 static void parse_value(Parser *ps, Json *v) {
     static const char *lit[] = { "null", "false", "true" };  // J_NULL, J_FALSE, J_TRUE
@@ -137,18 +170,36 @@ static void parse_value(Parser *ps, Json *v) {
         } while (next_is(ps, ','));
         if (!next_is(ps, close)) jfail(ps, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
         ps->depth--;
+        if (v->type == J_OBJ && v->n > 1) {  // a key twice: sort the keys, compare neighbours
+            Json **by = xmalloc(v->n * sizeof *by);
+            for (int i = 0; i < v->n; i++) by[i] = &v->kid[i];
+            qsort(by, v->n, sizeof *by, key_order);
+            for (int i = 1; i < v->n; i++)
+                if (!strcmp(by[i - 1]->key, by[i]->key))
+                    die("%s: bad JSON: the key \"%s\" appears twice in one object (Python would keep the last); remove one",
+                        ps->file, shown(by[i]->key));
+            free(by);
+        }
     } else if (next_is(ps, '"')) {
         v->type = J_STR;
         v->str = parse_string(ps, &v->n);
-    } else if (ps->p < ps->end && (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9'))) {
-        char buf[64], *e;
-        int n = 0;
-        while (ps->p + n < ps->end && n < 63 && ps->p[n] && strchr("+-0123456789.eE", ps->p[n])) buf[n] = ps->p[n], n++;
-        buf[n] = 0;
+    } else if (ps->p < ps->end && (*ps->p == '-' || isdigit((unsigned char)*ps->p))) {
+        // JSON's grammar, of any length: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; strtod rounds as Python does
+        const char *p = ps->p + (*ps->p == '-'), *e = ps->end, *d = digits(p, e);
+        int ok = d > p && (*p != '0' || d == p + 1);  // no leading zero
+        if (ok && (p = d) < e && *p == '.') d = digits(++p, e), ok = d > p, p = d;
+        if (ok && p < e && (*p == 'e' || *p == 'E')) {
+            p += 1 + (p + 1 < e && (p[1] == '+' || p[1] == '-'));
+            d = digits(p, e), ok = d > p, p = d;
+        }
+        if (!ok) jfail(ps, "bad number");
+        size_t n = p - ps->p;
+        char small[64], *buf = n < sizeof small ? small : xmalloc(n + 1);
+        memcpy(buf, ps->p, n), buf[n] = 0;
         v->type = J_NUM;
-        v->num = strtod(buf, &e);
-        if (e == buf) jfail(ps, "bad number");
-        ps->p += e - buf;
+        v->num = strtod(buf, NULL);
+        if (buf != small) free(buf);
+        ps->p = p;
     } else {
         for (v->type = J_NULL; v->type <= J_TRUE; v->type++) {
             size_t n = strlen(lit[v->type]);
@@ -175,12 +226,16 @@ static void json_clear(Json *v) {  // frees what v holds
 static void json_free(const Json *v) { if (v) json_clear((Json *)v), free((void *)v); }
 
 static const Json *read_json(const char *path) {  // NULL if the file cannot be opened
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0, k;
-    char *s = xmalloc(cap);
-    while ((k = fread(s + n, 1, cap - n, f)) > 0) if ((n += k) == cap) s = xrealloc(s, cap *= 2);
-    if (ferror(f)) die("%s: read failed (%s)", path, strerror(errno));
+    struct stat st;
+    int fd = in_open(path, 0, &st);
+    if (fd < 0) return NULL;
+    if (st.st_size > MAX_JSON)
+        die("%s: %lld bytes, more than the %d a JSON file may have (the safetensors library's limit for a header); "
+            "is it the right file?", path, (long long)st.st_size, MAX_JSON);
+    FILE *f = fdopen(fd, "rb");
+    char *s = xmalloc(st.st_size + 1);
+    size_t n = f ? fread(s, 1, st.st_size, f) : 0;  // a file that shrank meanwhile: what is there
+    if (!f || ferror(f)) die("%s: read failed (%s)", path, strerror(errno));
     fclose(f);
     const Json *v = json_parse(s, n, path);
     free(s);
@@ -254,12 +309,16 @@ typedef struct { char *path; const uint8_t *map; size_t size; const Json *header
 static SFile *files;    // every file opened: the tensors point into their paths, mappings and headers
 static int nfiles;
 
+typedef struct { uint64_t b, e; const char *name; } Span;  // a tensor's data_offsets
+static int span_order(const void *x, const void *y) {
+    const Span *a = x, *b = y;
+    return a->b != b->b ? (a->b > b->b) - (a->b < b->b) : (a->e > b->e) - (a->e < b->e);
+}
+
 static void open_safetensors(char *path) {  // path: a fresh string, freed with the file at the end
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) die("%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) die("%s: not a regular file", path);
+    int fd = in_open(path, 0, &st);
+    if (fd < 0) die("%s: cannot open (%s)", path, strerror(errno));
     size_t size = st.st_size;
     if (size < 8) die("%s: truncated (%zu bytes); re-download or re-save it", path, size);
     const uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -268,30 +327,36 @@ static void open_safetensors(char *path) {  // path: a fresh string, freed with 
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | map[i];
     if (hlen > size - 8) die("%s: truncated: the header says %llu bytes of JSON, the file has %zu; re-download it", path, (unsigned long long)hlen, size);
+    if (hlen > MAX_JSON) die("%s: a header of %llu bytes, more than the safetensors library's limit of %d; re-save it", path, (unsigned long long)hlen, MAX_JSON);
     const Json *h = json_parse((const char *)map + 8, hlen, path);
     files = xrealloc(files, (nfiles + 1) * sizeof *files);
     files[nfiles++] = (SFile){ path, map, size, h };
     if (h->type != J_OBJ) die("%s: not a safetensors file (the header is not a JSON object)", path);
     uint64_t dsize = size - 8 - hlen;
+    Span *sp = xmalloc((h->n + 1) * sizeof *sp);
+    int ns = 0;
     for (int i = 0; i < h->n; i++) {
         const Json *e = &h->kid[i], *dt = jget(e, "dtype"), *sh = jget(e, "shape"), *of = jget(e, "data_offsets");
         if (!strcmp(e->key, "__metadata__")) continue;
         if (!dt || dt->type != J_STR || !sh || sh->type != J_ARR || sh->n > 8 || !of || of->type != J_ARR || of->n != 2
             || of->kid[0].type != J_NUM || of->kid[1].type != J_NUM)
-            die("%s: tensor %s: bad header entry (dtype, shape, data_offsets)", path, e->key);
+            die("%s: tensor %s: bad header entry (dtype, shape, data_offsets)", path, shown(e->key));
         STensor t = { .name = e->key, .file = path, .dtname = dt->str, .ndim = sh->n };
         for (t.dtype = 0; t.dtype < DT_OTHER && strcmp(dt_names[t.dtype], dt->str); t.dtype++) {}
         double numel = 1, b = of->kid[0].num, end = of->kid[1].num;
         for (int d = 0; d < sh->n; d++) {
             double x = sh->kid[d].num;
-            if (sh->kid[d].type != J_NUM || x < 0 || x != floor(x) || x > 1e12) die("%s: tensor %s: bad shape", path, e->key);
+            if (sh->kid[d].type != J_NUM || x < 0 || x != floor(x) || x > 1e12) die("%s: tensor %s: bad shape", path, shown(e->key));
             numel *= (t.shape[d] = (int64_t)x);
         }
-        if (numel > 1e15 || !(b >= 0 && b <= end)) die("%s: tensor %s: bad shape or data_offsets", path, e->key);
+        if (numel > 1e15) die("%s: tensor %s: bad shape", path, shown(e->key));
+        if (!(b >= 0 && b <= end) || b != floor(b) || end != floor(end))
+            die("%s: tensor %s: data_offsets [%.17g, %.17g] are not a range of bytes; re-download it", path, shown(e->key), b, end);
         if (end > (double)dsize)
-            die("%s: truncated: tensor %s ends at byte %.0f of the data, the file holds %llu; re-download it", path, e->key, end, (unsigned long long)dsize);
+            die("%s: truncated: tensor %s ends at byte %.0f of the data, the file holds %llu; re-download it", path, shown(e->key), end, (unsigned long long)dsize);
         if (t.dtype != DT_OTHER && end - b != numel * dt_size[t.dtype])
-            die("%s: tensor %s: %.0f bytes for %.0f values of %s", path, e->key, end - b, numel, dt->str);
+            die("%s: tensor %s: %.0f bytes for %.0f values of %s", path, shown(e->key), end - b, numel, shown(dt->str));
+        sp[ns++] = (Span){ (uint64_t)b, (uint64_t)end, e->key };
         t.cols = t.ndim ? t.shape[t.ndim - 1] : 1;
         t.rows = t.cols ? (int64_t)numel / t.cols : 0;
         t.data = map + 8 + hlen + (uint64_t)b;
@@ -299,6 +364,19 @@ static void open_safetensors(char *path) {  // path: a fresh string, freed with 
         tens[ntens] = t;
         map_put(&tmap, t.name, ntens++);
     }
+    // The data is every tensor's bytes once, in order, and nothing else, as the safetensors library
+    // checks: sorted by start, each tensor begins where the one before ends, and the last ends the file.
+    qsort(sp, ns, sizeof *sp, span_order);
+    uint64_t at = 0;
+    for (int i = 0; i < ns; at = sp[i++].e)
+        if (sp[i].b != at)
+            die("%s: tensor %s: data_offsets [%llu, %llu] %s %llu; the safetensors library refuses such a file: re-download or "
+                "re-save it", path, shown(sp[i].name), (unsigned long long)sp[i].b, (unsigned long long)sp[i].e,
+                sp[i].b < at ? "overlap the tensor before it, which ends at byte" : "leave a gap in the data after byte", (unsigned long long)at);
+    if (at != dsize)
+        die("%s: bytes %llu to %llu of the data belong to no tensor; the safetensors library refuses such a file: re-download "
+            "or re-save it", path, (unsigned long long)at, (unsigned long long)dsize);
+    free(sp);
 }
 
 // model.safetensors, or every shard named in model.safetensors.index.json
@@ -313,7 +391,7 @@ static void open_weights(const char *dir) {
     Map seen = {0};
     for (int i = 0; i < wm->n; i++) {
         const char *file = wm->kid[i].str;
-        if (wm->kid[i].type != J_STR) die("%s: weight_map.%s is not a file name", index, wm->kid[i].key);
+        if (wm->kid[i].type != J_STR) die("%s: weight_map.%s is not a file name", index, shown(wm->kid[i].key));
         if (map_get(&seen, file) >= 0) continue;
         map_put(&seen, file, 1);
         open_safetensors(cat("%s/%s", dir, file));
@@ -394,7 +472,7 @@ static Src src(const char *name, int ndim, int64_t a, int64_t b, int64_t c) {
     int ok = t->ndim == ndim;
     for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == want[d];
     if (!ok) die("%s: tensor %s has shape %s, but config.json says %s", t->file, name, shape_str(t->ndim, t->shape), shape_str(ndim, want));
-    if (t->dtype == DT_OTHER) die("%s: tensor %s is %s; convert reads BF16, F16, F32 and F8_E4M3", t->file, name, t->dtname);
+    if (t->dtype == DT_OTHER) die("%s: tensor %s is %s; convert reads BF16, F16, F32 and F8_E4M3", t->file, name, shown(t->dtname));
     Src s = { t, NULL, 0, t->rows, t->cols };
     if (t->dtype == DT_F8) {
         char *sn = cat("%s_scale_inv", name);
@@ -403,7 +481,7 @@ static Src src(const char *name, int ndim, int64_t a, int64_t b, int64_t c) {
         if (!sc) die("%s: tensor %s is F8_E4M3 but its block scales %s are missing", t->file, name, sn);
         if (ndim != 2) die("%s: tensor %s: F8_E4M3 is supported for matrices only", t->file, name);
         if (sc->ndim != 2 || sc->shape[0] != nb[0] || sc->shape[1] != nb[1] || sc->dtype == DT_OTHER || sc->dtype == DT_F8)
-            die("%s: %s is %s %s; for %s %s in %dx%d blocks it should be float %s", sc->file, sn, sc->dtname,
+            die("%s: %s is %s %s; for %s %s in %dx%d blocks it should be float %s", sc->file, sn, shown(sc->dtname),
                 shape_str(sc->ndim, sc->shape), name, shape_str(2, t->shape), blk_r, blk_c, shape_str(2, nb));
         free(sn);
     }
@@ -428,9 +506,15 @@ static void emit(FILE *f, const Src *s, int f32) {  // f NULL: a dry run, which 
     uint16_t *h = xmalloc(s->cols * sizeof(uint16_t));
     for (int64_t r = 0; r < s->rows; r++) {
         load_row(s, r, row);
-        if (f32) { put(f, row, s->cols * sizeof(float)); continue; }
-        for (int64_t j = 0; j < s->cols; j++) h[j] = f32_to_bf16(row[j]);
-        put(f, h, s->cols * sizeof(uint16_t));
+        for (int64_t j = 0; j < s->cols; j++) {  // every value written is finite: a NaN or an infinity is damage
+            h[j] = f32_to_bf16(row[j]);
+            if (!isfinite(f32 ? row[j] : bf16_to_f32(h[j])))
+                die("%s: tensor %s holds %g at row %lld, column %lld%s; the checkpoint is damaged: re-download it", s->t->file,
+                    s->t->name, row[j], (long long)(s->row0 + r), (long long)j, isfinite(row[j]) ? ", beyond bfloat16's range"
+                    : s->scale ? " (the F8 value times its block scale)" : "");
+        }
+        if (f32) put(f, row, s->cols * sizeof(float));
+        else put(f, h, s->cols * sizeof(uint16_t));
     }
     free(row);
     free(h);
@@ -538,9 +622,9 @@ static const char *parse_config(Config *c) {  // returns the architecture
     is_v3 = !strcmp(a, "DeepseekV3ForCausalLM");
     if (!is_v3 && strcmp(a, "DeepseekV2ForCausalLM"))
         die("config.json: architecture %s is not supported; convert knows DeepseekV2ForCausalLM and "
-            "DeepseekV3ForCausalLM (DeepSeek-V2/V3, Kimi-K2, Moonlight)", a);
+            "DeepseekV3ForCausalLM (DeepSeek-V2/V3, Kimi-K2, Moonlight)", shown(a));
     const char *act = jstr(cfg, "hidden_act");
-    if (act && strcmp(act, "silu")) die("config.json: hidden_act %s is not supported (only silu)", act);
+    if (act && strcmp(act, "silu")) die("config.json: hidden_act %s is not supported (only silu)", shown(act));
     if (num(cfg, "attention_bias", 0)) die("config.json: attention_bias true is not supported (DeepSeek has no biases)");
     if (num(cfg, "mlp_bias", 0)) die("config.json: mlp_bias true is not supported (DeepSeek has no biases)");
 
@@ -572,11 +656,11 @@ static const char *parse_config(Config *c) {  // returns the architecture
         if (is_v3) {  // HF's V3 router is always sigmoid + bias + groups ranked by their top-2 sum
             c->routing = ROUTE_SIGMOID_GROUP;
             c->norm_topk = num(cfg, "norm_topk_prob", 1) != 0;
-            if (m && strcmp(m, "noaux_tc")) note("topk_method %s: HF's DeepseekV3 ignores it and routes as noaux_tc", m);
+            if (m && strcmp(m, "noaux_tc")) note("topk_method %s: HF's DeepseekV3 ignores it and routes as noaux_tc", shown(m));
         } else {       // HF's V2 router is softmax, and never normalises the chosen weights
             if (!m || !strcmp(m, "greedy")) c->routing = ROUTE_SOFTMAX_GREEDY;
             else if (!strcmp(m, "group_limited_greedy")) c->routing = ROUTE_SOFTMAX_GROUP;
-            else die("config.json: topk_method %s is not supported for DeepseekV2 (greedy, group_limited_greedy)", m);
+            else die("config.json: topk_method %s is not supported for DeepseekV2 (greedy, group_limited_greedy)", shown(m));
             if (num(cfg, "norm_topk_prob", 0)) note("norm_topk_prob is true, but HF's DeepseekV2 never normalises: ignored");
         }
     }
@@ -616,7 +700,7 @@ static const char *parse_config(Config *c) {  // returns the architecture
         c->yarn_truncate = jget(rp, "truncate") ? num(rp, "truncate", 0) != 0 : 1;
         if (msad) c->softmax_scale *= get_mscale(factor, msad) * get_mscale(factor, msad);  // yarn_apply_mscale
     } else if (strcmp(type, "default"))
-        die("config.json: rope type \"%s\" is not supported; convert knows default and yarn", type);
+        die("config.json: rope type \"%s\" is not supported; convert knows default and yarn", shown(type));
     return a;
 }
 
@@ -1026,6 +1110,8 @@ int main(int argc, char **argv) {
         return help ? 0 : 1;
     }
     const char *dir = hf_dir = argv[1], *out = argv[2];
+    atexit(stdout_check);
+    if (!*out) die("OUT is an empty path; give a file name");
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         die("%s: no such directory; give the folder of a Hugging Face checkpoint (config.json + *.safetensors)", dir);
@@ -1036,7 +1122,7 @@ int main(int argc, char **argv) {
     Config c;
     const char *arch = parse_config(&c), *err = config_error(&c);
     if (err) die("%s: %s", cpath, err);
-    FILE *f = out_open(out);   // OUT.tmp: a path that cannot be written fails now
+    FILE *f = out_open(out);   // its temporary: a path that cannot be written fails now
     char *tok_summary = NULL;
     Buf tok = build_tokenizer(dir, &c, &tok_summary);
     c.tok_bytes = (int)tok.n;
@@ -1066,7 +1152,6 @@ int main(int argc, char **argv) {
     }
     pad_to(f, w0 + bytes);
     progress(what, (long)((w0 + bytes) >> 20), (long)((w0 + bytes) >> 20), "MB", t0);
-    out_close(f, out);
 
     static const char *routes[] = { "softmax, greedy", "softmax, group-limited greedy", "sigmoid + bias, groups by top-2 sum" };
     int moe = c.first_dense < c.n_layers;
@@ -1086,6 +1171,7 @@ int main(int argc, char **argv) {
            c.max_seq, c.bos, c.eos, tie_embed ? ", lm_head tied to the embedding" : "");
     printf("  tokenizer: %s\n", tok_summary ? tok_summary : "none");
     printf("wrote %s: %d tensors, %llu bytes\n", out, nt, (unsigned long long)(w0 + bytes));
+    out_close(f, out);   // after the summary: if it cannot be written, OUT is not made
 
     for (int i = 0; i < nfiles; i++) munmap((void *)files[i].map, files[i].size), json_free(files[i].header), free(files[i].path);
     free(files), free(tens), free(tmap.slot), free(T), free(tok.p), free(cpath), free(tok_summary);

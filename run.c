@@ -54,13 +54,14 @@ static void reload_tensor(Model *m, int kind, int layer) {
 
 static void fold_latent(Model *m, const float *U);
 
+static const char *model_path;   // the checkpoint last loaded, for the messages about its weights
+
 static void build_model(Model *m, const char *path) {
     memset(m, 0, sizeof(*m));
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
+    model_path = path;
     struct stat st;
-    if (fstat(fd, &st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) die("%s: %s; give a .bin from ./convert", path, S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+    int fd = in_open(path, 0, &st);
+    if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
     size_t size = st.st_size;
     if (size < TPLA_HEADER) die("%s: truncated: %zu bytes, smaller than the %d-byte header", path, size, TPLA_HEADER);
     const uint8_t *f = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -119,14 +120,6 @@ static void matmul(float *y, const float *x, const float *W, int n, int d) {
         for (int j = 0; j < n; j++) s += w[j] * x[j];
         y[i] = s;
     }
-}
-
-static void softmax(float *x, int n) {
-    float mx = x[0];
-    for (int i = 1; i < n; i++) if (x[i] > mx) mx = x[i];
-    float s = 0;
-    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - mx); s += x[i]; }
-    for (int i = 0; i < n; i++) x[i] /= s;
 }
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
@@ -623,20 +616,6 @@ static void free_tokenizer(Tokenizer *t) {
     table_free(&t->kid); table_free(&t->merge);
 }
 
-// The byte offset of the first invalid UTF-8 sequence in s (overlong, surrogate, above U+10FFFF or cut
-// short), or -1 if there is none.
-static long utf8_invalid(const uint8_t *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int c = s[i], k = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2 : c >= 0xF0 && c < 0xF5 ? 3 : -1;
-        if (k < 0 || (k && i + k >= n)) return i;
-        unsigned cp = k ? c & (0x3F >> k) : c;
-        for (int j = 1; j <= k; j++) { if ((s[i + j] & 0xC0) != 0x80) return i; cp = cp << 6 | (s[i + j] & 0x3F); }
-        if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF))) return i;
-        i += k + 1;
-    }
-    return -1;
-}
-
 static int unicode_class(unsigned cp) {   // U_* by binary search of the ranges
     int lo = 0, hi = sizeof(UNICODE_CLASSES) / sizeof(UNICODE_CLASSES[0]) - 1;
     while (lo <= hi) {
@@ -912,12 +891,14 @@ static int cmp_prob(const void *a, const void *b) {
     return x > y ? -1 : x < y ? 1 : 0;
 }
 
+// The probabilities are exp((x - max) / T): the exponent is at most 0 for any temperature, so a tiny T
+// (1e-38) gives the argmax, not inf / inf. The logits are finite (check_logits).
 static int sample(Sampler *sm, const float *logits, int n) {
     if (sm->temp == 0) return argmax(logits, n);
-    float *p = xmalloc(n * sizeof(float));
+    float *p = xmalloc(n * sizeof(float)), mx = logits[argmax(logits, n)], sum = 0;
     ProbIndex *pi = xmalloc(n * sizeof(ProbIndex));
-    for (int i = 0; i < n; i++) p[i] = logits[i] / sm->temp;
-    softmax(p, n);
+    for (int i = 0; i < n; i++) { p[i] = expf((logits[i] - mx) / sm->temp); sum += p[i]; }
+    for (int i = 0; i < n; i++) p[i] /= sum;
     for (int i = 0; i < n; i++) { pi[i].p = p[i]; pi[i].i = i; }
     qsort(pi, n, sizeof(ProbIndex), cmp_prob);
     float cum = 0, r;
@@ -928,6 +909,17 @@ static int sample(Sampler *sm, const float *logits, int n) {
     for (int i = 0; i <= last; i++) { r -= pi[i].p; if (r <= 0) { tok = pi[i].i; break; } }
     free(p); free(pi);
     return tok;
+}
+
+// Fails, naming the position, if logits (rows of V, the first at position pos) hold NaN or an
+// infinity: they come from damaged weights (or weights that overflow float32), and no token, file or
+// score may be made of them. Damaged weights load (only the header and the tokenizer block are checked
+// at load; convert refuses non-finite weights), so every result is checked here.
+static void check_logits(const float *x, int rows, int V, int pos) {
+    for (size_t i = 0; i < (size_t)rows * V; i++)
+        if (!isfinite(x[i]))
+            die("%s: the logits of position %zu hold %g: the weights are damaged (NaN or Inf) or overflow float32; "
+                "re-run ./convert, which refuses non-finite weights", model_path, pos + i / V, x[i]);
 }
 
 // ----------------------------------------------------------------------------
@@ -1096,8 +1088,9 @@ static void check_input(const char *path) {
 
 // Reads a whole file (also a pipe or /dev/stdin: it is read to its end) and NUL-terminates it.
 static char *read_file(const char *path, size_t *len) {
-    check_input(path);
-    FILE *f = fopen(path, "rb");
+    struct stat st;
+    int fd = in_open(path, 1, &st);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
     if (!f) die("%s: cannot open (%s)", path, strerror(errno));
     size_t n = 0, cap = 1 << 16, k;
     char *buf = xmalloc(cap);
@@ -1114,7 +1107,9 @@ static char *read_file(const char *path, size_t *len) {
 }
 
 static int *read_ids(const char *path, int vocab, int *n) {
-    char *txt = read_file(path, NULL), *p = txt, *end;
+    size_t len;
+    char *txt = read_file(path, &len), *p = txt, *end, *nul = memchr(txt, 0, len);
+    if (nul) die("%s: a NUL byte at byte %zu; not a list of token ids", path, (size_t)(nul - txt));
     int cap = 1024, *ids = xmalloc(cap * sizeof(int));
     *n = 0;
     for (;;) {
@@ -1233,6 +1228,7 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
         if (k < n) lg = engine_feed(&e, ids + k, n - k, 0, NULL);
         int i;
         for (i = 0; i < a->steps; i++) {
+            check_logits(lg, 1, c->vocab, e.pos - 1);
             int next = sample(&sm, lg, c->vocab);
             gen[run][i] = next;
             if (next == c->eos) break;
@@ -1276,10 +1272,11 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     float *out = xmalloc((size_t)n * c->vocab * sizeof(float));
     if (k) engine_feed(&e, ids, k, 1, out);
     if (k < n) engine_feed(&e, ids + k, n - k, 0, out + (size_t)k * c->vocab);
+    check_logits(out, n, c->vocab, 0);
     out_write(f, out, (size_t)n * c->vocab * sizeof(float));
-    out_close(f, a->out);
     printf("wrote %s: %d positions x %d logits (%d prefilled exactly, %d decoded as %s)\n", a->out, n, c->vocab, k, n - k,
            P_SHOWN[a->P]);
+    out_close(f, a->out);
     free_engine(&e); free(out); free(ids); free(U); free(ev); free((void *)s.rms_fix);
 }
 
@@ -1345,6 +1342,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
             const int *x = ids + (size_t)w * W;
             engine_reset(&em);
             engine_feed(&em, x, W, 1, ref);
+            check_logits(ref, W, V, w * W);
             if (ti == 0)
                 for (int t = k; t + 1 < W; t++) { nll_mla += logsumexp(ref + (size_t)t * V, V) - ref[(size_t)t * V + x[t + 1]]; cnt_mla++; }
             for (int i = 0; i < nrow; i++) {
@@ -1352,6 +1350,7 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
                 engine_reset(&r->e);
                 engine_feed(&r->e, x, k, 1, out);
                 engine_feed(&r->e, x + k, W - k, 0, out + (size_t)k * V);
+                check_logits(out, W, V, w * W);
                 for (int t = k; t + 1 < W; t++) {
                     float *p = ref + (size_t)t * V, *q = out + (size_t)t * V;
                     memcpy(pc, p, V * sizeof(float));
@@ -1450,6 +1449,7 @@ int main(int argc, char **argv) {
     // user's own setting wins.
     if (!getenv("OMP_WAIT_POLICY") && !setenv("OMP_WAIT_POLICY", "passive", 1)) execv("/proc/self/exe", argv);
 #endif
+    atexit(stdout_check);
     Args a = {0};
     a.mode = M_GENERATE; a.prompt = "def "; a.gpu = -1; a.k = -1; a.steps = -1; a.seed = 1;
     a.temp = 0.8f; a.topp = 0.9f; a.split = 1;
@@ -1486,7 +1486,7 @@ int main(int argc, char **argv) {
         case 'p': a.topp = parse_float(v, "-p", 0, 1); break;
         case 's': a.seed = parse_int(v, "-s", 0, 2147483647); break;
         case 'f': a.in = v; break;
-        case 'o': a.out = v; break;
+        case 'o': if (!*v) die("-o: an empty path; give a file name"); a.out = v; break;
         case 'b': a.batch = parse_int(v, "-b", 0, 1 << 20); break;
         case 'l': a.nctx = parse_list(v, NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ); break;
         case 'R': a.rank_of = parse_int(v, "-R", 1, 1024); break;

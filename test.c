@@ -6,6 +6,8 @@
 #include "run.c"
 #include <stddef.h>
 #include <sys/wait.h>
+#include <sys/resource.h>
+#include <dirent.h>
 #include <limits.h>
 #ifndef BIN
 #define BIN "./"   // where the run and convert under test are (make asan: asan/)
@@ -747,17 +749,28 @@ static void test_tokenizer(const Fixture *fx) {
 
 static char err_path[300];   // the output (stdout and stderr) of the last command run
 
-// cmd fails with exit code 1, its output holds msg, and neither out nor out.tmp exists (out may be NULL)
+// The output's temporaries (OUT.tmp.XXXXXX) in its folder.
+static int temps_left(const char *out) {
+    char dir[400], pre[300];
+    const char *sl = strrchr(out, '/');
+    snprintf(dir, sizeof(dir), "%.*s", sl ? (int)(sl - out) : 1, sl ? out : ".");
+    snprintf(pre, sizeof(pre), "%s.tmp.", sl ? sl + 1 : out);
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += !strncmp(e->d_name, pre, strlen(pre));
+    if (d) closedir(d);
+    return n;
+}
+
+// cmd fails with exit code 1, its output holds msg, and neither out nor a temporary of it exists (out
+// may be NULL)
 static void expect_error(const char *name, const char *cmd, const char *msg, const char *out) {
-    char full[1500], tmpout[400], nm[200];
+    char full[1500], nm[200];
     snprintf(full, sizeof(full), "( %s ) >%s 2>&1", cmd, err_path);
     int st = system(full), rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1, left = 0;
     size_t len;
     char *err = read_file(err_path, &len);   // generated text may hold NUL bytes: memmem, not strstr
-    if (out) {
-        snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
-        left = access(out, F_OK) == 0 || access(tmpout, F_OK) == 0;
-    }
+    if (out) left = access(out, F_OK) == 0 || temps_left(out);
     int ok = rc == 1 && memmem(err, len, msg, strlen(msg)) && !left;
     snprintf(nm, sizeof(nm), "%s: exit 1, says '%s'%s", name, msg, out ? ", no file left" : "");
     check(nm, ok, rc, "==", 1);
@@ -1039,7 +1052,7 @@ static void test_run_errors(void) {
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -o %s", bin, ids, tmp);
     expect_error("-o a directory", cmd, "exists and is not a regular file", NULL);
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -m logits -f %s -P tpla -T pca -c tests/data/tok.txt -o %s/no/dir.f32", bin, ids, tmp);
-    expect_error("-o in a missing directory, before PCA calibrates", cmd, "dir.f32.tmp: cannot create (No such file", NULL);
+    expect_error("-o in a missing directory, before PCA calibrates", cmd, "dir.f32: cannot create its temporary", NULL);
     e = read_file(err_path, &len);
     found = memmem(e, len, "calibrating", 11) != NULL;
     check("-o in a missing directory: fails before the work ('calibrating' found)", !found, found, "==", 0);
@@ -1052,10 +1065,8 @@ static void test_run_errors(void) {
     snprintf(cmd, sizeof(cmd), "cat tests/data/tok.txt | " BIN "run %s -d cpu -P tpla -T pca -c /dev/stdin -i x -n 2", bin);
     expect_ok("-c /dev/stdin from a pipe (read once)", cmd);
     struct stat st;
-    char tmpout[320];
-    snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
-    int size_ok = stat(out, &st) == 0 && st.st_size == 3 * 512 * 4 && access(tmpout, F_OK) != 0;
-    check("-o: the output holds 3 x 512 logits, no .tmp left (bytes)", size_ok, size_ok ? 0 : 1, "==", 0);
+    int size_ok = stat(out, &st) == 0 && st.st_size == 3 * 512 * 4 && !temps_left(out);
+    check("-o: the output holds 3 x 512 logits, no temporary left (bytes)", size_ok, size_ok ? 0 : 1, "==", 0);
     // calibration text too short for PCA
     snprintf(cmd, sizeof(cmd), ": > %s/empty.txt; " BIN "run %s -d cpu -P tpla -T pca -c %s/empty.txt -n 2", tmp, bin, tmp);
     expect_error("-c an empty calibration file", cmd, "0 calibration tokens, fewer than the 64", NULL);
@@ -1159,35 +1170,107 @@ static void test_help(void) {
     free(out); free(err);
 }
 
-// Starts argv with its output discarded and default signal handling; returns the pid.
-static pid_t spawn(char *const argv[]) {
+// Starts argv with stderr discarded and standard output a pipe that is full (nothing reads it), so that
+// it blocks at its first write there: run -m logits and convert print their summary before the rename,
+// with the temporary written. Every signal starts at its default action, but ign (0: none) ignored,
+// as nohup does; no core file. *rd gets the pipe's reading end. Returns the pid.
+static pid_t spawn_blocked(char *const argv[], int ign, int *rd) {
+    int p[2];
+    char junk[4096] = {0};
+    if (pipe(p) || fcntl(p[1], F_SETFL, O_NONBLOCK)) die("pipe failed");
+    while (write(p[1], junk, sizeof(junk)) > 0 || write(p[1], junk, 1) > 0) {}
+    fcntl(p[1], F_SETFL, 0);
     pid_t pid = fork();
     if (pid == 0) {
         int fd = open("/dev/null", O_WRONLY);
-        dup2(fd, 1); dup2(fd, 2);
-        signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL); signal(SIGHUP, SIG_DFL);
+        dup2(p[1], 1); dup2(fd, 2); close(p[0]); close(p[1]);
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none);
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        for (int s = 1; s < NSIG; s++) signal(s, s == ign ? SIG_IGN : SIG_DFL);
         execv(argv[0], argv);
         _exit(127);
     }
+    close(p[1]);
+    *rd = p[0];
     return pid;
 }
 
-// argv blocks reading a FIFO after it has created out.tmp; signal sig must end it and remove out.tmp
+static int wait_temp(const char *out) {   // until out has a temporary (up to 30 s)
+    for (int tries = 0; tries < 3000; tries++, usleep(10000)) if (temps_left(out)) return 1;
+    return 0;
+}
+
+// argv stops with its temporary written (spawn_blocked); signal sig must end it and remove the
+// temporary. SIGPIPE comes as it does in use: the reader of its output goes away.
 static void expect_signal_cleanup(const char *name, char *const argv[], const char *out, int sig) {
-    char tmpout[400], nm[160];
-    snprintf(tmpout, sizeof(tmpout), "%s.tmp", out);
-    pid_t pid = spawn(argv);
-    int tries = 0, st;
-    while (access(tmpout, F_OK) != 0 && ++tries < 3000) usleep(10000);   // up to 30 s
-    kill(pid, tries < 3000 ? sig : SIGKILL);
+    char nm[160];
+    int rd, st;
+    pid_t pid = spawn_blocked(argv, 0, &rd);
+    int ready = wait_temp(out);
+    if (sig == SIGPIPE && ready) close(rd);
+    else kill(pid, ready ? sig : SIGKILL);
     waitpid(pid, &st, 0);
+    if (sig != SIGPIPE || !ready) close(rd);
     int got = WIFSIGNALED(st) ? WTERMSIG(st) : -1;
-    int ok = got == sig && access(tmpout, F_OK) != 0 && access(out, F_OK) != 0;
+    int ok = got == sig && !temps_left(out) && access(out, F_OK) != 0;
     snprintf(nm, sizeof(nm), "%s: killed by %s, no file left (signal)", name, strsignal(sig));
     check(nm, ok, got, "==", sig);
 }
 
-// convert: broken copies of a fixture fail, say why and leave no file; interrupted runs leave none
+// Signals, nohup, and two converts writing one OUT at once.
+static void test_signals(void) {
+    char dir[300], out[300], bin[300], a3[320], cmd[1200];
+    snprintf(dir, sizeof(dir), "%s/sig", tmp);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir %s", dir, dir);
+    if (sh(cmd)) die("%s failed", cmd);
+    snprintf(out, sizeof(out), "%s/sig.out", dir);
+    snprintf(bin, sizeof(bin), "%s/v3.bin", tmp);
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGRTMIN};
+    snprintf(a3, sizeof(a3), "%s", BIN "run");
+    char d[] = "-d", cpu[] = "cpu", m[] = "-m", lg[] = "logits", f[] = "-f", o[] = "-o", ids[] = "tests/data/v3/ids.txt";
+    char *run[] = {a3, bin, d, cpu, m, lg, f, ids, o, out, NULL};
+    for (int i = 0; i < 10; i++) expect_signal_cleanup("run -m logits -o, interrupted", run, out, sigs[i]);
+    char a4[320], hf[] = "tests/data/v3";
+    snprintf(a4, sizeof(a4), "%s", BIN "convert");
+    char *conv[] = {a4, hf, out, NULL};
+    for (int i = 0; i < 5; i++) expect_signal_cleanup("convert interrupted", conv, out, sigs[i]);
+    // under nohup, SIGHUP stays ignored: the run goes on (SIGTERM then ends it)
+    int rd, st;
+    pid_t pid = spawn_blocked(run, SIGHUP, &rd);
+    int ready = wait_temp(out);
+    kill(pid, SIGHUP);
+    usleep(300000);
+    int alive = ready && waitpid(pid, &st, WNOHANG) == 0;
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+    close(rd);
+    int ok = alive && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM && !temps_left(out);
+    check("run -m logits -o under nohup: SIGHUP ignored, alive after it (0: yes)", ok, !ok, "==", 0);
+    // two converts to one OUT, and a file named OUT.tmp that is the user's: each convert has its own
+    // temporary; the one that finishes last puts its complete file in place; OUT.tmp is never touched
+    char user[320], got[64] = "";
+    snprintf(user, sizeof(user), "%s.tmp", out);
+    write_text(user, "the user's file\n");
+    pid = spawn_blocked(conv, 0, &rd);
+    ready = wait_temp(out);
+    snprintf(cmd, sizeof(cmd), BIN "convert tests/data/v2 %s", out);   // the second: the V2 model
+    int rc = sh(cmd), kept = temps_left(out) == 1;
+    while (read(rd, cmd, sizeof(cmd)) > 0) {}   // the first goes on: the V3 model
+    waitpid(pid, &st, 0);
+    close(rd);
+    snprintf(cmd, sizeof(cmd), "od -An -tu4 -j 24 -N 4 %s", out);   // Config.q_lora: 32 in V3's fixture, 0 in V2's
+    sh_msg(cmd, got, sizeof(got));
+    char *u = access(user, F_OK) == 0 ? read_file(user, NULL) : NULL;
+    ok = ready && rc == 0 && kept && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !temps_left(out) && atoi(got) == 32
+         && u && !strcmp(u, "the user's file\n");
+    check("two converts to one OUT: both exit 0, the last complete, OUT.tmp (the user's) kept (0: yes)", ok, !ok, "==", 0);
+    free(u);
+}
+
+// convert: broken copies of a fixture fail, say why and leave no file
 static void test_convert(void) {
     struct { const char *name, *base, *edit, *msg; } bad[] = {
         {"missing directory", NULL, NULL, "no such directory"},
@@ -1224,26 +1307,284 @@ static void test_convert(void) {
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), BIN "convert tests/data/v3 /dev/null");
     expect_error("convert to /dev/null", cmd, "/dev/null: exists and is not a regular file", NULL);
-    // interrupted: convert waits on a FIFO for model.safetensors, run on a FIFO for -f, each with OUT.tmp open
-    char dir[300], fifo[300], out[300], bin[300], a3[320];
-    snprintf(dir, sizeof(dir), "%s/fifo_hf", tmp);
-    snprintf(cmd, sizeof(cmd), "cp -r tests/data/v3 %s && rm %s/model.safetensors && mkfifo %s/model.safetensors && mkfifo %s/ids.fifo",
-             dir, dir, dir, tmp);
+}
+
+// ----------------------------------------------------------------------------
+// hostile inputs, the second sweep: the output never replaces or removes a file the program did not
+// create; an input that would block, or that Python would read otherwise, is refused; numbers that are
+// not finite are an error, not an answer
+
+typedef struct { struct stat st; char *bytes; size_t len; } Snap;   // a file as it was
+
+static Snap snap(const char *path) {   // bytes NULL: there is no such file
+    Snap s = {0};
+    if (stat(path, &s.st) == 0) s.bytes = read_file(path, &s.len);
+    return s;
+}
+
+static int unchanged(const char *path, Snap *s) {   // the same inode, mtime and bytes; frees s
+    struct stat st;
+    size_t len = 0;
+    char *b = stat(path, &st) == 0 ? read_file(path, &len) : NULL;
+    int ok = b && s->bytes && st.st_ino == s->st.st_ino && st.st_mtim.tv_sec == s->st.st_mtim.tv_sec && st.st_mtim.tv_nsec == s->st.st_mtim.tv_nsec
+             && len == s->len && !memcmp(b, s->bytes, len);
+    free(b); free(s->bytes);
+    return ok;
+}
+
+// cmd fails as expect_error says, the input keep is untouched and out has no temporary left
+static void expect_kept(const char *name, const char *cmd, const char *msg, const char *out, const char *keep) {
+    Snap s = snap(keep);
+    expect_error(name, cmd, msg, NULL);
+    int ok = unchanged(keep, &s) && !temps_left(out);
+    char nm[200];
+    snprintf(nm, sizeof(nm), "... %s untouched, no temporary left (0: yes)", strrchr(keep, '/') + 1);
+    check(nm, ok, !ok, "==", 0);
+}
+
+// The output: -o '', an output that is an input (by any spelling), a file named like the old
+// temporary, standard output that cannot be written.
+static void test_outputs(void) {
+    char d[300], root[PATH_MAX], cmd[1500], p[400], q[400], k[400];
+    if (!getcwd(root, sizeof(root))) die("getcwd failed");
+    snprintf(d, sizeof(d), "%s/outs", tmp);
+    snprintf(cmd, sizeof(cmd), "rm -rf %1$s && mkdir %1$s && cp %2$s/v3.bin %1$s/m.bin && ln -s m.bin %1$s/link.bin && "
+             "ln %1$s/m.bin %1$s/hard.bin && echo '1 2 3' > %1$s/ids.tmp && echo '1 2 3' > %1$s/ids.txt && echo mine > %1$s/.tmp && "
+             "head -c 1200 tests/data/tok.txt > %1$s/c.txt && cp -r tests/data/v3 %1$s/hf", d, tmp);
     if (sh(cmd)) die("%s failed", cmd);
-    snprintf(fifo, sizeof(fifo), "%s/ids.fifo", tmp);
-    snprintf(out, sizeof(out), "%s/sig.out", tmp);
-    snprintf(bin, sizeof(bin), "%s/v3.bin", tmp);
-    snprintf(a3, sizeof(a3), "%s", BIN "convert");
-    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-        char *conv[] = {a3, dir, out, NULL};
-        expect_signal_cleanup("convert interrupted", conv, out, sigs[i]);
+    // a file named as the temporary once was (OUT.tmp) is the user's: -f ids.tmp -o ids reads it, keeps it
+    snprintf(p, sizeof(p), "%s/ids.tmp", d);
+    snprintf(q, sizeof(q), "%s/ids", d);
+    Snap s = snap(p);
+    snprintf(cmd, sizeof(cmd), BIN "run %s/m.bin -d cpu -m logits -f %s -o %s", d, p, q);
+    expect_ok("-f ids.tmp -o ids", cmd);
+    struct stat st;
+    int ok = unchanged(p, &s) && stat(q, &st) == 0 && st.st_size == 3 * 512 * 4 && !temps_left(q);
+    check("... ids.tmp untouched, ids written, no temporary left (0: yes)", ok, !ok, "==", 0);
+    struct { const char *name, *cmd, *msg, *out, *keep; } cases[] = {   // %1$s: the folder, %2$s: where the binaries are
+        {"-o ''", "cd %1$s && %2$s/" BIN "run m.bin -d cpu -m logits -f ids.txt -o ''", "-o: an empty path", "%1$s/", "%1$s/.tmp"},
+        {"-o the model", BIN "run %1$s/m.bin -d cpu -m logits -f %1$s/ids.txt -o %1$s/m.bin", "the output is also an input", "%1$s/m.bin", "%1$s/m.bin"},
+        {"-o the model spelled dir/./m.bin", BIN "run %1$s/m.bin -d cpu -m logits -f %1$s/ids.txt -o %1$s/./m.bin",
+         "the output is also an input", "%1$s/m.bin", "%1$s/m.bin"},
+        {"-o a symbolic link to the model", BIN "run %1$s/m.bin -d cpu -m logits -f %1$s/ids.txt -o %1$s/link.bin",
+         "the output is also an input", "%1$s/link.bin", "%1$s/m.bin"},
+        {"-o a hard link of the model", BIN "run %1$s/m.bin -d cpu -m logits -f %1$s/ids.txt -o %1$s/hard.bin",
+         "the output is also an input", "%1$s/hard.bin", "%1$s/m.bin"},
+        {"-o the -f file", BIN "run %1$s/m.bin -d cpu -m logits -f %1$s/ids.txt -o %1$s/ids.txt", "this input is also the output",
+         "%1$s/ids.txt", "%1$s/ids.txt"},
+        {"-o the -c file", BIN "run %1$s/m.bin -d cpu -m logits -P tpla -T pca -c %1$s/c.txt -f %1$s/ids.txt -o %1$s/c.txt",
+         "the output is also an input", "%1$s/c.txt", "%1$s/c.txt"},   // (the calibration text is checked first)
+        {"convert HF HF/config.json", BIN "convert %1$s/hf %1$s/hf/config.json", "the output is also an input", "%1$s/hf/config.json", "%1$s/hf/config.json"},
+        {"convert HF HF/tokenizer.json", BIN "convert %1$s/hf %1$s/hf/tokenizer.json", "this input is also the output",
+         "%1$s/hf/tokenizer.json", "%1$s/hf/tokenizer.json"},
+        {"convert HF HF/model.safetensors", BIN "convert %1$s/hf %1$s/hf/model.safetensors", "this input is also the output",
+         "%1$s/hf/model.safetensors", "%1$s/hf/model.safetensors"},
+        {"convert HF ''", "cd %1$s && %2$s/" BIN "convert hf ''", "OUT is an empty path", "%1$s/", "%1$s/.tmp"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(cmd, sizeof(cmd), cases[i].cmd, d, root);
+        snprintf(p, sizeof(p), cases[i].out, d);
+        snprintf(k, sizeof(k), cases[i].keep, d);
+        expect_kept(cases[i].name, cmd, cases[i].msg, p, k);
     }
-    snprintf(a3, sizeof(a3), "%s", BIN "run");
+    // standard output that cannot be written: an error, and no file
+    struct { const char *name, *cmd, *out; } full[] = {
+        {"-m tokenize > /dev/full", BIN "run %1$s/m.bin -m tokenize -f %1$s/c.txt > /dev/full", NULL},
+        {"generate > /dev/full", BIN "run %1$s/m.bin -d cpu -i 'def f(x):' -n 4 > /dev/full", NULL},
+        {"ppl > /dev/full", BIN "run %1$s/m.bin -d cpu -m ppl -f %1$s/c.txt -n 64 > /dev/full", NULL},
+        {"-m logits -o > /dev/full", BIN "run %1$s/m.bin -d cpu -m logits -f %1$s/ids.txt -o %1$s/full.f32 > /dev/full", "%1$s/full.f32"},
+        {"convert > /dev/full", BIN "convert tests/data/v3 %1$s/full.bin > /dev/full", "%1$s/full.bin"},
+    };
+    for (size_t i = 0; i < sizeof(full) / sizeof(full[0]); i++) {
+        snprintf(cmd, sizeof(cmd), full[i].cmd, d);
+        if (full[i].out) snprintf(p, sizeof(p), full[i].out, d);
+        expect_error(full[i].name, cmd, "standard output: write failed", full[i].out ? p : NULL);
+    }
+}
+
+// A copy of tests/data/v3 in dir, with one file changed by the shell command edit (%1$s: dir), or none
+static void hf_copy(const char *dir, const char *edit) {
+    char cmd[1500];
+    snprintf(cmd, sizeof(cmd), "rm -rf %1$s && cp -r tests/data/v3 %1$s", dir);
+    if (sh(cmd)) die("%s failed", cmd);
+    if (!edit) return;
+    snprintf(cmd, sizeof(cmd), edit, dir);
+    if (sh(cmd)) die("%s failed", cmd);
+}
+
+// In dir's model.safetensors, the first value of the tensor name becomes the n bytes v.
+static void patch_tensor(const char *dir, const char *name, const void *v, size_t n) {
+    char path[400], key[200];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    snprintf(key, sizeof(key), "\"%s\":", name);
+    size_t len;
+    char *f = read_file(path, &len), *at = memmem(f, len, key, strlen(key)), *of = at ? strstr(at, "\"data_offsets\":[") : NULL;
+    uint64_t hl;
+    memcpy(&hl, f, 8);
+    if (of) memcpy(f + 8 + hl + strtoull(of + 16, NULL, 10), v, n);
+    FILE *w = fopen(path, "wb");
+    if (!of || !w || fwrite(f, 1, len, w) != len || fclose(w)) die("%s: cannot patch %s", path, name);
+    free(f);
+}
+
+// A safetensors file of two BF16 tensors of 4 values, a and b, at the data_offsets given, with n bytes of data.
+static void write_two(const char *path, const char *a, const char *b, int n) {
+    char hdr[400];
+    int len = snprintf(hdr, sizeof(hdr), "{\"a\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":%s},"
+                       "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":%s}}", a, b);
+    uint64_t hl = len;
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(&hl, 8, 1, f) != 1 || fwrite(hdr, 1, len, f) != (size_t)len || fflush(f) || ftruncate(fileno(f), 8 + len + n) || fclose(f))
+        die("%s: cannot write", path);
+}
+
+// Inputs: FIFOs and devices where a file belongs, files too large to read whole, JSON that Python
+// reads otherwise, a NUL in an id file, safetensors offsets that do not tile the data.
+static void test_inputs(void) {
+    char d[300], cmd[1500], out[400];
+    snprintf(d, sizeof(d), "%s/ins", tmp);
+    snprintf(cmd, sizeof(cmd), "rm -rf %1$s && mkdir %1$s && mkfifo %1$s/m.bin", d);
+    if (sh(cmd)) die("%s failed", cmd);
+    snprintf(out, sizeof(out), "%s/out.bin", d);
+    static const struct { const char *a, *b; int n; } sp[] = {   // data_offsets of two tensors of 8 bytes, data size
+        {"[0,8]", "[4,12]", 12}, {"[0,8]", "[0,8]", 8}, {"[0,8]", "[8,15.9]", 16}, {"[0,8]", "[12,20]", 20}, {"[0,8]", "[8,16]", 24},
+    };
+    struct { const char *name, *edit, *msg; int sp; } hf[] = {   // %1$s: the copy of the V3 folder; sp: 1 + the sp[] it gets
+        {"config.json a FIFO", "rm %1$s/config.json && mkfifo %1$s/config.json", "config.json: a FIFO, not a regular file", 0},
+        {"tokenizer.json a FIFO", "rm %1$s/tokenizer.json && mkfifo %1$s/tokenizer.json", "tokenizer.json: a FIFO, not a regular file", 0},
+        {"model.safetensors a FIFO", "rm %1$s/model.safetensors && mkfifo %1$s/model.safetensors", "model.safetensors: a FIFO, not a regular file", 0},
+        {"tokenizer.json /dev/zero", "ln -sf /dev/zero %1$s/tokenizer.json", "tokenizer.json: a device, not a regular file", 0},
+        {"tokenizer.json of 100 MB + 1", "truncate -s 100000001 %1$s/tokenizer.json", "100000001 bytes, more than the 100000000 a JSON file may have", 0},
+        {"a safetensors header of 100 MB + 1", "printf '\\001\\341\\365\\005\\0\\0\\0\\0' > %1$s/model.safetensors && truncate -s 100000009 %1$s/model.safetensors",
+         "a header of 100000001 bytes, more than the safetensors library's limit", 0},
+        {"a key twice in config.json", "sed -i 's/^{/{\"rms_norm_eps\": 0.5,/' %1$s/config.json",
+         "config.json: bad JSON: the key \"rms_norm_eps\" appears twice in one object", 0},
+        {"a vocab key twice in tokenizer.json", "sed -i 's/\"vocab\": {/\"vocab\": {\"a\": 300, /' %1$s/tokenizer.json",
+         "tokenizer.json: bad JSON: the key \"a\" appears twice in one object", 0},
+        {"\\u0000 in a key", "sed -i 's/^{/{\"hidden_act\\\\u0000x\": \"gelu\",/' %1$s/config.json", "config.json: bad JSON at byte 12: \\u0000 in a string", 0},
+        {"raw invalid UTF-8 in a string", "sed -i 's/<|endoftext|>/<|endoftext|>\\xc3/' %1$s/tokenizer.json", "invalid UTF-8 (0xc3) in a string", 0},
+        {"a raw tab in a string", "sed -i 's/\"silu\"/\"silu\\t\"/' %1$s/config.json", "a control character (0x09) in a string", 0},
+        {"a number with a leading zero", "sed -i 's/\"vocab_size\": 512/\"vocab_size\": 0512/' %1$s/config.json", "bad number", 0},
+        {"overlapping data_offsets", NULL, "tensor b: data_offsets [4, 12] overlap the tensor before it, which ends at byte 8", 1},
+        {"the same data_offsets twice", NULL, "data_offsets [0, 8] overlap the tensor before it, which ends at byte 8", 2},
+        {"fractional data_offsets", NULL, "tensor b: data_offsets [8, 15.9] are not a range of bytes", 3},
+        {"a gap in the data", NULL, "tensor b: data_offsets [12, 20] leave a gap in the data after byte 8", 4},
+        {"data past the last tensor", NULL, "bytes 16 to 24 of the data belong to no tensor", 5},
+    };
+    for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++) {
+        char dir[350], path[400];
+        snprintf(dir, sizeof(dir), "%s/hf%zu", d, i);
+        hf_copy(dir, hf[i].edit);
+        snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+        if (hf[i].sp) write_two(path, sp[hf[i].sp - 1].a, sp[hf[i].sp - 1].b, sp[hf[i].sp - 1].n);
+        snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "convert %s %s", dir, out);
+        expect_error(hf[i].name, cmd, hf[i].msg, out);
+    }
+    // a number of 70 characters is a number: rms_norm_eps 1e-6, written out
+    char dir[350];
+    snprintf(dir, sizeof(dir), "%s/hf_long", d);
+    hf_copy(dir, "sed -i 's/\"rms_norm_eps\": 1e-06/\"rms_norm_eps\": 0.0000010000000000000000000000000000000000000000000000000000000000000000/' %1$s/config.json");
+    snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, out);
+    expect_ok("a number of 70 characters (rms_norm_eps 0.00000100...0)", cmd);
+    float eps = 0;
+    if (access(out, F_OK) == 0) { Model m; build_model(&m, out); eps = m.c.eps; free_model(&m); }
+    check("... read as Python reads it: rms_norm_eps", eps == 1e-6f, eps, "==", 1e-6f);
+    remove(out);
+    // run: the model a FIFO; a NUL in an id file; -f a FIFO waits for its writer, as cat does
+    snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s/m.bin -m tokenize -f tests/data/tok.txt", d);
+    expect_error("the model a FIFO", cmd, "m.bin: a FIFO, not a regular file", NULL);
+    snprintf(cmd, sizeof(cmd), "printf '1 2\\000 garbage 3' > %1$s/nul.txt; " BIN "run %2$s/v3.bin -d cpu -m logits -f %1$s/nul.txt -o %1$s/nul.f32", d, tmp);
+    snprintf(out, sizeof(out), "%s/nul.f32", d);
+    expect_error("a NUL byte in an id file", cmd, "nul.txt: a NUL byte at byte 3; not a list of token ids", out);
+    snprintf(cmd, sizeof(cmd), "mkfifo %1$s/ids.fifo && (sleep 0.3; echo '1 2 3' > %1$s/ids.fifo) & timeout 60 " BIN "run %2$s/v3.bin -d cpu "
+             "-m logits -f %1$s/ids.fifo -o %1$s/fifo.f32", d, tmp);
+    expect_ok("-f a FIFO, written a moment later", cmd);
+}
+
+// Numbers that are not finite: the router on a bias near FLT_MAX or infinite, the sampler at a tiny
+// temperature, NaN logits from a damaged checkpoint. And the one routing difference from HF.
+static void test_nonfinite(Fixture *fx) {
+    // every group's score +inf: a bias of 1.8e38 (the top-2 sum overflows) on every expert, v3 and moe
+    // fixtures: all tie, so the lowest groups and experts are chosen. And v3's router (4 groups of 2, 2
+    // kept) at top-3 with biases inf, -5 | inf, -5 | inf, inf | inf, -5: every group's score is inf; the
+    // kept groups are 0 and 1, so experts 0, 2, 1 (a router that kept no group took 0, 2, 4)
+    int wrong = 0;
+    for (int f = 0; f < 3; f += 2) {
+        const Config *c = &fx[f].m.c;
+        float lg[c->n_experts], bias[c->n_experts], scratch[2 * c->n_experts + c->n_group + 1], w[c->topk];
+        int idx[c->topk];
+        for (int e = 0; e < c->n_experts; e++) lg[e] = 0, bias[e] = 1.8e38f;
+        route(c, lg, bias, scratch, idx, w);
+        for (int k = 0; k < c->topk; k++) wrong += idx[k] != k;
+    }
+    Config c = fx[0].m.c;
+    c.topk = 3;
+    float lg8[8] = {0}, b8[8] = {INFINITY, -5, INFINITY, -5, INFINITY, INFINITY, INFINITY, -5}, sc8[2 * 8 + 4 + 1], w8[3];
+    int i8[3];
+    route(&c, lg8, b8, sc8, i8, w8);
+    wrong += i8[0] != 0 || i8[1] != 2 || i8[2] != 1;
+    check("route with every group's score +inf (bias 1.8e38; inf): experts not the expected", wrong == 0, wrong, "==", 0);
+    // HF's DeepseekV3 masks the dropped groups with 0.0, tpla with -inf (as DeepSeek's inference code and
+    // vLLM). 4 experts in 2 groups, one group kept, top-2, s = sigmoid(0) = 0.5, bias -2, -2, -3, -3: the
+    // choices are -1.5, -1.5 | -2.5, -2.5; group 0 (sum -3) is kept. Masked with -inf: experts 0 and 1;
+    // masked with 0.0, as HF: 0.0 > -1.5, so experts 2 and 3, of the dropped group.
+    c = fx[0].m.c;
+    c.n_experts = 4; c.n_group = 2; c.topk_group = 1; c.topk = 2; c.routing = ROUTE_SIGMOID_GROUP; c.norm_topk = 1; c.routed_scale = 1;
+    float lg[4] = {0, 0, 0, 0}, bias[4] = {-2, -2, -3, -3}, scratch[2 * 4 + 2 + 1], w[2], hf[4];
+    int idx[2], hi[2];
+    route(&c, lg, bias, scratch, idx, w);
+    for (int e = 0; e < 4; e++) hf[e] = e < 2 ? 0.5f + bias[e] : 0.0f;   // HF: masked_fill(~mask, 0.0)
+    for (int k = 0; k < 2; k++) { hi[k] = argmax(hf, 4); hf[hi[k]] = -INFINITY; }
+    int ok = idx[0] == 0 && idx[1] == 1 && hi[0] == 2 && hi[1] == 3;
+    check("route, kept experts' s + bias < 0: tpla takes 0,1 (kept group); HF's 0.0 mask 2,3 (0: yes)", ok, !ok, "==", 0);
+    // the sampler at a temperature of 1e-38 (logits / T overflowed to inf: NaN probabilities, any token),
+    // on the fixture's logits and on them times 1e37: the argmax, under 8 seeds
+    const float *row = fx[0].hf;
+    int V = fx[0].m.c.vocab, miss = 0;
+    float *big = xmalloc(V * sizeof(float));
+    for (int i = 0; i < V; i++) big[i] = row[i] * 1e37f;
+    for (int seed = 1; seed <= 8; seed++) {
+        Sampler tiny = {1e-38f, 0.9f, (unsigned long long)seed};
+        miss += sample(&tiny, row, V) != argmax(row, V);
+        miss += sample(&tiny, big, V) != argmax(big, V);
+    }
+    check("sampler at -t 1e-38, on logits and on logits x 1e37: not the argmax (8 seeds)", miss == 0, miss, "==", 0);
+    free(big);
+    // convert refuses a weight that is not finite, naming the tensor and the place: a BF16 NaN, an F32 inf
+    char dir[300], out[300], cmd[800];
+    snprintf(dir, sizeof(dir), "%s/nan_hf", tmp);
+    snprintf(out, sizeof(out), "%s/nan_hf.bin", tmp);
+    hf_copy(dir, NULL);
+    patch_tensor(dir, "model.embed_tokens.weight", (const uint8_t[]){0xc0, 0x7f}, 2);
+    snprintf(cmd, sizeof(cmd), BIN "convert %s %s", dir, out);
+    expect_error("convert: a NaN in model.embed_tokens.weight (BF16)", cmd, "tensor model.embed_tokens.weight holds nan at row 0, column 0", out);
+    hf_copy(dir, NULL);
+    patch_tensor(dir, "model.layers.1.mlp.gate.e_score_correction_bias", (const uint8_t[]){0, 0, 0x80, 0x7f}, 4);
+    expect_error("convert: an inf in a router bias (F32)", cmd, "tensor model.layers.1.mlp.gate.e_score_correction_bias holds inf at row 0, column 0", out);
+    // a NaN in lm_head: every logit of token 0 is NaN; logits, ppl and generate refuse them
+    char path[300];
+    snprintf(path, sizeof(path), "%s/v3.bin", tmp);
+    size_t len;
+    char *f = read_file(path, &len);
+    int nt = tensor_layout(&fx[0].m.c, NULL, NULL);
+    Tensor *t = xmalloc(nt * sizeof(Tensor));
+    tensor_layout(&fx[0].m.c, t, NULL);
+    memcpy(f + weights_offset(&fx[0].m.c) + t[nt - 1].off, (const uint8_t[]){0xc0, 0x7f}, 2);   // T_LM_HEAD is the last
+    snprintf(path, sizeof(path), "%s/nan.bin", tmp);
+    FILE *wf = fopen(path, "wb");
+    if (t[nt - 1].kind != T_LM_HEAD || !wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    free(f); free(t);
+    const char *modes[][3] = {
+        {"a NaN weight: -m logits", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "nan.bin: the logits of position 0 hold nan"},
+        {"a NaN weight: -m ppl", "-m ppl -f tests/data/tok.txt -n 64", "nan.bin: the logits of position 0 hold nan"},
+        {"a NaN weight: generate (6 prompt tokens)", "-i 'def f(x):' -n 4", "nan.bin: the logits of position 5 hold nan"},
+    };
     for (int i = 0; i < 3; i++) {
-        char d[] = "-d", cpu[] = "cpu", m[] = "-m", lg[] = "logits", f[] = "-f", o[] = "-o";
-        char *run[] = {a3, bin, d, cpu, m, lg, f, fifo, o, out, NULL};
-        expect_signal_cleanup("run -m logits -o, interrupted", run, out, sigs[i]);
+        char args[200], out[300];
+        snprintf(args, sizeof(args), modes[i][1], tmp);
+        snprintf(out, sizeof(out), "%s/nan.f32", tmp);
+        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", path, args);
+        expect_error(modes[i][0], cmd, modes[i][2], i ? NULL : out);
     }
 }
 
@@ -1662,6 +2003,10 @@ int main(int argc, char **argv) {
     test_run_errors();
     test_help();
     test_convert();
+    test_outputs();
+    test_inputs();
+    test_signals();
+    test_nonfinite(fx);
     test_moe_limits(fx, 3, ng);
     test_progress();
     printf("--- the build\n");

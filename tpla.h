@@ -312,6 +312,9 @@ HD static inline void route(const Config *c, const float *logits, const float *b
         for (int e = 0; e < E; e++) { s[e] = expf(logits[e] - mx); sum += s[e]; }
         for (int e = 0; e < E; e++) { s[e] /= sum; choice[e] = s[e]; }
     }
+    // Non-finite scores (damaged weights, or a bias near FLT_MAX) are a defined choice: NaN ranks as
+    // -inf, and +inf is a score like any other; the index chosen is always one of the experts.
+    for (int e = 0; e < E; e++) if (choice[e] != choice[e]) choice[e] = -INFINITY;
     if (c->routing != ROUTE_SOFTMAX_GREEDY) {
         for (int g = 0; g < G; g++) {
             float a = -INFINITY, b = -INFINITY;   // the two largest of the group
@@ -319,17 +322,19 @@ HD static inline void route(const Config *c, const float *logits, const float *b
                 if (choice[e] > a) { b = a; a = choice[e]; } else if (choice[e] > b) b = choice[e];
             }
             gscore[g] = c->routing == ROUTE_SIGMOID_GROUP ? a + b : a;
+            if (gscore[g] != gscore[g]) gscore[g] = -INFINITY;   // inf + -inf
         }
-        for (int k = 0; k < c->topk_group; k++) {   // mark the kept groups with +inf
+        for (int k = 0; k < c->topk_group; k++) {   // the kept groups, largest first (of equal ones the lowest index), become NaN
             int best = -1;
-            for (int g = 0; g < G; g++) if (gscore[g] != INFINITY && (best < 0 || gscore[g] > gscore[best])) best = g;
-            gscore[best] = INFINITY;
+            for (int g = 0; g < G; g++) if (gscore[g] == gscore[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+            gscore[best] = NAN;
         }
+        // a dropped group's experts are out of the choice: -inf, as DeepSeek's inference code and vLLM
+        // (HF's DeepseekV3 writes 0.0; README "The model and its MoE routing")
         for (int e = 0; e < E; e++)
-            if (gscore[e / per] != INFINITY) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
+            if (gscore[e / per] == gscore[e / per]) choice[e] = c->routing == ROUTE_SIGMOID_GROUP ? -INFINITY : 0.0f;
     }
     // the topk largest choices, largest first (of equal ones the lowest index); a chosen one becomes NaN
-    for (int e = 0; e < E; e++) if (choice[e] != choice[e]) choice[e] = -INFINITY;   // NaN scores (damaged weights)
     float sum = 0;
     for (int k = 0; k < c->topk; k++) {
         int best = -1;
@@ -457,51 +462,140 @@ void gpu_bench_prefill(const Config *c, const Scheme *s, int ngpu, int n, int ff
 #define die(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(1); } while (0)
 
 #ifndef __CUDACC__
-// Output files (run -o, convert OUT) are written to OUT.tmp and renamed to OUT at the end. The
-// temporary is removed at exit and on SIGINT, SIGTERM and SIGHUP unless the rename happened, so a run
-// that fails leaves no file behind. SIGXFSZ is ignored: a file size limit fails the write, as a full
-// disk does.
+// ----------------------------------------------------------------------------
+// files: every input is opened by in_open, the one output written by out_open, out_write, out_close
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 #include <sys/stat.h>
 
-static char out_tmp[4096];   // the temporary being written; empty when there is none
-static inline void out_cleanup(void) { if (out_tmp[0]) unlink(out_tmp); }
-static inline void out_on_signal(int sig) { out_cleanup(); signal(sig, SIG_DFL); raise(sig); }
+// The byte offset of the first invalid UTF-8 sequence in s (overlong, surrogate, above U+10FFFF or cut
+// short), or -1 if there is none.
+static inline long utf8_invalid(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        int c = s[i], k = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2 : c >= 0xF0 && c < 0xF5 ? 3 : -1;
+        if (k < 0 || (k && i + k >= n)) return i;
+        unsigned cp = k ? c & (0x3F >> k) : c;
+        for (int j = 1; j <= k; j++) { if ((s[i + j] & 0xC0) != 0x80) return i; cp = cp << 6 | (s[i + j] & 0x3F); }
+        if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp < 0xE000))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF))) return i;
+        i += k + 1;
+    }
+    return -1;
+}
 
-// Refuses an OUT that exists and is not a regular file, and creates OUT.tmp (so call it before the
-// long work: a path that cannot be written fails at once).
+// The output OUT is written to a temporary beside it, OUT.tmp.XXXXXX, created exclusively (so no file
+// that is already there is touched, and two runs writing one OUT each have their own), and renamed over
+// OUT at the end. The temporary is removed at exit and on every signal whose default action ends the
+// process, so that a run that fails or is killed (but by SIGKILL) leaves no file. A signal ignored
+// when the program starts (nohup) stays ignored; SIGXFSZ is ignored, so that a file size limit fails
+// the write, as a full disk does. An OUT that is one of the inputs (the same device and inode, whatever
+// the spelling or link) is refused, whichever of the two is opened first.
+static const char *out_path = "";            // OUT, once out_open has run
+static char out_tmp[4096];                   // its temporary
+static volatile sig_atomic_t out_live;       // 1 while out_tmp is a file this program created
+static struct stat out_st;                   // OUT as it was at out_open,
+static int out_exists;                       // if it existed
+static struct { dev_t dev; ino_t ino; char *path; } *in_seen;   // every input opened so far
+static int n_in;
+static struct sigaction out_prev[NSIG];      // what each signal did before out_open
+
+static inline void out_cleanup(void) { if (out_live) unlink(out_tmp); out_live = 0; }
+
+// Only async-signal-safe calls: unlink, sigaction, raise. The signal then does what it did before (ends
+// the process, or reaches a sanitizer's handler): sent again, or, for a fault, by the faulting
+// instruction, which runs again when the handler returns.
+static inline void out_on_signal(int sig, siginfo_t *info, void *ctx) {
+    (void)ctx;
+    out_cleanup();
+    sigaction(sig, &out_prev[sig], NULL);
+    int fault = sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE || sig == SIGILL;
+    if (!fault || info->si_code <= 0) raise(sig);
+}
+
+// Opens an input for reading (*st gets its fstat), or returns -1 with errno set (the caller says what
+// the file is for). Refuses a directory, the output, and anything but a regular file unless stream:
+// text that may come through a pipe (-f /dev/stdin), whose open waits for a FIFO's writer as cat's
+// does. A FIFO that should be a file is opened without blocking, so that it is refused, not waited on.
+static inline int in_open(const char *path, int stream, struct stat *st) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (stream ? 0 : O_NONBLOCK));
+    if (fd < 0) return -1;
+    if (fstat(fd, st) != 0) die("%s: cannot stat (%s)", path, strerror(errno));
+    if (S_ISDIR(st->st_mode)) die("%s: is a directory; give a file", path);
+    if (!stream && !S_ISREG(st->st_mode))
+        die("%s: %s, not a regular file; give a file", path, S_ISFIFO(st->st_mode) ? "a FIFO" : S_ISSOCK(st->st_mode) ? "a socket" : "a device");
+    if (!stream && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) die("%s: fcntl failed (%s)", path, strerror(errno));
+    if (out_exists && st->st_dev == out_st.st_dev && st->st_ino == out_st.st_ino)
+        die("%s: this input is also the output %s; give another output path", path, out_path);
+    void *p = realloc(in_seen, (n_in + 1) * sizeof(*in_seen));
+    if (!p || !(in_seen = p, in_seen[n_in].path = strdup(path))) die("out of host memory");
+    in_seen[n_in].dev = st->st_dev; in_seen[n_in++].ino = st->st_ino;
+    return fd;
+}
+
+// Standard output, flushed and checked: a result that could not be written (a full disk, /dev/full)
+// is an error, not an exit 0. Called by out_close before the rename and at exit (atexit, in main).
+static inline void stdout_check(void) {
+    int e = fflush(stdout) != 0 ? errno : 0;   // 0 after an earlier failure: its reason is gone
+    if (!e && !ferror(stdout)) return;
+    out_cleanup();
+    fprintf(stderr, "error: standard output: write failed%s%s%s; the output is lost\n", e ? " (" : "", e ? strerror(e) : "", e ? ")" : "");
+    _exit(1);   // also from an atexit handler, where exit() may not be called
+}
+
+// Refuses an empty OUT, one that exists and is not a regular file and one that is an input; creates the
+// temporary (so call it before the long work: a path that cannot be written fails at once).
 static inline FILE *out_open(const char *out) {
-    struct stat st;
-    if (stat(out, &st) == 0 && !S_ISREG(st.st_mode)) die("%s: exists and is not a regular file; give the path of a file", out);
-    if (snprintf(out_tmp, sizeof(out_tmp), "%s.tmp", out) >= (int)sizeof(out_tmp)) die("%s: path too long", out);
-    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++)
-        if (signal(sigs[i], out_on_signal) == SIG_IGN) signal(sigs[i], SIG_IGN);   // under nohup, stay immune
+    if (!*out) die("the output path is empty; give a file name");
+    if ((out_exists = stat(out, &out_st) == 0)) {
+        if (!S_ISREG(out_st.st_mode)) die("%s: exists and is not a regular file; give the path of a file", out);
+        for (int i = 0; i < n_in; i++)
+            if (in_seen[i].dev == out_st.st_dev && in_seen[i].ino == out_st.st_ino)
+                die("%s: the output is also an input (%s); give another output path", out, in_seen[i].path);
+    }
+    out_path = out;
+    if (snprintf(out_tmp, sizeof(out_tmp), "%s.tmp.XXXXXX", out) >= (int)sizeof(out_tmp)) die("%s: path too long", out);
+    static const int keep[] = {SIGKILL, SIGSTOP, SIGCHLD, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH, SIGXFSZ};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = out_on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigfillset(&sa.sa_mask);
+    for (int s = 1; s < NSIG; s++) {   // the signals whose default action ends the process
+        int k = 0;
+        while (k < 10 && keep[k] != s) k++;
+        if (k == 10 && sigaction(s, NULL, &out_prev[s]) == 0 && out_prev[s].sa_handler != SIG_IGN) sigaction(s, &sa, NULL);
+    }
     signal(SIGXFSZ, SIG_IGN);
     atexit(out_cleanup);
-    unlink(out_tmp);   // a temporary left by a killed run
-    int fd = open(out_tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
-    if (fd < 0) { int e = errno; out_tmp[0] = 0; die("%s.tmp: cannot create (%s)", out, strerror(e)); }
-    FILE *f = fdopen(fd, "wb");
+    sigset_t all, old;   // no signal between the file's creation and out_live
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    int fd = mkstemp(out_tmp), e = errno;
+    if (fd >= 0) out_live = 1;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (fd < 0) die("%s: cannot create its temporary %s.tmp.XXXXXX (%s)", out, out, strerror(e));
+    mode_t mask = umask(0);   // mkstemp makes the file 0600; the output gets the usual 0666 less the umask
+    umask(mask);
+    FILE *f = fchmod(fd, 0666 & ~mask) == 0 ? fdopen(fd, "wb") : NULL;
     if (!f) die("%s: cannot open (%s)", out_tmp, strerror(errno));   // removed at exit
     return f;
 }
 
 static inline void out_write(FILE *f, const void *p, size_t n) {
-    if (n && fwrite(p, 1, n, f) != n) die("%s: write failed (%s); is the disk full?", out_tmp, strerror(errno));
+    if (n && fwrite(p, 1, n, f) != n) die("%s: write failed (%s); is the disk full?", out_path, strerror(errno));
 }
 
-// Flushes and closes OUT.tmp (a write that fails only here fails the run too), then renames it to OUT.
+// Flushes and closes the temporary (a write that fails only here fails the run too), checks standard
+// output (the result printed so far), then renames the temporary to OUT.
 static inline void out_close(FILE *f, const char *out) {
     errno = 0;
     int e = fflush(f) != 0 || ferror(f) ? (errno ? errno : EIO) : 0;
     if (fclose(f) != 0 && !e) e = errno;
-    if (e) die("%s: write failed (%s); is the disk full?", out_tmp, strerror(e));
+    if (e) die("%s: write failed (%s); is the disk full?", out, strerror(e));
+    stdout_check();
     if (rename(out_tmp, out) != 0) die("cannot rename %s to %s (%s)", out_tmp, out, strerror(errno));
-    out_tmp[0] = 0;
+    out_live = 0;
 }
 
 // A long run's progress (ppl windows, calibration tokens, convert's bytes): one line on stderr, rewritten
