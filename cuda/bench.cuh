@@ -82,14 +82,15 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     BenchRun *b = (BenchRun *)arg;
     const Config *c = &G->c;
     const Part *p = &R->p;
-    size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
+    size_t cache_n = (size_t)c->n_layers * G->B * R->cache_len * p->Dk;
     fill_random(R->cache, cache_n, 1.0f, 7 + R->r, R->st);
     if (G->nrank < G->K) {   // rank bench: what the left-out collectives would bring, as random values
         size_t nq = (size_t)G->rows * p->ha * (c->dn + c->dr), nv = (size_t)G->rows * p->ha * c->dv;
         fill_random(R->qall, nq, 1.0f, 11, R->st);
         fill_random(R->vown, nv, 1.0f, 12, R->st);
     }
-    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
+    int own = own_tokens(p, b->ctx + 1);   // a sequence's cached tokens on this rank
+    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, own);
     for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
     CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(R->rpos, pos.data(), G->B * 4, cudaMemcpyHostToDevice));
@@ -100,8 +101,8 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     // the attention kernels of every layer, timed alone (Q holds the last step's queries)
     double attn = event_time(R, [&] {
         for (int l = 0; l < c->n_layers; l++)
-            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
-                             p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
+            decode_attention(R->Q, &R->cmap, l * G->B * R->cache_len, R->lens, R->opart, R->lse, R->O, NULL, G->B,
+                             p->ha, p->dcs, p->Dk, R->cache_len, own, c->softmax_scale, G->sms, R->st);
     }, GRAPH_REPS);
     if (R->r == 0) { b->step_s = t; b->attn_s = attn; }
     if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
@@ -123,7 +124,7 @@ static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, 
     CUDA_CHECK(cudaDeviceGetAttribute(&G.sms, cudaDevAttrMultiProcessorCount, 0));
     Rank R;
     memset(&R, 0, sizeof(R));
-    R.r = r; R.p = make_part(c, s->g, K, r, s->split);
+    R.r = r; R.p = make_part(c, s, K, r);
     layout_rank(&G, &R);
     free(R.lw);
     if (wbytes) *wbytes = R.wbytes;
@@ -204,7 +205,7 @@ static void measure_roofs(double *copy_bps, double *mm_flops) {
 // cached token (2 (Dk + dcs) per head and layer).
 typedef struct { double wbytes, lm, tok_flops, pos_flops; } StepWork;
 static StepWork step_work(const Config *c, const Scheme *s, int K, int ffn) {
-    Part p = make_part(c, s->g, K, 0, s->split);
+    Part p = make_part(c, s, K, 0);
     size_t w;
     rank_bytes(c, s, K, 0, 1, 1, ffn, &w);
     StepWork f;
@@ -226,7 +227,7 @@ static double floor_s(double bytes, double flops, double bw, double fl) { return
 static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
                          double *cache_bytes, double *rest) {
     StepWork w = step_work(c, s, K, dense);
-    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * make_part(c, s->g, K, 0, s->split).Dk * 2;
+    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * make_part(c, s, K, 0).Dk * 2;
     double proj = B * w.tok_flops;
     *rest = floor_s(w.wbytes - idle, proj, bw, fl);
     return floor_s(w.wbytes - idle + *cache_bytes, proj + B * (ctx + 1.0) * w.pos_flops, bw, fl);
