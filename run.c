@@ -981,8 +981,8 @@ void gpu_prefill(GPU *G, int b, const int *t, int n, float *l, int all) { (void)
 void gpu_decode(GPU *G, const int *t, float *l) { (void)G; (void)t; (void)l; }
 void gpu_reset(GPU *G) { (void)G; }
 void gpu_free(GPU *G) { (void)G; }
-void gpu_attention(const uint16_t *Q, const uint16_t *c, const int *l, int B, int h, int dcs, int dr, int ml, float sc, float *O) {
-    (void)Q; (void)c; (void)l; (void)B; (void)h; (void)dcs; (void)dr; (void)ml; (void)sc; (void)O;
+void gpu_attention(const uint16_t *Q, const uint16_t *c, const int *l, int B, int h, int dcs, int dr, int ml, int nt, float sc, float *O) {
+    (void)Q; (void)c; (void)l; (void)B; (void)h; (void)dcs; (void)dr; (void)ml; (void)nt; (void)sc; (void)O;
 }
 void gpu_bench(const Config *c, const Scheme *s, int k, int o, int b, const int *x, int n, int d, int st, const char *nm, const char *csv) {
     (void)c; (void)s; (void)k; (void)o; (void)b; (void)x; (void)n; (void)d; (void)st; (void)nm; (void)csv;
@@ -1014,15 +1014,15 @@ static void usage(FILE *f, int code) {
         "  -m MODE   generate (default) | logits | ppl | tokenize | bench\n"
         "  -d DEV    cpu | gpu (default: gpu if one is present)\n"
         "  -K N      GPUs to use (default: all; 1 in a build without NCCL)\n"
-        "  -P S      mla (default) | tpla (latent shards) | dcp (token shards; CPU engine only for now)\n"
-        "  -g N      shards: TPLA's latent slices g, DCP's token sets K (on a GPU: its ranks); a list like 2,4\n"
-        "            in ppl mode (default: the GPU count, 2 on the CPU; bench -R N: N)\n"
+        "  -P S      mla (default) | tpla (latent shards) | dcp (token shards)\n"
+        "  -g N      shards: TPLA's latent slices g, DCP's token sets K (on a GPU: one a GPU, so the GPU count); a\n"
+        "            list like 2,4 in ppl mode (default: the GPU count, 2 on the CPU; bench -R N: N)\n"
         "  -T X      orthogonal transform none (default) | hadamard | pca; a list in ppl mode\n"
         "  -r X      rms of a decode token's latent: local (default) | global; a list in ppl mode\n"
         "  -k P      the first P tokens are prefilled exactly (default: the whole prompt; ppl: n/4);\n"
         "            bench: time the prefill of one P-token prompt instead of decode steps\n"
         "  -c FILE   calibration text for -T pca (default: the model's calib.txt beside it)\n"
-        "  -w W      GPU placement of TPLA's W_UQ/W_O: rep (replicated) | split (by head) (default split)\n"
+        "  -w W      GPU placement of W_UQ/W_O under TPLA and DCP: rep (replicated) | split (by head) (default split)\n"
         "  -i TEXT   prompt (default \"def \"); tokenize: the text\n"
         "  -n N      generate: new tokens (default 64); ppl: window (default 512); bench: timed steps (default 20)\n"
         "  -t T      temperature (default 0.8; 0: greedy, which takes no -p or -s)\n"
@@ -1428,8 +1428,9 @@ static void check_flags(const Args *a, const char *given) {
     for (const char *f = "ps"; a->temp == 0 && *f; f++)
         if (given[(int)*f]) die("-%c: -t 0 is greedy (the most likely token) and does not use it", *f);
     if (a->P == P_MLA && given['g']) die("-g: the shard count of TPLA or DCP, and the scheme is MLA; add -P tpla or -P dcp");
-    for (const char *f = "Trwc"; a->P != P_TPLA && *f; f++)
-        if (given[(int)*f] && (a->P == P_MLA || *f != 'w'))
+    if (a->P == P_MLA && given['w']) die("-w: the placement of TPLA's and DCP's W_UQ/W_O, and the scheme is MLA; add -P tpla or -P dcp");
+    for (const char *f = "Trc"; a->P != P_TPLA && *f; f++)
+        if (given[(int)*f])
             die("-%c: a TPLA flag, and the scheme is %s; %s", *f, P_SHOWN[a->P], a->P == P_MLA ? "add -P tpla" : "DCP is exact: it has no transform, rms rule or calibration");
     int pca = 0;
     for (int i = 0; i < a->nT; i++) pca |= a->T[i] == T_PCA;
@@ -1501,7 +1502,6 @@ int main(int argc, char **argv) {
     if (a.gpu) die("-d gpu: this build has no GPU engine (it was built without nvcc, or with make NVCC=none)");
 #endif
     check_flags(&a, given);
-    if (a.gpu && a.P == P_DCP) die("-P dcp: not yet on the GPU engine; the CPU engine has it (-d cpu)");
 #ifdef TPLA_NO_NCCL   // built without NCCL (see the Makefile): the GPU engine runs on one GPU
     if (a.gpu && a.ngpu > 1)
         die("-K %d: this build has no NCCL, so its GPU engine runs on one GPU (or -R, the rank bench); install NCCL "
@@ -1511,6 +1511,9 @@ int main(int argc, char **argv) {
     if (a.gpu && !a.ngpu) a.ngpu = have;
     if (a.gpu && a.ngpu > have) die("-K %d: only %d GPUs present", a.ngpu, have);
     if (!a.ng) { a.g[0] = a.rank_of ? a.rank_of : a.gpu ? a.ngpu : 2; a.ng = 1; }
+    for (int i = 0; i < a.ng && a.gpu && a.P == P_DCP; i++)   // (the hybrid of latent and token shards is not built)
+        if (a.g[i] != a.ngpu)
+            die("-g %d: the GPU engine runs DCP with one token shard a GPU, on the %d GPUs used (-K); give -g %d", a.g[i], a.ngpu, a.ngpu);
     if (a.mode == M_BENCH) {
         if (!a.gpu) die("-m bench needs a GPU");
         const Config *shape = bench_shape(a.model);

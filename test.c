@@ -1009,6 +1009,7 @@ static void test_run_errors(void) {
         {"-P dcp -T pca", "-T: a TPLA flag, and the scheme is DCP; DCP is exact"}, {"-P dcp -r global", "-r: a TPLA flag, and the scheme is DCP"},
         {"-P dcp -c tests/data/tok.txt", "-c: a TPLA flag, and the scheme is DCP"}, {"-P dcp -w rep", "-w: a GPU flag"},
         {"-P dcp -g 2,4", "-g: a list is for -m ppl"}, {"-P dct", "-P: unknown value 'dct' (mla | tpla | dcp)"},
+        {"-w split", "-w: the placement of TPLA's and DCP's W_UQ/W_O, and the scheme is MLA; add -P tpla or -P dcp"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", bin, flags[i].args);
@@ -1680,15 +1681,19 @@ static void test_makefile(void) {
 static void test_gpu_attention(void) {
     // random inputs at several shapes and lengths; slots past each length hold NaN. Every mode of the
     // kernel: slices of 257..512 (SPLITK: 16, 32, 64, 128 heads), <= 256 with more than 64 heads (HEADS),
-    // and with 64 or fewer (STREAM); lengths from 1 to 4097, one split or many.
-    struct { int B, ha, dcs, dr, len; } cases[] = {
-        {3, 16, 512, 64, 1}, {3, 16, 512, 64, 63}, {2, 16, 512, 64, 4097}, {2, 32, 512, 64, 129}, {2, 64, 512, 64, 300},
-        {2, 128, 512, 64, 1000}, {2, 32, 384, 64, 65},
-        {2, 128, 256, 64, 777}, {1, 128, 256, 64, 4097}, {2, 128, 128, 64, 1000}, {2, 96, 192, 32, 65},
-        {4, 64, 256, 64, 777}, {2, 64, 256, 64, 1}, {3, 32, 128, 64, 4097}, {5, 4, 16, 16, 65}, {2, 24, 192, 32, 129},
+    // and with 64 or fewer (STREAM); lengths from 1 to 4097, one split or many. ntok > 1: the tokens dealt
+    // to DCP's ntok shards, each attended alone (with the merge's lse), combined with DCP's weights: the
+    // shapes DCP runs (every head over 512 + 64; the fixtures' 4 over 64 + 16), with shards that hold no
+    // token of a sequence (lengths below ntok).
+    struct { int B, ha, dcs, dr, len, ntok; } cases[] = {
+        {3, 16, 512, 64, 1, 1}, {3, 16, 512, 64, 63, 1}, {2, 16, 512, 64, 4097, 1}, {2, 32, 512, 64, 129, 1}, {2, 64, 512, 64, 300, 1},
+        {2, 128, 512, 64, 1000, 1}, {2, 32, 384, 64, 65, 1},
+        {2, 128, 256, 64, 777, 1}, {1, 128, 256, 64, 4097, 1}, {2, 128, 128, 64, 1000, 1}, {2, 96, 192, 32, 65, 1},
+        {4, 64, 256, 64, 777, 1}, {2, 64, 256, 64, 1, 1}, {3, 32, 128, 64, 4097, 1}, {5, 4, 16, 16, 65, 1}, {2, 24, 192, 32, 129, 1},
+        {3, 128, 512, 64, 1000, 2}, {2, 64, 512, 64, 4097, 4}, {4, 4, 64, 16, 3, 4}, {3, 4, 64, 16, 130, 3},
     };
     for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
-        int B = cases[ci].B, ha = cases[ci].ha, dcs = cases[ci].dcs, dr = cases[ci].dr, Dk = dcs + dr;
+        int B = cases[ci].B, ha = cases[ci].ha, dcs = cases[ci].dcs, dr = cases[ci].dr, Dk = dcs + dr, ntok = cases[ci].ntok;
         int max_len = cases[ci].len + 70, lens[8];
         uint16_t *Q = xmalloc((size_t)B * ha * Dk * 2), *C = xmalloc((size_t)B * max_len * Dk * 2);
         unsigned long long rng = 77 + ci;
@@ -1703,7 +1708,7 @@ static void test_gpu_attention(void) {
                 }
         float *O = xmalloc((size_t)B * ha * dcs * 4), *R = xmalloc((size_t)B * ha * dcs * 4);
         float scale = 1 / sqrtf(192);
-        gpu_attention(Q, C, lens, B, ha, dcs, dr, max_len, scale, O);
+        gpu_attention(Q, C, lens, B, ha, dcs, dr, max_len, ntok, scale, O);
         for (int b = 0; b < B; b++)   // float64 reference
             for (int h = 0; h < ha; h++) {
                 int L = lens[b];
@@ -1722,7 +1727,9 @@ static void test_gpu_attention(void) {
                 free(s);
             }
         char name[128];
-        snprintf(name, sizeof(name), "GPU decode attention B=%d heads=%d latent=%d+%d len=%d vs float64", B, ha, dcs, dr, cases[ci].len);
+        char dcp[32] = "";
+        if (ntok > 1) snprintf(dcp, sizeof(dcp), ", DCP %d shards", ntok);
+        snprintf(name, sizeof(name), "GPU decode attention B=%d heads=%d latent=%d+%d len=%d%s vs float64", B, ha, dcs, dr, cases[ci].len, dcp);
         double e = rel_err(O, R, (size_t)B * ha * dcs);
         check(name, e <= 1e-2, e, "<=", 1e-2);   // bf16 P and bf16 output: about 4e-3
         free(Q); free(C); free(O); free(R);
@@ -1744,13 +1751,13 @@ static void gpu_vs(const char *name, const float *gl, const float *ref, int T, i
 // by 1 + u / 256, u uniform in [-1, 1). Calibrated against the GPU: it gives about the GPU's medians on
 // every fixture, and on a 64-expert model with near-tie routing (the moe fixture before its router was
 // made decisive) it flips choices as the GPU did (1, 8, 2 and 6 outliers under the 4 seeds here; the
-// GPU: 4 and 5). The perturbed logits must pass the criterion under 4 seeds (the worst is shown); the
-// logits of another scheme (g = 4 for g = 2) must fail it.
-static void test_gpu_criterion(Fixture *f) {
+// GPU: 4 and 5). The perturbed logits of scheme s must pass the criterion under 4 seeds (the worst is
+// shown); the logits of a wrong scheme must fail it: for TPLA g = 2 those of g = 4, for DCP K = 2 those
+// of its combine without the weights (w^r = 1/K).
+static void criterion(Fixture *f, const Scheme *s, const float *wrong, const char *what, const char *wrong_what) {
     const Config *c = &f->m.c;
     int n = f->n, V = c->vocab, out, miss, nt = tensor_layout(c, NULL, NULL), worst_out = 0, worst_miss = 0;
-    Scheme s2 = {2, RMS_LOCAL, NULL, 0, 0}, s4 = {4, RMS_LOCAL, NULL, 0, 0};
-    float *a = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0), *wrong = run_logits(&f->m, &s4, f->ids, n, 16, 0, 0);
+    float *a = run_logits(&f->m, s, f->ids, n, 16, 0, 0);
     Tensor *t = xmalloc(nt * sizeof(Tensor));
     tensor_layout(c, t, NULL);
     double worst_med = 0;
@@ -1761,7 +1768,7 @@ static void test_gpu_criterion(Fixture *f) {
             float *w = *tensor_slot(&f->m, t[i].kind, t[i].layer);
             for (int64_t k = 0; k < t[i].n0 * t[i].n1 * t[i].n2; k++) w[k] *= 1 + (2 * rand_f32(&rng) - 1) / 256;
         }
-        float *b = run_logits(&f->m, &s2, f->ids, n, 16, 0, 0);
+        float *b = run_logits(&f->m, s, f->ids, n, 16, 0, 0);
         for (int i = 0; i < nt; i++) if (!t[i].f32) reload_tensor(&f->m, t[i].kind, t[i].layer);
         fold_latent(&f->m, NULL);
         double med = close_logits(b, a, n, V, 3e-2, 0.05f, &out, &miss);
@@ -1770,12 +1777,23 @@ static void test_gpu_criterion(Fixture *f) {
         free(b);
     }
     char name[160];
-    snprintf(name, sizeof(name), "%s: GPU criterion passes bf16-sized noise: median, %d outliers, %d misses", f->name, worst_out, worst_miss);
+    snprintf(name, sizeof(name), "%s: GPU criterion passes bf16-sized noise%s: median, %d outliers, %d misses", f->name, what,
+             worst_out, worst_miss);
     check(name, worst_med <= 3e-2 && worst_out <= n / 16 && worst_miss == 0, worst_med, "<=", 3e-2);
     close_logits(wrong, a, n, V, 3e-2, 0.05f, &out, &miss);
-    snprintf(name, sizeof(name), "%s: GPU criterion fails g=4 for g=2: %d outliers > %d", f->name, out, n / 16);
+    snprintf(name, sizeof(name), "%s: GPU criterion fails %s: %d outliers > %d", f->name, wrong_what, out, n / 16);
     check(name, out > n / 16, out, ">", n / 16);
-    free(a); free(wrong); free(t);
+    free(a); free(t);
+}
+static void test_gpu_criterion(Fixture *f) {
+    Scheme s2 = {2, RMS_LOCAL, NULL, 0, 0}, s4 = {4, RMS_LOCAL, NULL, 0, 0}, d2 = {2, RMS_GLOBAL, NULL, 0, 1};
+    float *g4 = run_logits(&f->m, &s4, f->ids, f->n, 16, 0, 0);
+    criterion(f, &s2, g4, "", "g=4 for g=2");
+    dcp_unweighted = 1;
+    float *unweighted = run_logits(&f->m, &d2, f->ids, f->n, 16, 0, 0);
+    dcp_unweighted = 0;
+    criterion(f, &d2, unweighted, " on DCP K=2", "DCP K=2 unweighted");
+    free(g4); free(unweighted);
 }
 
 static void test_gpu_model(Fixture *f, int ngpu) {
@@ -1800,6 +1818,23 @@ static void test_gpu_model(Fixture *f, int ngpu) {
             free(gl);
         }
         free(cpu);
+        // DCP with K token shards on K GPUs against the CPU's DCP (= MLA): after a prefill of 16 tokens, of one
+        // (the ranks past the first hold none of it) and of none (every token decoded, the first alone on rank 0).
+        // K = 1 is MLA's own path: the same logits as MLA on one GPU.
+        for (int split = 0; split < (K > 1 ? 2 : 1); split++)
+            for (int pi = 0; pi < 3; pi++) {
+                int kp = pi == 0 ? k : pi == 1 ? 1 : 0;
+                Scheme s = {K, RMS_GLOBAL, NULL, split, 1};
+                float *cl = run_logits(&f->m, &s, f->ids, n, kp, 0, 0), *dl = run_logits(&f->m, &s, f->ids, n, kp, 1, K);
+                snprintf(name, sizeof(name), "%s: GPU DCP K=%d, %d prefilled%s vs CPU", f->name, K, kp, split ? ", split" : "");
+                gpu_vs(name, dl, cl, n, V);
+                if (K == 1 && kp == k) {
+                    double e = rel_err(dl, gpu1, (size_t)n * V);
+                    snprintf(name, sizeof(name), "%s: GPU DCP K=1 vs MLA on one GPU (the same path)", f->name);
+                    check(name, e <= 1e-6, e, "<=", 1e-6);
+                }
+                free(cl); free(dl);
+            }
         // TPLA with g shards on K GPUs (g | K) against the CPU simulation with the same g
         for (int g = 1; g <= K; g *= 2)
             for (int split = 0; split < (g > 1 ? 2 : 1); split++)
@@ -2017,14 +2052,16 @@ int main(int argc, char **argv) {
     printf("--- GPU engine\n");
     if (ng == 0) {
         skip("GPU decode attention vs float64", "no Hopper GPU");
-        skip("GPU MLA-TP and TPLA logits vs the CPU reference", "no Hopper GPU");
+        skip("GPU MLA-TP, TPLA and DCP logits vs the CPU reference", "no Hopper GPU");
     } else {
         test_gpu_attention();
         for (int i = 0; i < 3; i++) test_gpu_model(&fx[i], k);
-#ifdef TPLA_NO_NCCL
-        if (ng > 1) skip("GPU checks on 2 and 4 GPUs", "this build has no NCCL");
-#endif
-        if (k < 4) skip("GPU checks on 4 GPUs", "fewer than 4 GPUs present");
+        char dcp[400];
+        snprintf(dcp, sizeof(dcp), BIN "run %s/v3.bin -d gpu -K 1 -P dcp -g 2 -i x -n 2", tmp);
+        expect_error("-d gpu -K 1 -P dcp -g 2: one token shard a GPU", dcp, "-g 2: the GPU engine runs DCP with one token shard a GPU", NULL);
+        // (k < 2 with several GPUs: a build without NCCL)
+        const char *why = k >= 4 ? NULL : k >= 2 ? "fewer than 4 GPUs present" : ng > 1 ? "this build has no NCCL" : "one GPU present";
+        if (why) skip(k < 2 ? "GPU checks on 2 and 4 GPUs (MLA-TP, TPLA, DCP)" : "GPU checks on 4 GPUs (MLA-TP, TPLA, DCP)", why);
     }
     for (int i = 0; i < 3; i++) { free_model(&fx[i].m); free(fx[i].ids); free(fx[i].hf); }
     char cmd[300];

@@ -1,7 +1,9 @@
 // tpla.cu: the GPU engine. One process drives K GPUs: one host thread, one stream and one cuBLAS
 // handle per GPU, one NCCL communicator. The same code runs MLA tensor parallelism (g = 1: heads split,
-// the whole latent cached on every GPU) and TPLA (g latent shards: every GPU of shard i caches the
-// slice S_i of the latent plus the rope key, and attends with the heads of its group on that slice).
+// the whole latent cached on every GPU), TPLA (g latent shards: every GPU of shard i caches the
+// slice S_i of the latent plus the rope key, and attends with the heads of its group on that slice) and
+// DCP (K token shards: GPU r caches the whole latent and rope key of the tokens t with t mod K = r, and
+// attends with every head over them): a rank slices either the latent or the tokens.
 // The math is in the README ("The math"); run.c holds the CPU reference every result is checked against.
 // Top-down: what a rank holds (its part and its pieces of the weights), the hand-written kernels of cuda/,
 // the layer step (attention, then the FFN), the forward pass, and the API: prefill and decode, building,
@@ -26,33 +28,45 @@ static size_t device_need(size_t used) { return used + (1 << 20) + BLAS_WS + LIB
 #define GPU_MAX_DR 64    // the widest rope key the GPU kernels take (checked when building)
 
 // ----------------------------------------------------------------------------
-// placement: what rank r of K holds (README "g shards on K GPUs, and where W_UQ and W_O live")
-//   g shards, K GPUs, groups of m = K/g: rank r has latent slice i = r / m (dcs = dc/g wide) and
-//   attends with the heads of its group slot j = r % m: ha = H/m heads starting at h0 = j*ha.
-//   W_UQ and W_O: with the replicated placement the rank holds them for its ha heads; with the
-//   split placement (and g > 1) only for hq = ha/g of them, and exchanges q and v with its g
-//   "peers" (same j, every i): all-gather q, reduce-scatter v. g = 1 is MLA-TP either way.
+// placement: what rank r of K holds (README "g shards on K GPUs, and where W_UQ and W_O live", and
+// "TPLA and context parallelism")
+//   TPLA, g shards, K GPUs, groups of m = K/g: rank r has latent slice i = r / m (dcs = dc/g wide) and
+//   attends with the heads of its group slot j = r % m: ha = H/m heads starting at h0 = j*ha, over every
+//   token. g = 1 is MLA-TP.
+//   DCP, K token shards (Scheme.g = K): rank r has the whole latent (dcs = dc, slice 0) of the tokens t
+//   with t mod K = r (tok = r, ntok = K), and attends with every head (m = 1), as TPLA does at g = K.
+//   The K/m ranks of the same group slot j are "peers" (TPLA: every slice i; DCP: every token shard).
+//   W_UQ and W_O: with the replicated placement the rank holds them for its ha heads; with the split
+//   placement (and more than one peer) only for hq = ha/(K/m) of them, and exchanges q and v with its
+//   peers: all-gather q, reduce-scatter v. MLA-TP is the same either way.
 
 typedef struct {
-    int g, m, shard, j;
+    int g, m, shard, j; // latent slices g, ranks a group m (the heads split over them); this rank's slice and slot
+    int ntok, tok;      // token shards: this rank caches the tokens t with t mod ntok = tok (MLA, TPLA: 1, 0)
     int dcs, Dk;        // latent slice width; cached values per token = dcs + dr
     int ha, h0;         // attended heads
+    int peer;           // this rank's index among the K/m ranks of its group slot j (TPLA: shard; DCP: tok)
     int hq, hq0;        // heads whose q and W_O this rank holds
-    int peers;          // g when q and v are exchanged, else 1
+    int peers;          // K/m when q and v are exchanged, else 1
     int v0, nv;         // vocabulary rows of lm_head
 } Part;
 
-static Part make_part(const Config *c, int g, int K, int r, int split) {
+static Part make_part(const Config *c, const Scheme *s, int K, int r) {
     Part p;
-    p.g = g; p.m = K / g; p.shard = r / p.m; p.j = r % p.m;
-    p.dcs = c->dc / g; p.Dk = p.dcs + c->dr;
+    p.g = s->dcp ? 1 : s->g; p.ntok = s->dcp ? K : 1;
+    p.m = K / (p.g * p.ntok); p.j = r % p.m; p.peer = r / p.m;
+    p.shard = s->dcp ? 0 : p.peer; p.tok = s->dcp ? p.peer : 0;
+    p.dcs = c->dc / p.g; p.Dk = p.dcs + c->dr;
     p.ha = c->n_heads / p.m; p.h0 = p.j * p.ha;
-    p.peers = split && g > 1 ? g : 1;
-    p.hq = p.ha / p.peers; p.hq0 = p.h0 + (p.peers > 1 ? p.shard * p.hq : 0);
+    p.peers = s->split && K / p.m > 1 ? K / p.m : 1;
+    p.hq = p.ha / p.peers; p.hq0 = p.h0 + (p.peers > 1 ? p.peer * p.hq : 0);
     int vs = (c->vocab + K - 1) / K;
     p.v0 = std::min(r * vs, c->vocab); p.nv = std::min(vs, c->vocab - p.v0);
     return p;
 }
+
+// The tokens among positions [0, len) that the rank caches: those at t mod ntok = tok (all of them when ntok = 1).
+static int own_tokens(const Part *p, int len) { return len > p->tok ? (len - p->tok + p->ntok - 1) / p->ntok : 0; }
 
 // ----------------------------------------------------------------------------
 // weights of one rank, bf16 unless noted. Every FFN matrix is split over the K GPUs by its intermediate
@@ -85,7 +99,8 @@ typedef struct {
     char *arena; size_t used, cap, wbytes;   // wbytes: the weights at the start of the arena
     LayerW *lw;
     bf16 *embed, *lm_head; float *norm, *inv_freq;
-    bf16 *cache;             // (L, B, max_len, Dk)
+    int cache_len;           // positions of a sequence in the cache: max_len, or DCP's own ceil(max_len / ntok)
+    bf16 *cache;             // (L, B, cache_len, Dk); DCP: the token at position t at row t / ntok
     CUtensorMap cmap;        // the cache, for the decode kernel's TMA
     // activations of up to `rows` token rows (decode: row b is sequence b; prefill: a chunk of one sequence)
     int *tok, *rpos, *rseq;  // (rows): each row's token, position and sequence
@@ -100,7 +115,9 @@ typedef struct {
     bf16 *Q;                 // (rows, ha, Dk): the absorbed queries [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]
     bf16 *O;                 // (rows, ha, dcs): o_h, attention over the cached slice S_i
     float *opart, *lse;      // (B, nsplit_max, ha, dcs), (B, nsplit_max, ha): decode attention per split, O/l and m + log2 l
-    float *S; bf16 *P;       // (ha, rows, p0 + rows): a prefill chunk's scores (rows <= chunk, p0 + rows <= max_len), softmax
+    float *lse_r;            // DCP (ntok, rows, ha): lse_h^r of every token shard r, for each row and head (log2 units);
+                             // this rank's is chunk tok, the others come by the all-gather
+    float *S; bf16 *P;       // (ha, rows, T): a prefill chunk's scores over the T cached tokens it sees (T <= cache_len), softmax
     bf16 *v;                 // (peers, rows, hq, dv): v_h = W_UV^h[:, S_i] o_h, a chunk per peer (split placement)
     bf16 *vown;              // (rows, hq, dv): v of this rank's hq heads, summed over the shards (W_O's input)
     float *router;           // (rows, E): the router's logits
@@ -313,8 +330,8 @@ static void per_head(Rank *R, int heads, int rows, int k, int m, PerHead X, PerH
 static void all_reduce(GPU *G, Rank *R, float *x, size_t n, ncclComm_t comm) {
     if (G->nrank > 1) NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm, R->st));
 }
-static void all_gather(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
-    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, ncclBfloat16, comm, R->st));
+static void all_gather(GPU *G, Rank *R, const void *x, void *out, size_t n, ncclDataType_t type, ncclComm_t comm) {
+    if (G->nrank > 1) NCCL_CHECK(ncclAllGather(x, out, n, type, comm, R->st));
 }
 static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, ncclComm_t comm) {
     if (G->nrank > 1) NCCL_CHECK(ncclReduceScatter(x, out, n, ncclBfloat16, ncclSum, comm, R->st));
@@ -331,10 +348,12 @@ __device__ void rope_shared(float *pe, int dr, int pos, const float *inv_freq, f
 }
 
 // Caches the new token of each row: its latent slice S_i, normalised by the rms of the whole
-// latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key.
-__global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int max_len,
-                                 int dc, int dr, int shard, int dcs, int local, float fix, float eps,
+// latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key. DCP: only
+// the rows whose position t has t mod ntok = tok, each at row t / ntok of its sequence.
+__global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int cache_len,
+                                 int ntok, int tok, int dc, int dr, int shard, int dcs, int local, float fix, float eps,
                                  const float *inv_freq, float attn, int interleave) {
+    if (rpos[blockIdx.x] % ntok != tok) return;   // another rank's token (the whole block leaves)
     const float *k = kv + (size_t)blockIdx.x * (dc + dr);
     float ss_all = 0, ss_mine = 0;
     for (int i = threadIdx.x; i < dc; i += blockDim.x) {
@@ -344,7 +363,7 @@ __global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, 
     }
     ss_all = block_sum(ss_all); ss_mine = block_sum(ss_mine);
     float r = local ? latent_rms(ss_mine, dcs, fix, eps) : latent_rms(ss_all, dc, 1.0f, eps);
-    bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * max_len + rpos[blockIdx.x]) * (dcs + dr);
+    bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * cache_len + rpos[blockIdx.x] / ntok) * (dcs + dr);
     for (int i = threadIdx.x; i < dcs; i += blockDim.x) dst[i] = __float2bfloat16(k[shard * dcs + i] / r);
     __shared__ float pe[GPU_MAX_DR];
     for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = k[dc + i];
@@ -354,9 +373,9 @@ __global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, 
 static void kv_append(GPU *G, Rank *R, bf16 *cache, int l, int rows, int local) {
     const Config *c = &G->c;
     const Part *p = &R->p;
-    kv_append_kernel<<<rows, 256, 0, R->st>>>(R->kv, cache, R->rseq, R->rpos, G->max_len, c->dc, c->dr, p->shard, p->dcs, local,
-                                                 G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
-                                                 c->rope_attn, c->rope_interleave);
+    kv_append_kernel<<<rows, 256, 0, R->st>>>(R->kv, cache, R->rseq, R->rpos, R->cache_len, p->ntok, p->tok, c->dc, c->dr,
+                                                 p->shard, p->dcs, local, G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f,
+                                                 c->eps, R->inv_freq, c->rope_attn, c->rope_interleave);
     LAUNCH_CHECK();
 }
 
@@ -411,11 +430,15 @@ static void up_v(GPU *G, Rank *R, const LayerW *L, int rows) {
     }
 }
 
-// Prefill: causal softmax over S (ha, rows, T) of one sequence whose chunk starts at p0 -> P bf16.
-__global__ void prefill_softmax_kernel(const float *S, bf16 *P, int rows, int T, int p0, float scale) {
+// Prefill: causal softmax over S (ha, rows, T) of one sequence whose chunk starts at p0 -> P bf16. Column c
+// of S is the rank's c-th cached token, at position c ntok + tok (every token when ntok = 1); the row at
+// position p0 + i sees those at positions <= p0 + i. lse (rows, ha), if given: log2 of the sum of exp(score)
+// over them (DCP's lse_h^r), -inf (and P = 0) where the row sees none.
+__global__ void prefill_softmax_kernel(const float *S, bf16 *P, float *lse, int rows, int T, int p0, int ntok, int tok, float scale) {
     const float *s = S + (size_t)blockIdx.x * T;
     bf16 *p = P + (size_t)blockIdx.x * T;
-    int last = p0 + blockIdx.x % rows;   // the row's own position: it attends to [0, last]
+    int h = blockIdx.x / rows, row = blockIdx.x % rows, pos = p0 + row;
+    int last = pos < tok ? -1 : (pos - tok) / ntok;   // the row's last visible column: it attends to [0, last]
     float mx = -INFINITY;
     for (int t = threadIdx.x; t <= last; t += blockDim.x) mx = fmaxf(mx, s[t] * scale);
     __shared__ float red[32];
@@ -430,45 +453,80 @@ __global__ void prefill_softmax_kernel(const float *S, bf16 *P, int rows, int T,
     sum = block_sum(sum);
     for (int t = threadIdx.x; t < T; t += blockDim.x)
         p[t] = __float2bfloat16(t <= last ? expf(s[t] * scale - mx) / sum : 0.0f);
+    if (lse && threadIdx.x == 0) lse[(size_t)row * (gridDim.x / rows) + h] = last < 0 ? -INFINITY : (mx + logf(sum)) * LOG2E;
 }
-static void prefill_softmax(Rank *R, int rows, int T, int p0, float scale) {
-    prefill_softmax_kernel<<<R->p.ha * rows, 256, 0, R->st>>>(R->S, R->P, rows, T, p0, scale);
+static void prefill_softmax(Rank *R, float *lse, int rows, int T, int p0, float scale) {
+    prefill_softmax_kernel<<<R->p.ha * rows, 256, 0, R->st>>>(R->S, R->P, lse, rows, T, p0, R->p.ntok, R->p.tok, scale);
     LAUNCH_CHECK();
 }
 
-// Prefill attention of `rows` tokens p0.. of sequence seq, exact MLA: S_h = Q_h K^T over the cached tokens
-// [0, p0 + rows) (the rope part counted on shard 0 only), summed over the g shards (an all-reduce over the
-// peers), one causal softmax P_h, then O_h = P_h V, V the shard's slice of the same cached tokens.
-static void prefill_attention(GPU *G, Rank *R, const bf16 *cache, int rows, int seq, int p0) {
+// Prefill attention of `rows` tokens p0.. of sequence seq, exact MLA: S_h = Q_h K^T over the T cached tokens
+// of positions [0, p0 + rows) (the rope part counted on shard 0 only), summed over the g shards (an
+// all-reduce over the peers), one causal softmax P_h, then O_h = P_h V, V the shard's slice of the same
+// cached tokens. DCP: the T are the rank's own tokens, and its softmax over them gives lse_h^r too (into
+// lse; DCP's combine follows in attention_rank). A rank with none of them yet has O = 0 and lse = -inf.
+static void prefill_attention(GPU *G, Rank *R, const bf16 *cache, float *lse, int rows, int seq, int p0) {
     const Part *p = &R->p;
-    int T = p0 + rows, Dk = p->Dk, dcs = p->dcs;
-    const bf16 *kb = cache + (size_t)seq * G->max_len * Dk;
+    int T = own_tokens(p, p0 + rows), Dk = p->Dk, dcs = p->dcs;
+    if (T == 0) {   // (the softmax of no token only writes lse = -inf)
+        CUDA_CHECK(cudaMemsetAsync(R->O, 0, (size_t)rows * p->ha * dcs * sizeof(bf16), R->st));
+        prefill_softmax(R, lse, rows, 0, p0, G->c.softmax_scale);
+        return;
+    }
+    const bf16 *kb = cache + (size_t)seq * R->cache_len * Dk;
     PerHead Q = {R->Q, p->ha * Dk, Dk}, K = {kb, Dk, 0}, S = {R->S, T, (long long)rows * T};   // K, V: every head's
     per_head(R, p->ha, rows, p->shard == 0 ? Dk : dcs, T, Q, K, 1, S, CUDA_R_32F);
     if (p->g > 1) all_reduce(G, R, R->S, (size_t)p->ha * rows * T, R->peer);
-    prefill_softmax(R, rows, T, p0, G->c.softmax_scale);
+    prefill_softmax(R, lse, rows, T, p0, G->c.softmax_scale);
     PerHead P = {R->P, T, (long long)rows * T}, O = {R->O, p->ha * dcs, dcs};
     per_head(R, p->ha, rows, T, dcs, P, K, 0, O, CUDA_R_16BF);
 }
 
-// the attention block of layer l on one rank (README "The TPLA step"; run.c's forward is the same step on
-// the CPU). Decode, for each of the ha heads h this rank attends with, on its latent slice S_i:
+// DCP's exact combine on rank tok of ntok (the math: attention_rank's comment): O (rows, ha, dcs) holds the
+// rank's o_h^r, lse_r (ntok, rows, ha) every rank's lse_h^r (log2 units); o_h^r becomes w_h^r o_h^r, with
+// w_h^r = 2^(lse_h^r - lse_h), lse_h = log2 sum_r 2^(lse_h^r). A rank at -inf (no token) weighs 0. A warp a head.
+__global__ void dcp_combine_kernel(bf16 *O, const float *lse_r, int rows, int ha, int dcs, int ntok, int tok) {
+    int row = blockIdx.x, h = blockIdx.y * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (h >= ha) return;
+    size_t n = (size_t)rows * ha, i = (size_t)row * ha + h;
+    float M = -INFINITY, den = 0;
+    for (int r = 0; r < ntok; r++) M = fmaxf(M, lse_r[r * n + i]);
+    for (int r = 0; r < ntok; r++) den += M == -INFINITY ? 0.0f : exp2f(lse_r[r * n + i] - M);
+    float mine = lse_r[tok * n + i], w = mine == -INFINITY ? 0.0f : exp2f(mine - (M + log2f(den)));   // (mine finite: den >= 1)
+    bf16 *o = O + i * dcs;
+    for (int k = lane; k < dcs; k += 32) o[k] = __float2bfloat16(w * __bfloat162float(o[k]));
+}
+static void dcp_combine(bf16 *O, const float *lse_r, int rows, int ha, int dcs, int ntok, int tok, cudaStream_t st) {
+    dcp_combine_kernel<<<dim3(rows, (ha + 7) / 8), 256, 0, st>>>(O, lse_r, rows, ha, dcs, ntok, tok);
+    LAUNCH_CHECK();
+}
+
+// the attention block of layer l on one rank (README "The TPLA step" and "TPLA and context parallelism";
+// run.c's forward is the same step on the CPU). Decode, for each of the ha heads h this rank attends with,
+// on its latent slice S_i (DCP: the whole latent) of its tokens T_r (TPLA: every t; DCP: the t with t mod K = r):
 //   xb = rmsnorm(x + y)                              (y: the last block's output, added to the residual x)
-//   q = W_UQ xb (split placement: this rank's hq heads, then all-gathered from the g peers)
-//   [c | k_pe] = W_DKV xb; cache c[S_i] / rms and rope(k_pe)        (kv_append; rms: latent_rms)
-//   Q_h = [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]                   (the absorbed query)
-//   o_h = softmax_t(scale Q_h . cache_t) . cache_t[S_i]               (decode_attention: its own softmax)
-//   v_h = W_UV^h[:, S_i] o_h     (split placement: reduce-scattered by head over the g peers)
-//   y = W_O v, then the one all-reduce over every rank: it sums the heads and the latent shards.
+//   q = W_UQ xb (split placement: this rank's hq heads, then all-gathered from its peers)
+//   [c | k_pe] = W_DKV xb; cache c[S_i] / rms and rope(k_pe)   (kv_append; rms: latent_rms; DCP: on rank t mod K)
+//   Q_h = [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]                          (the absorbed query)
+//   o_h^r = softmax_{t in T_r}(scale Q_h . cache_t) . cache_t[S_i]           (decode_attention: its own softmax)
+// DCP's exact combine: the softmax over T_r also gives lse_h^r = log sum_{t in T_r} exp(scale Q_h . cache_t)
+// (the kernels keep it in log2 units); after one all-gather of every rank's (rows x ha floats each),
+//   lse_h = log sum_r exp(lse_h^r),   w_h^r = exp(lse_h^r - lse_h),   o_h^r <- w_h^r o_h^r   (dcp_combine)
+// and sum_r o_h^r = sum_t softmax_t(scale Q_h . cache_t) c_t is MLA's o_h exactly. The sum over r is left to
+// the collectives below, since W_UV and W_O are linear: sum_r W_O W_UV^h w_h^r o_h^r = W_O W_UV^h o_h.
+//   v_h = W_UV^h[:, S_i] o_h^r     (split placement: reduce-scattered by head over the peers, which sums them)
+//   y = W_O v, then the one all-reduce over every rank: it sums the heads, the latent shards and the token shards.
 // Prefill (rows = tokens p0.. of sequence seq) is exact MLA instead: the g shards add their partial
-// scores (an all-reduce of S over the peers), take one softmax and multiply by their own slice.
-// Inputs tok, rpos, rseq, lens are on the device.
+// scores (an all-reduce of S over the peers), take one softmax and multiply by their own slice; DCP's
+// ranks take the softmax over their own tokens and combine as in decode.
+// Inputs tok, rpos, rseq, lens (the rank's own counts) are on the device; max_cached: the most tokens a
+// sequence has, over every rank.
 
 static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, int prefill, int seq, int p0, int max_cached) {
     const Config *c = &G->c;
     const Part *p = &R->p;
     int D = c->dim, qd = c->dn + c->dr, dv = c->dv, Dk = p->Dk;
-    bf16 *cache = R->cache + (size_t)l * G->B * G->max_len * Dk;
+    bf16 *cache = R->cache + (size_t)l * G->B * R->cache_len * Dk;
     add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
     bf16 *q = p->peers > 1 ? R->q : R->qall;
     if (c->q_lora) {
@@ -478,20 +536,25 @@ static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, in
     } else {
         gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
     }
-    if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, R->peer);
+    if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer);
     gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
-    kv_append(G, R, cache, l, rows, !prefill && G->s.rms == RMS_LOCAL);
+    kv_append(G, R, cache, l, rows, !prefill && !G->s.dcp && G->s.rms == RMS_LOCAL);
     q_rope(G, R, rows);        // Q_h = [. | rope(q_pe_h)]
     absorb_q(G, R, L, rows);   // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .]
+    float *lse = p->ntok > 1 ? R->lse_r + (size_t)p->tok * rows * p->ha : NULL;   // DCP: lse_h^r, this rank's chunk
     if (!prefill)
-        decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, rows, p->ha, p->dcs, Dk, G->max_len,
-                         max_cached, c->softmax_scale, G->sms, R->st);
+        decode_attention(R->Q, &R->cmap, l * G->B * R->cache_len, R->lens, R->opart, R->lse, R->O, lse, rows, p->ha, p->dcs, Dk,
+                         R->cache_len, own_tokens(p, max_cached), c->softmax_scale, G->sms, R->st);
     else
-        prefill_attention(G, R, cache, rows, seq, p0);
+        prefill_attention(G, R, cache, lse, rows, seq, p0);
+    if (lse) {   // DCP: the all-gather (in place; world's K ranks are the token shards in order), then w_h^r o_h^r
+        all_gather(G, R, lse, R->lse_r, (size_t)rows * p->ha, ncclFloat, R->world);
+        dcp_combine(R->O, R->lse_r, rows, p->ha, p->dcs, p->ntok, p->tok, R->st);
+    }
     up_v(G, R, L, rows);       // v_h = W_UV^h[:, S_i] o_h
     if (p->peers > 1) reduce_scatter(G, R, R->v, R->vown, (size_t)rows * p->hq * dv, R->peer);
     gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * dv, D);
-    all_reduce(G, R, R->y, (size_t)rows * D, R->world);   // the one all-reduce: heads and latent shards summed
+    all_reduce(G, R, R->y, (size_t)rows * D, R->world);   // the one all-reduce: heads, latent and token shards summed
 }
 
 // ----------------------------------------------------------------------------
@@ -590,7 +653,7 @@ static void on_ranks(GPU *G, RankFn fn, void *arg) {
 // prefill and decode: the host fills the row tables, every rank runs the same forward
 
 typedef struct {
-    const int *tok, *rpos, *rseq, *lens;
+    const int *tok, *rpos, *rseq, *lens;   // lens: tokens of each sequence (on every rank together)
     int rows, prefill, seq, p0, max_cached, logit_rows, nlens;
     float *logits;      // host (logit_rows, vocab), or NULL
 } Step;
@@ -598,10 +661,12 @@ typedef struct {
 static void step_rank(GPU *G, Rank *R, void *arg) {
     Step *s = (Step *)arg;
     cudaStream_t st = R->st;
+    std::vector<int> lens(s->nlens);   // the rank's own: DCP's rank tok holds the tokens t mod ntok = tok
+    for (int b = 0; b < s->nlens; b++) lens[b] = own_tokens(&R->p, s->lens[b]);
     CUDA_CHECK(cudaMemcpyAsync(R->tok, s->tok, s->rows * 4, cudaMemcpyHostToDevice, st));
     CUDA_CHECK(cudaMemcpyAsync(R->rpos, s->rpos, s->rows * 4, cudaMemcpyHostToDevice, st));
     CUDA_CHECK(cudaMemcpyAsync(R->rseq, s->rseq, s->rows * 4, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK(cudaMemcpyAsync(R->lens, s->lens, s->nlens * 4, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(R->lens, lens.data(), s->nlens * 4, cudaMemcpyHostToDevice, st));
     forward_rank(G, R, s->rows, s->prefill, s->seq, s->p0, s->max_cached, s->logit_rows);
     if (s->logits && s->logit_rows && R->p.nv)
         CUDA_CHECK(cudaMemcpy2DAsync(s->logits + R->p.v0, (size_t)G->c.vocab * 4, R->logits, (size_t)R->p.nv * 4,
@@ -663,7 +728,8 @@ static void layout_rank(GPU *G, Rank *R) {
         if (gpu_split[t.kind] != SPLIT_W3_ROWS) rank_weight(R, &t, take(R, rank_piece(G, R, &t) * (t.f32 ? 4 : 2)));
     R->wbytes = R->used;
     R->inv_freq = (float *)take(R, c->dr / 2 * 4);
-    R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * G->max_len * p->Dk * 2);
+    R->cache_len = (G->max_len + p->ntok - 1) / p->ntok;   // the most any rank holds of max_len positions (rank 0's)
+    R->cache = (bf16 *)take(R, (size_t)c->n_layers * G->B * R->cache_len * p->Dk * 2);
     R->tok = (int *)take(R, rows * 4); R->rpos = (int *)take(R, rows * 4); R->rseq = (int *)take(R, rows * 4);
     R->lens = (int *)take(R, G->B * 4);
     int hid = std::max(c->q_lora, 1), E = ik ? c->n_experts : 0, tk = ik ? c->topk : 0;
@@ -688,12 +754,13 @@ static void layout_rank(GPU *G, Rank *R) {
     R->eh = (bf16 *)take(R, (size_t)rows * tk * ik * 2);
     R->eout = (float *)take(R, (size_t)rows * tk * D * 4);
     R->logits = (float *)take(R, (size_t)rows * (p->nv + 1) * 4);
-    // decode attention partials, and the prefill score matrix of one chunk
+    // decode attention partials, DCP's lse of every rank, and the prefill score matrix of one chunk
     AttnShape a = attention_shape(p->ha, p->dcs, p->Dk);
-    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, G->max_len, G->sms);
+    R->nsplit_max = nsplit_cap(G->B, a.head_tiles, R->cache_len, G->sms);
     R->opart = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * p->dcs * 4);
     R->lse = (float *)take(R, (size_t)G->B * R->nsplit_max * p->ha * 4);
-    size_t sc = (size_t)p->ha * G->chunk * G->max_len;
+    R->lse_r = (float *)take(R, (size_t)(p->ntok > 1 ? p->ntok : 0) * rows * p->ha * 4);
+    size_t sc = (size_t)p->ha * G->chunk * R->cache_len;
     R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
 }
 
@@ -755,8 +822,8 @@ static void init_rank(GPU *G, Rank *R, void *model) {
     CUBLAS_CHECK(cublasSetStream(R->blas, R->st));
     R->world = G->nrank > 1 ? g_world[G->K][R->r] : NULL;
     R->peer = NULL;
-    if (R->p.g > 1 && G->nrank > 1)   // the g ranks of the same group slot j, ordered by shard
-        NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.shard, &R->peer, NULL));
+    if ((R->p.g > 1 || R->p.peers > 1) && G->nrank > 1)   // the ranks of the same group slot j, in peer order
+        NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.peer, &R->peer, NULL));
     CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
     layout_rank(G, R);
     CUDA_CHECK(cudaMalloc(&R->blas_ws, BLAS_WS));
@@ -775,7 +842,7 @@ static void init_rank(GPU *G, Rank *R, void *model) {
         }
     AttnShape a = attention_shape(R->p.ha, R->p.dcs, R->p.Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    R->cmap = cache_map(R->cache, (size_t)c->n_layers * G->B * G->max_len, R->p.Dk);
+    R->cmap = cache_map(R->cache, (size_t)c->n_layers * G->B * R->cache_len, R->p.Dk);
     CUDA_CHECK(cudaStreamSynchronize(R->st));
 }
 
@@ -791,13 +858,15 @@ static int prefill_chunk(const Config *c, int max_len) {
 // K GPUs in the layout; nrank of them run here (K, or 1 for the rank bench: rank 0 on GPU 0); chunk: the
 // most tokens a forward pass takes (prefill chunks; 1: decode only)
 static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int nrank, int batch, int max_len, int ffn, int chunk) {
-    int have = gpu_count(), g = s->g;
+    int have = gpu_count(), g = s->dcp ? 1 : s->g;   // g: latent slices (DCP: one, the whole latent)
     if (K < 1 || nrank > have) die("%d GPUs asked for, %d present", nrank, have);
     if (K > 64) die("at most 64 GPUs");
+    if (s->dcp && s->g != K)
+        die("DCP: %d token shards on %d GPUs; the GPU engine runs one token shard per GPU (-g %d), not a hybrid", s->g, K, K);
     if (g < 1 || K % g) die("TPLA: the GPU count %d must be a multiple of the shard count g = %d", K, g);
-    if (c->dc % g || (c->dc / g) % 16) die("TPLA: kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
+    if (c->dc % g || (c->dc / g) % 16) die("kv_lora_rank %d must split into g = %d slices of a multiple of 16", c->dc, g);
     if (c->dr % 16) die("qk_rope_head_dim %d: the GPU engine needs a multiple of 16", c->dr);
-    int m_ = K / g;
+    int m_ = make_part(c, s, K, 0).m;   // the ranks the heads are split over (TPLA: K/g; DCP: 1, every head on each)
     if (c->n_heads % m_ || (s->split && c->n_heads % K))
         die("%d heads do not split over %d GPUs (%d per group of shard)", c->n_heads, s->split ? K : m_, m_);
     if (ffn && ((c->inter && c->inter % K) || (c->n_experts && c->moe_inter % K)))
@@ -819,7 +888,7 @@ static GPU *build(const Model *m, const Config *c, const Scheme *s, int K, int n
     G->rk = (Rank *)calloc(nrank, sizeof(Rank));
     for (int r = 0; r < nrank; r++) {   // count each rank's bytes and check they fit before allocating
         Rank *R = &G->rk[r];
-        R->r = r; R->dev = r; R->p = make_part(c, g, K, r, s->split);
+        R->r = r; R->dev = r; R->p = make_part(c, s, K, r);
         layout_rank(G, R);
         R->cap = R->used + (1 << 20);
         size_t free_b, total_b;
@@ -863,33 +932,51 @@ void gpu_free(GPU *G) {
 void gpu_reset(GPU *G) { memset(G->lens, 0, G->B * sizeof(int)); }
 
 // ----------------------------------------------------------------------------
-// the decode attention kernel alone, on host arrays (for the tests)
+// the decode attention kernel alone, on host arrays (for the tests); ntok > 1: DCP's ntok token shards one
+// after the other on one GPU, then its combine, as ntok ranks would do it
 
-void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len,
+void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr, int max_len, int ntok,
                    float scale, float *O) {
     CUDA_CHECK(cudaSetDevice(0));
-    int Dk = dcs + dr, chunk, mx = 0, sms;
-    for (int b = 0; b < B; b++) mx = std::max(mx, lens[b]);
+    int Dk = dcs + dr, cl = (max_len + ntok - 1) / ntok, sms;   // cl: positions of a shard, as a rank's cache_len
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     AttnShape a = attention_shape(ha, dcs, Dk);
     CUDA_CHECK(cudaFuncSetAttribute(a.k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)a.smem));
-    int ns = nsplit_for(B, a.head_tiles, ha, dcs, Dk, mx, sms, &chunk);
+    int ns = nsplit_cap(B, a.head_tiles, cl, sms);   // the most splits a shard's launch takes (as layout_rank sizes them)
+    size_t no = (size_t)B * ha * dcs;
     bf16 *dQ, *dC, *dO;
-    float *op, *lse;
+    float *op, *lse, *lse_r;
     int *dl;
-    CUDA_CHECK(cudaMalloc(&dQ, (size_t)B * ha * Dk * 2)); CUDA_CHECK(cudaMalloc(&dC, (size_t)B * max_len * Dk * 2));
-    CUDA_CHECK(cudaMalloc(&dO, (size_t)B * ha * dcs * 2)); CUDA_CHECK(cudaMalloc(&dl, B * 4));
-    CUDA_CHECK(cudaMalloc(&op, (size_t)B * ns * ha * dcs * 4)); CUDA_CHECK(cudaMalloc(&lse, (size_t)B * ns * ha * 4));
+    CUDA_CHECK(cudaMalloc(&dQ, (size_t)B * ha * Dk * 2)); CUDA_CHECK(cudaMalloc(&dC, (size_t)B * cl * Dk * 2));
+    CUDA_CHECK(cudaMalloc(&dO, ntok * no * 2)); CUDA_CHECK(cudaMalloc(&dl, B * 4));
+    CUDA_CHECK(cudaMalloc(&op, (size_t)ns * no * 4)); CUDA_CHECK(cudaMalloc(&lse, (size_t)B * ns * ha * 4));
+    CUDA_CHECK(cudaMalloc(&lse_r, (size_t)ntok * B * ha * 4));
     CUDA_CHECK(cudaMemcpy(dQ, Q, (size_t)B * ha * Dk * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(dC, cache, (size_t)B * max_len * Dk * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(dl, lens, B * 4, cudaMemcpyHostToDevice));
-    CUtensorMap map = cache_map(dC, (size_t)B * max_len, Dk);
-    decode_attention(dQ, &map, 0, dl, op, lse, dO, B, ha, dcs, Dk, max_len, mx, scale, sms, 0);
-    std::vector<uint16_t> o((size_t)B * ha * dcs);
+    CUtensorMap map = cache_map(dC, (size_t)B * cl, Dk);
+    std::vector<uint16_t> shard((size_t)B * cl * Dk), o(ntok * no);
+    std::vector<int> own(B);
+    for (int r = 0; r < ntok; r++) {   // shard r: the tokens t with t mod ntok = r, at row t / ntok, as kv_append puts them
+        Part p = {};
+        p.ntok = ntok; p.tok = r;
+        int mx = 0;
+        for (int b = 0; b < B; b++) {
+            for (int t = r; t < max_len; t += ntok)
+                memcpy(&shard[((size_t)b * cl + t / ntok) * Dk], &cache[((size_t)b * max_len + t) * Dk], Dk * 2);
+            own[b] = own_tokens(&p, lens[b]); mx = std::max(mx, own[b]);
+        }
+        CUDA_CHECK(cudaMemcpy(dC, shard.data(), shard.size() * 2, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(dl, own.data(), B * 4, cudaMemcpyHostToDevice));
+        decode_attention(dQ, &map, 0, dl, op, lse, dO + r * no, ntok > 1 ? lse_r + (size_t)r * B * ha : NULL, B, ha, dcs, Dk, cl, mx,
+                         scale, sms, 0);
+    }
+    for (int r = 0; ntok > 1 && r < ntok; r++) dcp_combine(dO + r * no, lse_r, B, ha, dcs, ntok, r, 0);
     CUDA_CHECK(cudaMemcpy(o.data(), dO, o.size() * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < o.size(); i++) { uint32_t u = (uint32_t)o[i] << 16; memcpy(&O[i], &u, 4); }
+    for (size_t i = 0; i < no; i++) {   // sum_r w^r o^r (in the engine: the reduce-scatter of v, or the all-reduce)
+        O[i] = 0;
+        for (int r = 0; r < ntok; r++) { uint32_t u = (uint32_t)o[r * no + i] << 16; float f; memcpy(&f, &u, 4); O[i] += f; }
+    }
     CUDA_CHECK(cudaFree(dQ)); CUDA_CHECK(cudaFree(dC)); CUDA_CHECK(cudaFree(dO)); CUDA_CHECK(cudaFree(dl));
-    CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse));
+    CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse)); CUDA_CHECK(cudaFree(lse_r));
 }
 
 // ----------------------------------------------------------------------------

@@ -404,7 +404,7 @@ typedef struct {
     int g;          // shards: TPLA's latent slices g, or DCP's token sets K; 1 = MLA
     int rms;        // RMS_LOCAL or RMS_GLOBAL: how a decode token's latent slice is normalised (TPLA)
     const float *rms_fix; // (n_layers, g): local rms correction sqrt(1/(g e_i)); NULL = all 1
-    int split;      // GPU only: TPLA keeps W_UQ and W_O split by head (all-gather q, reduce-scatter v)
+    int split;      // GPU only: TPLA and DCP keep W_UQ and W_O split by head (all-gather q, reduce-scatter v)
     int dcp;        // 0: the g shards split the latent (TPLA); 1: they split the tokens, t mod g (DCP)
 } Scheme;
 
@@ -415,7 +415,8 @@ static inline double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTO
 
 // ----------------------------------------------------------------------------
 // GPU engine (tpla.cu). One process drives every GPU: one thread and one stream per GPU, one NCCL
-// communicator. K GPUs form g groups of K/g; inside a group the heads are split as in MLA-TP.
+// communicator. TPLA: K GPUs form g groups of K/g; inside a group the heads are split as in MLA-TP.
+// DCP: K token shards, one a GPU, each attending with every head.
 
 // The GPU engine's MoE path: its limits, checked by gpu_build before it allocates anything (NULL: fine).
 #define GPU_MAX_TOPK 16       // experts per token (the routing kernel keeps them in registers)
@@ -442,12 +443,14 @@ void gpu_prefill(GPU *G, int b, const int *tokens, int n, float *logits, int all
 void gpu_decode(GPU *G, const int *tokens, float *logits);                  // one token per sequence; logits (B, vocab)
 void gpu_reset(GPU *G);                                                     // empty every sequence
 void gpu_free(GPU *G);
-// -m bench: decode steps at each context in ctx[0..nctx), MLA-TP against TPLA on the same weights.
 // The decode attention kernel alone on host arrays (for the tests): Q (B, ha, dcs+dr) and cache
-// (B, max_len, dcs+dr) bf16, lens (B); O (B, ha, dcs) float32.
+// (B, max_len, dcs+dr) bf16, lens (B); O (B, ha, dcs) float32. ntok > 1: as DCP's ntok ranks would, each
+// over its own tokens (t mod ntok = r, dealt out here), with the merge's lse, DCP's combine, and O summed.
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr,
-                   int max_len, float scale, float *O);
-// one_rank: GPU 0 runs only rank 0 of the ngpu-GPU layout, with the collectives left out (the rank bench).
+                   int max_len, int ntok, float scale, float *O);
+// -m bench: decode steps at each context in ctx[0..nctx), MLA-TP against TPLA (and DCP with one token shard a
+// GPU) on the same weights. one_rank: GPU 0 runs only rank 0 of the ngpu-GPU layout, with the collectives
+// left out (the rank bench).
 void gpu_bench(const Config *c, const Scheme *tpla, int ngpu, int one_rank, int batch, const int *ctx, int nctx,
                int dense_ffn, int steps, const char *name, const char *csv);
 // -m bench -k N: the prefill of one N-token prompt on random weights, against its floor.

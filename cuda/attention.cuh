@@ -735,8 +735,10 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
 
 // Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M). A block
 // takes 8 heads of a sequence, a warp one head; the splits' weights are computed once, in shared memory.
+// lse_out (B, ha), if given: the merged lse = M + log2 sum_s 2^(lse_s - M) (log2 units; -inf, with O = 0,
+// where nothing is cached), what DCP's combine weighs a rank by.
 #define MERGE_HEADS 8                 // heads per block of the merge (a warp each)
-__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, int ha, int dcs, int nsplit) {
+__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, float *lse_out, int ha, int dcs, int nsplit) {
     extern __shared__ float wsplit[];                   // [MERGE_HEADS][nsplit]
     int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y * MERGE_HEADS + warp;
     float *w = wsplit + warp * nsplit;
@@ -751,6 +753,7 @@ __global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O,
         den += w[s];
     }
     for (int o = 16; o; o >>= 1) den += __shfl_xor_sync(0xffffffff, den, o);
+    if (lse_out && lane == 0) lse_out[(size_t)b * ha + h] = den > 0 ? M + log2f(den) : -INFINITY;
     __syncwarp();
     for (int c = lane; c < dcs; c += 32) {
         float num = 0;
@@ -831,9 +834,10 @@ static CUtensorMap cache_map(const bf16 *base, size_t rows, int Dk) {
 }
 
 // rows sequences, one new token each, already cached (the kernel's shared memory limit was raised
-// once per GPU by init_rank); lens (device) = tokens cached per sequence.
+// once per GPU by init_rank); lens (device) = tokens cached per sequence; lse_out (rows, ha) may be NULL.
 static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, const int *lens, float *opart, float *lse, bf16 *O,
-                             int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms, cudaStream_t st) {
+                             float *lse_out, int rows, int ha, int dcs, int Dk, int max_len, int max_cached, float scale, int sms,
+                             cudaStream_t st) {
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
     int ns = nsplit_for(rows, a.head_tiles, ha, dcs, Dk, max_cached, sms, &chunk);
@@ -846,5 +850,5 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
     pdl.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t mc = {dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), dim3(32 * MERGE_HEADS),
                              MERGE_HEADS * ns * sizeof(float), st, &pdl, 1};
-    CUDA_CHECK(cudaLaunchKernelEx(&mc, attn_merge_kernel, opart, lse, O, ha, dcs, ns));
+    CUDA_CHECK(cudaLaunchKernelEx(&mc, attn_merge_kernel, opart, lse, O, lse_out, ha, dcs, ns));
 }

@@ -8,6 +8,7 @@
 typedef struct {
     int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
     double step_s, attn_s, idle;    // idle: see bench_rank
+    double gather_s;                // DCP on several GPUs: its all-gathers of lse alone, a step
     char moe[2048];
 } BenchRun;
 
@@ -77,19 +78,23 @@ static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
     }
 }
 
-// one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone
+// one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone (and
+// DCP's all-gathers of lse alone, where they run)
 static void bench_rank(GPU *G, Rank *R, void *arg) {
     BenchRun *b = (BenchRun *)arg;
     const Config *c = &G->c;
     const Part *p = &R->p;
-    size_t cache_n = (size_t)c->n_layers * G->B * G->max_len * p->Dk;
+    size_t cache_n = (size_t)c->n_layers * G->B * R->cache_len * p->Dk;
     fill_random(R->cache, cache_n, 1.0f, 7 + R->r, R->st);
     if (G->nrank < G->K) {   // rank bench: what the left-out collectives would bring, as random values
         size_t nq = (size_t)G->rows * p->ha * (c->dn + c->dr), nv = (size_t)G->rows * p->ha * c->dv;
         fill_random(R->qall, nq, 1.0f, 11, R->st);
         fill_random(R->vown, nv, 1.0f, 12, R->st);
+        fill_random(R->lse_r, (size_t)(p->ntok > 1 ? p->ntok : 0) * G->rows * p->ha, 1.0f, 13, R->st);   // DCP: the others' lse
     }
-    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, b->ctx + 1);
+    int own = own_tokens(p, b->ctx + 1);   // a sequence's cached tokens on this rank (DCP: 1 in ntok)
+    float *lse = p->ntok > 1 ? R->lse_r + (size_t)p->tok * G->B * p->ha : NULL;   // as attention_rank passes it
+    std::vector<int> tok(G->B), pos(G->B, b->ctx), seq(G->B), lens(G->B, own);
     for (int i = 0; i < G->B; i++) { tok[i] = (i * 7919) % c->vocab; seq[i] = i; }
     CUDA_CHECK(cudaMemcpy(R->tok, tok.data(), G->B * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(R->rpos, pos.data(), G->B * 4, cudaMemcpyHostToDevice));
@@ -100,10 +105,15 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
     // the attention kernels of every layer, timed alone (Q holds the last step's queries)
     double attn = event_time(R, [&] {
         for (int l = 0; l < c->n_layers; l++)
-            decode_attention(R->Q, &R->cmap, l * G->B * G->max_len, R->lens, R->opart, R->lse, R->O, G->B,
-                             p->ha, p->dcs, p->Dk, G->max_len, b->ctx + 1, c->softmax_scale, G->sms, R->st);
+            decode_attention(R->Q, &R->cmap, l * G->B * R->cache_len, R->lens, R->opart, R->lse, R->O, lse, G->B,
+                             p->ha, p->dcs, p->Dk, R->cache_len, own, c->softmax_scale, G->sms, R->st);
     }, GRAPH_REPS);
-    if (R->r == 0) { b->step_s = t; b->attn_s = attn; }
+    double gather = 0;   // (every rank takes this branch alike: the all-gathers meet)
+    if (lse && G->nrank > 1)
+        gather = event_time(R, [&] {
+            for (int l = 0; l < c->n_layers; l++) all_gather(G, R, lse, R->lse_r, (size_t)G->B * p->ha, ncclFloat, R->world);
+        }, GRAPH_REPS);
+    if (R->r == 0) { b->step_s = t; b->attn_s = attn; b->gather_s = gather; }
     if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
         std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
         CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
@@ -123,7 +133,7 @@ static size_t rank_bytes(const Config *c, const Scheme *s, int K, int r, int B, 
     CUDA_CHECK(cudaDeviceGetAttribute(&G.sms, cudaDevAttrMultiProcessorCount, 0));
     Rank R;
     memset(&R, 0, sizeof(R));
-    R.r = r; R.p = make_part(c, s->g, K, r, s->split);
+    R.r = r; R.p = make_part(c, s, K, r);
     layout_rank(&G, &R);
     free(R.lw);
     if (wbytes) *wbytes = R.wbytes;
@@ -200,11 +210,12 @@ static void measure_roofs(double *copy_bps, double *mm_flops) {
 // What one forward pass of rank 0 reads and computes, for the floors of the decode and the prefill bench:
 // wbytes, the weights it reads (all but the embedding, of which it reads only its tokens' rows); lm,
 // lm_head's bytes; per token, tok_flops in the products with the weights (2 flops per bf16 weight of 2
-// bytes; of each MoE layer's routed experts, only the topk the token chose) and pos_flops in attention per
-// cached token (2 (Dk + dcs) per head and layer).
-typedef struct { double wbytes, lm, tok_flops, pos_flops; } StepWork;
+// bytes; of each MoE layer's routed experts, only the topk the token chose); per cached token it holds,
+// pos_bytes of cache read (Dk bf16 values a layer) and pos_flops in attention (2 (Dk + dcs) per head and
+// layer). A sequence of n tokens has own_tokens(n) cached on the rank: n, or DCP's ceil(n / K) on rank 0.
+typedef struct { double wbytes, lm, tok_flops, pos_bytes, pos_flops; } StepWork;
 static StepWork step_work(const Config *c, const Scheme *s, int K, int ffn) {
-    Part p = make_part(c, s->g, K, 0, s->split);
+    Part p = make_part(c, s, K, 0);
     size_t w;
     rank_bytes(c, s, K, 0, 1, 1, ffn, &w);
     StepWork f;
@@ -212,6 +223,7 @@ static StepWork step_work(const Config *c, const Scheme *s, int K, int ffn) {
     f.lm = (double)p.nv * c->dim * 2;
     double ex = ffn ? moe_layers(c) * expert_bytes(c, K) : 0;   // one routed expert of every MoE layer
     f.tok_flops = f.wbytes - (c->n_experts - c->topk) * ex;
+    f.pos_bytes = 2.0 * p.Dk * c->n_layers;
     f.pos_flops = 2.0 * p.ha * (p.Dk + p.dcs) * c->n_layers;
     return f;
 }
@@ -220,16 +232,43 @@ static StepWork step_work(const Config *c, const Scheme *s, int K, int ffn) {
 static double floor_s(double bytes, double flops, double bw, double fl) { return std::max(bytes / bw, flops / fl); }
 
 // The decode step's floor on one GPU: the weights read and the cache read (B sequences of ctx + 1
-// tokens), against the products' and the attention's flops. MoE: the weights read leave out the `idle`
-// bytes of experts that no token of the step chose (from its routing). *rest gets the floor of the step
-// without its attention kernel (weights only, projection flops only).
+// tokens, the rank's own of them), against the products' and the attention's flops. MoE: the weights read
+// leave out the `idle` bytes of experts that no token of the step chose (from its routing). *cache_bytes
+// and *attn_flops get the attention's share; *rest the floor of the step without its attention kernel
+// (weights only, projection flops only).
 static double step_floor(const Config *c, const Scheme *s, int K, int B, int ctx, int dense, double idle, double bw, double fl,
-                         double *cache_bytes, double *rest) {
+                         double *cache_bytes, double *attn_flops, double *rest) {
     StepWork w = step_work(c, s, K, dense);
-    *cache_bytes = (double)c->n_layers * B * (ctx + 1) * make_part(c, s->g, K, 0, s->split).Dk * 2;
+    Part p = make_part(c, s, K, 0);
+    double cached = (double)B * own_tokens(&p, ctx + 1);
+    *cache_bytes = cached * w.pos_bytes;
+    *attn_flops = cached * w.pos_flops;
     double proj = B * w.tok_flops;
     *rest = floor_s(w.wbytes - idle, proj, bw, fl);
-    return floor_s(w.wbytes - idle + *cache_bytes, proj + B * (ctx + 1.0) * w.pos_flops, bw, fl);
+    return floor_s(w.wbytes - idle + *cache_bytes, proj + *attn_flops, bw, fl);
+}
+
+// The collectives of one layer of a decode step on rank p of K (the FFN's all-reduce too, with the FFN), per
+// sequence of the batch: their count, their bytes into *bytes (an all-reduce's buffer, an all-gather's
+// result, a reduce-scatter's input), and each one's name and bytes into what.
+static int layer_collectives(const Config *c, const Part *p, int K, int ffn, double *bytes, char *what, size_t cap) {
+    const struct { const char *name; double b; int on; } all[] = {
+        {"all-gather q", p->ha * (c->dn + c->dr) * 2.0, p->peers > 1},
+        {"all-gather lse", p->ntok * p->ha * 4.0, p->ntok > 1},
+        {"reduce-scatter v", p->ha * c->dv * 2.0, p->peers > 1},
+        {"all-reduce y", c->dim * 4.0, K > 1},
+        {"FFN all-reduce", c->dim * 4.0, K > 1 && ffn},
+    };
+    int n = 0;
+    size_t len = 0;
+    *bytes = 0;
+    snprintf(what, cap, "none");
+    for (const auto &x : all)
+        if (x.on) {
+            len += snprintf(what + len, cap - std::min(cap, len), "%s%s %.0f B", n++ ? ", " : "", x.name, x.b);
+            *bytes += x.b;
+        }
+    return n;
 }
 
 static const char *ffn_name(const Config *c, int ffn) {
@@ -251,45 +290,69 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     double bw, fl;
     measure_roofs(&bw, &fl);
-    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d (%s W_UQ/W_O)\n", name, nrank, prop.name,
-           c->dim, c->n_heads, c->dc, c->dr, c->n_layers, ffn_name(c, dense), tpla->g, tpla->split ? "split" : "replicated");
+    // The rows: MLA-TP, TPLA and DCP (one token shard a GPU, W_UQ and W_O placed as TPLA's; on one GPU it is
+    // MLA, and left out), each at its largest batch, and TPLA at MLA-TP's batch (the kernel's gain apart
+    // from the batch's), where the two batches differ.
+    Scheme dcp = {K, RMS_GLOBAL, NULL, tpla->split, 1};
+    const Scheme *sc[4] = {&MLA, tpla, tpla, &dcp};
+    const char *nm[4] = {"MLA-TP", "TPLA", "TPLA@=B", "DCP"};
+    int nrow = K > 1 ? 4 : 3;
+    printf("bench %s on %d x %s: D %d, H %d, dc %d + dr %d, %d layers, %s FFN; TPLA g = %d", name, nrank, prop.name, c->dim,
+           c->n_heads, c->dc, c->dr, c->n_layers, ffn_name(c, dense), tpla->g);
+    if (nrow > 3) printf(", DCP K = %d", K);
+    printf(" (%s W_UQ/W_O)\n", tpla->split ? "split" : "replicated");
     if (one_rank)
-        printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out\n", K);
+        printf("rank bench: one GPU runs rank 0 of a %d-GPU layout (its weights, cache slice and batch), collectives left out%s\n", K,
+               nrow > 3 ? " (DCP's all-gather of lse too)" : "");
     printf("card: copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s; a step decodes one token per sequence (CUDA graph)\n",
            bw / 1e9, fl / 1e12);
+    printf("per GPU (rank 0), per token of context and layer: the cache read and the attention flops; the collectives of a layer,\n"
+           "in bytes per sequence of the batch (coll MB: at the row's batch)%s:\n", one_rank && K > 1 ? ", left out here" : "");
+    double coll[4];   // the collectives' bytes of a layer, per sequence
+    for (int k = 0; k < nrow; k++) {
+        Part p = make_part(c, sc[k], K, 0);
+        StepWork w = step_work(c, sc[k], K, dense);
+        char what[256], toks[32];
+        int n = layer_collectives(c, &p, K, dense, &coll[k], what, sizeof(what));
+        if (k == 2) continue;   // (TPLA's, again)
+        if (p.ntok > 1) snprintf(toks, sizeof(toks), "1 token in %d", p.ntok); else snprintf(toks, sizeof(toks), "every token");
+        printf("  %-6s %3d heads over %3d + %d of %s: cache %4.0f B, attention %6.0f flop; %d collective%s: %s\n", nm[k], p.ha,
+               p.dcs, c->dr, toks, w.pos_bytes / c->n_layers / p.ntok, w.pos_flops / c->n_layers / p.ntok, n, n == 1 ? "" : "s", what);
+    }
     FILE *f = fopen(csv, "w");
     if (!f) die("%s: cannot write", csv);
-    fprintf(f, "shape,gpus,gpus_run,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper\n");
-    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
-           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB");
+    fprintf(f, "shape,gpus,gpus_run,card,ctx,scheme,g,batch,step_ms,tok_s,attn_ms,attn_share,attn_GBs,attn_copy_frac,attn_TFLOPs,cache_GB_per_gpu,floor_ms,step_over_floor,rest_over_floor,ratio,ratio_equal_batch,paper,coll_MB_per_layer,lse_gather_ms\n");
+    printf("%6s %-9s %5s %9s %10s %8s %6s %9s %6s %8s %7s %7s %9s %8s\n", "ctx", "scheme", "batch", "step ms", "tok/s", "attn ms",
+           "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB", "coll MB");
     for (int i = 0; i < nctx; i++) {
-        int bm = batch ? batch : largest_batch(c, &MLA, K, nrank, ctx[i] + 1, dense);
-        int bt = batch ? batch : largest_batch(c, tpla, K, nrank, ctx[i] + 1, dense);
-        BenchRun r[3];
-        const Scheme *sc[3] = {&MLA, tpla, tpla};
-        int bs[3] = {bm, bt, bm};
-        double tps[3];
+        int bs[4];
+        for (int k = 0; k < nrow; k++) bs[k] = batch ? batch : k == 2 ? bs[0] : largest_batch(c, sc[k], K, nrank, ctx[i] + 1, dense);
+        BenchRun r[4];
+        double tps[4] = {0, 0, 0, 0};
         double pr = paper_ratio(name, K, tpla->g, ctx[i]);
-        for (int k = 0; k < (bt == bm ? 2 : 3); k++) {
+        for (int k = 0; k < nrow; k++) {
+            if (k == 2 && bs[1] == bs[0]) { tps[2] = tps[1]; continue; }   // TPLA's own row is at MLA-TP's batch
             r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
-            double cb, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &rest);
+            double cb, af, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &af, &rest);
             double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
-            double abw = cb / r[k].attn_s, atf = bs[k] * (ctx[i] + 1.0) * step_work(c, sc[k], K, dense).pos_flops / r[k].attn_s;
+            double abw = cb / r[k].attn_s, atf = af / r[k].attn_s, cmb = bs[k] * coll[k] / 1e6;
             tps[k] = bs[k] / r[k].step_s;
-            const char *nm = k == 0 ? "MLA-TP" : k == 1 ? "TPLA" : "TPLA@=B";
-            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f\n", ctx[i], nm, bs[k], r[k].step_s * 1e3,
-                   tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
-                   r[k].step_s / floor, rest_x, cb / 1e9);
+            printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f %8.2f\n", ctx[i], nm[k], bs[k],
+                   r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
+                   r[k].step_s / floor, rest_x, cb / 1e9, cmb);
             if (k == 0) printf("%s", r[0].moe);   // the MoE layer's breakdown (empty without MoE)
-            fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f\n", name, K, nrank, prop.name,
-                    ctx[i], nm, sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, r[k].attn_s / r[k].step_s, abw / 1e9,
-                    abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x, k ? tps[1] / tps[0] : 1.0,
-                    k == 2 ? tps[2] / tps[0] : 0.0, pr);
+            fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f,%.3f,%.4f\n", name, K,
+                    nrank, prop.name, ctx[i], nm[k], sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3,
+                    r[k].attn_s / r[k].step_s, abw / 1e9, abw / bw, atf / 1e12, cb / 1e9, floor * 1e3, r[k].step_s / floor, rest_x,
+                    k == 3 ? tps[3] / tps[0] : k ? tps[1] / tps[0] : 1.0, k == 2 ? tps[2] / tps[0] : 0.0, pr, cmb, r[k].gather_s * 1e3);
         }
-        if (bt == bm) tps[2] = tps[1];
-        printf("%6d TPLA/MLA throughput %.2fx (largest batch each), %.2fx at equal batch%s", ctx[i], tps[1] / tps[0], tps[2] / tps[0],
-               pr ? "" : "\n");
-        if (pr) printf("; paper %.2fx\n", pr);
+        printf("%6d TPLA/MLA throughput %.2fx (largest batch each", ctx[i], tps[1] / tps[0]);
+        if (pr) printf("; paper %.2fx", pr);
+        printf("), %.2fx at equal batch", tps[2] / tps[0]);
+        if (nrow > 3) printf("; DCP/MLA %.2fx (largest batch each)", tps[3] / tps[0]);
+        if (nrow > 3 && r[3].gather_s > 0)
+            printf(", its all-gathers of lse alone %.3f ms a step (%.1f%%)", r[3].gather_s * 1e3, 100 * r[3].gather_s / r[3].step_s);
+        printf("\n");
         fflush(stdout);
     }
     fclose(f);

@@ -12,9 +12,9 @@
 #              holding FlashMLA's sm90 decode kernel and a harness whose build_and_run.sh takes --case
 #              B,T,HQ; its build/bench_flashmla is used if it is there), FlashMLA runs the 512+64 shapes too
 #     sanitize compute-sanitizer's racecheck and synccheck on the kernel check (./test attention)
-#     rank2    one GPU runs rank 0 of a 2-GPU layout (-R 2, collectives left out): dsv3 and kimik2, g = 2,
-#              contexts 1K..32K, largest batch each
-#     rank4    the same for a 4-GPU layout, g = 4, at 1K, 4K and 32K
+#     rank2    one GPU runs rank 0 of a 2-GPU layout (-R 2, collectives left out): dsv3 and kimik2, MLA-TP,
+#              TPLA g = 2 and DCP K = 2, contexts 1K..32K, largest batch each
+#     rank4    the same for a 4-GPU layout, g = 4 (DCP K = 4), at 1K, 4K and 32K
 #     profile  Nsight Compute on one launch of the kernel in each mode and of the seesaw kernel (stall reasons, pipe use)
 #     bench2   dsv3 and kimik2 on 2 GPUs, g = 2, contexts 1K..32K, largest batch each
 #     rep      the same at 32K with W_UQ and W_O replicated (-w rep)
@@ -62,13 +62,13 @@ for step in "$@"; do
             ( cd "$FLASHMLA" && BUILD_ONLY=1 NVCC_THREADS=4 ./build_and_run.sh > "$OUT/flashmla_build.log" 2>&1 ) &
             fm_pid=$!
         fi
-        # (MLA-TP / TPLA rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256;
-        #  64 over 512 / 128 over 256; 32 over 512 / 128 over 128)
+        # (MLA-TP / TPLA / DCP rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256 / 64 over
+        #  512; 64 over 512 / 128 over 256 / 128 over 512; 32 over 512 / 128 over 128 / 128 over 512)
         for spec in "dsv3-h16 -K 1 -g 1" "dsv3 -K 1 -g 1" "kimik2 -R 2 -g 2" "dsv3 -R 2 -g 2" "dsv3 -R 4 -g 4"; do
             bench $spec -b $kb -l 32768 -n 3
         done
         summary+="kernel, batch $kb, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
-        summary+="$(grep -E '^=== ./run|^ +32768 (MLA-TP|TPLA) ' "$LOG" | tail -15)"$'\n'
+        summary+="$(grep -E '^=== ./run|^ +32768 (MLA-TP|TPLA|DCP) ' "$LOG" | tail -18)"$'\n'
         if [ -n "${FLASHMLA:-}" ]; then
             [ -n "${fm_pid:-}" ] && wait $fm_pid
             "$FLASHMLA"/build/bench_flashmla --case $kb,32768,16 --case $kb,32768,32 --case $kb,32768,64 \
