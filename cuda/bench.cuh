@@ -326,11 +326,12 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
            "share", "attn GB/s", "%copy", "TFLOP/s", "x floor", "rest x", "cache GB", "coll MB");
     for (int i = 0; i < nctx; i++) {
         int bs[4];
-        for (int k = 0; k < nrow; k++) bs[k] = batch ? batch : k == 2 ? bs[0] : largest_batch(c, sc[k], K, nrank, ctx[i] + 1, dense);
         BenchRun r[4];
         double tps[4] = {0, 0, 0, 0};
         double pr = paper_ratio(name, K, tpla->g, ctx[i]);
         for (int k = 0; k < nrow; k++) {
+            // each row's largest batch is found just before it runs, on the memory the runs before it left free
+            bs[k] = batch ? batch : k == 2 ? bs[0] : largest_batch(c, sc[k], K, nrank, ctx[i] + 1, dense);
             if (k == 2 && bs[1] == bs[0]) { tps[2] = tps[1]; continue; }   // TPLA's own row is at MLA-TP's batch
             r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
             double cb, af, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &af, &rest);
