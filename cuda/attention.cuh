@@ -18,9 +18,10 @@
 //
 // Two warpgroups of 128 threads. Slices of 256 or less, in one of two modes:
 //   HEADS  (more than 64 heads): warpgroup w owns heads 64w.. of a 128-head tile; both read every cached
-//          tile. Each issues S of its next tile together with P V of this one, then takes the softmax of
-//          the next while they run; and the two take turns on the tensor cores (a pair of named
-//          barriers), so that one's softmax runs while the other's products do (ping-pong).
+//          tile. Each issues S of its next tile before the softmax of this one, so that the tensor cores
+//          work on S(i+1) while the softmax of tile i runs. (A ping-pong between the two warpgroups, each
+//          issuing S(i+1) with P V(i) in turn through a pair of named barriers and taking its softmax while
+//          the other's products run, measured 3% slower on an H100: README "The decode attention kernel".)
 //   STREAM (64 heads or fewer): both own the same heads; warpgroup w takes tiles w, w+2, .. with its own
 //          softmax, and the two results are merged at the end through shared memory.
 // Slices of 257..512 (64 heads a block) go to the seesaw kernel below, which has its own description.
@@ -32,7 +33,7 @@
 #define SMEM_BLOCK (227 * 1024)    // the shared memory one block may use on Hopper
 #define LOG2E 1.4426950408889634f
 enum { ATT_HEADS, ATT_STREAM };
-enum { BAR_WG = 1, BAR_END = 3, BAR_PP = 4 };   // named barriers (0 is __syncthreads): BAR_WG + wg, BAR_PP + wg
+enum { BAR_WG = 1, BAR_END = 3 };   // named barriers (0 is __syncthreads): BAR_WG + wg, BAR_END
 
 // The kernel's tile shape, one definition for the kernel and the host (attention_shape): sizes of the
 // instance <MODE, NJ, NB>, NJ 64-column blocks of O per warpgroup, NB 64-column boxes of a cached token.
@@ -365,52 +366,27 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + k * 128);
         wgmma_commit();
     };
-    if (MODE == ATT_HEADS) {
-        // Both warpgroups read every tile. Each issues S of its next tile together with P V of this one,
-        // then takes the softmax of the next while they run; the two take turns on the tensor cores (a
-        // pair of named barriers), so that one's softmax runs while the other's products do (ping-pong).
-        issue_S(sv, 0);
-        wgmma_wait();
+    // HEADS: S of the next tile is issued before the softmax of this one, so that the tensor cores work on
+    // it meanwhile (two tiles stay in shared memory). STREAM: warpgroup w takes tiles w, w + 2, ..
+    constexpr bool LA = MODE == ATT_HEADS;
+    float s_nxt[LA ? 32 : 1];
+    if (LA) issue_S(sv, 0);
+    for (int i = first; i < ntiles; i += step) {
+        if (!LA) issue_S(sv, i);
+        wgmma_wait();                                        // S(i)
         keep<32>(sv);
-        softmax(0);
+        if (LA && i + 1 < ntiles) issue_S(s_nxt, i + 1);     // runs on the tensor cores during the softmax
+        softmax(i);
+        rescale_o();
         pack_p<0, 32>(sv, pa);
-        if (wg == 1) bar_arrive(BAR_PP, 256);                // warpgroup 0 takes the first turn
-        for (int i = 0; i + 1 < ntiles; i++) {
-            bar_sync(BAR_PP + wg, 256);                      // my turn
-            issue_S(sv, i + 1);                              // (sv is free: P(i) is in pa)
-            issue_pv(i);
-            bar_arrive(BAR_PP + 1 - wg, 256);                // the other's turn
-            wgmma_wait_n<1>();                               // S(i+1); P V of tile i may still run
-            keep<32>(sv);
-            softmax(i + 1);
-            wgmma_wait();
-            #pragma unroll
-            for (int j = 0; j < NJ; j++) keep<32>(o[j]);
-            release(i);
-            rescale_o();
-            pack_p<0, 32>(sv, pa);
-        }
-        bar_sync(BAR_PP + wg, 256);                          // the last tile
-        issue_pv(ntiles - 1);
-        if (wg == 0) bar_arrive(BAR_PP + 1, 256);
-        wgmma_wait();
+        issue_pv(i);
+        wgmma_wait();                                        // (and S(i+1))
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
-    } else {
-        // STREAM: warpgroup w takes tiles w, w + 2, .. with its own softmax
-        for (int i = first; i < ntiles; i += step) {
-            issue_S(sv, i);
-            wgmma_wait();                                    // S(i)
-            keep<32>(sv);
-            softmax(i);
-            rescale_o();
-            pack_p<0, 32>(sv, pa);
-            issue_pv(i);
-            wgmma_wait();
+        release(i);
+        if (LA)
             #pragma unroll
-            for (int j = 0; j < NJ; j++) keep<32>(o[j]);
-            release(i);
-        }
+            for (int k = 0; k < 32; k++) sv[k] = s_nxt[k];
     }
     wgmma_wait();                                            // (nothing is in flight; the compiler cannot tell)
     launch_dependents();
