@@ -217,6 +217,24 @@ template <int K0, int K1> __device__ __forceinline__ void pack_p(const float *sv
     }
 }
 
+// The start of a block, in both kernels: in every stage, the tile columns past the cached token's kbox
+// boxes (read by wgmma, never written by the TMA) are zeros; Q's HB rows from h_base of sequence b come in
+// by cp.async (zeros past ha and past Dk), committed.
+template <int HB, int DQ, int NB>
+__device__ __forceinline__ void block_start(bf16 *Qs, bf16 *Ks, int stages, int kbox, const bf16 *Q, int b, int ha, int h_base, int Dk) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    for (int k = tid; k < stages * (NB - kbox) * TC * 8; k += blockDim.x) {
+        int per = (NB - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
+        *(uint4 *)(Ks + st * TC * NB * 64 + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
+    }
+    for (int r = tid >> 5; r < HB; r += blockDim.x / 32)
+        for (int c = lane; c < DQ / 8; c += 32) {
+            int ok = h_base + r < ha && c < Dk / 8;
+            cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
+        }
+    cp_commit();
+}
+
 // ---- the kernel
 // Accumulator layout of a 64 x 64 wgmma tile (warp w of the warpgroup, lane l): element d[4j + e] is row
 // 16w + l/4 + 8(e/2), column 8j + 2(l%4) + e%2. Thread t of either warpgroup owns the same rows.
@@ -260,18 +278,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int s = 0; s < stages; s++) { mbar_init(&full[s]); freed[s] = 0; }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");   // seen by the TMA
     }
-    // tile columns past the boxes (read by wgmma, never written by the TMA) are zeros
-    for (int k = tid; k < stages * (NB - kbox) * TC * 8; k += 256) {
-        int per = (NB - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
-        *(uint4 *)(Ks + st * TC * DKP + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
-    }
-    // Q (zero rows past ha, zero columns past Dk), by every thread
-    for (int r = tid >> 5; r < HB; r += 8)
-        for (int c = lane; c < DQ / 8; c += 32) {
-            int ok = h_base + r < ha && c < Dk / 8;
-            cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
-        }
-    cp_commit();
+    block_start<HB, DQ, NB>(Qs, Ks, stages, kbox, Q, b, ha, h_base, Dk);
     cp_wait_all();
     fence_async();
     __syncthreads();
@@ -505,16 +512,7 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int k = 0; k < 4; k++) mbar_init(&full[k]);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    for (int k = tid; k < 2 * (NB - kbox) * TC * 8; k += 256) {   // tile columns past the boxes are zeros
-        int per = (NB - kbox) * TC * 8, st = k / per, c = kbox + k % per / (TC * 8);
-        *(uint4 *)(Ks + st * TC * DKP + c * TC * 64 + k % (TC * 8) * 8) = make_uint4(0, 0, 0, 0);
-    }
-    for (int r = tid >> 5; r < HB; r += 8)
-        for (int c = lane; c < DQ / 8; c += 32) {
-            int ok = h_base + r < ha && c < Dk / 8;
-            cp_async16(Qs + swz(r, c * 8, HB), Q + ((size_t)b * ha + (ok ? h_base + r : 0)) * Dk + (ok ? c * 8 : 0), ok ? 16 : 0);
-        }
-    cp_commit();
+    block_start<HB, DQ, NB>(Qs, Ks, 2, kbox, Q, b, ha, h_base, Dk);
     for (int h = tid; h < HB; h += 256) m_s[h] = -INFINITY;
     cp_wait_all();
     fence_async();
