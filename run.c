@@ -279,8 +279,8 @@ static float *forward(const Model *m, State *s, const Scheme *sc, int token, int
         memcpy(lat + (size_t)pos * dc, s->kv, dc * sizeof(float));
         memcpy(kpe + (size_t)pos * dr, s->kv + dc, dr * sizeof(float));
         // --- absorbed attention, per head h. The cache is split into g latent slices S_i (TPLA, README "The
-        // TPLA step") or into K token sets T_r, the t with t mod K = r (DCP, README "TPLA beside context
-        // parallelism"); g = K = 1 is MLA. Shard (i, r) computes on its own
+        // TPLA step") or into K token sets T_r, the t with t mod K = r (DCP, README "The DCP step:
+        // the tokens sliced instead"); g = K = 1 is MLA. Shard (i, r) computes on its own
         //   qa = W_UK^h^T q_nope;  score(t) = scale (qa[S_i] . c_t[S_i] + q_pe . kpe_t)
         //   o^r[S_i] = softmax_{t in T_r}(score) . c_t[S_i]   (its own softmax);  lse^r = log sum_{t in T_r} exp(score(t))
         //   v_h = W_UV^h o = sum_i W_UV^h[:, S_i] o[S_i]   (the sum is TPLA's all-reduce)

@@ -501,7 +501,7 @@ static void dcp_combine(bf16 *O, const float *lse_r, int rows, int ha, int dcs, 
     LAUNCH_CHECK();
 }
 
-// the attention block of layer l on one rank (README "The TPLA step" and "TPLA and context parallelism";
+// the attention block of layer l on one rank (README "The TPLA step" and "The DCP step";
 // run.c's forward is the same step on the CPU). Decode, for each of the ha heads h this rank attends with,
 // on its latent slice S_i (DCP: the whole latent) of its tokens T_r (TPLA: every t; DCP: the t with t mod K = r):
 //   xb = rmsnorm(x + y)                              (y: the last block's output, added to the residual x)

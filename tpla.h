@@ -395,7 +395,7 @@ static inline float **tensor_slot(Model *m, int kind, int layer) {
 
 // ----------------------------------------------------------------------------
 // how to decode: MLA, TPLA with g latent shards (README "The TPLA step") or DCP with K token shards
-// (README "TPLA beside context parallelism")
+// (README "The DCP step: the tokens sliced instead")
 
 enum { T_NONE = 0, T_HADAMARD = 1, T_PCA = 2 };
 enum { RMS_LOCAL = 0, RMS_GLOBAL = 1 };

@@ -65,6 +65,7 @@ pick_line() {    # pick_line FILE PATTERN: the number of a random line of FILE m
 }
 mutate() {       # mutate FILE: one structure-aware change of a JSON file written one member per line
     local f=$1 op=$((RANDOM % 7)) L=
+    [ -s "$f" ] || return   # an earlier change of this try cut it to nothing (a modulus of 0 would end the pass)
     pick "$pool/keys.txt" > "$pool/k"; pick "$pool/values.txt" > "$pool/v"
     case $op in
     0) L=$(pick_line "$f" '^ *"[^"]*": *') ;;          # the member again: a key twice
