@@ -392,6 +392,8 @@ static void open_weights(const char *dir) {
     for (int i = 0; i < wm->n; i++) {
         const char *file = wm->kid[i].str;
         if (wm->kid[i].type != J_STR) die("%s: weight_map.%s is not a file name", index, shown(wm->kid[i].key));
+        if (!*file || strchr(file, '/') || strlen(file) > 255)   // a shard is a file of the folder, named as a file can be
+            die("%s: weight_map.%s names the shard \"%s\", not a file name of the folder", index, shown(wm->kid[i].key), shown(file));
         if (map_get(&seen, file) >= 0) continue;
         map_put(&seen, file, 1);
         open_safetensors(cat("%s/%s", dir, file));

@@ -1291,6 +1291,9 @@ static void test_convert(void) {
         {"vocab_size 2e8 (refused before the tokenizer)", "v3", "sed -i 's/\"vocab_size\": 512/\"vocab_size\": 200000000/' %s/config.json", "config.json: vocab_size = 200000000"},
         {"kv_lora_rank 2^20", "v3", "sed -i 's/\"kv_lora_rank\": 64/\"kv_lora_rank\": 1048576/' %s/config.json", "kv_lora_rank = 1048576"},
         {"OUT a directory", "v3", "mkdir %s.bin", "exists and is not a regular file"},
+        {"an index naming a shard of 300 bytes (a bounded message)", "v3",
+         "rm %1$s/model.safetensors && printf '{\"weight_map\": {\"x\": \"%%s\"}}' $(printf 'a%%.0s' $(seq 300)) "
+         "> %1$s/model.safetensors.index.json", "names the shard \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\", not a file name"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char dir[300], out[300], cmd[1024];
@@ -1680,7 +1683,7 @@ static void test_makefile(void) {
 
 static void test_gpu_attention(void) {
     // random inputs at several shapes and lengths; slots past each length hold NaN. Every mode of the
-    // kernel: slices of 257..512 (SPLITK: 16, 32, 64, 128 heads), <= 256 with more than 64 heads (HEADS),
+    // kernel: slices of 257..512 (the seesaw kernel: 16, 32, 64, 128 heads), <= 256 with more than 64 heads (HEADS),
     // and with 64 or fewer (STREAM); lengths from 1 to 4097, one split or many. ntok > 1: the tokens dealt
     // to DCP's ntok shards, each attended alone (with the merge's lse), combined with DCP's weights: the
     // shapes DCP runs (every head over 512 + 64; the fixtures' 4 over 64 + 16), with shards that hold no
