@@ -565,9 +565,9 @@ static inline FILE *out_open(const char *out) {
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigfillset(&sa.sa_mask);
     for (int s = 1; s < NSIG; s++) {   // the signals whose default action ends the process
-        int k = 0;
-        while (k < 10 && keep[k] != s) k++;
-        if (k == 10 && sigaction(s, NULL, &out_prev[s]) == 0 && out_prev[s].sa_handler != SIG_IGN) sigaction(s, &sa, NULL);
+        int k = 0, nk = (int)(sizeof(keep) / sizeof(keep[0]));
+        while (k < nk && keep[k] != s) k++;
+        if (k == nk && sigaction(s, NULL, &out_prev[s]) == 0 && out_prev[s].sa_handler != SIG_IGN) sigaction(s, &sa, NULL);
     }
     signal(SIGXFSZ, SIG_IGN);
     atexit(out_cleanup);
