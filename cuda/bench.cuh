@@ -7,9 +7,10 @@
 // -m bench: decode steps at a fixed context on random weights and a random cache (README "Measured")
 typedef struct {
     int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
+    double bw;                      // the card's copy bandwidth, for the pieces' floors (step_pieces)
     double step_s, attn_s, idle;    // idle: see bench_rank
     double gather_s;                // DCP on several GPUs: its all-gathers of lse alone, a step
-    char moe[2048];
+    char moe[2048], pieces[512];
 } BenchRun;
 
 // bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
@@ -78,6 +79,52 @@ static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
     }
 }
 
+// Where a decode step's time goes on one rank, the attention block's launches in groups as attention_rank
+// makes them (collectives left out), each group timed alone over all layers: us per layer, and each group's
+// weights read at the copy bandwidth bw (its floor; attention: the cache). Text into out.
+static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double bw, char *out, size_t cap) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    int D = c->dim, qd = c->dn + c->dr, n = c->n_layers;
+    auto each = [&](auto body) { return graph_time(R, [&] { for (int l = 0; l < n; l++) body(&R->lw[l], l); }) / n * 1e6; };
+    double q = each([&](const LayerW *L, int) {
+        add_rmsnorm(R, R->x, R->y, L->attn_norm, R->xb, NULL, rows, D, c->eps);
+        bf16 *qo = p->peers > 1 ? R->q : R->qall;
+        if (c->q_lora) {
+            gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
+            add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
+            gemm(R, R->qlatb, L->wq, qo, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
+        } else {
+            gemm(R, R->xb, L->wq, qo, CUDA_R_16BF, rows, D, p->hq * qd);
+        }
+    });
+    double kv = each([&](const LayerW *L, int l) {
+        gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
+        kv_append(G, R, R->cache + (size_t)l * G->B * R->cache_len * p->Dk, l, rows, !G->s.dcp && G->s.rms == RMS_LOCAL);
+        q_rope(G, R, rows);
+    });
+    double absorb = each([&](const LayerW *L, int) { absorb_q(G, R, L, rows); });
+    double attn = each([&](const LayerW *, int l) {
+        decode_attention(R->Q, &R->cmap, l * G->B * R->cache_len, R->lens, R->opart, R->lse, R->O, lse, rows, p->ha, p->dcs, p->Dk,
+                         R->cache_len, own, c->softmax_scale, G->sms, R->st);
+        if (lse) dcp_combine(R->O, R->lse_r, rows, p->ha, p->dcs, p->ntok, p->tok, R->st);
+    });
+    double outp = each([&](const LayerW *L, int) {
+        up_v(G, R, L, rows);
+        gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * c->dv, D);
+    });
+    double ffn = G->ffn ? each([&](const LayerW *L, int l) { ffn_rank(G, R, L, l, rows); }) : 0;
+    // floors (us a layer): the weights each group reads, bf16; attention: the cache
+    double us = 1e6 / bw, wq = 2.0 * (c->q_lora ? (double)c->q_lora * D + (double)p->hq * qd * c->q_lora : (double)p->hq * qd * D);
+    double fq = wq * us, fkv = 2.0 * (c->dc + c->dr) * D * us, fab = 2.0 * p->ha * c->dn * p->dcs * us;
+    double fout = (2.0 * p->ha * c->dv * p->dcs + 2.0 * D * p->hq * c->dv) * us, fat = 2.0 * rows * own * p->Dk * us;
+    size_t len = snprintf(out, cap, "    pieces alone, us a layer (x their floor): q %.1f (%.1fx), kv+rope %.1f (%.1fx), absorb %.1f (%.1fx), "
+                          "attention %.1f (%.2fx), up_v+W_O %.1f (%.1fx)", q, q / fq, kv, kv / fkv, absorb, absorb / fab, attn, attn / fat,
+                          outp, outp / fout);
+    if (G->ffn) len += snprintf(out + len, cap - std::min(cap, len), ", FFN %.1f", ffn);
+    snprintf(out + len, cap - std::min(cap, len), "; sum %.1f\n", q + kv + absorb + attn + outp + ffn);
+}
+
 // one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone (and
 // DCP's all-gathers of lse alone, where they run)
 static void bench_rank(GPU *G, Rank *R, void *arg) {
@@ -114,6 +161,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
             for (int l = 0; l < c->n_layers; l++) all_gather(G, R, lse, R->lse_r, (size_t)G->B * p->ha, ncclFloat, R->world);
         }, GRAPH_REPS);
     if (R->r == 0) { b->step_s = t; b->attn_s = attn; b->gather_s = gather; }
+    if (R->r == 0 && G->nrank == 1) step_pieces(G, R, G->B, own, lse, b->bw, b->pieces, sizeof(b->pieces));
     if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
         std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
         CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
@@ -158,11 +206,11 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int
     return lo;
 }
 
-static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown) {
+static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown, double bw) {
     GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
     BenchRun b;
     memset(&b, 0, sizeof(b));
-    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown;
+    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown; b.bw = bw;
     on_ranks(G, bench_rank, &b);
     gpu_free(G);
     return b;
@@ -333,7 +381,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
             // each row's largest batch is found just before it runs, on the memory the runs before it left free
             bs[k] = batch ? batch : k == 2 ? bs[0] : largest_batch(c, sc[k], K, nrank, ctx[i] + 1, dense);
             if (k == 2 && bs[1] == bs[0]) { tps[2] = tps[1]; continue; }   // TPLA's own row is at MLA-TP's batch
-            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0);
+            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0, bw);
             double cb, af, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &af, &rest);
             double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
             double abw = cb / r[k].attn_s, atf = af / r[k].attn_s, cmb = bs[k] * coll[k] / 1e6;
@@ -341,6 +389,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
             printf("%6d %-9s %5d %9.3f %10.0f %8.3f %5.0f%% %9.0f %5.0f%% %8.1f %7.2f %7.2f %9.2f %8.2f\n", ctx[i], nm[k], bs[k],
                    r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3, 100 * r[k].attn_s / r[k].step_s, abw / 1e9, 100 * abw / bw, atf / 1e12,
                    r[k].step_s / floor, rest_x, cb / 1e9, cmb);
+            printf("%s", r[k].pieces);
             if (k == 0) printf("%s", r[0].moe);   // the MoE layer's breakdown (empty without MoE)
             fprintf(f, "%s,%d,%d,%s,%d,%s,%d,%d,%.4f,%.1f,%.4f,%.3f,%.1f,%.3f,%.2f,%.3f,%.4f,%.3f,%.3f,%.3f,%.3f,%.2f,%.3f,%.4f\n", name, K,
                     nrank, prop.name, ctx[i], nm[k], sc[k]->g, bs[k], r[k].step_s * 1e3, tps[k], r[k].attn_s * 1e3,
