@@ -7,7 +7,7 @@
 // -m bench: decode steps at a fixed context on random weights and a random cache (README "Measured")
 typedef struct {
     int B, ctx, steps, breakdown;   // breakdown: also time the MoE layer's pieces (moe_breakdown)
-    double bw;                      // the card's copy bandwidth, for the pieces' floors (step_pieces)
+    double bw, fl;                  // the card's copy bandwidth and matmul rate, for the pieces' floors (step_pieces)
     double step_s, attn_s, idle;    // idle: see bench_rank
     double gather_s;                // DCP on several GPUs: its all-gathers of lse alone, a step
     char moe[2048], pieces[512];
@@ -16,6 +16,9 @@ typedef struct {
 // bytes of one routed expert on one rank (its slice of W1, W3 and W2), and the MoE layers
 static double expert_bytes(const Config *c, int K) { return 3.0 * (c->moe_inter / K) * c->dim * 2; }
 static int moe_layers(const Config *c) { int n = 0; for (int l = 0; l < c->n_layers; l++) n += layer_is_moe(c, l); return n; }
+
+// A floor: the larger of moving `bytes` at the copy bandwidth bw and doing `flops` at the matmul rate fl.
+static double floor_s(double bytes, double flops, double bw, double fl) { return std::max(bytes / bw, flops / fl); }
 
 // seconds per call of body(), timed with CUDA events on the rank's stream over reps calls after one
 // untimed call; graph_time: the same for body() captured once in a CUDA graph and replayed
@@ -80,9 +83,9 @@ static void moe_breakdown(GPU *G, Rank *R, int rows, char *out, size_t cap) {
 }
 
 // Where a decode step's time goes on one rank, the attention block's launches in groups as attention_rank
-// makes them (collectives left out), each group timed alone over all layers: us per layer, and each group's
-// weights read at the copy bandwidth bw (its floor; attention: the cache). Text into out.
-static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double bw, char *out, size_t cap) {
+// makes them (collectives left out), each group timed alone over all layers: us per layer, and over its
+// floor (below). Text into out.
+static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double bw, double fl, char *out, size_t cap) {
     const Config *c = &G->c;
     const Part *p = &R->p;
     int D = c->dim, qd = c->dn + c->dr, n = c->n_layers;
@@ -114,10 +117,17 @@ static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double b
         gemm(R, R->vown, L->wo, R->y, CUDA_R_32F, rows, p->hq * c->dv, D);
     });
     double ffn = G->ffn ? each([&](const LayerW *L, int l) { ffn_rank(G, R, L, l, rows); }) : 0;
-    // floors (us a layer): the weights each group reads, bf16; attention: the cache
-    double us = 1e6 / bw, wq = 2.0 * (c->q_lora ? (double)c->q_lora * D + (double)p->hq * qd * c->q_lora : (double)p->hq * qd * D);
-    double fq = wq * us, fkv = 2.0 * (c->dc + c->dr) * D * us, fab = 2.0 * p->ha * c->dn * p->dcs * us;
-    double fout = (2.0 * p->ha * c->dv * p->dcs + 2.0 * D * p->hq * c->dv) * us, fat = 2.0 * rows * own * p->Dk * us;
+    // floors (us a layer): each group's bytes (weights bf16, activations as stored) at the copy bandwidth, or its
+    // flops at the matmul rate fl, whichever is larger (attention: the cache and its flops)
+    double B = rows, hq = p->hq, ha = p->ha, dcs = p->dcs, dkv = c->dc + c->dr;
+    auto fl_us = [&](double bytes, double flops) { return floor_s(bytes, flops, bw, fl) * 1e6; };
+    double wq = c->q_lora ? (double)c->q_lora * D + hq * qd * c->q_lora : hq * qd * D;
+    double fq = fl_us(2 * wq + B * D * 14 + B * (c->q_lora ? c->q_lora * 8.0 : 0) + B * hq * qd * 2, 2 * B * wq);
+    double fkv = fl_us(2 * dkv * D + B * D * 2 + B * dkv * 8 + B * p->Dk * 2 + B * ha * c->dr * 4, 2 * B * dkv * D);
+    double fab = fl_us(2 * ha * c->dn * dcs + B * ha * (c->dn + dcs) * 2, 2 * B * ha * c->dn * dcs);
+    double fout = fl_us(2 * ha * c->dv * dcs + 2.0 * D * hq * c->dv + B * ha * (dcs + c->dv) * 2 + B * hq * c->dv * 2 + B * D * 4,
+                        2 * B * (ha * c->dv * dcs + D * hq * c->dv));
+    double fat = fl_us(2 * B * own * p->Dk, 2 * B * own * ha * (p->Dk + dcs));
     size_t len = snprintf(out, cap, "    pieces alone, us a layer (x their floor): q %.1f (%.1fx), kv+rope %.1f (%.1fx), absorb %.1f (%.1fx), "
                           "attention %.1f (%.2fx), up_v+W_O %.1f (%.1fx)", q, q / fq, kv, kv / fkv, absorb, absorb / fab, attn, attn / fat,
                           outp, outp / fout);
@@ -161,7 +171,7 @@ static void bench_rank(GPU *G, Rank *R, void *arg) {
             for (int l = 0; l < c->n_layers; l++) all_gather(G, R, lse, R->lse_r, (size_t)G->B * p->ha, ncclFloat, R->world);
         }, GRAPH_REPS);
     if (R->r == 0) { b->step_s = t; b->attn_s = attn; b->gather_s = gather; }
-    if (R->r == 0 && G->nrank == 1) step_pieces(G, R, G->B, own, lse, b->bw, b->pieces, sizeof(b->pieces));
+    if (R->r == 0 && G->nrank == 1) step_pieces(G, R, G->B, own, lse, b->bw, b->fl, b->pieces, sizeof(b->pieces));
     if (R->r == 0 && G->ffn && moe_layers(c)) {   // the step's routing (every step routes alike): experts no token chose
         std::vector<int> cnt((size_t)c->n_layers * c->n_experts);
         CUDA_CHECK(cudaMemcpy(cnt.data(), R->counts, cnt.size() * sizeof(int), cudaMemcpyDeviceToHost));
@@ -206,11 +216,11 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int
     return lo;
 }
 
-static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown, double bw) {
+static BenchRun bench_one(const Config *c, const Scheme *s, int K, int nrank, int B, int ctx, int dense, int steps, int breakdown, double bw, double fl) {
     GPU *G = build(NULL, c, s, K, nrank, B, ctx + 1, dense, 1);
     BenchRun b;
     memset(&b, 0, sizeof(b));
-    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown; b.bw = bw;
+    b.B = B; b.ctx = ctx; b.steps = steps; b.breakdown = breakdown; b.bw = bw; b.fl = fl;
     on_ranks(G, bench_rank, &b);
     gpu_free(G);
     return b;
@@ -276,8 +286,6 @@ static StepWork step_work(const Config *c, const Scheme *s, int K, int ffn) {
     return f;
 }
 
-// A floor: the larger of moving `bytes` at the copy bandwidth bw and doing `flops` at the matmul rate fl.
-static double floor_s(double bytes, double flops, double bw, double fl) { return std::max(bytes / bw, flops / fl); }
 
 // The decode step's floor on one GPU: the weights read and the cache read (B sequences of ctx + 1
 // tokens, the rank's own of them), against the products' and the attention's flops. MoE: the weights read
@@ -381,7 +389,7 @@ void gpu_bench(const Config *c, const Scheme *tpla, int K, int one_rank, int bat
             // each row's largest batch is found just before it runs, on the memory the runs before it left free
             bs[k] = batch ? batch : k == 2 ? bs[0] : largest_batch(c, sc[k], K, nrank, ctx[i] + 1, dense);
             if (k == 2 && bs[1] == bs[0]) { tps[2] = tps[1]; continue; }   // TPLA's own row is at MLA-TP's batch
-            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0, bw);
+            r[k] = bench_one(c, sc[k], K, nrank, bs[k], ctx[i], dense, steps, k == 0, bw, fl);
             double cb, af, rest, floor = step_floor(c, sc[k], K, bs[k], ctx[i], dense, r[k].idle, bw, fl, &cb, &af, &rest);
             double rest_x = (r[k].step_s - r[k].attn_s) / rest;   // the step without attention, over its floor
             double abw = cb / r[k].attn_s, atf = af / r[k].attn_s, cmb = bs[k] * coll[k] / 1e6;
