@@ -399,6 +399,22 @@ static void q_rope(GPU *G, Rank *R, int rows) {
     LAUNCH_CHECK();
 }
 
+// q (rows, hq, dn + dr) = W_UQ xb for the rank's hq heads (with a q LoRA: W_UQ RMSNorm(W_DQ xb)); into q, or
+// into qall when no peer sends its heads' (split placement gathers them after)
+static void project_q(GPU *G, Rank *R, const LayerW *L, int rows) {
+    const Config *c = &G->c;
+    const Part *p = &R->p;
+    bf16 *q = p->peers > 1 ? R->q : R->qall;
+    int D = c->dim, qd = c->dn + c->dr;
+    if (c->q_lora) {
+        gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
+        add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
+        gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
+    } else {
+        gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
+    }
+}
+
 // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .] for the ha attended heads: per row, q_nope_h (dn) times the rank's
 // W_UK^h[:, S_i] (dn, dcs; the first dn rows of head h in wkv_b), one batched product per chunk of hq heads
 // (q comes in `peers` chunks, as q_rope reads it).
@@ -528,15 +544,8 @@ static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, in
     int D = c->dim, qd = c->dn + c->dr, dv = c->dv, Dk = p->Dk;
     bf16 *cache = R->cache + (size_t)l * G->B * R->cache_len * Dk;
     add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
-    bf16 *q = p->peers > 1 ? R->q : R->qall;
-    if (c->q_lora) {
-        gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
-        add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
-        gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
-    } else {
-        gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
-    }
-    if (p->peers > 1) all_gather(G, R, q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer);
+    project_q(G, R, L, rows);
+    if (p->peers > 1) all_gather(G, R, R->q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer);
     gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
     kv_append(G, R, cache, l, rows, !prefill && !G->s.dcp && G->s.rms == RMS_LOCAL);
     q_rope(G, R, rows);        // Q_h = [. | rope(q_pe_h)]

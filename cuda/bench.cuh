@@ -92,14 +92,7 @@ static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double b
     auto each = [&](auto body) { return graph_time(R, [&] { for (int l = 0; l < n; l++) body(&R->lw[l], l); }) / n * 1e6; };
     double q = each([&](const LayerW *L, int) {
         add_rmsnorm(R, R->x, R->y, L->attn_norm, R->xb, NULL, rows, D, c->eps);
-        bf16 *qo = p->peers > 1 ? R->q : R->qall;
-        if (c->q_lora) {
-            gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
-            add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
-            gemm(R, R->qlatb, L->wq, qo, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
-        } else {
-            gemm(R, R->xb, L->wq, qo, CUDA_R_16BF, rows, D, p->hq * qd);
-        }
+        project_q(G, R, L, rows);
     });
     double kv = each([&](const LayerW *L, int l) {
         gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);

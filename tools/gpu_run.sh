@@ -91,11 +91,11 @@ for step in "$@"; do
             local name=$1 re=$2; shift 2
             timeout ${NCU_TIMEOUT:-150} ncu --clock-control none --kernel-name-base mangled --kernel-name "regex:$re" --launch-skip 2 \
                 --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
-                --section MemoryWorkloadAnalysis --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:^sm__pipe_.*cycles_active\.avg\.pct_of_peak_sustained_active$,regex:^l1tex__data_pipe_lsu_wavefronts_mem_shared.*pct_of_peak_sustained_elapsed$" \
+                --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed" \
                 ./run "$@" -m bench -b 32 -l 8192 -n 1 > "$OUT/ncu_$name.txt" 2>&1
             summary+="--- $name: $(grep -E 'Duration|Compute \(SM\) Throughput|DRAM Throughput|Issue Slots Busy' \
                 "$OUT/ncu_$name.txt" | awk '{printf "%s %s, ", $1, $NF}')"$'\n'
-            summary+="$(grep -E '^ +sm__pipe_(tensor|alu|fma|fmaheavy|shared|xu).*pct|mem_shared.*pct' "$OUT/ncu_$name.txt" | awk '{printf "%s %s, ", $1, $NF}' | sed 's/\.avg\.pct_of_peak_sustained_active//g')"$'\n'
+            summary+="tensor pipe active $(grep -E '^ +sm__pipe_tensor_op_hmma_cycles_active' "$OUT/ncu_$name.txt" | awk '{print $NF}')%, shared-memory wavefronts $(grep -E '^ +l1tex__data_pipe_lsu_wavefronts_mem_shared.sum' "$OUT/ncu_$name.txt" | awk '{print $NF}')%"$'\n'
             summary+="$(grep -E 'issue_stalled_' "$OUT/ncu_$name.txt" | awk '{print $NF, $1}' | sort -rn | head -5 |
                 sed 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | tr '\n' ' ')"$'\n'
         }
