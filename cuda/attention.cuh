@@ -27,7 +27,8 @@
 // Slices of 257..512 (64 heads a block) go to the seesaw kernel below, which has its own description.
 // Cache slots past a sequence's length never count: their scores are -inf, and the rows of the last
 // tile past the length are zeroed in shared memory before P V (they may hold anything, NaN too).
-// Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits.
+// Each split writes O / l and lse = m + log2(l) (log2 units); attn_merge_kernel combines the splits (a
+// sequence of one split is written as the final O by the kernel itself).
 
 #define TC 64                      // cached tokens per tile
 #define SMEM_BLOCK (227 * 1024)    // the shared memory one block may use on Hopper
@@ -217,6 +218,25 @@ template <int K0, int K1> __device__ __forceinline__ void pack_p(const float *sv
     }
 }
 
+// Where a block's results go, in both kernels. A sequence of one split has its final O / l (bf16, in O)
+// and lse (in lse_out, if given) written by the kernel, and no merge; otherwise each split writes O / l and
+// lse to its slot of opart and lse, and the merge combines them.
+struct AttnOut { float *opart, *lse; bf16 *O; float *lse_out; };
+__device__ __forceinline__ void put_o(const AttnOut &d, size_t so, int b, int ha, int h, int dcs, int col, float x0, float x1) {
+    if (gridDim.z == 1) *(__nv_bfloat162 *)(d.O + ((size_t)b * ha + h) * dcs + col) = __floats2bfloat162_rn(x0, x1);
+    else *(float2 *)(d.opart + (so * ha + h) * dcs + col) = make_float2(x0, x1);
+}
+__device__ __forceinline__ void put_lse(const AttnOut &d, size_t so, int b, int ha, int h, float v) {
+    if (gridDim.z > 1) d.lse[so * ha + h] = v;
+    else if (d.lse_out) d.lse_out[(size_t)b * ha + h] = v;
+}
+// a split with nothing cached: lse = -inf (weight zero in the merge), or, alone, O = 0
+__device__ __forceinline__ void put_empty(const AttnOut &d, size_t so, int b, int ha, int h_base, int hb, int dcs) {
+    for (int h = h_base + threadIdx.x; h < min(ha, h_base + hb); h += blockDim.x) put_lse(d, so, b, ha, h, -INFINITY);
+    for (int k = threadIdx.x; gridDim.z == 1 && k < hb * dcs; k += blockDim.x)
+        if (h_base + k / dcs < ha) d.O[((size_t)b * ha + h_base) * dcs + k] = __float2bfloat16(0.0f);
+}
+
 // The start of a block, in both kernels: in every stage, the tile columns past the cached token's kbox
 // boxes (read by wgmma, never written by the TMA) are zeros; Q's HB rows from h_base of sequence b come in
 // by cp.async (zeros past ha and past Dk), committed.
@@ -242,7 +262,7 @@ __device__ __forceinline__ void block_start(bf16 *Qs, bf16 *Ks, int stages, int 
 template <int MODE, int NJ, int NB>
 __global__ void __launch_bounds__(256, 1)
 decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
-                        const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
+                        const int *__restrict__ lens, const AttnOut out, int ha, int dcs,
                         int Dk, int stages, int max_len, int chunk, float scale_log2) {
     typedef AttnTile<MODE, NJ, NB> Tile;                    // the sizes, shared with the host
     constexpr int HB = Tile::HB, QB = Tile::QB, DQ = Tile::DQ, DKP = Tile::DKP;
@@ -259,10 +279,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
     const int ntiles = t_begin < t_end ? (t_end - t_begin + TC - 1) / TC : 0;
     const size_t so = (size_t)b * gridDim.z + split;         // this split's output slot
-    if (ntiles == 0) {                       // nothing to attend to: weight zero in the merge
-        for (int h = tid; h < HB; h += 256) if (h_base + h < ha) lse[so * ha + h_base + h] = -INFINITY;
-        return;
-    }
+    if (ntiles == 0) { put_empty(out, so, b, ha, h_base, HB, dcs); return; }   // nothing to attend to
     if (smem_u32(smem) & 1023) __trap();     // swizzle atoms need 1024-byte alignment
 
     // the tiles of this warpgroup, and who reads each tile
@@ -274,16 +291,15 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int c = 0; c < kbox; c++)
             tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, row0 + b * max_len + t_begin + i * TC, &full[s]);
     };
-    if (tid == 0) {
+    if (tid == 0) {                          // the first tiles are on their way while Q comes in
         for (int s = 0; s < stages; s++) { mbar_init(&full[s]); freed[s] = 0; }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");   // seen by the TMA
+        for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
     }
     block_start<HB, DQ, NB>(Qs, Ks, stages, kbox, Q, b, ha, h_base, Dk);
     cp_wait_all();
     fence_async();
     __syncthreads();
-    if (tid == 0)
-        for (int i = 0; i < min(stages, ntiles); i++) load_tile(i);
 
     // HEADS: Q's box QB as A operands of 4 k steps (accumulator layout, two bf16 a register), straight
     // from global memory: it leaves room for one more tile
@@ -436,15 +452,15 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     for (int r = 0; r < 2; r++) {
         int h = h_base + qrow + warp * 16 + lane / 4 + 8 * r;
         if (h >= ha) continue;
-        float inv = 1.0f / l_run[r], *out = opart + (so * ha + h) * dcs;
+        float inv = 1.0f / l_run[r];
         #pragma unroll
         for (int j = 0; j < NJ; j++)
             #pragma unroll
             for (int q = 0; q < 8; q++) {
                 int col = j * 64 + q * 8 + (lane & 3) * 2;
-                if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
+                if (col < dcs) put_o(out, so, b, ha, h, dcs, col, o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
             }
-        if ((lane & 3) == 0) lse[so * ha + h] = m_run[r] + log2f(l_run[r]);
+        if ((lane & 3) == 0) put_lse(out, so, b, ha, h, m_run[r] + log2f(l_run[r]));
     }
 }
 
@@ -477,7 +493,7 @@ __device__ __forceinline__ void store_p(bf16 *P, const float *sv, const float *s
 template <int NB>
 __global__ void __launch_bounds__(256, 1)
 decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUtensorMap cache, int row0,
-                        const int *__restrict__ lens, float *__restrict__ opart, float *__restrict__ lse, int ha, int dcs,
+                        const int *__restrict__ lens, const AttnOut out, int ha, int dcs,
                         int Dk, int stages, int max_len, int chunk, float scale_log2) {
     static_assert(NB == 9, "the seesaw kernel takes 576-column tiles");
     constexpr int HB = 64, DQ = 512, DKP = NB * 64;
@@ -496,10 +512,7 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     const int len = lens[b], t_begin = split * chunk, t_end = min(len, t_begin + chunk);
     const int ntiles = t_begin < t_end ? (t_end - t_begin + TC - 1) / TC : 0;
     const size_t so = (size_t)b * gridDim.z + split;
-    if (ntiles == 0) {
-        for (int h = tid; h < HB; h += 256) if (h_base + h < ha) lse[so * ha + h_base + h] = -INFINITY;
-        return;
-    }
+    if (ntiles == 0) { put_empty(out, so, b, ha, h_base, HB, dcs); return; }
     if (smem_u32(smem) & 1023) __trap();
 
     const int kbox = (Dk + 63) / 64;
@@ -508,17 +521,16 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         mbar_expect(&full[2 * s + h], (c1 - c0) * TC * 128);
         for (int c = c0; c < c1; c++) tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, y, &full[2 * s + h]);
     };
-    if (tid == 0) {
+    if (tid == 0) {                               // the first pair is on its way while Q comes in
         for (int k = 0; k < 4; k++) mbar_init(&full[k]);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        for (int i = 0; i < 2; i++) { load_half(i, 0); load_half(i, 1); }
     }
     block_start<HB, DQ, NB>(Qs, Ks, 2, kbox, Q, b, ha, h_base, Dk);
     for (int h = tid; h < HB; h += 256) m_s[h] = -INFINITY;
     cp_wait_all();
     fence_async();
     __syncthreads();
-    if (tid == 0)
-        for (int i = 0; i < 2; i++) { load_half(i, 0); load_half(i, 1); }
     uint32_t qr[4][4];                            // Q's box 8 (the rope key) as A operands of 4 k steps
     #pragma unroll
     for (int k = 0; k < 4; k++)
@@ -695,50 +707,80 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     for (int r = 0; r < 2; r++) {
         int h = h_base + r0 + 8 * r;
         if (h >= ha) continue;
-        float l = l_s[r0 + 8 * r] + l_s[HB + r0 + 8 * r], inv = 1.0f / l, *out = opart + (so * ha + h) * dcs;
+        float l = l_s[r0 + 8 * r] + l_s[HB + r0 + 8 * r], inv = 1.0f / l;
         #pragma unroll
         for (int j = 0; j < 4; j++)
             #pragma unroll
             for (int q = 0; q < 8; q++) {
                 int col = (cb + j) * 64 + q * 8 + (lane & 3) * 2;
-                if (col < dcs) *(float2 *)(out + col) = make_float2(o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
+                if (col < dcs) put_o(out, so, b, ha, h, dcs, col, o[j][4 * q + 2 * r] * inv, o[j][4 * q + 2 * r + 1] * inv);
             }
-        if (wg == 0 && (lane & 3) == 0) lse[so * ha + h] = m_s[r0 + 8 * r] + log2f(l);
+        if (wg == 0 && (lane & 3) == 0) put_lse(out, so, b, ha, h, m_s[r0 + 8 * r] + log2f(l));
     }
 }
 
 // Combines the splits of each (sequence, head): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M). A block
-// takes 8 heads of a sequence, a warp one head; the splits' weights are computed once, in shared memory.
+// takes hpb heads of a sequence: its warps first put each head's split weights in shared memory (a warp a
+// head), then every thread sums one group of 4 columns over the splits, the splits' loads unrolled so that
+// several are in flight (the merge reads all the partial outputs once, and is bound by how many loads are
+// in flight). Splits with nothing cached come last (lse = -inf, their O never written) and are not read.
 // lse_out (B, ha), if given: the merged lse = M + log2 sum_s 2^(lse_s - M) (log2 units; -inf, with O = 0,
 // where nothing is cached), what DCP's combine weighs a rank by.
-#define MERGE_HEADS 8                 // heads per block of the merge (a warp each)
-__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, float *lse_out, int ha, int dcs, int nsplit) {
-    extern __shared__ float wsplit[];                   // [MERGE_HEADS][nsplit]
-    int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y * MERGE_HEADS + warp;
-    float *w = wsplit + warp * nsplit;
+#define MERGE_THREADS 256
+__global__ void attn_merge_kernel(const float *opart, const float *lse, bf16 *O, float *lse_out, int ha, int dcs, int nsplit, int hpb) {
+    extern __shared__ float wsplit[];                   // [hpb][nsplit + 2]: weights, 1 / their sum, splits used
+    const int b = blockIdx.x, h0 = blockIdx.y * hpb, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     wait_primary();                                     // the attention kernel's partial outputs
-    if (h >= ha) return;
-    float M = -INFINITY, den = 0;
-    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, lse[((size_t)b * nsplit + s) * ha + h]);
-    for (int o = 16; o; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, o));
-    for (int s = lane; s < nsplit; s += 32) {
-        float l = lse[((size_t)b * nsplit + s) * ha + h];
-        w[s] = l == -INFINITY ? 0.0f : exp2f(l - M);   // a split with nothing cached weighs 0
-        den += w[s];
+    for (int hh = warp; hh < hpb && h0 + hh < ha; hh += MERGE_THREADS / 32) {
+        const int h = h0 + hh;
+        float *w = wsplit + hh * (nsplit + 2), M = -INFINITY, den = 0;
+        int used = 0;
+        for (int s = lane; s < nsplit; s += 32) {
+            float l = lse[((size_t)b * nsplit + s) * ha + h];
+            M = fmaxf(M, l);
+            if (l != -INFINITY) used = s + 1;
+        }
+        for (int o = 16; o; o >>= 1) {
+            M = fmaxf(M, __shfl_xor_sync(0xffffffff, M, o));
+            used = max(used, __shfl_xor_sync(0xffffffff, used, o));
+        }
+        for (int s = lane; s < nsplit; s += 32) {
+            float l = lse[((size_t)b * nsplit + s) * ha + h];
+            w[s] = l == -INFINITY ? 0.0f : exp2f(l - M);   // a split with nothing cached weighs 0
+            den += w[s];
+        }
+        for (int o = 16; o; o >>= 1) den += __shfl_xor_sync(0xffffffff, den, o);
+        if (lane == 0) {
+            w[nsplit] = den > 0 ? 1.0f / den : 0.0f;        // 0: nothing cached, O = 0
+            ((int *)w)[nsplit + 1] = used;
+            if (lse_out) lse_out[(size_t)b * ha + h] = den > 0 ? M + log2f(den) : -INFINITY;
+        }
     }
-    for (int o = 16; o; o >>= 1) den += __shfl_xor_sync(0xffffffff, den, o);
-    if (lse_out && lane == 0) lse_out[(size_t)b * ha + h] = den > 0 ? M + log2f(den) : -INFINITY;
-    __syncwarp();
-    for (int c = lane; c < dcs; c += 32) {
-        float num = 0;
-        for (int s = 0; s < nsplit; s++) num += w[s] * opart[(((size_t)b * nsplit + s) * ha + h) * dcs + c];
-        O[((size_t)b * ha + h) * dcs + c] = __float2bfloat16(den > 0 ? num / den : 0.0f);   // 0: nothing cached
+    __syncthreads();
+    const int q = dcs / 4;                              // groups of 4 columns in a head
+    for (int k = threadIdx.x; k < hpb * q && h0 + k / q < ha; k += MERGE_THREADS) {
+        const int hh = k / q, h = h0 + hh, c = k % q * 4;
+        const float *w = wsplit + hh * (nsplit + 2);
+        const int used = ((const int *)w)[nsplit + 1];
+        const float4 *src = (const float4 *)(opart + ((size_t)b * nsplit * ha + h) * dcs + c);
+        const size_t step = (size_t)ha * dcs / 4;       // float4s from one split to the next
+        float4 a = make_float4(0, 0, 0, 0);
+        #pragma unroll 8
+        for (int s = 0; s < used; s++) {
+            float4 v = src[s * step];
+            float ws = w[s];
+            a.x += ws * v.x; a.y += ws * v.y; a.z += ws * v.z; a.w += ws * v.w;
+        }
+        const float inv = w[nsplit];
+        __nv_bfloat162 lo = __floats2bfloat162_rn(a.x * inv, a.y * inv), hi = __floats2bfloat162_rn(a.z * inv, a.w * inv);
+        uint2 pk = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+        *(uint2 *)(O + ((size_t)b * ha + h) * dcs + c) = pk;
     }
 }
 
 // How the kernel is launched for ha heads and a dcs-wide slice: its instance <MODE, NJ, NB>, blocks per
 // sequence split (head tiles), buffers (stages) and shared memory, from the instance's AttnTile.
-typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, float *, float *, int, int, int, int, int, int, float);
+typedef void (*AttnKernel)(const bf16 *, const CUtensorMap, int, const int *, const AttnOut, int, int, int, int, int, int, float);
 typedef struct { AttnKernel k; int head_tiles, stages; size_t smem; } AttnShape;
 
 template <int MODE, int NJ, int NB> static AttnShape attention_instance(int ha, int Dk) {
@@ -767,7 +809,8 @@ static AttnShape attention_shape(int ha, int dcs, int Dk) {
 // Splits of the sequence. Blocks run one per SM, in waves; a split has at least MIN_TILES tiles (a block's
 // start, its Q and its partial output cost about as much as that many). The count chosen (at most enough
 // to fill the card WAVES times) makes the least of: waves x (the tiles of a split + two tiles of start and
-// end), in bytes of cache read per SM, plus the partial outputs written and read again by the merge.
+// end), in bytes of cache read per SM, plus the partial outputs written and read again by the merge (none
+// for one split: the kernel then writes O itself).
 #define MIN_TILES 4
 #define WAVES 8
 static int nsplit_cap(int rows, int head_tiles, int max_len, int sms) {
@@ -780,7 +823,7 @@ static int nsplit_for(int rows, int head_tiles, int ha, int dcs, int Dk, int max
     double best_cost = INFINITY, tile = (double)TC * Dk * 2;
     for (int s = 1; s <= cap; s++) {
         int per = (tiles + s - 1) / s, used = (tiles + per - 1) / per, blocks = rows * head_tiles * used;
-        double cost = (double)((blocks + sms - 1) / sms) * (per + 2) * tile + (double)rows * used * ha * dcs * 8 / sms;
+        double cost = (double)((blocks + sms - 1) / sms) * (per + 2) * tile + (used > 1 ? (double)rows * used * ha * dcs * 8 / sms : 0);
         if (cost < best_cost * 0.999) { best_cost = cost; best = s; }
     }
     *chunk = (tiles + best - 1) / best * TC;
@@ -815,14 +858,16 @@ static void decode_attention(const bf16 *Q, const CUtensorMap *cache, int row0, 
     int chunk;
     AttnShape a = attention_shape(ha, dcs, Dk);
     int ns = nsplit_for(rows, a.head_tiles, ha, dcs, Dk, max_cached, sms, &chunk);
-    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, opart, lse, ha, dcs, Dk, a.stages, max_len,
-                                                            chunk, scale * LOG2E);
+    a.k<<<dim3(a.head_tiles, rows, ns), 256, a.smem, st>>>(Q, *cache, row0, lens, AttnOut{opart, lse, O, lse_out}, ha, dcs, Dk,
+                                                            a.stages, max_len, chunk, scale * LOG2E);
     LAUNCH_CHECK();
+    if (ns == 1) return;   // one split: the kernel wrote O and lse_out
     // the merge as a programmatic dependent launch (it starts while the last blocks above finish)
     cudaLaunchAttribute pdl;
     pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     pdl.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t mc = {dim3(rows, (ha + MERGE_HEADS - 1) / MERGE_HEADS), dim3(32 * MERGE_HEADS),
-                             MERGE_HEADS * ns * sizeof(float), st, &pdl, 1};
-    CUDA_CHECK(cudaLaunchKernelEx(&mc, attn_merge_kernel, opart, lse, O, lse_out, ha, dcs, ns));
+    // (heads a merge block: enough for one group of 4 columns a thread, within 48 KB of weights)
+    int hpb = std::max(1, std::min({ha, MERGE_THREADS * 4 / dcs, 12000 / (ns + 2)}));
+    cudaLaunchConfig_t mc = {dim3(rows, (ha + hpb - 1) / hpb), dim3(MERGE_THREADS), hpb * (ns + 2) * sizeof(float), st, &pdl, 1};
+    CUDA_CHECK(cudaLaunchKernelEx(&mc, attn_merge_kernel, opart, lse, O, lse_out, ha, dcs, ns, hpb));
 }
