@@ -10,7 +10,9 @@
 #              16, 32, 64 and 128 heads; 64 and 128 heads over 256+64; 128 over 128+64; batch 32 (16 on a
 #              card under 100 GB, where 128 heads at batch 32 do not fit). With FLASHMLA=DIR (a directory
 #              holding FlashMLA's sm90 decode kernel and a harness whose build_and_run.sh takes --case
-#              B,T,HQ; its build/bench_flashmla is used if it is there), FlashMLA runs the 512+64 shapes too
+#              B,T,HQ; its build/bench_flashmla is used if it is there), FlashMLA runs the 512+64 shapes too.
+#              With BASE=DIR (another checkout of tpla, e.g. an earlier commit), it is built and each shape
+#              runs on both builds, one after the other, in the same call
 #     sanitize compute-sanitizer's racecheck and synccheck on the kernel check (./test attention)
 #     rank2    one GPU runs rank 0 of a 2-GPU layout (-R 2, collectives left out): dsv3 and kimik2, MLA-TP,
 #              TPLA g = 2 and DCP K = 2, contexts 1K..32K, largest batch each
@@ -33,10 +35,10 @@ nvidia-smi topo -m >> "$LOG" 2>&1
 make -j16 >> "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 short=$(grep -E '^nvcc (not found|found but no NCCL)' "$LOG")   # a build short of the multi-GPU engine says so first
 summary=${short:+$short$'\n'}
-bench() {   # bench NAME ARGS..: one ./run -m bench, its table into the log, its CSV into bench.csv
-    local name=$1; shift
-    echo "=== ./run $name -m bench $*" >> "$LOG"
-    timeout ${BENCH_TIMEOUT:-300} ./run $name -m bench "$@" >> "$LOG" 2>&1 || echo "bench $name $*: exit $?" >> "$LOG"
+bench() {   # bench NAME ARGS..: one ./run -m bench (or $RUN), its table into the log, its CSV into bench.csv
+    local name=$1 run=${RUN:-./run}; shift
+    echo "=== $run $name -m bench $*" >> "$LOG"
+    timeout ${BENCH_TIMEOUT:-300} $run $name -m bench "$@" >> "$LOG" 2>&1 || echo "bench $name $*: exit $?" >> "$LOG"
     local csv=$(ls -t bench_*.csv 2>/dev/null | head -1)
     [ -n "$csv" ] && { cat "$csv" >> "$OUT/bench.csv"; rm -f bench_*.csv; }
 }
@@ -64,11 +66,14 @@ for step in "$@"; do
         fi
         # (MLA-TP / TPLA / DCP rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256 / 64 over
         #  512; 64 over 512 / 128 over 256 / 128 over 512; 32 over 512 / 128 over 128 / 128 over 512)
+        [ -n "${BASE:-}" ] && { make -C "$BASE" -j16 bin >> "$LOG" 2>&1 || echo "BASE=$BASE: build failed" >> "$LOG"; }
         for spec in "dsv3-h16 -K 1 -g 1" "dsv3 -K 1 -g 1" "kimik2 -R 2 -g 2" "dsv3 -R 2 -g 2" "dsv3 -R 4 -g 4"; do
             bench $spec -b $kb -l 32768 -n 3
+            [ -n "${BASE:-}" ] && RUN="$BASE/run" bench $spec -b $kb -l 32768 -n 3
         done
         summary+="kernel, batch $kb, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
-        summary+="$(grep -E '^=== ./run|^ +32768 (MLA-TP|TPLA|DCP) ' "$LOG" | tail -18)"$'\n'
+        nk=18; [ -n "${BASE:-}" ] && nk=37   # (each spec's lines, twice with BASE)
+        summary+="$(grep -E '^=== .*run |^ +32768 (MLA-TP|TPLA|DCP) |BASE=' "$LOG" | tail -$nk)"$'\n'
         if [ -n "${FLASHMLA:-}" ]; then
             [ -n "${fm_pid:-}" ] && wait $fm_pid
             "$FLASHMLA"/build/bench_flashmla --case $kb,32768,16 --case $kb,32768,32 --case $kb,32768,64 \
