@@ -318,9 +318,14 @@ static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 
 // 32-wide step, k is numbered so that those 8 values are the thread's share of two k16 mma steps, the
 // same numbering for W and X, so the products and their sum are unchanged.
 #define SK_ROWS 64
+#define SK_WS(sms) ((size_t)4 * (sms) * 32 * SK_ROWS)   // the split-k workspace, floats: splits x columns < 4 SMs x 32
+#define SK_CNT(sms) ((size_t)2 * (sms))                 // its counters: column tiles < 2 SMs when k is split
 __device__ __forceinline__ void mma16816(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void put_y(void *Y, int y32, size_t i, float v) {
+    if (y32) ((float *)Y)[i] = v; else ((bf16 *)Y)[i] = __float2bfloat16(v);
 }
 template <int NT>
 __global__ void __launch_bounds__(128) skinny_kernel(const bf16 *__restrict__ X, const bf16 *__restrict__ W, void *Y, int y32, int n,
@@ -364,8 +369,7 @@ __global__ void __launch_bounds__(128) skinny_kernel(const bf16 *__restrict__ X,
         if (row >= n) continue;
         float s = red[0][i][l] + red[1][i][l] + red[2][i][l] + red[3][i][l];
         if (splits > 1) ws[((size_t)blockIdx.y * n + row) * out + col] = s;
-        else if (y32) ((float *)Y)[(size_t)row * out + col] = s;
-        else ((bf16 *)Y)[(size_t)row * out + col] = __float2bfloat16(s);
+        else put_y(Y, y32, (size_t)row * out + col, s);
     }
     if (splits == 1) return;
     __threadfence();                             // this block's partial sums, seen before its count
@@ -378,8 +382,7 @@ __global__ void __launch_bounds__(128) skinny_kernel(const bf16 *__restrict__ X,
         const int row = e >> 5, col = c0 + (e & 31);
         float s = 0;
         for (int y = 0; y < splits; y++) s += __ldcg(&ws[((size_t)y * n + row) * out + col]);   // (past L1: other blocks wrote them)
-        if (y32) ((float *)Y)[(size_t)row * out + col] = s;
-        else ((bf16 *)Y)[(size_t)row * out + col] = __float2bfloat16(s);
+        put_y(Y, y32, (size_t)row * out + col, s);
     }
     if (threadIdx.x == 0) cnt[blockIdx.x] = 0;   // for the next product
 }
@@ -506,6 +509,14 @@ static void project_q(GPU *G, Rank *R, const LayerW *L, int rows) {
     } else {
         gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
     }
+}
+
+// kv = W_DKV xb, its latent slice (normed) and roped key into layer l's cache; Q_h = [. | rope(q_pe_h)]
+static void project_kv(GPU *G, Rank *R, const LayerW *L, int l, int rows, int local) {
+    const Config *c = &G->c;
+    gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, c->dim, c->dc + c->dr);
+    kv_append(G, R, R->cache + (size_t)l * G->B * R->cache_len * R->p.Dk, l, rows, local);
+    q_rope(G, R, rows);
 }
 
 // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .] for the ha attended heads: per row, q_nope_h (dn) times the rank's
@@ -639,9 +650,7 @@ static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, in
     add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
     project_q(G, R, L, rows);
     if (p->peers > 1) all_gather(G, R, R->q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer);
-    gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
-    kv_append(G, R, cache, l, rows, !prefill && !G->s.dcp && G->s.rms == RMS_LOCAL);
-    q_rope(G, R, rows);        // Q_h = [. | rope(q_pe_h)]
+    project_kv(G, R, L, l, rows, !prefill && !G->s.dcp && G->s.rms == RMS_LOCAL);
     absorb_q(G, R, L, rows);   // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .]
     float *lse = p->ntok > 1 ? R->lse_r + (size_t)p->tok * rows * p->ha : NULL;   // DCP: lse_h^r, this rank's chunk
     if (!prefill)
@@ -864,9 +873,8 @@ static void layout_rank(GPU *G, Rank *R) {
     R->lse_r = (float *)take(R, (size_t)(p->ntok > 1 ? p->ntok : 0) * rows * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * R->cache_len;
     R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
-    // gemm's split k: splits x columns < 4 SMs x 32 whenever k is split (skinny_kernel's choice)
-    R->sms = G->sms;
-    R->skw = (float *)take(R, (size_t)4 * G->sms * 32 * SK_ROWS * 4); R->skc = (int *)take(R, (size_t)2 * G->sms * 4);
+    R->sms = G->sms;   // gemm's split k
+    R->skw = (float *)take(R, SK_WS(G->sms) * 4); R->skc = (int *)take(R, SK_CNT(G->sms) * 4);
 }
 
 static void upload_rank(GPU *G, Rank *R, const Model *m) {
@@ -931,7 +939,7 @@ static void init_rank(GPU *G, Rank *R, void *model) {
         NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.peer, &R->peer, NULL));
     CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
     layout_rank(G, R);
-    CUDA_CHECK(cudaMemset(R->skc, 0, (size_t)2 * G->sms * 4));
+    CUDA_CHECK(cudaMemset(R->skc, 0, SK_CNT(G->sms) * 4));
     CUDA_CHECK(cudaMalloc(&R->blas_ws, BLAS_WS));
     CUBLAS_CHECK(cublasSetWorkspace(R->blas, R->blas_ws, BLAS_WS));
     if (model) upload_rank(G, R, (const Model *)model); else randomize_rank(G, R);
@@ -1094,8 +1102,8 @@ void gpu_gemm(const uint16_t *X, const uint16_t *W, int n, int in, int out, int 
     void *dY;
     CUDA_CHECK(cudaMalloc(&dX, (size_t)n * in * 2)); CUDA_CHECK(cudaMalloc(&dW, (size_t)out * in * 2));
     CUDA_CHECK(cudaMalloc(&dY, (size_t)n * out * 4));
-    CUDA_CHECK(cudaMalloc(&R.skw, (size_t)4 * R.sms * 32 * SK_ROWS * 4)); CUDA_CHECK(cudaMalloc(&R.skc, (size_t)2 * R.sms * 4));
-    CUDA_CHECK(cudaMemset(R.skc, 0, (size_t)2 * R.sms * 4));
+    CUDA_CHECK(cudaMalloc(&R.skw, SK_WS(R.sms) * 4)); CUDA_CHECK(cudaMalloc(&R.skc, SK_CNT(R.sms) * 4));
+    CUDA_CHECK(cudaMemset(R.skc, 0, SK_CNT(R.sms) * 4));
     CUDA_CHECK(cudaMemcpy(dX, X, (size_t)n * in * 2, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(dW, W, (size_t)out * in * 2, cudaMemcpyHostToDevice));
     for (int rep = 0; rep < 2; rep++)   // twice: the split-k counters must be ready for the next product

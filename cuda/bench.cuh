@@ -94,11 +94,7 @@ static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double b
         add_rmsnorm(R, R->x, R->y, L->attn_norm, R->xb, NULL, rows, D, c->eps);
         project_q(G, R, L, rows);
     });
-    double kv = each([&](const LayerW *L, int l) {
-        gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, D, c->dc + c->dr);
-        kv_append(G, R, R->cache + (size_t)l * G->B * R->cache_len * p->Dk, l, rows, !G->s.dcp && G->s.rms == RMS_LOCAL);
-        q_rope(G, R, rows);
-    });
+    double kv = each([&](const LayerW *L, int l) { project_kv(G, R, L, l, rows, !G->s.dcp && G->s.rms == RMS_LOCAL); });
     double absorb = each([&](const LayerW *L, int) { absorb_q(G, R, L, rows); });
     double attn = each([&](const LayerW *, int l) {
         decode_attention(R->Q, &R->cmap, l * G->B * R->cache_len, R->lens, R->opart, R->lse, R->O, lse, rows, p->ha, p->dcs, p->Dk,
@@ -278,7 +274,6 @@ static StepWork step_work(const Config *c, const Scheme *s, int K, int ffn) {
     f.pos_flops = 2.0 * p.ha * (p.Dk + p.dcs) * c->n_layers;
     return f;
 }
-
 
 // The decode step's floor on one GPU: the weights read and the cache read (B sequences of ctx + 1
 // tokens, the rank's own of them), against the products' and the attention's flops. MoE: the weights read
