@@ -984,9 +984,6 @@ void gpu_free(GPU *G) { (void)G; }
 void gpu_attention(const uint16_t *Q, const uint16_t *c, const int *l, int B, int h, int dcs, int dr, int ml, int nt, float sc, float *O) {
     (void)Q; (void)c; (void)l; (void)B; (void)h; (void)dcs; (void)dr; (void)ml; (void)nt; (void)sc; (void)O;
 }
-void gpu_gemm(const uint16_t *X, const uint16_t *W, int n, int in, int out, int b16, float *Y) {
-    (void)X; (void)W; (void)n; (void)in; (void)out; (void)b16; (void)Y;
-}
 void gpu_bench(const Config *c, const Scheme *s, int k, int o, int b, const int *x, int n, int d, int st, const char *nm, const char *csv) {
     (void)c; (void)s; (void)k; (void)o; (void)b; (void)x; (void)n; (void)d; (void)st; (void)nm; (void)csv;
 }

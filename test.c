@@ -1681,39 +1681,6 @@ static void test_makefile(void) {
 // ----------------------------------------------------------------------------
 // GPU
 
-static void test_gpu_gemm(void) {
-    // the dense product (decode's few rows: skinny_kernel, k split over blocks or not; more rows: cuBLAS)
-    // against float64: error within 1e-4 of sum_k |x_k w_k| (f32 accumulation), plus bf16's rounding
-    struct { int n, in, out, b16; } cases[] = {
-        {1, 7168, 576, 0}, {29, 7168, 1536, 0}, {5, 1536, 1024, 1}, {64, 512, 96, 0}, {33, 96, 64, 1}, {17, 2048, 7168, 0},
-        {64, 7168, 576, 0}, {9, 4096, 64, 1}, {65, 256, 128, 0},
-    };
-    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
-        int n = cases[ci].n, in = cases[ci].in, out = cases[ci].out, b16 = cases[ci].b16;
-        uint16_t *X = xmalloc((size_t)n * in * 2), *W = xmalloc((size_t)out * in * 2);
-        unsigned long long rng = 99 + ci;
-        for (size_t i = 0; i < (size_t)n * in; i++) { float v = 2 * rand_f32(&rng) - 1; uint32_t u; memcpy(&u, &v, 4); X[i] = u >> 16; }
-        for (size_t i = 0; i < (size_t)out * in; i++) { float v = 2 * rand_f32(&rng) - 1; uint32_t u; memcpy(&u, &v, 4); W[i] = u >> 16; }
-        float *Y = xmalloc((size_t)n * out * 4);
-        gpu_gemm(X, W, n, in, out, b16, Y);
-        double worst = 0;
-        for (int r = 0; r < n; r++)
-            for (int o = 0; o < out; o++) {
-                double d = 0, a = 0;
-                for (int k = 0; k < in; k++) {
-                    double p = (double)bf16_to_f32(X[(size_t)r * in + k]) * bf16_to_f32(W[(size_t)o * in + k]);
-                    d += p; a += fabs(p);
-                }
-                double e = fabs(Y[(size_t)r * out + o] - d) / (1e-4 * a + (b16 ? fabs(d) / 128 : 0) + 1e-30);
-                if (isnan(e) || e > worst) worst = isnan(worst) ? worst : e;   // (a NaN stays)
-            }
-        char name[128];
-        snprintf(name, sizeof(name), "GPU dense product %d x %d -> %d%s vs float64 (error / bound)", n, in, out, b16 ? ", bf16" : "");
-        check(name, worst <= 1, worst, "<=", 1);
-        free(X); free(W); free(Y);
-    }
-}
-
 static void test_gpu_attention(void) {
     // random inputs at several shapes and lengths; slots past each length hold NaN. Every mode of the
     // kernel: slices of 257..512 (the seesaw kernel: 16, 32, 64, 128 heads), <= 256 with more than 64 heads (HEADS),
@@ -2087,11 +2054,9 @@ int main(int argc, char **argv) {
     if (!ng) skip("GPU MoE edges vs the CPU (batched decode, every expert, one expert)", "no Hopper GPU");
     printf("--- GPU engine\n");
     if (ng == 0) {
-        skip("GPU dense products vs float64", "no Hopper GPU");
         skip("GPU decode attention vs float64", "no Hopper GPU");
         skip("GPU MLA-TP, TPLA and DCP logits vs the CPU reference", "no Hopper GPU");
     } else {
-        test_gpu_gemm();
         test_gpu_attention();
         for (int i = 0; i < 3; i++) test_gpu_model(&fx[i], k);
         char dcp[400];

@@ -131,8 +131,6 @@ typedef struct {
     float *topw, *eout;
     bf16 *eh;
     int nsplit_max;
-    int sms;                 // the GPU's SMs
-    float *skw; int *skc;    // gemm's split-k workspace (partial sums) and counters (skinny_kernel)
     int moe_blocks[2][2];    // blocks of each expert-product kernel (moe_tiles: down, up) that fit on one SM
 } Rank;
 
@@ -307,103 +305,9 @@ static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 
     LAUNCH_CHECK();
 }
 
-// Y (n, out) = X (n, in) W^T for the few rows of a decode step (n <= SK_ROWS). There cuBLAS's tiles are
-// many rows tall, so a product like W_DQ's (7168 in, 1536 out) runs on a few dozen blocks and streams the
-// weights at a fraction of the card's bandwidth. Here a block of 4 warps takes 32 columns of Y (two 16-row
-// tiles of W) and all n rows (n/8 tiles of X) over its share of k, with the tensor cores' mma.sync
-// m16n8k16; its warps take alternate 32-wide steps of k and add up through shared memory. Where the
-// columns give too few blocks for the SMs, k is split across blocks as well: each writes its partial sum
-// to a workspace, and the last block of a column tile (a counter) adds them in a fixed order, so the
-// result does not depend on timing. Each thread loads 16 bytes of a row of W and of X at a time: inside a
-// 32-wide step, k is numbered so that those 8 values are the thread's share of two k16 mma steps, the
-// same numbering for W and X, so the products and their sum are unchanged.
-#define SK_ROWS 64
-#define SK_WS(sms) ((size_t)4 * (sms) * 32 * SK_ROWS)   // the split-k workspace, floats: splits x columns < 4 SMs x 32
-#define SK_CNT(sms) ((size_t)2 * (sms))                 // its counters: column tiles < 2 SMs when k is split
-__device__ __forceinline__ void mma16816(float *d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void put_y(void *Y, int y32, size_t i, float v) {
-    if (y32) ((float *)Y)[i] = v; else ((bf16 *)Y)[i] = __float2bfloat16(v);
-}
-template <int NT>
-__global__ void __launch_bounds__(128) skinny_kernel(const bf16 *__restrict__ X, const bf16 *__restrict__ W, void *Y, int y32, int n,
-                                                     int in, int out, int kb, float *ws, int *cnt) {
-    __shared__ float red[4][2 * NT * 4][32];   // each warp's accumulators, in their fragment layout
-    __shared__ int last;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int c0 = blockIdx.x * 32, k0 = blockIdx.y * kb, k1 = min(in, k0 + kb), splits = gridDim.y;
-    // thread (g, t): rows c0 + g + 8q of W (q = 0..3: rows g, g + 8 of the two 16-row tiles) and rows
-    // 8j + g of X (rows past n read row n - 1; their sums are not written), columns k + 8t .. k + 8t + 7
-    const bf16 *wr = W + (size_t)(c0 + g) * in + 8 * t, *xr[NT];
-    #pragma unroll
-    for (int j = 0; j < NT; j++) xr[j] = X + (size_t)min(8 * j + g, n - 1) * in + 8 * t;
-    float acc[2][NT][4] = {};
-    #pragma unroll 2
-    for (int k = k0 + 32 * warp; k < k1; k += 128) {
-        uint4 w[4], x[NT];
-        #pragma unroll
-        for (int q = 0; q < 4; q++) w[q] = __ldg((const uint4 *)(wr + (size_t)8 * q * in + k));
-        #pragma unroll
-        for (int j = 0; j < NT; j++) x[j] = __ldg((const uint4 *)(xr[j] + k));
-        #pragma unroll
-        for (int m = 0; m < 2; m++)
-            #pragma unroll
-            for (int j = 0; j < NT; j++) {   // a: rows g, g + 8 of tile m; b: row g of X tile j (B is X^T)
-                mma16816(acc[m][j], w[2 * m].x, w[2 * m + 1].x, w[2 * m].y, w[2 * m + 1].y, x[j].x, x[j].y);
-                mma16816(acc[m][j], w[2 * m].z, w[2 * m + 1].z, w[2 * m].w, w[2 * m + 1].w, x[j].z, x[j].w);
-            }
-    }
-    #pragma unroll
-    for (int m = 0; m < 2; m++)
-        #pragma unroll
-        for (int j = 0; j < NT; j++)
-            #pragma unroll
-            for (int r = 0; r < 4; r++) red[warp][(m * NT + j) * 4 + r][lane] = acc[m][j][r];
-    __syncthreads();
-    // accumulator r of fragment (m, j), lane l: column c0 + 16m + l/4 + 8(r/2) of Y, row 8j + 2(l%4) + r%2
-    for (int e = threadIdx.x; e < 2 * NT * 4 * 32; e += 128) {
-        const int i = e >> 5, l = e & 31, r = i & 3, j = (i >> 2) % NT, m = i / (4 * NT);
-        const int col = c0 + 16 * m + (l >> 2) + 8 * (r >> 1), row = 8 * j + 2 * (l & 3) + (r & 1);
-        if (row >= n) continue;
-        float s = red[0][i][l] + red[1][i][l] + red[2][i][l] + red[3][i][l];
-        if (splits > 1) ws[((size_t)blockIdx.y * n + row) * out + col] = s;
-        else put_y(Y, y32, (size_t)row * out + col, s);
-    }
-    if (splits == 1) return;
-    __threadfence();                             // this block's partial sums, seen before its count
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&cnt[blockIdx.x], 1) == splits - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int e = threadIdx.x; e < n * 32; e += 128) {
-        const int row = e >> 5, col = c0 + (e & 31);
-        float s = 0;
-        for (int y = 0; y < splits; y++) s += __ldcg(&ws[((size_t)y * n + row) * out + col]);   // (past L1: other blocks wrote them)
-        put_y(Y, y32, (size_t)row * out + col, s);
-    }
-    if (threadIdx.x == 0) cnt[blockIdx.x] = 0;   // for the next product
-}
-
-// Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate, Y as yt: skinny_kernel for a
-// decode step's rows, else cuBLAS
+// Y (n, out) = X (n, in) W^T with W (out, in) row-major bf16, f32 accumulate, Y as yt (cuBLAS is column-major:
+// Y^T = W X^T)
 static void gemm(Rank *R, const bf16 *X, const void *W, void *Y, cudaDataType yt, int n, int in, int out) {
-    if (n >= 1 && n <= SK_ROWS && in % 32 == 0 && out % 32 == 0) {
-        int tiles = out / 32, steps = in / 32;   // k split over blocks: at least 16 steps a block, about two blocks an SM
-        int splits = std::max(1, std::min(steps / 16, (2 * R->sms + tiles - 1) / tiles));
-        int kb = (steps + splits - 1) / splits * 32;
-        splits = (in + kb - 1) / kb;
-        dim3 grid(tiles, splits);
-        int y32 = yt == CUDA_R_32F;
-        if (n <= 8) skinny_kernel<1><<<grid, 128, 0, R->st>>>(X, (const bf16 *)W, Y, y32, n, in, out, kb, R->skw, R->skc);
-        else if (n <= 16) skinny_kernel<2><<<grid, 128, 0, R->st>>>(X, (const bf16 *)W, Y, y32, n, in, out, kb, R->skw, R->skc);
-        else if (n <= 32) skinny_kernel<4><<<grid, 128, 0, R->st>>>(X, (const bf16 *)W, Y, y32, n, in, out, kb, R->skw, R->skc);
-        else skinny_kernel<8><<<grid, 128, 0, R->st>>>(X, (const bf16 *)W, Y, y32, n, in, out, kb, R->skw, R->skc);
-        LAUNCH_CHECK();
-        return;
-    }
     float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasGemmEx(R->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in,
                               &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -873,8 +777,6 @@ static void layout_rank(GPU *G, Rank *R) {
     R->lse_r = (float *)take(R, (size_t)(p->ntok > 1 ? p->ntok : 0) * rows * p->ha * 4);
     size_t sc = (size_t)p->ha * G->chunk * R->cache_len;
     R->S = (float *)take(R, sc * 4); R->P = (bf16 *)take(R, sc * 2);
-    R->sms = G->sms;   // gemm's split k
-    R->skw = (float *)take(R, SK_WS(G->sms) * 4); R->skc = (int *)take(R, SK_CNT(G->sms) * 4);
 }
 
 static void upload_rank(GPU *G, Rank *R, const Model *m) {
@@ -939,7 +841,6 @@ static void init_rank(GPU *G, Rank *R, void *model) {
         NCCL_CHECK(ncclCommSplit(R->world, R->p.j, R->p.peer, &R->peer, NULL));
     CUDA_CHECK(cudaMalloc(&R->arena, R->cap));
     layout_rank(G, R);
-    CUDA_CHECK(cudaMemset(R->skc, 0, SK_CNT(G->sms) * 4));
     CUDA_CHECK(cudaMalloc(&R->blas_ws, BLAS_WS));
     CUBLAS_CHECK(cublasSetWorkspace(R->blas, R->blas_ws, BLAS_WS));
     if (model) upload_rank(G, R, (const Model *)model); else randomize_rank(G, R);
@@ -1091,29 +992,6 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     }
     CUDA_CHECK(cudaFree(dQ)); CUDA_CHECK(cudaFree(dC)); CUDA_CHECK(cudaFree(dO)); CUDA_CHECK(cudaFree(dl));
     CUDA_CHECK(cudaFree(op)); CUDA_CHECK(cudaFree(lse)); CUDA_CHECK(cudaFree(lse_r));
-}
-
-void gpu_gemm(const uint16_t *X, const uint16_t *W, int n, int in, int out, int bf16_out, float *Y) {
-    CUDA_CHECK(cudaSetDevice(0));
-    Rank R = {};   // what gemm reads of a rank: its stream (the default), cuBLAS, the split-k workspace
-    CUDA_CHECK(cudaDeviceGetAttribute(&R.sms, cudaDevAttrMultiProcessorCount, 0));
-    CUBLAS_CHECK(cublasCreate(&R.blas));
-    bf16 *dX, *dW;
-    void *dY;
-    CUDA_CHECK(cudaMalloc(&dX, (size_t)n * in * 2)); CUDA_CHECK(cudaMalloc(&dW, (size_t)out * in * 2));
-    CUDA_CHECK(cudaMalloc(&dY, (size_t)n * out * 4));
-    CUDA_CHECK(cudaMalloc(&R.skw, SK_WS(R.sms) * 4)); CUDA_CHECK(cudaMalloc(&R.skc, SK_CNT(R.sms) * 4));
-    CUDA_CHECK(cudaMemset(R.skc, 0, SK_CNT(R.sms) * 4));
-    CUDA_CHECK(cudaMemcpy(dX, X, (size_t)n * in * 2, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(dW, W, (size_t)out * in * 2, cudaMemcpyHostToDevice));
-    for (int rep = 0; rep < 2; rep++)   // twice: the split-k counters must be ready for the next product
-        gemm(&R, dX, dW, dY, bf16_out ? CUDA_R_16BF : CUDA_R_32F, n, in, out);
-    std::vector<uint16_t> y16((size_t)n * out);
-    if (bf16_out) CUDA_CHECK(cudaMemcpy(y16.data(), dY, y16.size() * 2, cudaMemcpyDeviceToHost));
-    else CUDA_CHECK(cudaMemcpy(Y, dY, (size_t)n * out * 4, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; bf16_out && i < y16.size(); i++) { uint32_t u = (uint32_t)y16[i] << 16; memcpy(&Y[i], &u, 4); }
-    CUBLAS_CHECK(cublasDestroy(R.blas));
-    CUDA_CHECK(cudaFree(dX)); CUDA_CHECK(cudaFree(dW)); CUDA_CHECK(cudaFree(dY)); CUDA_CHECK(cudaFree(R.skw)); CUDA_CHECK(cudaFree(R.skc));
 }
 
 // ----------------------------------------------------------------------------

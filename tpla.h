@@ -448,9 +448,6 @@ void gpu_free(GPU *G);
 // over its own tokens (t mod ntok = r, dealt out here), with the merge's lse, DCP's combine, and O summed.
 void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, int B, int ha, int dcs, int dr,
                    int max_len, int ntok, float scale, float *O);
-// The engine's dense product alone on host arrays (for the tests): Y (n, out) = X (n, in) W^T with X and W
-// (out, in) bf16, f32 accumulate; Y float32, rounded to bf16 first if bf16_out (as the engine's bf16 outputs).
-void gpu_gemm(const uint16_t *X, const uint16_t *W, int n, int in, int out, int bf16_out, float *Y);
 // -m bench: decode steps at each context in ctx[0..nctx), MLA-TP against TPLA (and DCP with one token shard a
 // GPU) on the same weights. one_rank: GPU 0 runs only rank 0 of the ngpu-GPU layout, with the collectives
 // left out (the rank bench).
