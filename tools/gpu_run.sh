@@ -72,8 +72,7 @@ for step in "$@"; do
             [ -n "${BASE:-}" ] && RUN="$BASE/run" bench $spec -b $kb -l 32768 -n 3
         done
         summary+="kernel, batch $kb, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
-        nk=18; [ -n "${BASE:-}" ] && nk=37   # (each spec's lines, twice with BASE)
-        summary+="$(grep -E '^=== .*run |^ +32768 (MLA-TP|TPLA|DCP) |BASE=' "$LOG" | tail -$nk)"$'\n'
+        summary+="$(sed -n '/^=== kernel$/,$p' "$LOG" | grep -E '^=== .*run |^ +32768 (MLA-TP|TPLA|DCP) |BASE=')"$'\n'
         if [ -n "${FLASHMLA:-}" ]; then
             [ -n "${fm_pid:-}" ] && wait $fm_pid
             "$FLASHMLA"/build/bench_flashmla --case $kb,32768,16 --case $kb,32768,32 --case $kb,32768,64 \
