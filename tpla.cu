@@ -25,7 +25,6 @@ typedef __nv_bfloat16 bf16;
 // What a rank whose arena holds `used` bytes needs free on its GPU: the one rule that the fit check and
 // the bench's batch search share, so that the largest batch the search finds always fits.
 static size_t device_need(size_t used) { return used + (1 << 20) + BLAS_WS + LIB_RESERVE; }
-#define GPU_MAX_DR 64    // the widest rope key the GPU kernels take (checked when building)
 
 // ----------------------------------------------------------------------------
 // placement: what rank r of K holds (README "g shards on K GPUs, and where W_UQ and W_O live", and
@@ -76,9 +75,8 @@ static int own_tokens(const Part *p, int len) { return len > p->tok ? (len - p->
 
 typedef struct {
     float *attn_norm, *q_norm, *ffn_norm;   // f32
-    bf16 *wq_a;    // (q_lora, D)                         replicated
+    bf16 *wa;      // (q_lora+dc+dr, D): W_DQ rows then W_DKV rows (W_DKV alone without a q LoRA)   replicated
     bf16 *wq;      // (hq*(dn+dr), q_lora or D)           split by head
-    bf16 *wkv_a;   // (dc+dr, D)                          replicated
     bf16 *wkv_b;   // (ha, dn+dv, dcs): W_UK, W_UV        split by head and by latent slice
     bf16 *wo;      // (D, hq*dv)                          split by head
     float *gate, *bias;  // (E, D), (E) f32               replicated
@@ -108,10 +106,10 @@ typedef struct {
     float *x;                // (rows, D): the residual stream
     float *y;                // (rows, D): the last block's output, this rank's part until the all-reduce sums it
     bf16 *xb; float *xn;     // (rows, D): rmsnorm(x) times the norm's weight; xn: the same in f32 (the router's input)
-    float *qlat; bf16 *qlatb;// (rows, q_lora): the q LoRA's W_DQ xb, and its rmsnorm
+    float *a;                // (rows, q_lora+dc+dr): W_A xb = [W_DQ xb | W_DKV xb], the down projections of xb
+    bf16 *qlatb;             // (rows, q_lora): the rmsnorm of W_DQ xb (the q LoRA's latent)
     bf16 *q;                 // (rows, hq, dn+dr): q of this rank's hq heads (split placement: before the all-gather)
     bf16 *qall;              // (peers, rows, hq, dn+dr): q of the ha attended heads, a chunk per peer
-    float *kv;               // (rows, dc+dr): W_DKV xb, the latent then the rope key
     bf16 *Q;                 // (rows, ha, Dk): the absorbed queries [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]
     bf16 *O;                 // (rows, ha, dcs): o_h, attention over the cached slice S_i
     float *opart, *lse;      // (B, nsplit_max, ha, dcs), (B, nsplit_max, ha): decode attention per split, O/l and m + log2 l
@@ -149,8 +147,8 @@ struct GPU {
 // a rank's pieces of the weights: of each tensor of the table in tpla.h (TPLA_TENSORS), the piece its row's
 // split gives the rank (rank_piece), held in the field the row names (rank_weight)
 
-enum { SPLIT_NONE, SPLIT_REPLICATED, SPLIT_HEAD_ROWS, SPLIT_HEAD_SLICE, SPLIT_HEAD_COLUMNS, SPLIT_VOCAB_ROWS,
-       SPLIT_ROUTER, SPLIT_W1_ROWS, SPLIT_W3_ROWS, SPLIT_W2_COLUMNS };   // from SPLIT_ROUTER on: the FFN's
+enum { SPLIT_NONE, SPLIT_REPLICATED, SPLIT_DQ_ROWS, SPLIT_DKV_ROWS, SPLIT_HEAD_ROWS, SPLIT_HEAD_SLICE, SPLIT_HEAD_COLUMNS,
+       SPLIT_VOCAB_ROWS, SPLIT_ROUTER, SPLIT_W1_ROWS, SPLIT_W3_ROWS, SPLIT_W2_COLUMNS };   // from SPLIT_ROUTER on: the FFN's
 #define ON_GPU(holder, field, split) SPLIT_##split
 #define HOST_ONLY SPLIT_NONE
 #define SPLIT_OF(kind, where, field, f32, n0, n1, n2, has, gpu) gpu,
@@ -188,6 +186,8 @@ static int ffn_width(const Config *c, int l) { return layer_is_moe(c, l) ? c->mo
 
 // The elements of rank R's piece of tensor t, by the tensor's split:
 //   REPLICATED, ROUTER  all of it (the router only with the FFN)
+//   DQ_ROWS, DKV_ROWS   W_DQ (q_lora, D) and W_DKV (dc+dr, D), all of both, stacked as one matrix wa (W_DKV's
+//                       rows after W_DQ's, in W_DQ's piece; alone without a q LoRA): one product for both
 //   HEAD_ROWS           W_UQ (H*(dn+dr), q_lora or D): the rows of heads hq0 .. hq0+hq
 //   HEAD_SLICE          W_UKV (H, dn+dv, dc): heads h0 .. h0+ha, the columns of latent slice S_i
 //   HEAD_COLUMNS        W_O (D, H*dv): the columns of heads hq0 .. hq0+hq
@@ -206,9 +206,16 @@ static size_t rank_piece(const GPU *G, const Rank *R, const Tensor *t) {
     case SPLIT_VOCAB_ROWS: return (size_t)p->nv * t->n2;
     case SPLIT_W1_ROWS: return 2 * all / G->K;
     case SPLIT_W3_ROWS: return 0;
+    case SPLIT_DQ_ROWS: return (size_t)(G->c.q_lora + G->c.dc + G->c.dr) * t->n2;
+    case SPLIT_DKV_ROWS: return G->c.q_lora ? 0 : all;
     case SPLIT_W2_COLUMNS: return all / G->K;
     default: return all;
     }
+}
+
+// Whether tensor t's rows are in the piece of the tensor before it (W3's in W1's, W_DKV's in W_DQ's).
+static int in_piece_before(const GPU *G, const Tensor *t) {
+    return gpu_split[t->kind] == SPLIT_W3_ROWS || (gpu_split[t->kind] == SPLIT_DKV_ROWS && G->c.q_lora);
 }
 
 // copies a (rows, cols) block of a host f32 matrix (leading dimension ld) to the device as bf16 or f32
@@ -238,6 +245,7 @@ static void put_piece(GPU *G, Rank *R, const Tensor *t, const float *src, void *
         break;
     case SPLIT_HEAD_COLUMNS: put(dst, src + p->hq0 * (n2 / H), n1, p->hq * (n2 / H), n2, t->f32); break;
     case SPLIT_VOCAB_ROWS: put(dst, src + p->v0 * n2, p->nv, n2, n2, t->f32); break;
+    case SPLIT_DKV_ROWS: put((bf16 *)dst + (size_t)G->c.q_lora * n2, src, n1, n2, n2, 0); break;
     case SPLIT_W1_ROWS: case SPLIT_W3_ROWS:   // matrix a, block k: rows ((2a + 1 for W3) blocks + k) w of the piece
         blocks = n1 / f;
         for (int64_t a = 0; a < t->n0; a++)
@@ -284,9 +292,11 @@ __device__ float block_sum(float v) {
     return v;
 }
 
-// x += y (y may be NULL); out = rmsnorm(x) * w as bf16, and as f32 into outf if given. One block a row.
-__global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, bf16 *out, float *outf, int D, float eps) {
-    float *xr = x + (size_t)blockIdx.x * D;
+// x += y (y may be NULL); out = rmsnorm(x) * w as bf16, and as f32 into outf if given; x's rows are ldx
+// apart (0: D), the others' D. One block a row, of a thread for every 8 values (up to 1024): a decode step
+// has few rows, and each row's loads go out at once.
+__global__ void add_rmsnorm_kernel(float *x, int ldx, const float *y, const float *w, bf16 *out, float *outf, int D, float eps) {
+    float *xr = x + (size_t)blockIdx.x * (ldx ? ldx : D);
     float ss = 0;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float v = xr[i] + (y ? y[(size_t)blockIdx.x * D + i] : 0.0f);
@@ -300,8 +310,10 @@ __global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, bf1
         if (outf) outf[(size_t)blockIdx.x * D + i] = v;
     }
 }
-static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 *out, float *outf, int rows, int D, float eps) {
-    add_rmsnorm_kernel<<<rows, 256, 0, R->st>>>(x, y, w, out, outf, D, eps);
+static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 *out, float *outf, int rows, int D, float eps,
+                        int ldx = 0) {
+    int threads = std::min(1024, (D / 8 + 31) / 32 * 32);
+    add_rmsnorm_kernel<<<rows, std::max(32, threads), 0, R->st>>>(x, ldx, y, w, out, outf, D, eps);
     LAUNCH_CHECK();
 }
 
@@ -340,92 +352,84 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 // ----------------------------------------------------------------------------
 // the attention step of one rank: its kernels and products, each with its launcher, then attention_rank
 
-// Rotates a rope vector pe (dr, in shared memory, loaded by the block) to position pos, in place.
-__device__ void rope_shared(float *pe, int dr, int pos, const float *inv_freq, float attn, int interleave) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < dr / 2; i += blockDim.x) rope_pair(pe, i, dr, pos, inv_freq[i], attn, interleave);
-    __syncthreads();
-}
-
-// Caches the new token of each row: its latent slice S_i, normalised by the rms of the whole
-// latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key. DCP: only
-// the rows whose position t has t mod ntok = tok, each at row t / ntok of its sequence.
-__global__ void kv_append_kernel(const float *kv, bf16 *cache, const int *rseq, const int *rpos, int cache_len,
-                                 int ntok, int tok, int dc, int dr, int shard, int dcs, int local, float fix, float eps,
-                                 const float *inv_freq, float attn, int interleave) {
-    if (rpos[blockIdx.x] % ntok != tok) return;   // another rank's token (the whole block leaves)
-    const float *k = kv + (size_t)blockIdx.x * (dc + dr);
+// One launch for the new tokens' rope work, a row (token) per blockIdx.x, thread t on rope pair t mod dr/2:
+// - blockIdx.y = 0 caches the row's new token from kv = W_DKV xb (rows ldkv apart): its latent slice S_i, normalised by the rms of the whole
+//   latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key. DCP: only
+//   the rows whose position t has t mod ntok = tok, each at row t / ntok of its sequence.
+// - blockIdx.y = 1.. ropes q_pe of ROPE_HEADS attended heads each into Q (rows, ha, Dk) at [dcs, dcs+dr),
+//   thread t in heads t / (dr/2), + blockDim / (dr/2), ... q comes in `peers` chunks (peers, rows, hq,
+//   dn+dr) (one chunk when q was computed here).
+#define ROPE_HEADS 32
+__global__ void kv_rope_kernel(const float *kv, int ldkv, bf16 *cache, const bf16 *q, bf16 *Q, const int *rseq, const int *rpos,
+                               int rows, int cache_len, int ntok, int tok, int ha, int hq, int dn, int dc, int dr, int shard, int dcs,
+                               int local, float fix, float eps, const float *inv_freq, float attn, int interleave) {
+    int row = blockIdx.x, pos = rpos[row], half = dr / 2, i = threadIdx.x % half, i0, i1;
+    rope_index(i, dr, interleave, &i0, &i1);
+    float a = (float)pos * inv_freq[i];
+    if (blockIdx.y > 0) {   // the queries
+        int per = blockDim.x / half, h1 = min(ha, (int)blockIdx.y * ROPE_HEADS);
+        if (threadIdx.x >= per * half) return;
+        for (int h = (blockIdx.y - 1) * ROPE_HEADS + threadIdx.x / half; h < h1; h += per) {
+            const bf16 *src = q + (((size_t)(h / hq) * rows + row) * hq + h % hq) * (dn + dr) + dn;
+            bf16 *dst = Q + ((size_t)row * ha + h) * (dcs + dr) + dcs;
+            float x0 = __bfloat162float(src[i0]), x1 = __bfloat162float(src[i1]);
+            rope_rotate(&x0, &x1, a, attn);
+            dst[i0] = __float2bfloat16(x0);
+            dst[i1] = __float2bfloat16(x1);
+        }
+        return;
+    }
+    if (pos % ntok != tok) return;   // another rank's token (the whole block leaves)
+    const float *k = kv + (size_t)row * ldkv;
     float ss_all = 0, ss_mine = 0;
-    for (int i = threadIdx.x; i < dc; i += blockDim.x) {
-        float v = k[i] * k[i];
+    for (int j = threadIdx.x; j < dc; j += blockDim.x) {
+        float v = k[j] * k[j];
         ss_all += v;
-        if (i / dcs == shard) ss_mine += v;
+        if (j / dcs == shard) ss_mine += v;
     }
     ss_all = block_sum(ss_all); ss_mine = block_sum(ss_mine);
     float r = local ? latent_rms(ss_mine, dcs, fix, eps) : latent_rms(ss_all, dc, 1.0f, eps);
-    bf16 *dst = cache + ((size_t)rseq[blockIdx.x] * cache_len + rpos[blockIdx.x] / ntok) * (dcs + dr);
-    for (int i = threadIdx.x; i < dcs; i += blockDim.x) dst[i] = __float2bfloat16(k[shard * dcs + i] / r);
-    __shared__ float pe[GPU_MAX_DR];
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = k[dc + i];
-    rope_shared(pe, dr, rpos[blockIdx.x], inv_freq, attn, interleave);
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[dcs + i] = __float2bfloat16(pe[i]);
+    bf16 *out = cache + ((size_t)rseq[row] * cache_len + pos / ntok) * (dcs + dr);
+    for (int j = threadIdx.x; j < dcs; j += blockDim.x) out[j] = __float2bfloat16(k[shard * dcs + j] / r);
+    if (threadIdx.x < half) {   // the key
+        float x0 = k[dc + i0], x1 = k[dc + i1];
+        rope_rotate(&x0, &x1, a, attn);
+        out[dcs + i0] = __float2bfloat16(x0);
+        out[dcs + i1] = __float2bfloat16(x1);
+    }
 }
-static void kv_append(GPU *G, Rank *R, bf16 *cache, int l, int rows, int local) {
+static void kv_rope(GPU *G, Rank *R, int l, int rows, int local) {
     const Config *c = &G->c;
     const Part *p = &R->p;
-    kv_append_kernel<<<rows, 256, 0, R->st>>>(R->kv, cache, R->rseq, R->rpos, R->cache_len, p->ntok, p->tok, c->dc, c->dr,
-                                                 p->shard, p->dcs, local, G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f,
-                                                 c->eps, R->inv_freq, c->rope_attn, c->rope_interleave);
+    bf16 *cache = R->cache + (size_t)l * G->B * R->cache_len * p->Dk;
+    dim3 grid(rows, 1 + (p->ha + ROPE_HEADS - 1) / ROPE_HEADS);
+    kv_rope_kernel<<<grid, 256, 0, R->st>>>(R->a + c->q_lora, c->q_lora + c->dc + c->dr, cache, R->qall, R->Q, R->rseq, R->rpos, rows, R->cache_len, p->ntok, p->tok,
+                                            p->ha, p->hq, c->dn, c->dc, c->dr, p->shard, p->dcs, local,
+                                            G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
+                                            c->rope_attn, c->rope_interleave);
     LAUNCH_CHECK();
 }
 
-// Ropes q_pe of every attended head into Q (rows, ha, Dk) at [dcs, dcs+dr). q comes in `peers`
-// chunks (peers, rows, hq, dn+dr) (one chunk when q was computed here). Grid (rows, ha).
-__global__ void q_rope_kernel(const bf16 *q, bf16 *Q, const int *rpos, int rows, int ha, int hq, int dn, int dr, int dcs,
-                              const float *inv_freq, float attn, int interleave) {
-    int row = blockIdx.x, h = blockIdx.y, p = h / hq, hh = h % hq;
-    const bf16 *src = q + (((size_t)p * rows + row) * hq + hh) * (dn + dr) + dn;
-    __shared__ float pe[GPU_MAX_DR];
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) pe[i] = __bfloat162float(src[i]);
-    rope_shared(pe, dr, rpos[row], inv_freq, attn, interleave);
-    bf16 *dst = Q + ((size_t)row * ha + h) * (dcs + dr) + dcs;
-    for (int i = threadIdx.x; i < dr; i += blockDim.x) dst[i] = __float2bfloat16(pe[i]);
-}
-static void q_rope(GPU *G, Rank *R, int rows) {
-    const Config *c = &G->c;
-    const Part *p = &R->p;
-    q_rope_kernel<<<dim3(rows, p->ha), 64, 0, R->st>>>(R->qall, R->Q, R->rpos, rows, p->ha, p->hq, c->dn, c->dr, p->dcs,
-                                                      R->inv_freq, c->rope_attn, c->rope_interleave);
-    LAUNCH_CHECK();
-}
-
-// q (rows, hq, dn + dr) = W_UQ xb for the rank's hq heads (with a q LoRA: W_UQ RMSNorm(W_DQ xb)); into q, or
-// into qall when no peer sends its heads' (split placement gathers them after)
+// a = W_A xb = [W_DQ xb | W_DKV xb] (one product for both down projections; W_DKV xb alone without a q
+// LoRA), then q (rows, hq, dn + dr) = W_UQ RMSNorm(W_DQ xb) for the rank's hq heads (without a q LoRA:
+// W_UQ xb); into q, or into qall when no peer sends its heads' (split placement gathers them after)
 static void project_q(GPU *G, Rank *R, const LayerW *L, int rows) {
     const Config *c = &G->c;
     const Part *p = &R->p;
     bf16 *q = p->peers > 1 ? R->q : R->qall;
-    int D = c->dim, qd = c->dn + c->dr;
+    int D = c->dim, qd = c->dn + c->dr, na = c->q_lora + c->dc + c->dr;
+    gemm(R, R->xb, L->wa, R->a, CUDA_R_32F, rows, D, na);
     if (c->q_lora) {
-        gemm(R, R->xb, L->wq_a, R->qlat, CUDA_R_32F, rows, D, c->q_lora);
-        add_rmsnorm(R, R->qlat, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps);
+        add_rmsnorm(R, R->a, NULL, L->q_norm, R->qlatb, NULL, rows, c->q_lora, c->eps, na);
         gemm(R, R->qlatb, L->wq, q, CUDA_R_16BF, rows, c->q_lora, p->hq * qd);
     } else {
         gemm(R, R->xb, L->wq, q, CUDA_R_16BF, rows, D, p->hq * qd);
     }
 }
 
-// kv = W_DKV xb, its latent slice (normed) and roped key into layer l's cache; Q_h = [. | rope(q_pe_h)]
-static void project_kv(GPU *G, Rank *R, const LayerW *L, int l, int rows, int local) {
-    const Config *c = &G->c;
-    gemm(R, R->xb, L->wkv_a, R->kv, CUDA_R_32F, rows, c->dim, c->dc + c->dr);
-    kv_append(G, R, R->cache + (size_t)l * G->B * R->cache_len * R->p.Dk, l, rows, local);
-    q_rope(G, R, rows);
-}
-
 // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .] for the ha attended heads: per row, q_nope_h (dn) times the rank's
 // W_UK^h[:, S_i] (dn, dcs; the first dn rows of head h in wkv_b), one batched product per chunk of hq heads
-// (q comes in `peers` chunks, as q_rope reads it).
+// (q comes in `peers` chunks, as kv_rope reads it).
 static void absorb_q(GPU *G, Rank *R, const LayerW *L, int rows) {
     const Config *c = &G->c;
     const Part *p = &R->p;
@@ -529,8 +533,9 @@ static void dcp_combine(bf16 *O, const float *lse_r, int rows, int ha, int dcs, 
 // run.c's forward is the same step on the CPU). Decode, for each of the ha heads h this rank attends with,
 // on its latent slice S_i (DCP: the whole latent) of its tokens T_r (TPLA: every t; DCP: the t with t mod K = r):
 //   xb = rmsnorm(x + y)                              (y: the last block's output, added to the residual x)
-//   q = W_UQ xb (split placement: this rank's hq heads, then all-gathered from its peers)
-//   [c | k_pe] = W_DKV xb; cache c[S_i] / rms and rope(k_pe)   (kv_append; rms: latent_rms; DCP: on rank t mod K)
+//   [q_lat | c | k_pe] = [W_DQ; W_DKV] xb                           (one product; no q_lat without a q LoRA)
+//   q = W_UQ rmsnorm(q_lat), or W_UQ xb      (split placement: this rank's hq heads, then all-gathered from its peers)
+//   cache c[S_i] / rms and rope(k_pe)                 (kv_rope; rms: latent_rms; DCP: on rank t mod K)
 //   Q_h = [W_UK^h[:, S_i]^T q_nope_h | rope(q_pe_h)]                          (the absorbed query)
 //   o_h^r = softmax_{t in T_r}(scale Q_h . cache_t) . cache_t[S_i]           (decode_attention: its own softmax)
 // DCP's exact combine: the softmax over T_r also gives lse_h^r = log sum_{t in T_r} exp(scale Q_h . cache_t)
@@ -554,7 +559,7 @@ static void attention_rank(GPU *G, Rank *R, const LayerW *L, int l, int rows, in
     add_rmsnorm(R, R->x, l ? R->y : NULL, L->attn_norm, R->xb, NULL, rows, D, c->eps);
     project_q(G, R, L, rows);
     if (p->peers > 1) all_gather(G, R, R->q, R->qall, (size_t)rows * p->hq * qd, ncclBfloat16, R->peer);
-    project_kv(G, R, L, l, rows, !prefill && !G->s.dcp && G->s.rms == RMS_LOCAL);
+    kv_rope(G, R, l, rows, !prefill && !G->s.dcp && G->s.rms == RMS_LOCAL);   // the new token cached, Q_h = [. | rope(q_pe_h)]
     absorb_q(G, R, L, rows);   // Q_h = [W_UK^h[:, S_i]^T q_nope_h | .]
     float *lse = p->ntok > 1 ? R->lse_r + (size_t)p->tok * rows * p->ha : NULL;   // DCP: lse_h^r, this rank's chunk
     if (!prefill)
@@ -739,8 +744,8 @@ static void layout_rank(GPU *G, Rank *R) {
         L->ik = moe ? c->moe_inter / K : 0;
         fk = std::max(fk, L->fk); ik = std::max(ik, L->ik);
     }
-    for (const Tensor &t : rank_tensors(G))   // the weights, in the checkpoint's order (W3's rows: in W1's piece)
-        if (gpu_split[t.kind] != SPLIT_W3_ROWS) rank_weight(R, &t, take(R, rank_piece(G, R, &t) * (t.f32 ? 4 : 2)));
+    for (const Tensor &t : rank_tensors(G))   // the weights, in the checkpoint's order
+        if (!in_piece_before(G, &t)) rank_weight(R, &t, take(R, rank_piece(G, R, &t) * (t.f32 ? 4 : 2)));
     R->wbytes = R->used;
     R->inv_freq = (float *)take(R, c->dr / 2 * 4);
     R->cache_len = (G->max_len + p->ntok - 1) / p->ntok;   // the most any rank holds of max_len positions (rank 0's)
@@ -750,10 +755,9 @@ static void layout_rank(GPU *G, Rank *R) {
     int hid = std::max(c->q_lora, 1), E = ik ? c->n_experts : 0, tk = ik ? c->topk : 0;
     R->x = (float *)take(R, (size_t)rows * D * 4); R->y = (float *)take(R, (size_t)rows * D * 4);
     R->xn = (float *)take(R, (size_t)rows * D * 4); R->xb = (bf16 *)take(R, (size_t)rows * D * 2);
-    R->qlat = (float *)take(R, (size_t)rows * hid * 4); R->qlatb = (bf16 *)take(R, (size_t)rows * hid * 2);
+    R->a = (float *)take(R, (size_t)rows * (c->q_lora + c->dc + c->dr) * 4); R->qlatb = (bf16 *)take(R, (size_t)rows * hid * 2);
     R->q = (bf16 *)take(R, (size_t)rows * p->hq * qd * 2);
     R->qall = (bf16 *)take(R, (size_t)rows * p->ha * qd * 2);
-    R->kv = (float *)take(R, (size_t)rows * (c->dc + c->dr) * 4);
     R->Q = (bf16 *)take(R, (size_t)rows * p->ha * p->Dk * 2);
     R->O = (bf16 *)take(R, (size_t)rows * p->ha * p->dcs * 2);
     R->v = (bf16 *)take(R, (size_t)rows * p->ha * c->dv * 2);
@@ -810,7 +814,7 @@ static void fill(float *w, size_t n, float v, cudaStream_t st) {
 static void randomize_rank(GPU *G, Rank *R) {
     uint64_t seed = 1000 + R->r;
     for (const Tensor &t : rank_tensors(G)) {
-        if (gpu_split[t.kind] == SPLIT_W3_ROWS) continue;   // filled with W1's piece
+        if (in_piece_before(G, &t)) continue;   // filled with the piece before
         void *w = rank_weight(R, &t, NULL);
         size_t n = rank_piece(G, R, &t);
         if (t.kind == T_GATE) fill_random((float *)w, n, 1.0f / sqrtf((float)t.n2), 77 + t.layer, R->st);
@@ -970,7 +974,7 @@ void gpu_attention(const uint16_t *Q, const uint16_t *cache, const int *lens, in
     CUtensorMap map = cache_map(dC, (size_t)B * cl, Dk);
     std::vector<uint16_t> shard((size_t)B * cl * Dk), o(ntok * no);
     std::vector<int> own(B);
-    for (int r = 0; r < ntok; r++) {   // shard r: the tokens t with t mod ntok = r, at row t / ntok, as kv_append puts them
+    for (int r = 0; r < ntok; r++) {   // shard r: the tokens t with t mod ntok = r, at row t / ntok, as kv_rope puts them
         Part p = {};
         p.ntok = ntok; p.tok = r;
         int mx = 0;

@@ -100,11 +100,11 @@ typedef struct {
 #define TPLA_TENSORS(X) \
     X(T_EMBED,     FIRST, embed,     0, 1, c->vocab,            D,         1,          ON_GPU(R, embed, REPLICATED))     \
     X(T_ATTN_NORM, LAYER, attn_norm, 1, 1, 1,                   D,         1,          ON_GPU(L, attn_norm, REPLICATED)) \
-    X(T_WQ_A,      LAYER, wq_a,      0, 1, c->q_lora,           D,         c->q_lora,  ON_GPU(L, wq_a, REPLICATED))      \
+    X(T_WQ_A,      LAYER, wq_a,      0, 1, c->q_lora,           D,         c->q_lora,  ON_GPU(L, wa, DQ_ROWS))           \
     X(T_Q_NORM,    LAYER, q_norm,    1, 1, 1,                   c->q_lora, c->q_lora,  ON_GPU(L, q_norm, REPLICATED))    \
     X(T_WQ_B,      LAYER, wq_b,      0, 1, H * (c->dn + c->dr), c->q_lora, c->q_lora,  ON_GPU(L, wq, HEAD_ROWS))         \
     X(T_WQ,        LAYER, wq,        0, 1, H * (c->dn + c->dr), D,         !c->q_lora, ON_GPU(L, wq, HEAD_ROWS))         \
-    X(T_WKV_A,     LAYER, wkv_a,     0, 1, c->dc + c->dr,       D,         1,          ON_GPU(L, wkv_a, REPLICATED))     \
+    X(T_WKV_A,     LAYER, wkv_a,     0, 1, c->dc + c->dr,       D,         1,          ON_GPU(L, wa, DKV_ROWS))          \
     X(T_KV_NORM,   LAYER, kv_norm,   1, 1, 1,                   c->dc,     1,          HOST_ONLY)                        \
     X(T_WKV_B,     LAYER, wkv_b,     0, H, c->dn + c->dv,       c->dc,     1,          ON_GPU(L, wkv_b, HEAD_SLICE))     \
     X(T_WO,        LAYER, wo,        0, 1, D,                   H * c->dv, 1,          ON_GPU(L, wo, HEAD_COLUMNS))      \
@@ -273,14 +273,23 @@ static inline void rope_freqs(const Config *c, float *inv) {
     }
 }
 
-// Rotates pair i of a rope vector x (dr) to position pos: pairs (x0,x1),(x2,x3).. (DeepSeek's
-// interleaved layout) or halves (x_i, x_i+dr/2); cos and sin carry YaRN's attention factor.
+// Rope pair i of a vector of dr values: its entries (2i, 2i+1) in DeepSeek's interleaved layout, else the
+// halves (i, i + dr/2). rope_rotate turns a pair (x0, x1) by the angle a = pos inv; cos and sin carry
+// YaRN's attention factor.
+HD static inline void rope_index(int i, int dr, int interleave, int *i0, int *i1) {
+    *i0 = interleave ? 2 * i : i;
+    *i1 = interleave ? 2 * i + 1 : i + dr / 2;
+}
+HD static inline void rope_rotate(float *x0, float *x1, float a, float attn) {
+    float co = cosf(a) * attn, si = sinf(a) * attn, v0 = *x0, v1 = *x1;
+    *x0 = v0 * co - v1 * si;
+    *x1 = v1 * co + v0 * si;
+}
+// Rotates pair i of a rope vector x (dr) to position pos.
 HD static inline void rope_pair(float *x, int i, int dr, int pos, float inv, float attn, int interleave) {
-    float a = (float)pos * inv, co = cosf(a) * attn, si = sinf(a) * attn;
-    int i0 = interleave ? 2 * i : i, i1 = interleave ? 2 * i + 1 : i + dr / 2;
-    float x0 = x[i0], x1 = x[i1];
-    x[i0] = x0 * co - x1 * si;
-    x[i1] = x1 * co + x0 * si;
+    int i0, i1;
+    rope_index(i, dr, interleave, &i0, &i1);
+    rope_rotate(&x[i0], &x[i1], (float)pos * inv, attn);
 }
 
 // The rms a new token's latent (or its slice of n values, sum of squares ss) is divided by before it is

@@ -90,11 +90,11 @@ static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double b
     const Part *p = &R->p;
     int D = c->dim, qd = c->dn + c->dr, n = c->n_layers;
     auto each = [&](auto body) { return graph_time(R, [&] { for (int l = 0; l < n; l++) body(&R->lw[l], l); }) / n * 1e6; };
-    double q = each([&](const LayerW *L, int) {
+    double proj = each([&](const LayerW *L, int) {
         add_rmsnorm(R, R->x, R->y, L->attn_norm, R->xb, NULL, rows, D, c->eps);
         project_q(G, R, L, rows);
     });
-    double kv = each([&](const LayerW *L, int l) { project_kv(G, R, L, l, rows, !G->s.dcp && G->s.rms == RMS_LOCAL); });
+    double rope = each([&](const LayerW *, int l) { kv_rope(G, R, l, rows, !G->s.dcp && G->s.rms == RMS_LOCAL); });
     double absorb = each([&](const LayerW *L, int) { absorb_q(G, R, L, rows); });
     double attn = each([&](const LayerW *, int l) {
         decode_attention(R->Q, &R->cmap, l * G->B * R->cache_len, R->lens, R->opart, R->lse, R->O, lse, rows, p->ha, p->dcs, p->Dk,
@@ -110,18 +110,19 @@ static void step_pieces(GPU *G, Rank *R, int rows, int own, float *lse, double b
     // flops at the matmul rate fl, whichever is larger (attention: the cache and its flops)
     double B = rows, hq = p->hq, ha = p->ha, dcs = p->dcs, dkv = c->dc + c->dr;
     auto fl_us = [&](double bytes, double flops) { return floor_s(bytes, flops, bw, fl) * 1e6; };
-    double wq = c->q_lora ? (double)c->q_lora * D + hq * qd * c->q_lora : hq * qd * D;
-    double fq = fl_us(2 * wq + B * D * 14 + B * (c->q_lora ? c->q_lora * 8.0 : 0) + B * hq * qd * 2, 2 * B * wq);
-    double fkv = fl_us(2 * dkv * D + B * D * 2 + B * dkv * 8 + B * p->Dk * 2 + B * ha * c->dr * 4, 2 * B * dkv * D);
+    double wp = (c->q_lora ? (double)c->q_lora * D + hq * qd * c->q_lora : hq * qd * D) + dkv * D;   // W_DQ, W_UQ, W_DKV
+    double fproj = fl_us(2 * wp + B * D * 14 + B * (c->q_lora + dkv) * 4 + B * (c->q_lora ? c->q_lora * 6.0 : 0) + B * hq * qd * 2,
+                         2 * B * wp);
+    double frope = fl_us(B * dkv * 4 + B * p->Dk * 2 + B * ha * c->dr * 4, 0);
     double fab = fl_us(2 * ha * c->dn * dcs + B * ha * (c->dn + dcs) * 2, 2 * B * ha * c->dn * dcs);
     double fout = fl_us(2 * ha * c->dv * dcs + 2.0 * D * hq * c->dv + B * ha * (dcs + c->dv) * 2 + B * hq * c->dv * 2 + B * D * 4,
                         2 * B * (ha * c->dv * dcs + D * hq * c->dv));
     double fat = fl_us(2 * B * own * p->Dk, 2 * B * own * ha * (p->Dk + dcs));
-    size_t len = snprintf(out, cap, "    pieces alone, us a layer (x their floor): q %.1f (%.1fx), kv+rope %.1f (%.1fx), absorb %.1f (%.1fx), "
-                          "attention %.1f (%.2fx), up_v+W_O %.1f (%.1fx)", q, q / fq, kv, kv / fkv, absorb, absorb / fab, attn, attn / fat,
-                          outp, outp / fout);
+    size_t len = snprintf(out, cap, "    pieces alone, us a layer (x their floor): norm+q,kv proj %.1f (%.1fx), rope+cache %.1f (%.1fx), "
+                          "absorb %.1f (%.1fx), attention %.1f (%.2fx), up_v+W_O %.1f (%.1fx)", proj, proj / fproj, rope, rope / frope,
+                          absorb, absorb / fab, attn, attn / fat, outp, outp / fout);
     if (G->ffn) len += snprintf(out + len, cap - std::min(cap, len), ", FFN %.1f", ffn);
-    snprintf(out + len, cap - std::min(cap, len), "; sum %.1f\n", q + kv + absorb + attn + outp + ffn);
+    snprintf(out + len, cap - std::min(cap, len), "; sum %.1f\n", proj + rope + absorb + attn + outp + ffn);
 }
 
 // one rank: `steps` decode steps (captured once in a CUDA graph), then the attention kernels alone (and
