@@ -353,9 +353,10 @@ static void reduce_scatter(GPU *G, Rank *R, const bf16 *x, bf16 *out, size_t n, 
 // the attention step of one rank: its kernels and products, each with its launcher, then attention_rank
 
 // One launch for the new tokens' rope work, a row (token) per blockIdx.x, thread t on rope pair t mod dr/2:
-// - blockIdx.y = 0 caches the row's new token from kv = W_DKV xb (rows ldkv apart): its latent slice S_i, normalised by the rms of the whole
-//   latent (exact) or of the slice times the PCA correction (TPLA -r local), and its roped key. DCP: only
-//   the rows whose position t has t mod ntok = tok, each at row t / ntok of its sequence.
+// - blockIdx.y = 0 caches the row's new token from kv = W_DKV xb (rows ldkv apart): its latent slice S_i,
+//   normalised by the rms of the whole latent (exact) or of the slice times the PCA correction (TPLA -r
+//   local), and its roped key. DCP: only the rows whose position t has t mod ntok = tok, each at row
+//   t / ntok of its sequence.
 // - blockIdx.y = 1.. ropes q_pe of ROPE_HEADS attended heads each into Q (rows, ha, Dk) at [dcs, dcs+dr),
 //   thread t in heads t / (dr/2), + blockDim / (dr/2), ... q comes in `peers` chunks (peers, rows, hq,
 //   dn+dr) (one chunk when q was computed here).
@@ -403,8 +404,8 @@ static void kv_rope(GPU *G, Rank *R, int l, int rows, int local) {
     const Part *p = &R->p;
     bf16 *cache = R->cache + (size_t)l * G->B * R->cache_len * p->Dk;
     dim3 grid(rows, 1 + (p->ha + ROPE_HEADS - 1) / ROPE_HEADS);
-    kv_rope_kernel<<<grid, 256, 0, R->st>>>(R->a + c->q_lora, c->q_lora + c->dc + c->dr, cache, R->qall, R->Q, R->rseq, R->rpos, rows, R->cache_len, p->ntok, p->tok,
-                                            p->ha, p->hq, c->dn, c->dc, c->dr, p->shard, p->dcs, local,
+    kv_rope_kernel<<<grid, 256, 0, R->st>>>(R->a + c->q_lora, c->q_lora + c->dc + c->dr, cache, R->qall, R->Q, R->rseq, R->rpos,
+                                            rows, R->cache_len, p->ntok, p->tok, p->ha, p->hq, c->dn, c->dc, c->dr, p->shard, p->dcs, local,
                                             G->rms_fix ? G->rms_fix[l * p->g + p->shard] : 1.0f, c->eps, R->inv_freq,
                                             c->rope_attn, c->rope_interleave);
     LAUNCH_CHECK();
