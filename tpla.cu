@@ -293,10 +293,10 @@ __device__ float block_sum(float v) {
 }
 
 // x += y (y may be NULL); out = rmsnorm(x) * w as bf16, and as f32 into outf if given; x's rows are ldx
-// apart (0: D), the others' D. One block a row, of a thread for every 8 values (up to 1024): a decode step
+// apart, the others' D. One block a row, of a thread for every 8 values (up to 1024): a decode step
 // has few rows, and each row's loads go out at once.
 __global__ void add_rmsnorm_kernel(float *x, int ldx, const float *y, const float *w, bf16 *out, float *outf, int D, float eps) {
-    float *xr = x + (size_t)blockIdx.x * (ldx ? ldx : D);
+    float *xr = x + (size_t)blockIdx.x * ldx;
     float ss = 0;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float v = xr[i] + (y ? y[(size_t)blockIdx.x * D + i] : 0.0f);
@@ -310,10 +310,11 @@ __global__ void add_rmsnorm_kernel(float *x, int ldx, const float *y, const floa
         if (outf) outf[(size_t)blockIdx.x * D + i] = v;
     }
 }
+// (x's rows D apart unless ldx says otherwise)
 static void add_rmsnorm(Rank *R, float *x, const float *y, const float *w, bf16 *out, float *outf, int rows, int D, float eps,
                         int ldx = 0) {
     int threads = std::min(1024, (D / 8 + 31) / 32 * 32);
-    add_rmsnorm_kernel<<<rows, std::max(32, threads), 0, R->st>>>(x, ldx, y, w, out, outf, D, eps);
+    add_rmsnorm_kernel<<<rows, std::max(32, threads), 0, R->st>>>(x, ldx ? ldx : D, y, w, out, outf, D, eps);
     LAUNCH_CHECK();
 }
 
