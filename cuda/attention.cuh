@@ -49,8 +49,8 @@ template <int MODE, int NJ, int NB> struct AttnTile {
 };
 // The seesaw kernel's (slices of 257..512): Q's first 512 columns (the rope box in registers), two
 // stages of 576-column tiles, the two P matrices handed over, the running maximum, the pair's two
-// rescale factors, the two row sums at the end, and four mbarriers.
-#define SEE_SMEM (64 * 512 * 2 + 2 * TC * 576 * 2 + 2 * 64 * TC * 2 + 5 * 64 * 4 + 4 * 8)
+// rescale factors, the two row sums at the end, and an mbarrier per stage and box.
+#define SEE_SMEM (64 * 512 * 2 + 2 * TC * 576 * 2 + 2 * 64 * TC * 2 + 5 * 64 * 4 + 2 * 9 * 8)
 
 // ---- PTX helpers: shared-memory addresses, mbarriers, the TMA, wgmma
 
@@ -208,6 +208,13 @@ template <int K0, int K1> __device__ __forceinline__ void exp_rows(float *sv, co
     #pragma unroll
     for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + (a[2 * r] + a[2 * r + 1]);
 }
+// O = O f (f of each row, the accumulator layout of N 64 x 64 tiles), skipped when no row of the warp has
+// a new maximum (f = 1: at long contexts, most tiles); never while a product on O is in flight
+template <int N> __device__ __forceinline__ void scale_o(float *o, const float *f) {
+    if (__any_sync(0xffffffff, f[0] != 1.0f || f[1] != 1.0f))
+        #pragma unroll
+        for (int k = 0; k < 32 * N; k++) o[k] *= f[(k >> 1) & 1];
+}
 // P as the A operand of P V: k step j (tokens 16j..16j+15) is elements 8j..8j+7, two bf16 a register
 template <int K0, int K1> __device__ __forceinline__ void pack_p(const float *sv, uint32_t (*p)[4]) {
     #pragma unroll
@@ -363,20 +370,12 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int k = 0; k < 32; k++) o[j][k] = 0;
     // the online softmax of tile i's scores sv (log2 units): sv becomes P, alpha rescales what came before
     // (rows lane/4 and lane/4 + 8 of this warp's 16)
-    auto softmax = [&](int i) {
+    auto softmax = [&](float *sv, int i) {
         mask_tail<0, 32>(sv, t_begin + i * TC, t_end, lane);
         float mx[2];
         row_max<0, 32>(sv, mx);
         new_max(mx, m_run, alpha, scale_log2);
         exp_rows<0, 32>(sv, m_run, l_run, alpha, scale_log2);
-    };
-    // O = O alpha (skipped when no row of the warp has a new maximum); never while a product is in flight
-    auto rescale_o = [&]() {
-        if (__any_sync(0xffffffff, alpha[0] != 1.0f || alpha[1] != 1.0f))
-            #pragma unroll
-            for (int j = 0; j < NJ; j++)
-                #pragma unroll
-                for (int k = 0; k < 32; k++) o[j][k] *= alpha[(k >> 1) & 1];
     };
     // O += P V of tile i, issued
     auto issue_pv = [&](int i) {
@@ -399,8 +398,8 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         wgmma_wait();                                        // S(i)
         keep<32>(sv);
         if (LA && i + 1 < ntiles) issue_S(s_nxt, i + 1);     // runs on the tensor cores during the softmax
-        softmax(i);
-        rescale_o();
+        softmax(sv, i);
+        scale_o<NJ>(&o[0][0], alpha);
         pack_p<0, 32>(sv, pa);
         issue_pv(i);
         wgmma_wait();                                        // (and S(i+1))
@@ -477,7 +476,9 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
 // after which both halves of O and both running sums l (l_A in warpgroup 0, l_B in 1) are relative to
 // m = mB. So one warpgroup's softmax runs while the other's products run: the two see-saw. A stage's tile
 // is loaded in two halves, boxes 0-3 (V[L] and the first half of the key) and boxes 4-8 (V[R], the rest
-// and the rope key), each refilled by the warpgroup that reads it last, as soon as it is done with it.
+// and the rope key), each refilled by the warpgroup that reads it last, as soon as it is done with it;
+// every box has its own mbarrier, and S starts on each box as it lands (two stages in flight leave the
+// products waiting on memory otherwise). O is rescaled only where a row's maximum moved.
 // (The schedule is FlashMLA's, from DeepSeek's description of it; this is a separate implementation.)
 enum { SEE_A = 1, SEE_B = 2, SEE_PA = 3, SEE_PB = 4, SEE_END = 5, SEE_WG = 6 };   // named barriers
 
@@ -504,7 +505,7 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     float *m_s = (float *)(Ps + 2 * HB * TC);    // [HB] the running maximum (log2 units)
     float *sc = m_s + HB;                        // [2][HB] a, b of the pair
     float *l_s = sc + 2 * HB;                    // [2][HB] l_A, l_B at the end
-    uint64_t *full = (uint64_t *)(l_s + 2 * HB); // [2][2]: stage s, half h (boxes 0-3 | 4..) has landed
+    uint64_t *full = (uint64_t *)(l_s + 2 * HB); // [2][NB]: stage s, box c has landed
     (void)stages;
 
     const int tid = threadIdx.x, wg = __shfl_sync(0xffffffff, tid >> 7, 0), t = tid & 127, lane = tid & 31, warp = t >> 5;
@@ -518,11 +519,13 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
     const int kbox = (Dk + 63) / 64;
     auto load_half = [&](int i, int h) {         // half h of tile i into stage i % 2; past the split, zeros
         int s = i & 1, c0 = h ? 4 : 0, c1 = h ? kbox : 4, y = i < ntiles ? row0 + b * max_len + t_begin + i * TC : -TC;
-        mbar_expect(&full[2 * s + h], (c1 - c0) * TC * 128);
-        for (int c = c0; c < c1; c++) tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, y, &full[2 * s + h]);
+        for (int c = c0; c < c1; c++) {
+            mbar_expect(&full[s * NB + c], TC * 128);
+            tma_load(Ks + (s * DKP + c * 64) * TC, &cache, c * 64, y, &full[s * NB + c]);
+        }
     };
     if (tid == 0) {                               // the first pair is on its way while Q comes in
-        for (int k = 0; k < 4; k++) mbar_init(&full[k]);
+        for (int k = 0; k < 2 * NB; k++) mbar_init(&full[k]);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         for (int i = 0; i < 2; i++) { load_half(i, 0); load_half(i, 1); }
     }
@@ -541,20 +544,27 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         }
 
     const uint64_t dq = wg_desc(Qs, 16), dk = wg_desc(Ks, 16), dv = wg_desc(Ks, TC * 128);
-    // half h of S(i) = Q K^T: boxes 0-3, or boxes 4-7 and the rope box 8 (Q from registers); issued
+    // half h of S(i) = Q K^T: boxes 0-3, or boxes 4-7 and the rope box 8 (Q from registers); issued box
+    // by box as each lands (boxes past kbox are zeros, never loaded)
     auto issue_S = [&](float *d, int i, int h, int acc) {
-        const int s = i & 1;
+        const int s = i & 1, parity = (i >> 1) & 1;
         uint64_t qb = dq, kb = dk + s * TC * DKP / 8;
         opaque(qb); opaque(kb);
-        mbar_wait(&full[2 * s + h], (i >> 1) & 1);
         if (!acc) keep<32>(d);                    // (not between the halves: d is in flight)
-        wgmma_fence();
         #pragma unroll
-        for (int k = 16 * h; k < 16 * h + 16; k++)
+        for (int k = 16 * h; k < 16 * h + 16; k++) {
+            if ((k & 3) == 0) {
+                if (k / 4 < kbox) mbar_wait(&full[s * NB + k / 4], parity);
+                wgmma_fence();
+            }
             wgmma_ss(d, qb + (k >> 2) * HB * 8 + (k & 3) * 2, kb + (k >> 2) * TC * 8 + (k & 3) * 2, acc || k > 16 * h);
-        if (h)
+        }
+        if (h) {
+            if (8 < kbox) mbar_wait(&full[s * NB + 8], parity);
+            wgmma_fence();
             #pragma unroll
             for (int k = 0; k < 4; k++) wgmma_rs(d, qr[k], kb + 8 * TC * 8 + k * 2, 1);
+        }
         wgmma_commit();
     };
     // O (this warpgroup's half) += P V[half] of stage s: P from registers, or from shared memory
@@ -620,10 +630,7 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             if ((lane & 3) == 0)
                 for (int r = 0; r < 2; r++) { m_s[r0 + 8 * r] = m[r]; sc[r0 + 8 * r] = f[r]; }
             exp_rows<0, 32>(sv, m, l_run, f, scale_log2);            // P_A; l_A = l_A a + sum
-            #pragma unroll
-            for (int j = 0; j < 4; j++)
-                #pragma unroll
-                for (int k = 0; k < 32; k++) o[j][k] *= f[(k >> 1) & 1];
+            scale_o<4>(&o[0][0], f);
             pack_p<0, 32>(sv, pa);
             bar_arrive(SEE_A, 256);
             pv_own(&o[0][0], pa, 0);                                 // O_L += P_A V_A[L]
@@ -636,10 +643,7 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             fence_async();
             bar_arrive(SEE_PA, 256);
             bar_sync(SEE_PB, 256);
-            #pragma unroll
-            for (int j = 0; j < 4; j++)
-                #pragma unroll
-                for (int k = 0; k < 32; k++) o[j][k] *= f[(k >> 1) & 1];
+            scale_o<4>(&o[0][0], f);
             l_run[0] *= f[0]; l_run[1] *= f[1];
             pv_other(&o[0][0], 1, false);                            // O_L += P_B V_B[L]
             issue_S(sv, iA + 2, 0, 0);
@@ -670,10 +674,7 @@ decode_attention_seesaw(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             if ((lane & 3) == 0)
                 for (int r = 0; r < 2; r++) { m_s[r0 + 8 * r] = m[r]; sc[HB + r0 + 8 * r] = f[r]; }
             exp_rows<0, 32>(sv, m, l_run, ab, scale_log2);           // P_B; l_B = l_B a b + sum
-            #pragma unroll
-            for (int j = 0; j < 4; j++)
-                #pragma unroll
-                for (int k = 0; k < 32; k++) o[j][k] *= ab[(k >> 1) & 1];
+            scale_o<4>(&o[0][0], ab);
             bar_arrive(SEE_B, 256);
             const float one[2] = {1, 1};
             pack_p<0, 32>(sv, pa);
