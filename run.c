@@ -77,7 +77,8 @@ static void build_model(Model *m, const char *path) {
     uint64_t wbytes;   // below 2^60 for any config that passed config_error: the sum below cannot wrap
     int nt = tensor_layout(&m->c, NULL, &wbytes);
     if (size != weights_offset(&m->c) + wbytes)
-        die("%s: truncated or damaged: %zu bytes, the config needs %llu; re-run ./convert", path, size,
+        die("%s: %s: %zu bytes, the config needs %llu; re-run ./convert", path,
+            size < weights_offset(&m->c) + wbytes ? "truncated or damaged" : "damaged (longer than its config says)", size,
             (unsigned long long)(weights_offset(&m->c) + wbytes));
     m->file = f; m->file_size = size;
     Tensor *t = xmalloc(nt * sizeof(Tensor));
@@ -90,6 +91,10 @@ static void build_model(Model *m, const char *path) {
     for (int i = 0; i < nt; i++) {
         *tensor_slot(m, t[i].kind, t[i].layer) = p;
         tensor_to_f32(m, &t[i], p);
+        for (int64_t j = 0; j < t[i].n0 * t[i].n1 * t[i].n2; j++)   // (convert refuses them: the file is damaged)
+            if (!isfinite(p[j]))
+                die("%s: weight %lld of %s%s%.0d holds %g: the file is damaged; re-run ./convert", path, (long long)j,
+                    T_FIELD[t[i].kind], t[i].layer >= 0 ? " of layer " : "", t[i].layer >= 0 ? t[i].layer : 0, p[j]);
         p += t[i].n0 * t[i].n1 * t[i].n2;
     }
     free(t);
@@ -912,14 +917,12 @@ static int sample(Sampler *sm, const float *logits, int n) {
 }
 
 // Fails, naming the position, if logits (rows of V, the first at position pos) hold NaN or an
-// infinity: they come from damaged weights (or weights that overflow float32), and no token, file or
-// score may be made of them. Damaged weights load (only the header and the tokenizer block are checked
-// at load; convert refuses non-finite weights), so every result is checked here.
+// infinity: finite weights (checked at load) can still overflow float32, and no token, file or score
+// may be made of that.
 static void check_logits(const float *x, int rows, int V, int pos) {
     for (size_t i = 0; i < (size_t)rows * V; i++)
         if (!isfinite(x[i]))
-            die("%s: the logits of position %zu hold %g: the weights are damaged (NaN or Inf) or overflow float32; "
-                "re-run ./convert, which refuses non-finite weights", model_path, pos + i / V, x[i]);
+            die("%s: the logits of position %zu hold %g: the weights overflow float32", model_path, pos + i / V, x[i]);
 }
 
 // ----------------------------------------------------------------------------
@@ -1015,7 +1018,7 @@ static void usage(FILE *f, int code) {
         "  -d DEV    cpu | gpu (default: gpu if one is present)\n"
         "  -K N      GPUs to use (default: all; 1 in a build without NCCL)\n"
         "  -P S      mla (default) | tpla (latent shards) | dcp (token shards)\n"
-        "  -g N      shards: TPLA's latent slices g, DCP's token sets K (on a GPU: one a GPU, so the GPU count); a\n"
+        "  -g N      shards: TPLA's latent slices g, DCP's token sets K (DCP on a GPU: one a GPU); a\n"
         "            list like 2,4 in ppl mode (default: the GPU count, 2 on the CPU; bench -R N: N)\n"
         "  -T X      orthogonal transform none (default) | hadamard | pca; a list in ppl mode\n"
         "  -r X      rms of a decode token's latent: local (default) | global; a list in ppl mode\n"
@@ -1203,7 +1206,8 @@ static void mode_generate(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     if (tok->add_bos) ids[n++] = c->bos;   // as HF's tokenizer does for this checkpoint (convert decides)
     n += encode(tok, a->prompt, strlen(a->prompt), ids + n, "-i");
     if (n == 0) die("-i: an empty prompt, and this checkpoint adds no BOS (as HF's tokenizer); give some text");
-    int k = a->k < 0 || a->k > n ? n : a->k, len = n + a->steps;
+    if (a->k > n) die("-k %d: the prompt has %d tokens; -k prefills at most all of them", a->k, n);
+    int k = a->k < 0 ? n : a->k, len = n + a->steps;
     if (len > c->max_seq) die("prompt plus %d steps is %d tokens, more than max_position_embeddings %d", a->steps, len, c->max_seq);
     if (a->P != P_MLA && k == n && a->steps == 1)
         die("-n 1: the one new token follows the exact prefill of the whole prompt, so nothing is decoded as %s; "
@@ -1260,7 +1264,8 @@ static void mode_logits(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     const Config *c = &m->c;
     int n, *ids = read_ids(a->in, c->vocab, &n);
     if (n == 0 || n > c->max_seq) die("%s: %d ids; need 1 to %d", a->in, n, c->max_seq);
-    int k = a->k < 0 || a->k > n ? n : a->k;
+    if (a->k > n) die("-k %d: %s holds %d ids; -k prefills at most all of them", a->k, a->in, n);
+    int k = a->k < 0 ? n : a->k;
     if (a->P != P_MLA && k == n)
         die("-P %s: all %d ids are prefilled exactly (-k %s), so none is decoded as %s; give -k smaller than %d",
             P_NAMES[a->P], n, a->k < 0 ? "defaults to all" : "is not smaller", P_SHOWN[a->P], n);
@@ -1305,9 +1310,9 @@ static void mode_ppl(Model *m, Args *a, Tokenizer *tok, int use_gpu) {
     const Config *c = &m->c;
     int n, V = c->vocab, *ids = read_tokens(tok, a->in, tok->add_bos ? c->bos : -1, &n);   // one BOS before the whole text, as HF's tokenizer would
     int W = a->steps > 0 ? a->steps : (c->max_seq < 512 ? c->max_seq : 512);
-    if (W > c->max_seq) W = c->max_seq;
+    if (W > c->max_seq) die("-n %d: windows longer than max_position_embeddings %d", W, c->max_seq);
     int k = a->k >= 0 ? a->k : W / 4, nwin = n / W;
-    if (k >= W - 1) die("-k %d leaves nothing to score in windows of %d tokens", k, W);
+    if (k >= W - 1) die("-k %d%s leaves nothing to score in windows of %d tokens", k, a->k < 0 ? " (n/4, the default)" : "", W);
     if (nwin == 0) die("%s: %d tokens, fewer than one window of %d", a->in, n, W);
     if (a->P != P_TPLA) { a->nT = a->nr = 1; a->T[0] = T_NONE; a->r[0] = RMS_GLOBAL; }   // DCP, or MLA as decode steps
     if (a->P == P_MLA) { a->ng = 1; a->g[0] = 1; }
@@ -1465,8 +1470,10 @@ int main(int argc, char **argv) {
     a.model = argv[1];
     char given[256] = {0};
     for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "-F")) { a.dense = given['F'] = 1; continue; }
+        if (!strcmp(argv[i], "-F")) { if (given['F']) die("-F: given twice"); a.dense = given['F'] = 1; continue; }
         if (argv[i][0] != '-' || strlen(argv[i]) != 2) die("'%s': expected a flag such as -n; ./run -h lists them", argv[i]);
+        if (!strchr("mdKPgTrkcwintpsfoblR", argv[i][1])) die("%s: unknown flag; ./run -h lists them", argv[i]);
+        if (given[(unsigned char)argv[i][1]]) die("%s: given twice (a list is one value: -g 2,4)", argv[i]);
         if (i + 1 >= argc) die("%s: needs a value", argv[i]);
         const char *v = argv[++i];
         given[(unsigned char)argv[i - 1][1]] = 1;
@@ -1491,7 +1498,6 @@ int main(int argc, char **argv) {
         case 'b': a.batch = parse_int(v, "-b", 0, 1 << 20); break;
         case 'l': a.nctx = parse_list(v, NULL, 0, a.ctx, 16, "-l", TPLA_MAX_SEQ); break;
         case 'R': a.rank_of = parse_int(v, "-R", 1, 1024); break;
-        default: die("%s: unknown flag; ./run -h lists them", argv[i - 1]);
         }
     }
     int have = gpu_count();

@@ -907,6 +907,7 @@ static void test_load_errors(void) {
         {"wrong version", "(head -c 4 %s; printf '\\143\\0\\0\\0'; tail -c +9 %s) > %s", "version 99"},
         {"a file that is not a checkpoint", ": %s; head -c 600 tests/data/tok.txt > %s", "not a tpla checkpoint"},
         {"a directory as the model", "rm -rf %s; mkdir %s", "is a directory"},
+        {"model.bin with a byte appended", "(cat %s; printf x) > %s", "damaged (longer than its config says)"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(bad, sizeof(bad), "%s/bad%zu.bin", tmp, i);
@@ -981,7 +982,11 @@ static void test_run_errors(void) {
         {"-k -1", "-k: '-1'"}, {"-K 0", "-K: '0'"}, {"-s 1e3", "-s: '1e3'"}, {"-b -1", "-b: '-1'"},
         {"-l 0,5", "-l: '0'"}, {"-R 0", "-R: '0'"}, {"-m nonsense", "-m: unknown value 'nonsense'"},
         {"-T pca,foo", "-T: unknown value 'foo'"}, {"-r lokal", "-r: unknown value"}, {"-d tpu", "-d: cpu or gpu"},
-        {"-x 1", "-x: unknown flag"}, {"-n", "-n: needs a value"},
+        {"-x 1", "-x: unknown flag"}, {"-n", "-n: needs a value"}, {"-x", "-x: unknown flag"},
+        {"-n 4 -n 5", "-n: given twice (a list is one value: -g 2,4)"}, {"-m bench -F -F", "-F: given twice"},
+        {"-i x -k 100", "-k 100: the prompt has"}, {"-m logits -f tests/data/v3/ids.txt -k 49 -o x.f32", "-k 49: tests/data/v3/ids.txt holds 48 ids"},
+        {"-m ppl -f tests/data/tok.txt -n 257", "-n 257: windows longer than max_position_embeddings 256"},
+        {"-m ppl -f tests/data/tok.txt -n 1", "-k 0 (n/4, the default) leaves nothing to score in windows of 1 tokens"},
         {"-P tpla -g 3", "-g 3: the shard count must divide"},
         {"-P tpla -T pca -c /nonexistent/calib.txt", "/nonexistent/calib.txt: cannot open (No such file"},
         {"-P tpla -T pca -c tests/data", "tests/data: is a directory"},
@@ -1012,7 +1017,7 @@ static void test_run_errors(void) {
         {"-w split", "-w: the placement of TPLA's and DCP's W_UQ/W_O, and the scheme is MLA; add -P tpla or -P dcp"},
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
-        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", bin, flags[i].args);
+        snprintf(cmd, sizeof(cmd), BIN "run %s %s%s", bin, strncmp(flags[i].args, "-d ", 3) ? "-d cpu " : "", flags[i].args);
         char nm[128];
         snprintf(nm, sizeof(nm), "flags %s", flags[i].args);
         expect_error(nm, cmd, flags[i].msg, NULL);
@@ -1577,19 +1582,30 @@ static void test_nonfinite(Fixture *fx) {
     snprintf(path, sizeof(path), "%s/nan.bin", tmp);
     FILE *wf = fopen(path, "wb");
     if (t[nt - 1].kind != T_LM_HEAD || !wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    // .. and the largest bfloat16 in all of lm_head's row 0: finite weights whose logit overflows float32
+    for (int k = 0; k < fx[0].m.c.dim; k++) memcpy(f + weights_offset(&fx[0].m.c) + t[nt - 1].off + 2 * k, (const uint8_t[]){0x7f, 0x7f}, 2);
+    snprintf(path, sizeof(path), "%s/big.bin", tmp);
+    wf = fopen(path, "wb");
+    if (!wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
     free(f); free(t);
-    const char *modes[][3] = {
-        {"a NaN weight: -m logits", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "nan.bin: the logits of position 0 hold nan"},
-        {"a NaN weight: -m ppl", "-m ppl -f tests/data/tok.txt -n 64", "nan.bin: the logits of position 0 hold nan"},
-        {"a NaN weight: generate (6 prompt tokens)", "-i 'def f(x):' -n 4", "nan.bin: the logits of position 5 hold nan"},
+    const char *modes[][4] = {
+        {"a NaN weight: -m logits", "nan", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "nan.bin: weight 0 of lm_head holds nan: the file is damaged"},
+        {"a NaN weight: -m ppl", "nan", "-m ppl -f tests/data/tok.txt -n 64", "nan.bin: weight 0 of lm_head holds nan"},
+        {"a NaN weight: generate, before any output", "nan", "-i 'def f(x):' -n 4 > %s/nan.txt", "nan.bin: weight 0 of lm_head holds nan"},
+        {"logits overflowing float32: -m logits", "big", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "the weights overflow float32"},
+        {"logits overflowing float32: generate (6 prompt tokens)", "big", "-i 'def f(x):' -n 4", "big.bin: the logits of position 5 hold"},
     };
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         char args[200], out[300];
-        snprintf(args, sizeof(args), modes[i][1], tmp);
+        snprintf(args, sizeof(args), modes[i][2], tmp);
         snprintf(out, sizeof(out), "%s/nan.f32", tmp);
-        snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu %s", path, args);
-        expect_error(modes[i][0], cmd, modes[i][2], i ? NULL : out);
+        snprintf(cmd, sizeof(cmd), BIN "run %s/%s.bin -d cpu %s", tmp, modes[i][1], args);
+        expect_error(modes[i][0], cmd, modes[i][3], i % 3 ? NULL : out);
     }
+    snprintf(path, sizeof(path), "%s/nan.txt", tmp);
+    char *said = read_file(path, &len);
+    check("a NaN weight: generate printed nothing before the error (bytes)", len == 0, (double)len, "==", 0);
+    free(said);
 }
 
 // Long runs show their progress on a terminal, one line rewritten in place (\r), and nothing when stderr

@@ -127,6 +127,9 @@ typedef struct {
 enum { TPLA_TENSORS(TPLA_KIND) T_KINDS };
 #undef TPLA_KIND
 enum { AT_FIRST, AT_LAYER, AT_LAST };
+#define TPLA_FIELD(kind, at, field, ...) #field,
+static const char *const T_FIELD[] = {TPLA_TENSORS(TPLA_FIELD)};   // the tensors' names, for messages
+#undef TPLA_FIELD
 
 typedef struct {
     int kind, layer;      // T_*, layer index (-1 for embed, norm, lm_head)
