@@ -92,9 +92,12 @@ static void build_model(Model *m, const char *path) {
         *tensor_slot(m, t[i].kind, t[i].layer) = p;
         tensor_to_f32(m, &t[i], p);
         for (int64_t j = 0; j < t[i].n0 * t[i].n1 * t[i].n2; j++)   // (convert refuses them: the file is damaged)
-            if (!isfinite(p[j]))
-                die("%s: weight %lld of %s%s%.0d holds %g: the file is damaged; re-run ./convert", path, (long long)j,
-                    T_FIELD[t[i].kind], t[i].layer >= 0 ? " of layer " : "", t[i].layer >= 0 ? t[i].layer : 0, p[j]);
+            if (!isfinite(p[j])) {
+                char layer[32] = "";
+                if (t[i].layer >= 0) snprintf(layer, sizeof(layer), " of layer %d", t[i].layer);
+                die("%s: weight %lld of %s%s holds %g: the file is damaged; re-run ./convert", path, (long long)j,
+                    T_FIELD[t[i].kind], layer, p[j]);
+            }
         p += t[i].n0 * t[i].n1 * t[i].n2;
     }
     free(t);

@@ -1587,6 +1587,12 @@ static void test_nonfinite(Fixture *fx) {
     snprintf(path, sizeof(path), "%s/big.bin", tmp);
     wf = fopen(path, "wb");
     if (!wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    // .. and a float32 NaN in layer 0's attn_norm (the load names the layer)
+    for (int i = 0; i < nt; i++)
+        if (t[i].kind == T_ATTN_NORM && t[i].layer == 0) memcpy(f + weights_offset(&fx[0].m.c) + t[i].off, (const uint8_t[]){0, 0, 0xc0, 0x7f}, 4);
+    snprintf(path, sizeof(path), "%s/nan0.bin", tmp);
+    wf = fopen(path, "wb");
+    if (!wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
     free(f); free(t);
     const char *modes[][4] = {
         {"a NaN weight: -m logits", "nan", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "nan.bin: weight 0 of lm_head holds nan: the file is damaged"},
@@ -1594,13 +1600,14 @@ static void test_nonfinite(Fixture *fx) {
         {"a NaN weight: generate, before any output", "nan", "-i 'def f(x):' -n 4 > %s/nan.txt", "nan.bin: weight 0 of lm_head holds nan"},
         {"logits overflowing float32: -m logits", "big", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "the weights overflow float32"},
         {"logits overflowing float32: generate (6 prompt tokens)", "big", "-i 'def f(x):' -n 4", "big.bin: the logits of position 5 hold"},
+        {"a NaN weight in layer 0", "nan0", "-m ppl -f tests/data/tok.txt -n 64", "nan0.bin: weight 0 of attn_norm of layer 0 holds nan"},
     };
-    for (int i = 0; i < 5; i++) {
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
         char args[200], out[300];
         snprintf(args, sizeof(args), modes[i][2], tmp);
         snprintf(out, sizeof(out), "%s/nan.f32", tmp);
         snprintf(cmd, sizeof(cmd), BIN "run %s/%s.bin -d cpu %s", tmp, modes[i][1], args);
-        expect_error(modes[i][0], cmd, modes[i][3], i % 3 ? NULL : out);
+        expect_error(modes[i][0], cmd, modes[i][3], strstr(modes[i][2], "-o ") ? out : NULL);
     }
     snprintf(path, sizeof(path), "%s/nan.txt", tmp);
     char *said = read_file(path, &len);
