@@ -203,6 +203,7 @@ static int largest_batch(const Config *c, const Scheme *s, int K, int nrank, int
         if (ok) lo = mid; else hi = mid - 1;
     }
     if (!lo) die("bench: not even one sequence of %d tokens fits next to the weights (%.1f GiB free per GPU)", len, free_min / 1073741824.0);
+    if (lo == MAX_BATCH) printf("(batch capped at %d: more would fit)\n", MAX_BATCH);
     return lo;
 }
 
