@@ -47,7 +47,7 @@ __global__ void k(int mode, float *out) {
         }
     } else if (mode == 11 || mode == 12) {
         enum { A = 1, B = 2, PA = 3, PB = 4 };
-        float *m_s = s, *sc = s2[0];             // sc: a (rows 0..31), b (64..95)
+        float *m_s = s, *sc = s2[0];             // sc: a (rows 0..31), b (64..95); the values do not matter
         int r = t >> 2;                          // this thread's row, written by one lane in four
         for (int p = 0; p < 8; p++) {
             if (wg == 0) {
