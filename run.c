@@ -1416,10 +1416,12 @@ static const Config *bench_shape(const char *name) {
 // A flag that would do nothing is refused, saying why: a flag the mode does not read, a list outside
 // ppl mode, a TPLA flag under MLA or DCP, -c without -T pca, -p or -s when greedy, a GPU flag on the CPU.
 // given[f]: flag -f was given.
+#define FLAGS "mKPgTrkcwintpsfoblFRd"   // every flag (-F alone takes no value), in the order check_flags names them
+
 static void check_flags(const Args *a, const char *given) {
     static const char *READS[] = {"dKPgTrkcwintps", "dKPgTrkcwfo", "dKPgTrkcwnf", "fi", "dKgwblnFRk"};   // -m: every mode
-    for (const char *f = "KPgTrkcwintpsfoblnFRd"; *f; f++) {
-        if (!given[(int)*f] || strchr(READS[a->mode], *f)) continue;
+    for (const char *f = FLAGS; *f; f++) {
+        if (*f == 'm' || !given[(int)*f] || strchr(READS[a->mode], *f)) continue;
         char users[80] = "";
         for (int m = 0; m < 5; m++)
             if (strchr(READS[m], *f)) snprintf(users + strlen(users), sizeof(users) - strlen(users), "%s-m %s", *users ? ", " : "", MODES[m]);
@@ -1475,7 +1477,7 @@ int main(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "-F")) { if (given['F']) die("-F: given twice"); a.dense = given['F'] = 1; continue; }
         if (argv[i][0] != '-' || strlen(argv[i]) != 2) die("'%s': expected a flag such as -n; ./run -h lists them", argv[i]);
-        if (!strchr("mdKPgTrkcwintpsfoblR", argv[i][1])) die("%s: unknown flag; ./run -h lists them", argv[i]);
+        if (!strchr(FLAGS, argv[i][1])) die("%s: unknown flag; ./run -h lists them", argv[i]);
         if (given[(unsigned char)argv[i][1]]) die("%s: given twice (a list is one value: -g 2,4)", argv[i]);
         if (i + 1 >= argc) die("%s: needs a value", argv[i]);
         const char *v = argv[++i];

@@ -16,6 +16,11 @@
 static int n_pass, n_fail, n_skip;
 static char tmp[256];   // a scratch directory for converted fixtures and bad inputs
 
+static void write_file(const char *path, const void *buf, size_t len) {   // (read_file is run.c's)
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(buf, 1, len, f) != len || fclose(f)) die("%s: cannot write", path);
+}
+
 // One check: its name, the measured value, the relation tested against the bound (<=, >=, ==, ...), ok or FAIL.
 static void check(const char *name, int ok, double got, const char *rel, double bound) {
     printf("%-64s %10.3g %-2s %-9.3g %s\n", name, got, rel, bound, ok ? "ok" : "FAIL");
@@ -642,8 +647,7 @@ static void refused_blocks(const char *file, size_t len, BlockCase *cases, int n
         int32_t old;
         memcpy(&old, cases[i].at, 4);
         memcpy(cases[i].at, &cases[i].value, 4);
-        FILE *f = fopen(bad, "wb");
-        if (!f || fwrite(file, 1, len, f) != len || fclose(f)) die("%s: cannot write", bad);
+        write_file(bad, file, len);
         memcpy(cases[i].at, &old, 4);
         snprintf(cmd, sizeof(cmd), "timeout 20 " BIN "run %s -m tokenize -f tests/data/tok.txt", bad);
         int rc = sh_msg(cmd, msg, sizeof(msg));
@@ -843,8 +847,7 @@ static void craft(const char *src, const char *dst, size_t off, int is_float, do
     size_t len;
     char *buf = read_file(src, &len);
     if (is_float) { float x = v; memcpy(buf + 8 + off, &x, 4); } else { int x = (int)v; memcpy(buf + 8 + off, &x, 4); }
-    FILE *f = fopen(dst, "wb");
-    if (!f || fwrite(buf, 1, len, f) != len || fclose(f)) die("%s: cannot write", dst);
+    write_file(dst, buf, len);
     if (resize) {
         Config c;
         uint64_t bytes;
@@ -878,8 +881,7 @@ static void test_damaged_weights(Fixture *fx, int nfx) {
     char *buf = read_file(path, &len);
     memset(buf + weights_offset(&fx[0].m.c), 0, len - weights_offset(&fx[0].m.c));
     snprintf(path, sizeof(path), "%s/zero.bin", tmp);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(buf, 1, len, f) != len || fclose(f)) die("%s: cannot write", path);
+    write_file(path, buf, len);
     free(buf);
     Model m;
     build_model(&m, path);
@@ -1570,7 +1572,7 @@ static void test_nonfinite(Fixture *fx) {
     hf_copy(dir, NULL);
     patch_tensor(dir, "model.layers.1.mlp.gate.e_score_correction_bias", (const uint8_t[]){0, 0, 0x80, 0x7f}, 4);
     expect_error("convert: an inf in a router bias (F32)", cmd, "tensor model.layers.1.mlp.gate.e_score_correction_bias holds inf at row 0, column 0", out);
-    // a NaN in lm_head: every logit of token 0 is NaN; logits, ppl and generate refuse them
+    // a NaN in lm_head: the load refuses it, naming the tensor, before logits, ppl or generate print anything
     char path[300];
     snprintf(path, sizeof(path), "%s/v3.bin", tmp);
     size_t len;
@@ -1579,20 +1581,18 @@ static void test_nonfinite(Fixture *fx) {
     Tensor *t = xmalloc(nt * sizeof(Tensor));
     tensor_layout(&fx[0].m.c, t, NULL);
     memcpy(f + weights_offset(&fx[0].m.c) + t[nt - 1].off, (const uint8_t[]){0xc0, 0x7f}, 2);   // T_LM_HEAD is the last
+    if (t[nt - 1].kind != T_LM_HEAD) die("lm_head is not the last tensor");
     snprintf(path, sizeof(path), "%s/nan.bin", tmp);
-    FILE *wf = fopen(path, "wb");
-    if (t[nt - 1].kind != T_LM_HEAD || !wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    write_file(path, f, len);
     // .. and the largest bfloat16 in all of lm_head's row 0: finite weights whose logit overflows float32
     for (int k = 0; k < fx[0].m.c.dim; k++) memcpy(f + weights_offset(&fx[0].m.c) + t[nt - 1].off + 2 * k, (const uint8_t[]){0x7f, 0x7f}, 2);
     snprintf(path, sizeof(path), "%s/big.bin", tmp);
-    wf = fopen(path, "wb");
-    if (!wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    write_file(path, f, len);
     // .. and a float32 NaN in layer 0's attn_norm (the load names the layer)
     for (int i = 0; i < nt; i++)
         if (t[i].kind == T_ATTN_NORM && t[i].layer == 0) memcpy(f + weights_offset(&fx[0].m.c) + t[i].off, (const uint8_t[]){0, 0, 0xc0, 0x7f}, 4);
     snprintf(path, sizeof(path), "%s/nan0.bin", tmp);
-    wf = fopen(path, "wb");
-    if (!wf || fwrite(f, 1, len, wf) != len || fclose(wf)) die("%s: cannot write", path);
+    write_file(path, f, len);
     free(f); free(t);
     const char *modes[][4] = {
         {"a NaN weight: -m logits", "nan", "-m logits -f tests/data/v3/ids.txt -o %s/nan.f32", "nan.bin: weight 0 of lm_head holds nan: the file is damaged"},
@@ -2014,9 +2014,7 @@ static void test_moe_limits(Fixture *fx, int nfx, int ngpu) {
     char *buf = read_file(path, &len);
     memcpy(buf + 8 + offsetof(Config, topk), &c.topk, sizeof(int));
     snprintf(path, sizeof(path), "%s/moe_top17.bin", tmp);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(buf, 1, len, f) != len) die("%s: cannot write", path);
-    fclose(f);
+    write_file(path, buf, len);
     free(buf);
     snprintf(cmd, sizeof(cmd), BIN "run %s -d cpu -i x -n 1", path);
     int rc = sh(cmd);
