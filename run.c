@@ -63,7 +63,7 @@ static void build_model(Model *m, const char *path) {
     int fd = in_open(path, 0, &st);
     if (fd < 0) die("%s: cannot open (%s); make one with ./convert HF_DIR %s", path, strerror(errno), path);
     size_t size = st.st_size;
-    if (size < TPLA_HEADER) die("%s: truncated: %zu bytes, smaller than the %d-byte header", path, size, TPLA_HEADER);
+    if (size < TPLA_HEADER) die("%s: truncated: %zu bytes, smaller than the %d-byte header; re-run ./convert", path, size, TPLA_HEADER);
     const uint8_t *f = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (f == MAP_FAILED) die("%s: mmap failed (%s)", path, strerror(errno));
@@ -1446,7 +1446,7 @@ static void check_flags(const Args *a, const char *given) {
     for (int i = 0; i < a->nT; i++) pca |= a->T[i] == T_PCA;
     if (given['c'] && !pca) die("-c: the calibration text is read for -T pca only");
     for (const char *f = "Kw"; !a->gpu && *f; f++)
-        if (given[(int)*f]) die("-%c: a GPU flag, and the engine is the CPU's; add -d gpu", *f);
+        if (given[(int)*f]) die("-%c: a GPU flag, and the engine is the CPU's; %s", *f, given['d'] ? "leave it out, or give -d gpu" : "add -d gpu");
 }
 
 #ifndef TESTING
@@ -1471,6 +1471,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) usage(stdout, 0);
         if (i > 1 && argv[i][0] == '-' && strcmp(argv[i], "-F")) i++;   // past the flag's value
     }
+    if (argc >= 2 && argv[1][0] == '-') fprintf(stderr, "error: %s: the model comes first, then the flags\n", argv[1]);
     if (argc < 2 || argv[1][0] == '-') usage(stderr, 1);
     a.model = argv[1];
     char given[256] = {0};

@@ -910,6 +910,7 @@ static void test_load_errors(void) {
         {"a file that is not a checkpoint", ": %s; head -c 600 tests/data/tok.txt > %s", "not a tpla checkpoint"},
         {"a directory as the model", "rm -rf %s; mkdir %s", "is a directory"},
         {"model.bin with a byte appended", "(cat %s; printf x) > %s", "damaged (longer than its config says)"},
+        {"an empty model.bin", ": %s; : > %s", "smaller than the 512-byte header; re-run ./convert"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(bad, sizeof(bad), "%s/bad%zu.bin", tmp, i);
@@ -1004,7 +1005,7 @@ static void test_run_errors(void) {
         {"-P tpla -T none,hadamard", "-T: a list is for -m ppl"}, {"-m logits -P tpla -r local,global", "-r: a list is for -m ppl"},
         {"-g 2", "-g: the shard count of TPLA or DCP, and the scheme is MLA; add -P tpla or -P dcp"}, {"-P mla -T pca", "-T: a TPLA flag"},
         {"-P tpla -T hadamard -c tests/data/tok.txt", "-c: the calibration text is read for -T pca only"},
-        {"-P tpla -w rep", "-w: a GPU flag, and the engine is the CPU's; add -d gpu"}, {"-K 1", "-K: a GPU flag"},
+        {"-P tpla -w rep", "-w: a GPU flag, and the engine is the CPU's; leave it out, or give -d gpu"}, {"-K 1", "-K: a GPU flag"},
         {"-m bench -P tpla", "-P: -m bench does not use it"}, {"-m bench -T pca", "-T: -m bench does not use it"},
         {"-m bench -r global", "-r: -m bench does not use it"}, {"-m bench -g 2,4", "-g: a list is for -m ppl; -m bench"},
         {"-m bench -k 64 -l 1024", "-l: -m bench -k times one prefill"}, {"-m bench -k 64 -R 2", "-R: -m bench -k times one prefill"},
@@ -1147,7 +1148,7 @@ static void test_help(void) {
     const struct { const char *cmd; int rc; const char *out, *err; } cases[] = {   // out, err: how each starts
         {BIN "run -h", 0, "usage: ./run MODEL", ""}, {BIN "run --help", 0, "usage: ./run MODEL", ""},
         {BIN "run %s/v3.bin -h", 0, "usage: ./run MODEL", ""}, {BIN "run %s/v3.bin -d cpu -n 5 -P tpla --help", 0, "usage: ./run MODEL", ""},
-        {BIN "run", 1, "", "usage: ./run MODEL"}, {BIN "run -n 5", 1, "", "usage: ./run MODEL"},
+        {BIN "run", 1, "", "usage: ./run MODEL"}, {BIN "run -n 5", 1, "", "error: -n: the model comes first, then the flags"},
         {BIN "run %s/v3.bin -d cpu -i -h -n 1 -t 0", 0, "--- MLA (cpu)", ""},
         {BIN "convert -h", 0, "usage: ", ""}, {BIN "convert tests/data/v3 --help", 0, "usage: ", ""}, {BIN "convert", 1, "", "usage: "},
         {BIN "run %s/deepseek_v3.bin -m tokenize -i '<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>hi'", 0, "0 6366\n", ""},
