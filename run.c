@@ -1471,8 +1471,10 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) usage(stdout, 0);
         if (i > 1 && argv[i][0] == '-' && strcmp(argv[i], "-F")) i++;   // past the flag's value
     }
-    if (argc >= 2 && argv[1][0] == '-') fprintf(stderr, "error: %s: the model comes first, then the flags\n", argv[1]);
-    if (argc < 2 || argv[1][0] == '-') usage(stderr, 1);
+    if (argc < 2 || argv[1][0] == '-') {
+        if (argc >= 2) fprintf(stderr, "error: %s: the model comes first, then the flags\n", argv[1]);
+        usage(stderr, 1);
+    }
     a.model = argv[1];
     char given[256] = {0};
     for (int i = 2; i < argc; i++) {
