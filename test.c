@@ -1708,14 +1708,14 @@ static void test_makefile(void) {
 static void test_gpu_attention(void) {
     // random inputs at several shapes and lengths; slots past each length hold NaN. Every mode of the
     // kernel: slices of 257..512 (the seesaw kernel: 16, 32, 64, 128 heads), <= 256 with more than 64 heads (HEADS),
-    // and with 64 or fewer (STREAM); lengths from 1 to 4097, one split or many. ntok > 1: the tokens dealt
+    // and with 64 or fewer (STREAM); lengths from 1 to 4097, one tile or many, one split or many. ntok > 1: the tokens dealt
     // to DCP's ntok shards, each attended alone (with the merge's lse), combined with DCP's weights: the
     // shapes DCP runs (every head over 512 + 64; the fixtures' 4 over 64 + 16), with shards that hold no
     // token of a sequence (lengths below ntok).
     struct { int B, ha, dcs, dr, len, ntok; } cases[] = {
         {3, 16, 512, 64, 1, 1}, {3, 16, 512, 64, 63, 1}, {2, 16, 512, 64, 4097, 1}, {2, 32, 512, 64, 129, 1}, {2, 64, 512, 64, 300, 1},
         {2, 128, 512, 64, 1000, 1}, {2, 32, 384, 64, 65, 1},
-        {2, 128, 256, 64, 777, 1}, {1, 128, 256, 64, 4097, 1}, {2, 128, 128, 64, 1000, 1}, {2, 96, 192, 32, 65, 1},
+        {2, 128, 256, 64, 777, 1}, {1, 128, 256, 64, 4097, 1}, {3, 128, 256, 64, 40, 1}, {2, 128, 128, 64, 1000, 1}, {2, 96, 192, 32, 65, 1},
         {4, 64, 256, 64, 777, 1}, {2, 64, 256, 64, 1, 1}, {3, 32, 128, 64, 4097, 1}, {5, 4, 16, 16, 65, 1}, {2, 24, 192, 32, 129, 1},
         {3, 128, 512, 64, 1000, 2}, {2, 64, 512, 64, 4097, 4}, {4, 4, 64, 16, 3, 4}, {3, 4, 64, 16, 130, 3},
     };
