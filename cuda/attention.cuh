@@ -388,27 +388,49 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + k * 128);
         wgmma_commit();
     };
-    // HEADS: S of the next tile is issued before the softmax of this one, so that the tensor cores work on
-    // it meanwhile (two tiles stay in shared memory). STREAM: warpgroup w takes tiles w, w + 2, ..
-    constexpr bool LA = MODE == ATT_HEADS;
-    float s_nxt[LA ? 32 : 1];
-    if (LA) issue_S(sv, 0);
+    // HEADS (FlashAttention-3's intra-warpgroup overlap): S(i) and P V(i-1) are issued together, and the
+    // softmax of tile i runs while P V(i-1) does; three tiles stay in shared memory (i - 1, i and the
+    // next). STREAM: warpgroup w takes tiles w, w + 2, .. one at a time.
+    if (MODE == ATT_HEADS) {
+        issue_S(sv, 0);
+        wgmma_wait();                                        // S(0)
+        keep<32>(sv);
+        softmax(sv, 0);
+        pack_p<0, 32>(sv, pa);
+        for (int i = 1; i < ntiles; i++) {
+            issue_S(sv, i);
+            issue_pv(i - 1);                                 // in flight: S(i), P V(i-1)
+            wgmma_wait_n<1>();                               // S(i)
+            keep<32>(sv);
+            softmax(sv, i);
+            // a branch on the softmax's sums, never taken, keeps ptxas from moving the next wait above the
+            // softmax (which would undo the overlap)
+            if (__any_sync(0xffffffff, l_run[0] + l_run[1] == -1.0f)) __trap();
+            wgmma_wait();                                    // P V(i-1)
+            #pragma unroll
+            for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+            release(i - 1);
+            scale_o<NJ>(&o[0][0], alpha);
+            pack_p<0, 32>(sv, pa);
+        }
+        issue_pv(ntiles - 1);
+        wgmma_wait();
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        release(ntiles - 1);
+    } else
     for (int i = first; i < ntiles; i += step) {
-        if (!LA) issue_S(sv, i);
+        issue_S(sv, i);
         wgmma_wait();                                        // S(i)
         keep<32>(sv);
-        if (LA && i + 1 < ntiles) issue_S(s_nxt, i + 1);     // runs on the tensor cores during the softmax
         softmax(sv, i);
         scale_o<NJ>(&o[0][0], alpha);
         pack_p<0, 32>(sv, pa);
         issue_pv(i);
-        wgmma_wait();                                        // (and S(i+1))
+        wgmma_wait();
         #pragma unroll
         for (int j = 0; j < NJ; j++) keep<32>(o[j]);
         release(i);
-        if (LA)
-            #pragma unroll
-            for (int k = 0; k < 32; k++) sv[k] = s_nxt[k];
     }
     wgmma_wait();                                            // (nothing is in flight; the compiler cannot tell)
     launch_dependents();
