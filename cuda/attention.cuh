@@ -377,7 +377,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         new_max(mx, m_run, alpha, scale_log2);
         exp_rows<0, 32>(sv, m_run, l_run, alpha, scale_log2);
     };
-    // O += P V of tile i, issued
+    // O += P V of tile i, issued; wait_o: every product in flight is done (O included)
     auto issue_pv = [&](int i) {
         zero_tail(i);
         #pragma unroll
@@ -388,9 +388,14 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         for (int k = 0; k < TC / 16; k++) wgmma_pv<NJ>(&o[0][0], pa[k], vb + k * 128);
         wgmma_commit();
     };
+    auto wait_o = [&]() {
+        wgmma_wait();
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+    };
     // HEADS (FlashAttention-3's intra-warpgroup overlap): S(i) and P V(i-1) are issued together, and the
-    // softmax of tile i runs while P V(i-1) does; three tiles stay in shared memory (i - 1, i and the
-    // next). STREAM: warpgroup w takes tiles w, w + 2, .. one at a time.
+    // softmax of tile i runs while P V(i-1) does, so tiles i - 1 and i are both held until P V(i-1) is
+    // done. STREAM: warpgroup w takes tiles w, w + 2, .. one at a time.
     if (MODE == ATT_HEADS) {
         issue_S(sv, 0);
         wgmma_wait();                                        // S(0)
@@ -406,17 +411,13 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
             // a branch on the softmax's sums, never taken, keeps ptxas from moving the next wait above the
             // softmax (which would undo the overlap)
             if (__any_sync(0xffffffff, l_run[0] + l_run[1] == -1.0f)) __trap();
-            wgmma_wait();                                    // P V(i-1)
-            #pragma unroll
-            for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+            wait_o();                                        // P V(i-1)
             release(i - 1);
             scale_o<NJ>(&o[0][0], alpha);
             pack_p<0, 32>(sv, pa);
         }
         issue_pv(ntiles - 1);
-        wgmma_wait();
-        #pragma unroll
-        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        wait_o();
         release(ntiles - 1);
     } else
     for (int i = first; i < ntiles; i += step) {
@@ -427,9 +428,7 @@ decode_attention_kernel(const bf16 *__restrict__ Q, const __grid_constant__ CUte
         scale_o<NJ>(&o[0][0], alpha);
         pack_p<0, 32>(sv, pa);
         issue_pv(i);
-        wgmma_wait();
-        #pragma unroll
-        for (int j = 0; j < NJ; j++) keep<32>(o[j]);
+        wait_o();
         release(i);
     }
     wgmma_wait();                                            // (nothing is in flight; the compiler cannot tell)

@@ -1,5 +1,5 @@
 // tools/wgmma_rate.cu: how fast do the decode kernel's products run on the tensor cores alone? (README
-// "The decode attention kernel": what limits HEADS.) Every SM runs one block of W warpgroups; each
+// "Measured": what limits HEADS.) Every SM runs one block of W warpgroups; each
 // warpgroup issues the same group of wgmmas (the kernel's own helpers, cuda/attention.cuh) ITER times,
 // committed and waited as a group, with no memory traffic and no softmax. Prints cycles per group per SM
 // (the W warpgroups' groups share the SM's tensor cores) and the flop rate against 4096 flop/clock/SM
