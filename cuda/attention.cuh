@@ -18,10 +18,9 @@
 //
 // Two warpgroups of 128 threads. Slices of 256 or less, in one of two modes:
 //   HEADS  (more than 64 heads): warpgroup w owns heads 64w.. of a 128-head tile; both read every cached
-//          tile. Each issues S of its next tile before the softmax of this one, so that the tensor cores
-//          work on S(i+1) while the softmax of tile i runs. (A ping-pong between the two warpgroups, each
-//          issuing S(i+1) with P V(i) in turn through a pair of named barriers and taking its softmax while
-//          the other's products run, measured 3% slower on an H100: README "The decode attention kernel".)
+//          tile. Each issues S(i) together with P V(i-1) and runs the softmax of tile i while P V(i-1)
+//          is on the tensor cores (FlashAttention-3's intra-warpgroup overlap; README "Measured" has
+//          what else was tried).
 //   STREAM (64 heads or fewer): both own the same heads; warpgroup w takes tiles w, w+2, .. with its own
 //          softmax, and the two results are merged at the end through shared memory.
 // Slices of 257..512 (64 heads a block) go to the seesaw kernel below, which has its own description.
