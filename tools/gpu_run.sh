@@ -11,8 +11,8 @@
 #              card under 100 GB, where 128 heads at batch 32 do not fit). With FLASHMLA=DIR (a directory
 #              holding FlashMLA's sm90 decode kernel and a harness whose build_and_run.sh takes --case
 #              B,T,HQ; its build/bench_flashmla is used if it is there), FlashMLA runs the 512+64 shapes too.
-#              With BASE=DIR (another checkout of tpla, e.g. an earlier commit), it is built and each shape
-#              runs on both builds, one after the other, in the same call
+#              With BASE="DIR .." (other checkouts of tpla: an earlier commit, a variant of the kernel), each
+#              is built and each shape runs on every build, one after the other, in the same call
 #     sanitize compute-sanitizer's racecheck and synccheck on the kernel check (./test attention)
 #     rank2    one GPU runs rank 0 of a 2-GPU layout (-R 2, collectives left out): dsv3 and kimik2, MLA-TP,
 #              TPLA g = 2 and DCP K = 2, contexts 1K..32K, largest batch each
@@ -66,13 +66,15 @@ for step in "$@"; do
         fi
         # (MLA-TP / TPLA / DCP rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256 / 64 over
         #  512; 64 over 512 / 128 over 256 / 128 over 512; 32 over 512 / 128 over 128 / 128 over 512)
-        [ -n "${BASE:-}" ] && { make -C "$BASE" -j16 bin >> "$LOG" 2>&1 || echo "BASE=$BASE: build failed" >> "$LOG"; }
+        base_pids=""
+        for d in ${BASE:-}; do ( make -C "$d" -j8 bin > "$d/build.log" 2>&1 || echo "BASE $d: build failed" >> "$LOG" ) & base_pids+=" $!"; done
+        for pid in $base_pids; do wait $pid; done
         for spec in "dsv3-h16 -K 1 -g 1" "dsv3 -K 1 -g 1" "kimik2 -R 2 -g 2" "dsv3 -R 2 -g 2" "dsv3 -R 4 -g 4"; do
             bench $spec -b $kb -l 32768 -n 3
-            [ -n "${BASE:-}" ] && RUN="$BASE/run" bench $spec -b $kb -l 32768 -n 3
+            for d in ${BASE:-}; do RUN="$d/run" bench $spec -b $kb -l 32768 -n 3; done
         done
         summary+="kernel, batch $kb, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
-        summary+="$(sed -n '/^=== kernel$/,$p' "$LOG" | grep -E '^=== .*run |^ +32768 (MLA-TP|TPLA|DCP) |BASE=')"$'\n'
+        summary+="$(sed -n '/^=== kernel$/,$p' "$LOG" | grep -E '^=== .*run |^ +32768 (MLA-TP|TPLA|DCP) |^BASE ')"$'\n'
         if [ -n "${FLASHMLA:-}" ]; then
             [ -n "${fm_pid:-}" ] && wait $fm_pid
             "$FLASHMLA"/build/bench_flashmla --case $kb,32768,16 --case $kb,32768,32 --case $kb,32768,64 \
