@@ -66,12 +66,16 @@ for step in "$@"; do
         fi
         # (MLA-TP / TPLA / DCP rows: 16/16 heads over 512; 128/128 over 512; 32 over 512 / 64 over 256 / 64 over
         #  512; 64 over 512 / 128 over 256 / 128 over 512; 32 over 512 / 128 over 128 / 128 over 512)
-        base_pids=""
-        for d in ${BASE:-}; do ( make -C "$d" -j8 bin > "$d/build.log" 2>&1 || echo "BASE $d: build failed" >> "$LOG" ) & base_pids+=" $!"; done
-        for pid in $base_pids; do wait $pid; done
+        pids=() bases=""   # the builds that succeed (one that fails is not run: its ./run may be stale)
+        for d in ${BASE:-}; do make -C "$d" -j8 bin > "$d/build.log" 2>&1 & pids+=($!); done
+        i=0
+        for d in ${BASE:-}; do
+            if wait ${pids[i]}; then bases+=" $d"; else { echo "BASE $d: build failed, not run"; tail -20 "$d/build.log"; } >> "$LOG"; fi
+            i=$((i + 1))
+        done
         for spec in "dsv3-h16 -K 1 -g 1" "dsv3 -K 1 -g 1" "kimik2 -R 2 -g 2" "dsv3 -R 2 -g 2" "dsv3 -R 4 -g 4"; do
             bench $spec -b $kb -l 32768 -n 3
-            for d in ${BASE:-}; do RUN="$d/run" bench $spec -b $kb -l 32768 -n 3; done
+            for d in $bases; do RUN="$d/run" bench $spec -b $kb -l 32768 -n 3; done
         done
         summary+="kernel, batch $kb, 32K: ctx scheme batch step_ms tok/s attn_ms share GB/s %copy TFLOP/s"$'\n'
         summary+="$(sed -n '/^=== kernel$/,$p' "$LOG" | grep -E '^=== .*run |^ +32768 (MLA-TP|TPLA|DCP) |^BASE ')"$'\n'
